@@ -1,0 +1,45 @@
+# Two commands for a fresh machine: `make demo` (the main job on the embedded default) and `make test`.
+# Both create .venv if it is missing and install every member package editable plus the dev tools.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Member packages come from the root pyproject.toml; those not present yet are skipped.
+MEMBERS := $(shell $(PYTHON) -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['tool']['aco']['members']))")
+PRESENT := $(patsubst %/pyproject.toml,%,$(wildcard $(addsuffix /pyproject.toml,$(MEMBERS))))
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+QUICK ?=
+
+.PHONY: install test bench bench-gpu demo lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-dev.txt $(addsuffix /pyproject.toml,$(PRESENT))
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt $(addprefix -e ./,$(PRESENT))
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Benchmarks run on demand; each reports a ratio against the baseline it measures in the same run.
+bench: $(STAMP)
+	$(BIN)/python -m pytest -q --benchmark-enable --benchmark-only \
+		--benchmark-columns=min,median,max,rounds $(addsuffix /benchmarks,$(PRESENT)) $(PYTEST_ARGS)
+
+# GPU tests and benchmarks with the machine's own python3: installs nothing (the GPU machine may have
+# no package registry); the packages are imported from their source folders.
+bench-gpu:
+	PYTHONPATH=$(subst $(eval) ,:,$(addsuffix /src,$(PRESENT))) $(PYTHON) -m pytest -q -m gpu \
+		-p no:cacheprovider $(PRESENT) $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/python examples/aco_pipeline.py $(if $(QUICK),--quick,)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks
