@@ -1,0 +1,107 @@
+"""``rpc-metrics``: evaluate RPC checkout results and validate the toolkit's files (a thin layer over the API)."""
+
+from __future__ import annotations
+
+import csv
+import sys
+
+import click
+
+from rpc_metrics.evaluate import PROTOCOLS, ROWS, SEARCHES, evaluate
+from rpc_metrics.io import FormatError, atomic_output, load_json, read_instances, validate_file, write_json
+
+USAGE_ERROR = 2
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(USAGE_ERROR)
+
+
+def _parse_levels(values: tuple[str, ...]) -> list[str] | None:
+    levels = [lv.strip() for value in values for lv in value.split(",") if lv.strip()]
+    for level in levels:
+        if level not in ROWS:
+            raise click.BadParameter(f"{level!r} is not a level; choose among {', '.join(ROWS)}", param_hint="--levels")
+    return levels or None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rpc-metrics")
+def main() -> None:
+    """Exact, fast RPC checkout evaluation (cAcc, mCIoU, ACD, mCCD, mAP50, mmAP per level)."""
+
+
+@main.command("evaluate")
+@click.argument("results", type=click.Path(dir_okay=False))
+@click.argument("gt", type=click.Path(dir_okay=False))
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="oracle", show_default=True,
+              help="How the score threshold is chosen: on the evaluated set (oracle), given (fixed), or on a validation pair (transfer).")
+@click.option("--threshold", type=float, default=None, help="The score threshold of the fixed protocol.")
+@click.option("--val-results", type=click.Path(dir_okay=False), default=None,
+              help="Validation results file (transfer protocol).")
+@click.option("--val-gt", type=click.Path(dir_okay=False), default=None,
+              help="Validation ground-truth file (transfer protocol).")
+@click.option("--search", type=click.Choice(SEARCHES), default="exact", show_default=True,
+              help="Threshold search: exact optimum over all scores, or the published tool's grid.")
+@click.option("--no-map", is_flag=True, help="Skip mAP50 and mmAP (counting metrics only).")
+@click.option("--levels", multiple=True, metavar="LEVELS",
+              help="Rows to report, comma-separated among easy,medium,hard,averaged (default: all that exist).")
+@click.option("--method", default="default", show_default=True, help="Method name printed in the table.")
+@click.option("--map-backend", type=click.Choice(["fast", "pycocotools"]), default="fast", show_default=True,
+              help="mAP implementation: the vectorized one or pycocotools (the reference, slower).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the rows (and thresholds) to this JSON file.")
+@click.option("--per-category", "csv_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write per-level, per-category counts, CCD, CIoU and AP to this CSV file.")
+def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, search, no_map, levels, method,
+                     map_backend, json_out, csv_out) -> None:
+    """Evaluate RESULTS (COCO results JSON) against GT (RPC instances JSON) and print the markdown table."""
+    if protocol == "fixed" and threshold is None:
+        raise click.UsageError("--protocol fixed needs --threshold")
+    if protocol == "transfer" and (val_results is None or val_gt is None):
+        raise click.UsageError("--protocol transfer needs --val-results and --val-gt")
+    if threshold is not None and protocol != "fixed":
+        raise click.UsageError("--threshold is only used with --protocol fixed")
+    try:
+        report = evaluate(
+            results, gt, protocol=protocol, threshold=threshold, val_results=val_results, val_gt=val_gt,
+            search=search, compute_map=not no_map, levels=_parse_levels(levels), map_backend=map_backend,
+            method=method,
+        )
+    except ValueError as err:  # FormatError (bad input file) or a bad argument value
+        _fail(str(err))
+    click.echo(report.to_markdown())
+    if json_out:
+        write_json(report.to_dict(), json_out, indent=2)
+    if csv_out:
+        records = report.per_category_records()
+        with atomic_output(csv_out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["level", "category_id"])
+            writer.writeheader()
+            writer.writerows(records)
+
+
+@main.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--gt", type=click.Path(dir_okay=False), default=None,
+              help="Ground truth (or pool) to check results' and counts' image and category ids against.")
+def validate_command(files, gt) -> None:
+    """Check FILES (instances, pool, results or counts JSON) and say what is wrong; exit 2 on any problem."""
+    try:
+        reference = read_instances(load_json(gt), source=gt) if gt else None
+    except FormatError as err:
+        _fail(str(err))
+    failed = False
+    for path in files:
+        try:
+            click.echo(f"ok: {path}: {validate_file(path, gt=reference)}")
+        except FormatError as err:
+            click.echo(f"error: {err}", err=True)
+            failed = True
+    if failed:
+        sys.exit(USAGE_ERROR)
+
+
+if __name__ == "__main__":
+    main()

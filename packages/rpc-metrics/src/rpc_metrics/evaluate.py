@@ -1,0 +1,328 @@
+"""Per-level RPC evaluation: counting metrics at a threshold chosen by a named protocol, plus COCO mAP.
+
+Protocols (every report says which one and the threshold of each row):
+
+- ``oracle``: per row, the threshold maximizing cAcc on the evaluated images themselves (what published RPC
+  numbers use); ``search="exact"`` finds the true optimum, ``search="grid"`` reproduces the published tool.
+- ``fixed``: one given threshold for every row.
+- ``transfer``: the oracle threshold of a validation pair (its averaged row: the level of a checkout image
+  is not known at test time) applied to every row of the test files. The honest protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io as _stdio
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rpc_metrics import cocoeval
+from rpc_metrics.counting import CountingMetrics, _compute, _update, count_matrix
+from rpc_metrics.io import LEVELS, FormatError, _load, check_ids_in, results_to_arrays, validate_instances
+from rpc_metrics.threshold import CorrectIntervals, ThresholdChoice, correct_intervals, exact_search, grid_search
+
+ROWS = (*LEVELS, "averaged")
+PROTOCOLS = ("oracle", "fixed", "transfer")
+SEARCHES = ("exact", "grid")
+
+
+@dataclass
+class RowResult:
+    """One row of the table. Fractions in [0, 1] for cAcc, mCIoU, mAP50, mmAP; None where undefined."""
+
+    level: str
+    n_images: int
+    threshold: float
+    cacc: float
+    mciou: float | None
+    acd: float
+    mccd: float | None
+    map50: float | None
+    mmap: float | None
+    undefined_mciou: int
+    undefined_mccd: int
+    per_category: dict[str, list] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class EvaluationReport:
+    """The rows of an evaluation and how their thresholds were chosen."""
+
+    rows: list[RowResult]
+    protocol: str
+    search: str | None
+    method: str
+    category_ids: list[int]
+    category_names: list[str]
+    validation_threshold: float | None = None
+
+    def row(self, level: str) -> RowResult:
+        for row in self.rows:
+            if row.level == level:
+                return row
+        raise KeyError(f"no row {level!r}; rows are {[r.level for r in self.rows]}")
+
+    def protocol_line(self) -> str:
+        if self.protocol == "fixed":
+            return f"protocol: fixed (threshold {self.rows[0].threshold:.4g} for every row)"
+        if self.protocol == "transfer":
+            return (f"protocol: transfer (threshold {self.validation_threshold:.4g} chosen by {self.search} search "
+                    "on the validation files' averaged row, applied to every row)")
+        return f"protocol: oracle (threshold chosen per row on the evaluated images, {self.search} search)"
+
+    def to_markdown(self) -> str:
+        """The table of RPC papers, with the threshold of each row and notes on undefined categories."""
+        head = "| level | method | cAcc | mCIoU | ACD | mCCD | mAP50 | mmAP | threshold |"
+        lines = [self.protocol_line(), "", head, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        notes = []
+        for r in self.rows:
+            lines.append(
+                f"| {r.level} | {self.method} | {_pct(r.cacc)} | {_pct(r.mciou)} | {r.acd:.2f} | {_num(r.mccd)} | "
+                f"{_pct(r.map50)} | {_pct(r.mmap)} | {r.threshold:.4g} |"
+            )
+            if r.undefined_mciou or r.undefined_mccd:
+                notes.append(
+                    f"{r.level}: mCIoU over {len(self.category_ids) - r.undefined_mciou} categories "
+                    f"({r.undefined_mciou} with no object and no prediction left out), mCCD over "
+                    f"{len(self.category_ids) - r.undefined_mccd} ({r.undefined_mccd} without ground truth left out)"
+                )
+        if notes:
+            lines += ["", *notes]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        rows = []
+        for r in self.rows:
+            row = asdict(r)
+            row.pop("per_category")
+            rows.append(row)
+        return {"protocol": self.protocol, "search": self.search, "method": self.method,
+                "validation_threshold": self.validation_threshold, "rows": rows}
+
+    def per_category_records(self) -> list[dict]:
+        """One record per (row, category): counts, CCD, CIoU, AP50, AP (None where undefined)."""
+        records = []
+        for r in self.rows:
+            columns = r.per_category
+            for k, (cid, name) in enumerate(zip(self.category_ids, self.category_names, strict=True)):
+                records.append({"level": r.level, "category_id": cid, "name": name,
+                                **{key: values[k] for key, values in columns.items()}})
+        return records
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+@dataclass
+class _Prepared:
+    """Ground truth and detections as arrays over sorted image ids and the gt file's category order."""
+
+    image_ids: np.ndarray
+    image_levels: np.ndarray
+    category_ids: list[int]
+    category_names: list[str]
+    gt: cocoeval.BoxSet
+    dt: cocoeval.BoxSet
+    gt_counts: np.ndarray
+
+
+def _prepare(results: Any, gt: Any, *, require_levels: bool, results_source: str | None,
+             gt_source: str | None) -> tuple[_Prepared, dict, list]:
+    gt_data, gt_name = _load(gt, gt_source)
+    validate_instances(gt_data, source=gt_name, require_levels=require_levels)
+    res_data, res_name = _load(results, results_source)
+    det = results_to_arrays(res_data, source=res_name)
+    image_ids = np.array(sorted(im["id"] for im in gt_data["images"]), dtype=np.int64)
+    check_ids_in(det.image_ids, set(image_ids.tolist()), "image_id", res_name, f"ground truth {gt_name}")
+    # Categories in ascending id order, as pycocotools orders them.
+    name_of = {c["id"]: str(c.get("name", c["id"])) for c in gt_data["categories"]}
+    cat_ids = sorted(name_of)
+    check_ids_in(det.category_ids, set(cat_ids), "category_id", res_name, f"ground truth {gt_name}")
+    sorted_cats = np.asarray(cat_ids, dtype=np.int64)
+
+    def category_index(ids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(sorted_cats, ids)
+
+    level_of = {im["id"]: im.get("level", "") for im in gt_data["images"]}
+    anns = gt_data["annotations"]
+    n = len(anns)
+    gt_boxes = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(n, 4)
+    gt_set = cocoeval.BoxSet(
+        image_index=np.searchsorted(image_ids, np.fromiter((a["image_id"] for a in anns), np.int64, n)),
+        category_index=category_index(np.fromiter((a["category_id"] for a in anns), np.int64, n)),
+        boxes=gt_boxes,
+        iscrowd=np.fromiter((a.get("iscrowd", 0) for a in anns), np.int64, n),
+        area=np.fromiter((a["area"] if "area" in a else b[2] * b[3] for a, b in zip(anns, gt_boxes, strict=True)),
+                         np.float64, n),
+        ids=np.fromiter((a["id"] for a in anns), np.int64, n),
+    )
+    dt_set = cocoeval.BoxSet(
+        image_index=np.searchsorted(image_ids, det.image_ids), category_index=category_index(det.category_ids),
+        boxes=det.boxes, scores=det.scores,
+    )
+    regular = gt_set.iscrowd == 0
+    gt_counts = count_matrix(gt_set.image_index[regular], gt_set.category_index[regular], len(image_ids), len(cat_ids))
+    prepared = _Prepared(
+        image_ids=image_ids, image_levels=np.array([level_of[i] for i in image_ids.tolist()]),
+        category_ids=cat_ids, category_names=[name_of[c] for c in cat_ids],
+        gt=gt_set, dt=dt_set, gt_counts=gt_counts,
+    )
+    return prepared, gt_data, res_data
+
+
+def _row_masks(p: _Prepared, levels: Sequence[str]) -> dict[str, np.ndarray]:
+    masks = {}
+    for level in levels:
+        if level == "averaged":
+            masks[level] = np.ones(len(p.image_ids), dtype=bool)
+        else:
+            masks[level] = p.image_levels == level
+    return masks
+
+
+def _row_intervals(p: _Prepared, mask: np.ndarray) -> CorrectIntervals:
+    local = np.cumsum(mask) - 1
+    in_row = mask[p.dt.image_index]
+    return correct_intervals(local[p.dt.image_index[in_row]], p.dt.category_index[in_row],
+                             p.dt.scores[in_row], p.gt_counts[mask])
+
+
+def _choose(intervals: CorrectIntervals, search: str) -> ThresholdChoice:
+    return exact_search(intervals) if search == "exact" else grid_search(intervals)
+
+
+def _row_counting(p: _Prepared, mask: np.ndarray, threshold: float) -> tuple[CountingMetrics, dict[str, list]]:
+    local = np.cumsum(mask) - 1
+    counted = mask[p.dt.image_index] & (p.dt.scores >= threshold)
+    gt = p.gt_counts[mask]
+    pred = count_matrix(local[p.dt.image_index[counted]], p.dt.category_index[counted], gt.shape[0], gt.shape[1])
+    state = _update(pred, gt)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ccd = np.where(state.gt_total > 0, state.abs_diff / np.maximum(state.gt_total, 1), np.nan)
+        ciou = np.where(state.max_total > 0, state.min_total / np.maximum(state.max_total, 1), np.nan)
+    columns = {"gt_count": state.gt_total.tolist(), "pred_count": state.pred_total.tolist(),
+               "abs_diff": state.abs_diff.tolist(), "ccd": _nan_to_none(ccd), "ciou": _nan_to_none(ciou)}
+    return _compute(state), columns
+
+
+def _nan_to_none(values: np.ndarray) -> list:
+    return [None if math.isnan(v) else float(v) for v in values.tolist()]
+
+
+def _pycocotools_precision(gt_data: Mapping, results: list, image_ids: np.ndarray) -> np.ndarray:
+    """The reference: pycocotools' COCOeval on the row's images (quiet, no temporary files)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt_copy = copy.deepcopy(dict(gt_data))
+    for ann in gt_copy["annotations"]:
+        ann.setdefault("iscrowd", 0)
+        ann.setdefault("area", ann["bbox"][2] * ann["bbox"][3])
+    with contextlib.redirect_stdout(_stdio.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt_copy
+        coco_gt.createIndex()
+        if results:
+            coco_dt = coco_gt.loadRes(copy.deepcopy(list(results)))
+        else:
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": gt_copy["images"], "categories": gt_copy["categories"], "annotations": []}
+            coco_dt.createIndex()
+        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        evaluator.params.imgIds = image_ids.tolist()
+        evaluator.evaluate()
+        evaluator.accumulate()
+    return evaluator.eval["precision"][:, :, :, 0, -1]
+
+
+def evaluate(
+    results: Any,
+    gt: Any,
+    *,
+    protocol: str = "oracle",
+    threshold: float | None = None,
+    val_results: Any = None,
+    val_gt: Any = None,
+    search: str = "exact",
+    compute_map: bool = True,
+    levels: Sequence[str] | None = None,
+    map_backend: str = "fast",
+    method: str = "default",
+) -> EvaluationReport:
+    """Evaluate detections against RPC ground truth, one row per level plus the averaged row.
+
+    Args:
+        results: COCO results list, or the path of its JSON file.
+        gt: RPC/COCO instances dict, or the path of its JSON file.
+        protocol: ``oracle``, ``fixed`` (needs ``threshold``) or ``transfer`` (needs ``val_results``, ``val_gt``).
+        search: ``exact`` (true optimum) or ``grid`` (the published tool's procedure) for oracle/transfer.
+        compute_map: compute mAP50 and mmAP (COCO bbox, maxDets 100).
+        levels: rows among easy, medium, hard, averaged; default all four when every image has a ``level``,
+            else only averaged.
+        map_backend: ``fast`` (vectorized, equal to pycocotools) or ``pycocotools`` (the reference).
+        method: the method name printed in the table.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol should be one of {PROTOCOLS}, got {protocol!r}")
+    if search not in SEARCHES:
+        raise ValueError(f"search should be one of {SEARCHES}, got {search!r}")
+    if map_backend not in ("fast", "pycocotools"):
+        raise ValueError(f"map_backend should be 'fast' or 'pycocotools', got {map_backend!r}")
+    if protocol == "fixed" and threshold is None:
+        raise ValueError("protocol 'fixed' needs a threshold")
+    if protocol == "transfer" and (val_results is None or val_gt is None):
+        raise ValueError("protocol 'transfer' needs val_results and val_gt (the validation pair)")
+    if levels is not None:
+        unknown = [lv for lv in levels if lv not in ROWS]
+        if unknown:
+            raise ValueError(f"unknown level {unknown[0]!r}; choose among {ROWS}")
+    require_levels = levels is not None and any(lv != "averaged" for lv in levels)
+    p, gt_data, res_data = _prepare(results, gt, require_levels=require_levels, results_source=None, gt_source=None)
+    if levels is None:
+        levels = ROWS if len(p.image_ids) and all(p.image_levels != "") else ("averaged",)
+
+    validation_threshold = None
+    if protocol == "transfer":
+        vp, _, _ = _prepare(val_results, val_gt, require_levels=False, results_source=None, gt_source=None)
+        validation_threshold = _choose(_row_intervals(vp, np.ones(len(vp.image_ids), bool)), search).threshold
+
+    matching = None
+    if compute_map and map_backend == "fast":
+        matching = cocoeval.match(p.gt, p.dt, len(p.category_ids))
+    rows = []
+    for level, mask in _row_masks(p, levels).items():
+        if protocol == "oracle":
+            row_threshold = _choose(_row_intervals(p, mask), search).threshold
+        else:
+            row_threshold = float(threshold if protocol == "fixed" else validation_threshold)
+        metrics, columns = _row_counting(p, mask, row_threshold)
+        mmap = map50 = None
+        if compute_map:
+            if matching is not None:
+                precision = cocoeval.precision_table(matching, mask, len(p.category_ids))
+            else:
+                precision = _pycocotools_precision(gt_data, res_data, p.image_ids[mask])
+            mmap, map50 = cocoeval.summarize(precision)
+            ap, ap50 = cocoeval.per_category_ap(precision)
+            columns["ap50"], columns["ap"] = _nan_to_none(ap50), _nan_to_none(ap)
+        rows.append(RowResult(
+            level=level, n_images=int(mask.sum()), threshold=row_threshold, cacc=metrics.cacc, mciou=metrics.mciou,
+            acd=metrics.acd, mccd=metrics.mccd, map50=map50, mmap=mmap, undefined_mciou=metrics.undefined_mciou,
+            undefined_mccd=metrics.undefined_mccd, per_category=columns,
+        ))
+    return EvaluationReport(rows=rows, protocol=protocol, search=None if protocol == "fixed" else search,
+                            method=method, category_ids=p.category_ids, category_names=p.category_names,
+                            validation_threshold=validation_threshold)
+
+
+__all__ = ["ROWS", "EvaluationReport", "FormatError", "RowResult", "evaluate"]
