@@ -1,0 +1,64 @@
+import aco_kernels
+import pytest
+import torch
+import torch.nn.functional as F
+
+CASES = [
+    # (level sizes, target size)
+    ([(7, 9)], (7, 9)),  # one level, no resize
+    ([(4, 5)], (9, 11)),  # one level, upsampled
+    ([(13, 11), (7, 6), (4, 3)], (13, 11)),  # odd FPN-like pyramid to the finest level
+    ([(5, 5), (10, 10), (3, 7)], (6, 8)),  # down- and upsampling mixed
+    ([(1, 1), (2, 3)], (5, 4)),  # 1-pixel level
+]
+
+
+def _expected(levels, size, weights):
+    return sum(w * F.interpolate(lv, size=size, mode="bilinear", align_corners=False)
+               for lv, w in zip(levels, weights, strict=True))
+
+
+@pytest.mark.parametrize("sizes,target", CASES)
+def test_pyramid_fuse_matches_interpolate(kernel_path, sizes, target):
+    for seed in (0, 1):
+        g = torch.Generator().manual_seed(seed)
+        levels = [torch.randn(2, 3, h, w, generator=g) for h, w in sizes]
+        weights = [float(x) for x in torch.rand(len(sizes), generator=g) + 0.5]
+        ref_levels = [lv.clone().requires_grad_(True) for lv in levels]
+        ker_levels = [lv.clone().requires_grad_(True) for lv in levels]
+        ref = _expected(ref_levels, target, weights)
+        out = aco_kernels.pyramid_fuse(ker_levels, target, weights)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+        grad = torch.randn(ref.shape, generator=g)
+        ref.backward(grad)
+        out.backward(grad)
+        for a, b in zip(ker_levels, ref_levels, strict=True):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_pyramid_fuse_default_weights_and_reference_path(kernel_path):
+    levels = [torch.randn(1, 2, 6, 5), torch.randn(1, 2, 3, 3)]
+    out = aco_kernels.pyramid_fuse(levels, (6, 5))
+    with aco_kernels.dispatch_mode("reference"):
+        ref = aco_kernels.pyramid_fuse(levels, (6, 5))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_pyramid_fuse_empty_batch(kernel_path):
+    levels = [torch.randn(0, 3, 4, 4, requires_grad=True), torch.randn(0, 3, 2, 2, requires_grad=True)]
+    out = aco_kernels.pyramid_fuse(levels, (4, 4), [1.0, 2.0])
+    assert out.shape == (0, 3, 4, 4)
+    out.sum().backward()
+    assert levels[1].grad.shape == (0, 3, 2, 2)
+
+
+def test_pyramid_fuse_gradcheck_fp64(kernel_path):
+    g = torch.Generator().manual_seed(3)
+    levels = [torch.randn(1, 2, h, w, generator=g, dtype=torch.float64, requires_grad=True)
+              for h, w in [(4, 3), (2, 2)]]
+    assert torch.autograd.gradcheck(lambda a, b: aco_kernels.pyramid_fuse([a, b], (5, 4), [0.7, 1.3]), levels)
+
+
+def test_pyramid_fuse_rejects_mismatched_levels():
+    with pytest.raises(ValueError, match="levels"):
+        aco_kernels.pyramid_fuse([torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3, 3)], (3, 3))
