@@ -45,6 +45,13 @@ def density_render(
                          f"{tuple(sizes.shape)}, {tuple(labels.shape)}, {tuple(batch_index.shape)}")
     if stride <= 0:
         raise ValueError(f"stride should be > 0, got {stride}")
+    if num > 0:
+        if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+            raise ValueError(f"labels should be in [0, num_classes={num_classes}), got [{int(labels.min())}, "
+                             f"{int(labels.max())}]")
+        if int(batch_index.min()) < 0 or int(batch_index.max()) >= num_images:
+            raise ValueError(f"batch_index should be in [0, num_images={num_images}), got "
+                             f"[{int(batch_index.min())}, {int(batch_index.max())}]")
     args = (centers, sizes, labels, batch_index, num_images, num_classes, tuple(map_size), stride, sigma_scale,
             min_sigma, truncate)
     if use_kernel(centers):

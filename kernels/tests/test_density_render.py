@@ -1,0 +1,64 @@
+import aco_kernels
+import pytest
+import torch
+from aco_kernels.reference import density_params, density_render_reference
+
+
+def _instances(num, num_images, num_classes, image_hw, seed):
+    g = torch.Generator().manual_seed(seed)
+    h, w = image_hw
+    # Centres spread a little beyond the image so that borders and clamping are exercised.
+    centers = torch.rand(num, 2, generator=g) * torch.tensor([w * 1.2, h * 1.2]) - torch.tensor([w * 0.1, h * 0.1])
+    sizes = torch.rand(num, 2, generator=g) * torch.tensor([w * 0.8, h * 0.8]) + 1.0
+    labels = torch.randint(0, num_classes, (num,), generator=g)
+    batch_index = torch.randint(0, num_images, (num,), generator=g)
+    return centers, sizes, labels, batch_index
+
+
+def _render(args, **kwargs):
+    return aco_kernels.density_render(*args, **kwargs)
+
+
+@pytest.mark.parametrize("map_size,stride", [((9, 13), 8), ((1, 1), 4), ((17, 5), 2.5)])
+def test_density_render_matches_reference(kernel_path, map_size, stride):
+    image_hw = (map_size[0] * stride, map_size[1] * stride)
+    for seed in range(3):
+        args = _instances(11, 2, 3, image_hw, seed)
+        kwargs = {"num_images": 2, "num_classes": 3, "map_size": map_size, "stride": stride}
+        out = _render(args, **kwargs)
+        ref = density_render_reference(*args, **kwargs)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+        # Every instance sums to exactly 1, wherever it sits.
+        torch.testing.assert_close(out.sum(), torch.tensor(11.0), rtol=1e-5, atol=1e-5)
+
+
+def test_density_render_each_instance_sums_to_one_at_borders(kernel_path):
+    centers = torch.tensor([[0.0, 0.0], [104.0, 72.0], [-30.0, 40.0], [52.0, 36.0], [104.0, 0.0]])
+    sizes = torch.tensor([[40.0, 40.0], [300.0, 10.0], [8.0, 8.0], [1.0, 1.0], [0.0, 0.0]])
+    kwargs = {"num_images": 1, "num_classes": 5, "map_size": (9, 13), "stride": 8}
+    labels = torch.arange(5)
+    out = _render((centers, sizes, labels, torch.zeros(5, dtype=torch.int64)), **kwargs)
+    torch.testing.assert_close(out.sum(dim=(2, 3)), torch.ones(1, 5), rtol=1e-6, atol=1e-6)
+    assert (out >= 0).all()
+
+
+def test_density_render_empty(kernel_path):
+    empty = torch.zeros(0, 2)
+    idx = torch.zeros(0, dtype=torch.int64)
+    out = _render((empty, empty, idx, idx), num_images=2, num_classes=3, map_size=(5, 7), stride=8)
+    assert out.shape == (2, 3, 5, 7)
+    assert out.abs().sum() == 0
+
+
+def test_density_sigma_rule():
+    cx, cy, sigma = density_params(torch.tensor([[16.0, 8.0], [-5.0, 1e4]]), torch.tensor([[640.0, 160.0], [2.0, 2.0]]),
+                                   map_size=(10, 10), stride=8, sigma_scale=0.15, min_sigma=1.0, truncate=3.0)
+    torch.testing.assert_close(sigma, torch.tensor([0.15 * 320.0 / 8.0, 1.0]))
+    torch.testing.assert_close(cx, torch.tensor([2.0, 0.0]))
+    torch.testing.assert_close(cy, torch.tensor([1.0, 10.0]))
+
+
+def test_density_render_rejects_bad_labels():
+    with pytest.raises(ValueError, match="labels"):
+        aco_kernels.density_render(torch.zeros(1, 2), torch.ones(1, 2), torch.tensor([3]), torch.tensor([0]),
+                                   num_images=1, num_classes=3, map_size=(4, 4), stride=4)
