@@ -148,12 +148,13 @@ def match(gt: BoxSet, dt: BoxSet, n_categories: int, *, max_dets: int = 100,
         gt_matched[t_idx, matched_gt] = True
 
     matched = dt_match_gt >= 0
-    safe = np.maximum(dt_match_gt, 0)
+    # Unmatched detections look up a padding entry past the last ground truth.
+    safe = np.where(matched, dt_match_gt, len(gt_ignore))
     dt_area = dt_boxes[:, 2] * dt_boxes[:, 3]
     outside = (dt_area < area_range[0]) | (dt_area > area_range[1])
-    ignored = np.where(matched, gt_ignore[safe], outside[None, :])
+    ignored = np.where(matched, np.r_[gt_ignore, False][safe], outside[None, :])
     # pycocotools stores the matched gt's id and tests it for truth: id 0 counts as "not matched".
-    tp = matched & (gt_ids[safe] != 0)
+    tp = matched & (np.r_[gt_ids, 1][safe] != 0)
 
     # Accumulation order: category, descending score, image, rank in the group (pycocotools' mergesort).
     dt_image = dt.image_index[dt_order]

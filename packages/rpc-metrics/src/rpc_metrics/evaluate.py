@@ -24,7 +24,13 @@ import numpy as np
 from rpc_metrics import cocoeval
 from rpc_metrics.counting import CountingMetrics, _compute, _update, count_matrix
 from rpc_metrics.io import LEVELS, FormatError, _load, check_ids_in, results_to_arrays, validate_instances
-from rpc_metrics.threshold import CorrectIntervals, ThresholdChoice, correct_intervals, exact_search, grid_search
+from rpc_metrics.threshold import (
+    CorrectIntervals,
+    ThresholdChoice,
+    correct_intervals,
+    exact_search,
+    grid_search,
+)
 
 ROWS = (*LEVELS, "averaged")
 PROTOCOLS = ("oracle", "fixed", "transfer")

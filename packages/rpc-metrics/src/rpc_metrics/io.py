@@ -27,6 +27,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +179,10 @@ def decode_mask(rle: Mapping) -> np.ndarray:
         compressed = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
     else:
         compressed = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(compressed).astype(bool)
+    with warnings.catch_warnings():
+        # pycocotools' own numpy 2 copy-keyword deprecation, not the caller's concern.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(compressed).astype(bool)
 
 
 # --------------------------------------------------------------------------------------------- validation
