@@ -145,7 +145,7 @@ class _Prepared:
 def _prepare(results: Any, gt: Any, *, require_levels: bool, results_source: str | None,
              gt_source: str | None) -> tuple[_Prepared, dict, list]:
     gt_data, gt_name = _load(gt, gt_source)
-    validate_instances(gt_data, source=gt_name, require_levels=require_levels)
+    ann = validate_instances(gt_data, source=gt_name, require_levels=require_levels)
     res_data, res_name = _load(results, results_source)
     det = results_to_arrays(res_data, source=res_name)
     image_ids = np.array(sorted(im["id"] for im in gt_data["images"]), dtype=np.int64)
@@ -160,17 +160,9 @@ def _prepare(results: Any, gt: Any, *, require_levels: bool, results_source: str
         return np.searchsorted(sorted_cats, ids)
 
     level_of = {im["id"]: im.get("level", "") for im in gt_data["images"]}
-    anns = gt_data["annotations"]
-    n = len(anns)
-    gt_boxes = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(n, 4)
     gt_set = cocoeval.BoxSet(
-        image_index=np.searchsorted(image_ids, np.fromiter((a["image_id"] for a in anns), np.int64, n)),
-        category_index=category_index(np.fromiter((a["category_id"] for a in anns), np.int64, n)),
-        boxes=gt_boxes,
-        iscrowd=np.fromiter((a.get("iscrowd", 0) for a in anns), np.int64, n),
-        area=np.fromiter((a["area"] if "area" in a else b[2] * b[3] for a, b in zip(anns, gt_boxes, strict=True)),
-                         np.float64, n),
-        ids=np.fromiter((a["id"] for a in anns), np.int64, n),
+        image_index=np.searchsorted(image_ids, ann.image_ids), category_index=category_index(ann.category_ids),
+        boxes=ann.boxes, iscrowd=ann.iscrowd, area=ann.area, ids=ann.ids,
     )
     dt_set = cocoeval.BoxSet(
         image_index=np.searchsorted(image_ids, det.image_ids), category_index=category_index(det.category_ids),

@@ -251,8 +251,10 @@ def _index_by_id(items: Any, key: str, source: str, required: Sequence[str]) -> 
     return index
 
 
-def validate_instances(dataset: Any, *, source: str = "<in-memory>", require_levels: bool = False) -> None:
+def validate_instances(dataset: Any, *, source: str = "<in-memory>", require_levels: bool = False) -> AnnotationArrays:
     """Check an instances or pool JSON; raise :class:`FormatError` at the first problem.
+
+    Returns the annotations as columns (:class:`AnnotationArrays`), which callers may reuse.
 
     Checks COCO's own required fields and types, unique ids, annotation references, finite non-negative
     boxes, ``iscrowd`` in {0, 1}, segmentations, and ``level`` in easy/medium/hard where present (or on
@@ -275,9 +277,69 @@ def validate_instances(dataset: Any, *, source: str = "<in-memory>", require_lev
             _fail(source, entry, "missing 'level' (easy|medium|hard), needed for per-level rows; pass --levels averaged")
         if level is not None and level not in LEVELS:
             _fail(source, entry, f"level should be one of {LEVELS}, got {level!r}")
-    annotations = dataset["annotations"]
+    return annotations_to_arrays(dataset["annotations"], images, categories, source)
+
+
+@dataclass(frozen=True)
+class AnnotationArrays:
+    """Annotations as columns: ``boxes (float64[N, 4])`` in (x, y, w, h); ``area`` is w * h where absent."""
+
+    ids: np.ndarray
+    image_ids: np.ndarray
+    category_ids: np.ndarray
+    boxes: np.ndarray
+    iscrowd: np.ndarray
+    area: np.ndarray
+
+
+def _integral(values: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(values) & (values == np.round(values))))
+
+
+def annotations_to_arrays(annotations: Any, images: Mapping[int, Mapping], categories: Mapping[int, Mapping],
+                          source: str) -> AnnotationArrays:
+    """Check annotations column-wise (fast); on any problem, find and name the first bad entry."""
     if not isinstance(annotations, list):
         _fail(source, "annotations", "should be a list")
+    n = len(annotations)
+    try:
+        ids = np.fromiter((a["id"] for a in annotations), np.float64, n)
+        image_ids = np.fromiter((a["image_id"] for a in annotations), np.float64, n)
+        category_ids = np.fromiter((a["category_id"] for a in annotations), np.float64, n)
+        iscrowd = np.fromiter((a.get("iscrowd", 0) for a in annotations), np.float64, n)
+        boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(n, 4)
+        area = np.fromiter((a.get("area", np.nan) for a in annotations), np.float64, n)
+        points = [a["point_xy"] for a in annotations if a.get("point_xy") is not None]
+        point_array = np.array(points, dtype=np.float64).reshape(len(points), 2)
+        segmented = [i for i, a in enumerate(annotations) if a.get("segmentation")]
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        _explain_bad_annotation(annotations, images, categories, source)
+    image_known = np.fromiter(images, np.float64, len(images))
+    category_known = np.fromiter(categories, np.float64, len(categories))
+    has_area = ~np.isnan(area)
+    good = (
+        _integral(ids) and _integral(image_ids) and _integral(category_ids)
+        and len(np.unique(ids)) == n
+        and bool(np.isin(image_ids, image_known).all()) and bool(np.isin(category_ids, category_known).all())
+        and bool(np.isfinite(boxes).all()) and bool((boxes[:, 2:] >= 0).all())
+        and bool(np.isin(iscrowd, (0, 1)).all())
+        and bool(np.isfinite(area[has_area]).all())
+        and bool(np.isfinite(point_array).all())
+    )
+    if not good:
+        _explain_bad_annotation(annotations, images, categories, source)
+    for i in segmented:
+        ann = annotations[i]
+        _check_segmentation(ann["segmentation"], images[ann["image_id"]], source, f"annotations[{i}]")
+    return AnnotationArrays(
+        ids=ids.astype(np.int64), image_ids=image_ids.astype(np.int64), category_ids=category_ids.astype(np.int64),
+        boxes=boxes, iscrowd=iscrowd.astype(np.int64),
+        area=np.where(has_area, area, boxes[:, 2] * boxes[:, 3]),
+    )
+
+
+def _explain_bad_annotation(annotations: list, images: Mapping, categories: Mapping, source: str) -> None:
+    """Slow path: find the first malformed annotation and say what is wrong with it."""
     seen: set[int] = set()
     for i, ann in enumerate(annotations):
         entry = f"annotations[{i}]"
@@ -294,7 +356,7 @@ def validate_instances(dataset: Any, *, source: str = "<in-memory>", require_lev
         if ann["category_id"] not in categories:
             _fail(source, entry, f"category_id {ann['category_id']!r} is not in categories")
         _check_box(ann["bbox"], source, entry)
-        if ann.get("iscrowd", 0) not in (0, 1):
+        if ann.get("iscrowd", 0) not in (0, 1) or isinstance(ann.get("iscrowd"), bool):
             _fail(source, entry, f"iscrowd should be 0 or 1, got {ann['iscrowd']!r}")
         if "area" in ann and not (_is_number(ann["area"]) and math.isfinite(ann["area"])):
             _fail(source, entry, f"area should be a finite number, got {ann['area']!r}")
@@ -305,6 +367,7 @@ def validate_instances(dataset: Any, *, source: str = "<in-memory>", require_lev
             _fail(source, entry, f"point_xy should be [x, y], got {point!r}")
         if ann.get("segmentation"):
             _check_segmentation(ann["segmentation"], images[ann["image_id"]], source, entry)
+    _fail(source, "annotations", "could not read the annotations")
 
 
 def read_instances(obj: Any, *, source: str | None = None, require_levels: bool = False) -> dict:
