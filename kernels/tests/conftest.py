@@ -13,6 +13,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
+
 from aco_kernels import dispatch_mode
 from aco_kernels._dispatch import interpreting, triton_available
 

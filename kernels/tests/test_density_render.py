@@ -1,6 +1,7 @@
-import aco_kernels
 import pytest
 import torch
+
+import aco_kernels
 from aco_kernels.reference import density_params, density_render_reference
 
 

@@ -159,8 +159,9 @@ def roi_align_reference(feature: Tensor, rois: Tensor, output_size: tuple[int, i
     ix = torch.arange(max_gw, device=feature.device)
     p_y = torch.arange(ph, device=feature.device, dtype=dtype)
     p_x = torch.arange(pw, device=feature.device, dtype=dtype)
-    gh = grid_h.to(dtype)[:, None, None]
-    gw = grid_w.to(dtype)[:, None, None]
+    # Empty boxes have a 0-sample grid; dividing by 1 keeps their (masked) coordinates finite for autograd.
+    gh = grid_h.clamp(min=1).to(dtype)[:, None, None]
+    gw = grid_w.clamp(min=1).to(dtype)[:, None, None]
     ys = y1[:, None, None] + p_y[None, :, None] * bin_h[:, None, None] + (iy.to(dtype) + 0.5)[None, None, :] * bin_h[:, None, None] / gh
     xs = x1[:, None, None] + p_x[None, :, None] * bin_w[:, None, None] + (ix.to(dtype) + 0.5)[None, None, :] * bin_w[:, None, None] / gw
     # Broadcast to [K, ph, gh, pw, gw] sample points.

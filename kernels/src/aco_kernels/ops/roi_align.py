@@ -1,0 +1,193 @@
+"""Fused multi-scale RoIAlign: FPN level per box and RoIAlign on that level, all levels in one launch.
+
+One program per (box, channel block) computes the box's level (torchvision's LevelMapper formula), picks
+that level's feature map from a pointer table and pools all output bins for its channels. The backward
+walks the same samples and scatters into each level's gradient with atomics (float32 buffers, float64
+for float64 inputs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ._common import acc_dtypes, pointer_table, tl_dtype
+
+
+@triton.jit
+def _box_level(x1, y1, x2, y2, k_min, k_max, canonical_level, log2_canonical_scale, NUM_LEVELS: tl.constexpr):
+    """floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6), clamped, minus k_min."""
+    if NUM_LEVELS == 1:
+        level = 0
+    else:
+        area = (x2 - x1) * (y2 - y1)
+        # Empty boxes go to the finest level, as log2(0) = -inf does in torchvision.
+        area = tl.maximum(area.to(tl.float32), 1e-30)
+        lvl = tl.floor(canonical_level + 0.5 * tl.log2(area) - log2_canonical_scale + 1e-6)
+        level = (tl.minimum(tl.maximum(lvl, k_min), k_max) - k_min).to(tl.int32)
+    return level
+
+
+@triton.jit
+def _bilinear(y, x, height, width, ACC: tl.constexpr):
+    """torchvision's RoIAlign bilinear sample: flat offsets of the 4 neighbours and their weights
+    (all weights 0 for points more than one pixel outside the map)."""
+    outside = (y < -1.0) | (y > height) | (x < -1.0) | (x > width)
+    y = tl.maximum(y, 0.0)
+    x = tl.maximum(x, 0.0)
+    y_low = y.to(tl.int32)
+    x_low = x.to(tl.int32)
+    y_top = y_low >= height - 1
+    x_top = x_low >= width - 1
+    y_low = tl.where(y_top, height - 1, y_low)
+    x_low = tl.where(x_top, width - 1, x_low)
+    y = tl.where(y_top, y_low.to(ACC), y)
+    x = tl.where(x_top, x_low.to(ACC), x)
+    y_high = tl.where(y_top, y_low, y_low + 1)
+    x_high = tl.where(x_top, x_low, x_low + 1)
+    ly = y - y_low.to(ACC)
+    lx = x - x_low.to(ACC)
+    hy = 1.0 - ly
+    hx = 1.0 - lx
+    keep = tl.where(outside, 0.0, 1.0).to(ACC)
+    return (y_low * width + x_low, y_low * width + x_high, y_high * width + x_low, y_high * width + x_high,
+            hy * hx * keep, hy * lx * keep, ly * hx * keep, ly * lx * keep, outside)
+
+
+@triton.jit
+def _roi_align_kernel(
+    feat_table, size_table, scale_table, rois_ptr, grad_out_ptr, out_ptr,
+    channels, k_min, k_max, canonical_level, log2_canonical_scale,
+    POOLED_H: tl.constexpr, POOLED_W: tl.constexpr, SAMPLING: tl.constexpr, ALIGNED: tl.constexpr,
+    NUM_LEVELS: tl.constexpr, DTYPE: tl.constexpr, ACC: tl.constexpr, BACKWARD: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    box = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < channels
+    roi = rois_ptr + box * 5
+    batch = tl.load(roi).to(tl.int64)
+    x1 = tl.load(roi + 1).to(ACC)
+    y1 = tl.load(roi + 2).to(ACC)
+    x2 = tl.load(roi + 3).to(ACC)
+    y2 = tl.load(roi + 4).to(ACC)
+    level = _box_level(x1, y1, x2, y2, k_min, k_max, canonical_level, log2_canonical_scale, NUM_LEVELS)
+    height = tl.load(size_table + 2 * level)
+    width = tl.load(size_table + 2 * level + 1)
+    scale = tl.load(scale_table + level).to(ACC)
+
+    offset = 0.5 if ALIGNED else 0.0
+    start_w = x1 * scale - offset
+    start_h = y1 * scale - offset
+    roi_w = x2 * scale - offset - start_w
+    roi_h = y2 * scale - offset - start_h
+    if not ALIGNED:
+        roi_w = tl.maximum(roi_w, 1.0)
+        roi_h = tl.maximum(roi_h, 1.0)
+    bin_h = roi_h / POOLED_H
+    bin_w = roi_w / POOLED_W
+    if SAMPLING > 0:
+        grid_h = SAMPLING
+        grid_w = SAMPLING
+    else:
+        grid_h = tl.ceil(roi_h / POOLED_H).to(tl.int32)
+        grid_w = tl.ceil(roi_w / POOLED_W).to(tl.int32)
+    count = tl.maximum(grid_h * grid_w, 1).to(ACC)
+
+    p = tl.arange(0, BLOCK_P)
+    pmask = p < POOLED_H * POOLED_W
+    ph = (p // POOLED_W).to(ACC)
+    pw = (p % POOLED_W).to(ACC)
+    mask = pmask[:, None] & cmask[None, :]
+    plane = (batch * channels + c.to(tl.int64)) * height * width  # [BLOCK_C]
+    out_offs = box * channels * (POOLED_H * POOLED_W) + c[None, :].to(tl.int64) * (POOLED_H * POOLED_W) + p[:, None]
+
+    if BACKWARD:
+        grad_base = tl.load(feat_table + level).to(tl.pointer_type(ACC))
+        g = tl.load(grad_out_ptr + out_offs, mask=mask, other=0.0).to(ACC) / count
+    else:
+        feat_base = tl.load(feat_table + level).to(tl.pointer_type(DTYPE))
+        acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
+    for iy in range(0, grid_h):
+        y = start_h + ph * bin_h + (iy + 0.5) * bin_h / grid_h
+        for ix in range(0, grid_w):
+            x = start_w + pw * bin_w + (ix + 0.5) * bin_w / grid_w
+            o1, o2, o3, o4, w1, w2, w3, w4, outside = _bilinear(y, x, height, width, ACC)
+            if BACKWARD:
+                m = mask & ~outside[:, None]
+                tl.atomic_add(grad_base + plane[None, :] + o1[:, None], g * w1[:, None], mask=m)
+                tl.atomic_add(grad_base + plane[None, :] + o2[:, None], g * w2[:, None], mask=m)
+                tl.atomic_add(grad_base + plane[None, :] + o3[:, None], g * w3[:, None], mask=m)
+                tl.atomic_add(grad_base + plane[None, :] + o4[:, None], g * w4[:, None], mask=m)
+            else:
+                v1 = tl.load(feat_base + plane[None, :] + o1[:, None], mask=mask, other=0.0).to(ACC)
+                v2 = tl.load(feat_base + plane[None, :] + o2[:, None], mask=mask, other=0.0).to(ACC)
+                v3 = tl.load(feat_base + plane[None, :] + o3[:, None], mask=mask, other=0.0).to(ACC)
+                v4 = tl.load(feat_base + plane[None, :] + o4[:, None], mask=mask, other=0.0).to(ACC)
+                acc += w1[:, None] * v1 + w2[:, None] * v2 + w3[:, None] * v3 + w4[:, None] * v4
+    if not BACKWARD:
+        tl.store(out_ptr + out_offs, (acc / count).to(DTYPE), mask=mask)
+
+
+def _launch(table, sizes, scales_t, rois, grad_out, out, channels, num_boxes, config, dtype, acc, backward):
+    output_size, sampling_ratio, aligned, k_min, k_max, canonical_level, log2_scale, num_levels = config
+    block_c = min(128, max(16, triton.next_power_of_2(channels)))
+    block_p = max(16, triton.next_power_of_2(output_size[0] * output_size[1]))
+    grid = (num_boxes, triton.cdiv(channels, block_c))
+    _roi_align_kernel[grid](
+        table, sizes, scales_t, rois, grad_out, out,
+        channels, float(k_min), float(k_max), canonical_level, log2_scale,
+        POOLED_H=output_size[0], POOLED_W=output_size[1], SAMPLING=max(sampling_ratio, 0), ALIGNED=aligned,
+        NUM_LEVELS=num_levels, DTYPE=tl_dtype(dtype), ACC=acc, BACKWARD=backward,
+        BLOCK_P=block_p, BLOCK_C=block_c,
+    )
+
+
+class MultiScaleRoIAlignFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rois, scales, output_size, sampling_ratio, canonical_scale, canonical_level, aligned, *features):
+        features = [f.contiguous() for f in features]
+        dtype, device = features[0].dtype, features[0].device
+        channels = features[0].shape[1]
+        if any(f.dtype != dtype or f.device != device or f.shape[1] != channels for f in features):
+            raise ValueError("features should share one dtype, device and channel count")
+        acc, acc_torch = acc_dtypes(dtype)
+        rois = rois.to(device=device, dtype=acc_torch).contiguous()
+        num_boxes = rois.shape[0]
+        sizes = torch.tensor([[f.shape[2], f.shape[3]] for f in features], dtype=torch.int32, device=device)
+        scales_t = torch.tensor(list(scales), dtype=acc_torch, device=device)
+        config = (output_size, sampling_ratio, aligned, round(-math.log2(scales[0])), round(-math.log2(scales[-1])),
+                  float(canonical_level), math.log2(canonical_scale), len(features))
+        out = torch.empty(num_boxes, channels, *output_size, dtype=dtype, device=device)
+        if out.numel() > 0:
+            _launch(pointer_table(features, device), sizes, scales_t, rois, out, out, channels, num_boxes, config,
+                    dtype, acc, False)
+        ctx.save_for_backward(rois, sizes, scales_t)
+        ctx.config = config
+        ctx.shapes = [f.shape for f in features]
+        ctx.dtype = dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        rois, sizes, scales_t = ctx.saved_tensors
+        acc, acc_torch = acc_dtypes(ctx.dtype)
+        grads = [torch.zeros(shape, dtype=acc_torch, device=grad_out.device) for shape in ctx.shapes]
+        if grad_out.numel() > 0:
+            _launch(pointer_table(grads, grad_out.device), sizes, scales_t, rois, grad_out.contiguous(), grad_out,
+                    grad_out.shape[1], grad_out.shape[0], ctx.config, ctx.dtype, acc, True)
+        return (None, None, None, None, None, None, None, *(g.to(ctx.dtype) for g in grads))
+
+
+def multiscale_roi_align_triton(
+    features: Sequence[Tensor], rois: Tensor, scales: Sequence[float], output_size: tuple[int, int],
+    sampling_ratio: int, canonical_scale: float, canonical_level: float, aligned: bool,
+) -> Tensor:
+    """Kernel path of :func:`aco_kernels.multiscale_roi_align` (arguments already validated)."""
+    return MultiScaleRoIAlignFunction.apply(rois, list(scales), output_size, sampling_ratio, canonical_scale,
+                                            canonical_level, aligned, *features)
