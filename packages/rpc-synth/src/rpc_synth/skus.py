@@ -181,8 +181,9 @@ def label_texture(sku: Sku, aspect: float) -> np.ndarray:
     scale = w / 75
     (tw, th), _ = cv2.getTextSize(sku.letters, cv2.FONT_HERSHEY_SIMPLEX, scale, 2)
     org = (round((w - tw) / 2), round(0.78 * h + th / 2))
-    cv2.rectangle(img, (org[0] - 3, org[1] - th - 3), (org[0] + tw + 3, org[1] + 5), (235, 235, 235), -1)
-    cv2.putText(img, sku.letters, org, cv2.FONT_HERSHEY_SIMPLEX, scale, sku.accent if sum(sku.accent) < 450 else (20, 20, 20), 2, cv2.LINE_AA)
+    plate = tuple(int(0.45 * c) for c in sku.accent)
+    cv2.rectangle(img, (org[0] - 3, org[1] - th - 3), (org[0] + tw + 3, org[1] + 5), plate, -1)
+    cv2.putText(img, sku.letters, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (235, 235, 235), 2, cv2.LINE_AA)
     # A thin border in the accent colour.
     cv2.rectangle(img, (0, 0), (w - 1, h - 1), sku.accent, 2)
     return img

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from rpc_metrics.io import LEVELS, atomic_output, encode_mask, write_instances, write_json
 
 from .baskets import LEVEL_RANGES, sample_basket
-from .compose import place, transform_sprite, visible_parts
-from .compose import cast_shadow, paste
+from .compose import cast_shadow, paste, place, transform_sprite, visible_parts
 from .parallel import map_ordered
 from .progress import Progress
 from .render import Sprite, render_view

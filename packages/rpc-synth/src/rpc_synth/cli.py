@@ -1,0 +1,113 @@
+"""``rpc-synth``: a thin click layer over the library functions (same arguments, same names)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from rpc_metrics.io import FormatError
+
+from . import world as world_mod
+
+
+class InputError(ValueError):
+    """Bad input that is not a file format problem (an option value, an empty exemplar set, ...)."""
+
+
+def _fail_cleanly(fn):
+    """Print one line naming the file and entry for bad input, exit with code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (FormatError, InputError, ValueError) as err:
+            click.echo(f"rpc-synth: error: {err}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Synthesized checkout images from single-product exemplars, and an embedded mini RPC world."""
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the world into (RPC layout).")
+@click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives the same bytes.")
+@click.option("--skus", default=24, show_default=True, help="Number of products (at least 10).")
+@click.option("--lookalike-pairs", default=4, show_default=True, help="Pairs of SKUs that differ only in small details.")
+@click.option("--elevations", default="0,30,60,90", show_default=True, help="Exemplar camera elevations in degrees, comma-separated.")
+@click.option("--azimuths", default=8, show_default=True, help="Turntable rotations per elevation.")
+@click.option("--exemplar-size", default=320, show_default=True, help="Exemplar width in px (height is 3/4 of it).")
+@click.option("--size", "checkout_size", default=384, show_default=True, help="Checkout image side in px (RPC: about 1815).")
+@click.option("--val", "val_images", default=60, show_default=True, help="Number of val checkout images (equal thirds per level).")
+@click.option("--test", "test_images", default=120, show_default=True, help="Number of test checkout images (equal thirds per level).")
+@click.option("--workers", default=1, show_default=True, help="Worker processes.")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+@_fail_cleanly
+def world(out, seed, skus, lookalike_pairs, elevations, azimuths, exemplar_size, checkout_size, val_images, test_images,
+          workers, quiet):
+    """Write the procedural mini world (exemplars, val/test checkout images, true exemplar masks)."""
+    try:
+        elevation_list = tuple(float(e) for e in elevations.split(","))
+    except ValueError:
+        raise InputError(f"--elevations should be comma-separated degrees like 0,30,60,90, got {elevations!r}") from None
+    config = world_mod.WorldConfig(seed=seed, skus=skus, lookalike_pairs=lookalike_pairs, elevations=elevation_list,
+                                   azimuths=azimuths, exemplar_size=exemplar_size, checkout_size=checkout_size,
+                                   val_images=val_images, test_images=test_images)
+    summary = world_mod.build_world(out, config, workers=workers, progress=not quiet)
+    click.echo(f"wrote {summary['exemplars']} exemplars, {val_images} val and {test_images} test checkout images to {out}")
+
+
+@main.command()
+@click.option("--instances", required=True, type=click.Path(dir_okay=False), help="Exemplar instances JSON (RPC train).")
+@click.option("--images", required=True, type=click.Path(file_okay=False), help="Folder of the exemplar photos.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for mask PNGs and instances_masks.json.")
+@click.option("--workers", default=1, show_default=True, help="Worker processes.")
+@click.option("--keep-coarse", is_flag=True, help="Also write the coarse masks to OUT/coarse/ (to compare).")
+@click.option("--refine-px", default=400, show_default=True, help="Largest side the GrabCut refinement works at.")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+@_fail_cleanly
+def masks(instances, images, out, workers, keep_coarse, refine_px, quiet):
+    """Coarse-to-fine product masks for every exemplar (resumable: finished images are skipped)."""
+    from .masks import build_masks
+
+    result = build_masks(instances, images, out, workers=workers, keep_coarse=keep_coarse, refine_px=refine_px,
+                         progress=not quiet)
+    scores = [a["mask_score"] for a in result["annotations"] if "mask_score" in a]
+    click.echo(f"wrote {len(scores)} masks to {out} (mean quality score {sum(scores) / max(len(scores), 1):.3f})")
+
+
+@main.command()
+@click.option("--masks", "masks_json", required=True, type=click.Path(dir_okay=False), help="instances_masks.json from `rpc-synth masks`.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the JSON with pose_ratio and pose_kept.")
+@click.option("--threshold", default=0.45, show_default=True, help="Keep a view when its area ratio is above this.")
+@_fail_cleanly
+def poses(masks_json, out, threshold):
+    """Pose pruning: keep views whose mask area is above THRESHOLD x the SKU's largest."""
+    from .poses import pose_summary, prune_poses
+
+    summary = pose_summary(prune_poses(masks_json, out, threshold=threshold))
+    click.echo(f"kept {summary['kept']} of {summary['views']} views, dropped {summary['dropped']}; wrote {out}")
+    if summary["categories_without_views"]:
+        click.echo(f"warning: no view kept for categories {summary['categories_without_views']}", err=True)
+
+
+@main.command()
+@click.option("--world", "world_dir", required=True, type=click.Path(file_okay=False), help="Mini world folder (has exemplar_masks_true/).")
+@click.option("--masks", "masks_dir", required=True, type=click.Path(file_okay=False), help="Output folder of `rpc-synth masks`.")
+@click.option("--poses", "poses_json", type=click.Path(dir_okay=False), help="Output JSON of `rpc-synth poses`.")
+@_fail_cleanly
+def quality(world_dir, masks_dir, poses_json):
+    """Measure masks (mean IoU vs the true masks) and pose pruning on the mini world; prints JSON."""
+    from .quality import mask_quality, pose_quality
+
+    report = {"masks": mask_quality(world_dir, masks_dir)}
+    if poses_json:
+        report["poses"] = pose_quality(world_dir, poses_json)
+    click.echo(json.dumps(report, indent=1))
