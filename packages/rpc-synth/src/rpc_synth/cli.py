@@ -11,11 +11,7 @@ import click
 from rpc_metrics.io import FormatError
 
 from . import world as world_mod
-
-
-class InputError(ValueError):
-    """Bad input that is not a file format problem (an option value, an empty exemplar set, ...)."""
-
+from .generate import InputError
 
 def _fail_cleanly(fn):
     """Print one line naming the file and entry for bad input, exit with code 2."""
@@ -111,3 +107,51 @@ def quality(world_dir, masks_dir, poses_json):
     if poses_json:
         report["poses"] = pose_quality(world_dir, poses_json)
     click.echo(json.dumps(report, indent=1))
+
+
+def _pair(text: str, name: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{name} should be two numbers like 0.5,0.7, got {text!r}") from None
+    return lo, hi
+
+
+@main.command()
+@click.option("--exemplars", required=True, type=click.Path(dir_okay=False), help="poses.json (or instances_masks.json) of the exemplars.")
+@click.option("--images", required=True, type=click.Path(file_okay=False), help="Folder of the exemplar photos.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (synth2019/, instances_synth2019.json).")
+@click.option("--num-images", "n_images", default=600, show_default=True, help="Number of images to synthesize.")
+@click.option("--size", default=384, show_default=True, help="Side of the square output images in px (RPC: about 1815).")
+@click.option("--seed", default=0, show_default=True, help="Random seed; image i depends only on (seed, i).")
+@click.option("--levels", default="easy,medium,hard", show_default=True, help="Levels cycled over the images (equal shares).")
+@click.option("--ranges", default="", help="Override per-level ranges, e.g. 'easy=3-5/3-10' (categories/instances).")
+@click.option("--categories", default="", help="Comma-separated category ids to use (default: all with a kept exemplar).")
+@click.option("--scale", default="0.5,0.7", show_default=True, help="Object scale range, relative to size / exemplar width.")
+@click.option("--max-iou", default=0.3, show_default=True, help="Placement limit on box IoU (relaxed when crowded).")
+@click.option("--min-visible", default=0.3, show_default=True, help="Drop instances with less of their mask visible.")
+@click.option("--shadow-strength", default=0.4, show_default=True, help="Darkness of the soft shadows (0: none).")
+@click.option("--color-jitter", default=0.1, show_default=True, help="Per-object colour gain jitter (0: none).")
+@click.option("--backgrounds", type=click.Path(file_okay=False, exists=True), help="Folder of background photos (default: procedural).")
+@click.option("--jpeg-quality", default=90, show_default=True, help="JPEG quality of the written images.")
+@click.option("--workers", default=1, show_default=True, help="Worker processes (output does not depend on it).")
+@click.option("--shard", default=None, help="Make only images with index % n == i, given as i/n.")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+@_fail_cleanly
+def generate(exemplars, images, out, n_images, size, seed, levels, ranges, categories, scale, max_iou, min_visible,
+             shadow_strength, color_jitter, backgrounds, jpeg_quality, workers, shard, quiet):
+    """Synthesize checkout images (resumable: re-running skips finished images)."""
+    from .generate import GenerateConfig
+    from .generate import generate as run_generate
+
+    try:
+        category_ids = tuple(int(c) for c in categories.split(",") if c.strip())
+    except ValueError:
+        raise InputError(f"--categories should be comma-separated integers, got {categories!r}") from None
+    config = GenerateConfig(images=n_images, size=size, seed=seed, levels=tuple(v.strip() for v in levels.split(",")),
+                            ranges=ranges, categories=category_ids, scale=_pair(scale, "--scale"), max_iou=max_iou,
+                            min_visible=min_visible, shadow_strength=shadow_strength, color_jitter=color_jitter,
+                            backgrounds=backgrounds, jpeg_quality=jpeg_quality)
+    dataset = run_generate(exemplars, images, out, config, workers=workers, shard=shard, progress=not quiet)
+    if dataset is not None:
+        click.echo(f"wrote {len(dataset['images'])} images, {len(dataset['annotations'])} instances to {out}")

@@ -58,8 +58,8 @@ def _roi(bbox, shape, margin: float) -> tuple[int, int, int, int]:
 def _box_mask(bbox, roi, shape_hw: tuple[int, int], scale: float = 1.0) -> np.ndarray:
     x, y, w, h = bbox
     inside = np.zeros(shape_hw, bool)
-    bx0, by0 = int(round((x - roi[0]) * scale)), int(round((y - roi[1]) * scale))
-    bx1, by1 = int(round((x + w - roi[0]) * scale)), int(round((y + h - roi[1]) * scale))
+    bx0, by0 = round((x - roi[0]) * scale), round((y - roi[1]) * scale)
+    bx1, by1 = round((x + w - roi[0]) * scale), round((y + h - roi[1]) * scale)
     inside[max(by0, 0) : max(by1, by0 + 1), max(bx0, 0) : max(bx1, bx0 + 1)] = True
     return inside
 
