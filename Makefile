@@ -34,6 +34,8 @@ bench: $(STAMP)
 bench-gpu:
 	PYTHONPATH=$(subst $(eval) ,:,$(addsuffix /src,$(PRESENT))) $(PYTHON) -m pytest -q -m gpu \
 		-p no:cacheprovider $(PRESENT) $(PYTEST_ARGS)
+	test ! -f kernels/benchmarks/report.py || PYTHONPATH=$(subst $(eval) ,:,$(addsuffix /src,$(PRESENT))) \
+		$(PYTHON) kernels/benchmarks/report.py --output kernels/benchmarks/RESULTS.md
 
 demo: $(STAMP)
 	$(BIN)/python examples/aco_pipeline.py $(if $(QUICK),--quick,)
