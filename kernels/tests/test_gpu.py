@@ -134,8 +134,8 @@ def test_roi_align_matches_torchvision_cuda():
     torchvision = pytest.importorskip("torchvision")
     g = _gen(4)
     features = _fpn(g, torch.float32, 2, 64, (50, 60))
+    # Sorted coordinates give valid (x1 < x2, y1 < y2) boxes.
     boxes = [torch.rand(100, 4, device="cuda", generator=g).sort(dim=1).values * 200 for _ in range(2)]
-    boxes = [torch.stack([b[:, 0], b[:, 1], b[:, 2], b[:, 3]], 1) for b in boxes]
     names = ["p2", "p3", "p4", "p5"]
     pooler = torchvision.ops.MultiScaleRoIAlign(names, 7, 2)
     expected = pooler(dict(zip(names, features, strict=True)), boxes, [(200, 240)] * 2)

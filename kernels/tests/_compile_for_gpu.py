@@ -1,0 +1,57 @@
+"""Compile every kernel for an sm_90 GPU without one (triton's full pipeline, ptxas included).
+
+Run by test_compile.py in a fresh process: kernels must be defined with TRITON_INTERPRET unset. Catches what
+the interpreter cannot: type errors in loops, constexpr misuse, unsupported ops in the compiled backend.
+"""
+
+import os
+import sys
+
+os.environ.pop("TRITON_INTERPRET", None)
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from aco_kernels.ops import density_render, kd_loss, pyramid_fuse, roi_align
+
+TARGET = GPUTarget("cuda", 90, 32)
+KD_FWD = {"s_ptr": "*bf16", "t_ptr": "*bf16", "y_ptr": "*i64", "w_ptr": "*fp32", "loss_ptr": "*fp32",
+          "stats_ptr": "*fp32", "n_cols": "i32", "stride_s": "i32", "stride_t": "i32", "inv_temp": "fp32",
+          "temp_sq": "fp32", "alpha": "fp32", "ignore_index": "i32"}
+KD_BWD = {"s_ptr": "*fp16", "t_ptr": "*fp16", "y_ptr": "*i64", "w_ptr": "*fp32", "stats_ptr": "*fp32",
+          "grad_out_ptr": "*fp32", "grad_s_ptr": "*fp16", "n_cols": "i32", "stride_s": "i32", "stride_t": "i32",
+          "stride_g": "i32", "inv_temp": "fp32", "kl_coef": "fp32", "alpha": "fp32", "ignore_index": "i32",
+          "grad_scale": "fp32"}
+PYRAMID = {"ptr_table": "*i64", "size_table": "*i32", "param_table": "*fp32", "grad_out_ptr": "*fp32",
+           "out_ptr": "*fp32", "out_h": "i32", "out_w": "i32", "n_blocks": "i32"}
+DENSITY = {"params_ptr": "*fp32", "offsets_ptr": "*i64", "out_ptr": "*fp32", "height": "i32", "width": "i32",
+           "n_blocks": "i32", "truncate": "fp32"}
+ROI = {"feat_table": "*i64", "size_table": "*i32", "scale_table": "*fp32", "rois_ptr": "*fp32",
+       "grad_out_ptr": "*fp32", "out_ptr": "*fp32", "channels": "i32", "k_min": "fp32", "k_max": "fp32",
+       "canonical_level": "fp32", "log2_canonical_scale": "fp32"}
+JOBS = [
+    (kd_loss._kd_fwd_kernel, KD_FWD, {"HAS_LABELS": True, "HAS_WEIGHTS": True, "BLOCK": 256, "ACC": tl.float32}),
+    (kd_loss._kd_bwd_kernel, KD_BWD, {"HAS_LABELS": True, "HAS_WEIGHTS": True, "ROW_GRAD": True, "BLOCK": 256,
+                                      "ACC": tl.float32}),
+    (pyramid_fuse._pyramid_fuse_kernel, PYRAMID, {"NUM_LEVELS": 5, "DTYPE": tl.bfloat16, "ACC": tl.float32,
+                                                  "BACKWARD": False, "BLOCK": 1024}),
+    (pyramid_fuse._pyramid_fuse_kernel, PYRAMID, {"NUM_LEVELS": 5, "DTYPE": tl.float16, "ACC": tl.float32,
+                                                  "BACKWARD": True, "BLOCK": 1024}),
+    (density_render._density_render_kernel, DENSITY, {"BLOCK": 1024, "NORM_BLOCK": 128}),
+    *[(roi_align._roi_align_kernel, ROI, {"POOLED_H": 7, "POOLED_W": 7, "SAMPLING": sr, "ALIGNED": sr > 0,
+                                          "NUM_LEVELS": levels, "DTYPE": tl.bfloat16, "ACC": tl.float32,
+                                          "BACKWARD": backward, "BLOCK_P": 64, "BLOCK_C": 64})
+      for sr, levels, backward in [(2, 4, False), (0, 1, True)]],
+]
+
+failures = []
+for fn, signature, constexprs in JOBS:
+    try:
+        triton.compile(ASTSource(fn=fn, signature={**signature, **dict.fromkeys(constexprs, "constexpr")},
+                                 constexprs=constexprs), target=TARGET)
+    except Exception as exc:
+        failures.append(f"{fn.__name__} {constexprs}: {type(exc).__name__}: {exc}")
+if failures:
+    sys.exit("\n".join(failures))
