@@ -121,12 +121,13 @@ def match(gt: BoxSet, dt: BoxSet, n_categories: int, *, max_dets: int = 100,
     by_rank = np.argsort(dt_rank[pair_det], kind="stable")
     pair_det, pair_gt = pair_det[by_rank], pair_gt[by_rank]
     pair_iou = box_iou_coco(dt_boxes[pair_det], gt_boxes[pair_gt], gt_crowd_s[pair_gt])
-    rank_bounds = np.searchsorted(dt_rank[pair_det], np.arange(max_dets + 1))
+    n_ranks = int(dt_rank.max()) + 1 if n_det else 0
+    rank_bounds = np.searchsorted(dt_rank[pair_det], np.arange(n_ranks + 1))
 
     gt_matched = np.zeros((n_t, len(gt_key_s)), dtype=bool)
     dt_match_gt = np.full((n_t, n_det), -1, dtype=np.int64)
     thresholds = np.minimum(iou_thresholds, 1 - 1e-10)[:, None]
-    for rank in range(max_dets):
+    for rank in range(n_ranks):
         lo, hi = rank_bounds[rank], rank_bounds[rank + 1]
         if lo == hi:
             continue

@@ -1,0 +1,58 @@
+"""``kd-loop``: run the distillation loop from a TOML config, and show a run's rounds."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from kd_loop.config import ConfigError, describe_keys, load_config
+from kd_loop.loop import format_table, round_rows, run_loop
+from rpc_metrics.io import FormatError
+
+USAGE_ERROR = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kd-loop")
+def main() -> None:
+    """Iterative knowledge distillation with label-free pseudo-label selection."""
+
+
+@main.command("run", context_settings={"ignore_unknown_options": True})
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--rounds", type=int, default=None, help="Number of distillation rounds (overrides the config).")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the run (overrides the config); an existing run there is resumed.")
+def run_command(config, overrides, rounds, workdir) -> None:
+    """Run, or resume, the loop described by CONFIG (TOML); KEY=VALUE pairs override config keys."""
+    try:
+        loop_config = load_config(config, overrides)
+        summary = run_loop(loop_config, rounds=rounds, workdir=workdir)
+    except (ConfigError, FormatError) as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(USAGE_ERROR)
+    click.echo(summary.read_text())
+
+
+@main.command("status")
+@click.argument("workdir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+def status_command(workdir) -> None:
+    """Table of the rounds of the run in WORKDIR: selection counts, precision and cAcc when measured."""
+    rows = round_rows(workdir)
+    if not rows:
+        click.echo(f"error: {workdir} holds no round_* folder; is it a kd-loop workdir?", err=True)
+        sys.exit(USAGE_ERROR)
+    click.echo(format_table(rows))
+
+
+@main.command("keys")
+def keys_command() -> None:
+    """Every config key with its default and meaning."""
+    click.echo(describe_keys())
+
+
+if __name__ == "__main__":
+    main()

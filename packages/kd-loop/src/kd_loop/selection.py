@@ -1,0 +1,144 @@
+"""Label-free selection of pseudo-labels: predictions in, a pseudo-labelled dataset and statistics out.
+
+The selector receives a *pool* (an instances JSON whose annotations are empty), the teacher's results and
+counts, and nothing else: it refuses a pool that carries annotations, so ground truth cannot reach it.
+
+Policies (composable):
+
+- ``image``: keep an image when, for every count class, the number of detections scoring ``>= threshold``
+  equals the counting view's count rounded half up; its confident detections become its labels.
+- ``instance``: in every image, detections scoring ``>= threshold`` become labels and those scoring in
+  ``[ignore_threshold, threshold)`` become ignore regions (``iscrowd: 1``: neither object nor background).
+- ``image+instance``: images chosen by ``image``, labelled by ``instance``.
+- ``random``: the control: as many images as ``image`` would choose, drawn at random (seeded), labelled by
+  ``instance``.
+
+An image needs at least ``min_boxes`` labels to be selected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from rpc_metrics.io import results_to_arrays
+
+
+@dataclass(frozen=True)
+class SelectionPolicy:
+    """How pseudo-labels are chosen in one round (see the module docstring)."""
+
+    policy: str = "image+instance"
+    threshold: float = 0.8
+    ignore_threshold: float = 0.5
+    count_classes: str = "category"
+    min_boxes: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.policy not in ("image", "instance", "image+instance", "random"):
+            raise ValueError(f"policy should be image, instance, image+instance or random, got {self.policy!r}")
+        if not self.ignore_threshold <= self.threshold:
+            raise ValueError("ignore_threshold should be <= threshold")
+
+
+def _count_class_index(pool: Mapping, count_classes: str) -> tuple[dict[int, int], list[str]]:
+    """category id -> index of its count class, and the count-file keys of the classes."""
+    categories = sorted(pool["categories"], key=lambda c: c["id"])
+    if count_classes == "object":
+        return {c["id"]: 0 for c in categories}, ["object"]
+    if count_classes == "supercategory":
+        names = sorted({str(c.get("supercategory", "")) for c in categories})
+        return {c["id"]: names.index(str(c.get("supercategory", ""))) for c in categories}, names
+    return {c["id"]: i for i, c in enumerate(categories)}, [str(c["id"]) for c in categories]
+
+
+def _view_counts(counts: Mapping, image_ids: np.ndarray, keys: list[str], count_classes: str) -> np.ndarray:
+    """The counting view's counts, rounded half up, as ``int[N images, C classes]``."""
+    if counts.get("count_classes") != count_classes:
+        raise ValueError(
+            f"the counts file counts {counts.get('count_classes')!r} but selection.count_classes is "
+            f"{count_classes!r}; make them equal"
+        )
+    column = {key: j for j, key in enumerate(keys)}
+    matrix = np.zeros((len(image_ids), len(keys)), dtype=np.int64)
+    row_of = {int(i): r for r, i in enumerate(image_ids.tolist())}
+    for item in counts["images"]:
+        r = row_of.get(item["image_id"])
+        if r is None:
+            continue
+        for key, value in item["counts"].items():
+            if key not in column:
+                raise ValueError(f"counts of image {item['image_id']} name class {key!r}, which the pool does not have")
+            matrix[r, column[key]] = int(np.floor(float(value) + 0.5))
+    return matrix
+
+
+def select_pseudo_labels(pool: Mapping, results: list, counts: Mapping | None,
+                         policy: SelectionPolicy) -> tuple[dict, dict]:
+    """Choose pseudo-labels; return ``(dataset, stats)``.
+
+    ``dataset`` is an instances JSON of the selected pool images with the pseudo-labels as annotations
+    (``score`` kept on each); ``stats`` counts images, labels and ignore regions.
+    """
+    if pool.get("annotations"):
+        raise ValueError("selection takes a pool without annotations (ground truth never reaches the selector); "
+                         "load it with rpc_metrics.io.as_pool")
+    image_ids = np.array(sorted(im["id"] for im in pool["images"]), dtype=np.int64)
+    det = results_to_arrays(results, source="predictions")
+    class_of, keys = _count_class_index(pool, policy.count_classes)
+    cat_ids = np.array(sorted(class_of), dtype=np.int64)
+    known = np.isin(det.image_ids, image_ids) & np.isin(det.category_ids, cat_ids)
+    if not known.all():
+        bad = int(np.flatnonzero(~known)[0])
+        raise ValueError(f"prediction [{bad}] names an image or category that is not in the pool")
+    row = np.searchsorted(image_ids, det.image_ids)
+    cls = np.array([class_of[c] for c in cat_ids.tolist()], dtype=np.int64)[np.searchsorted(cat_ids, det.category_ids)]
+    confident = det.scores >= policy.threshold
+    uncertain = (det.scores >= policy.ignore_threshold) & ~confident
+    n_images, n_classes = len(image_ids), len(keys)
+    detected = np.bincount(row[confident] * n_classes + cls[confident], minlength=n_images * n_classes)
+    detected = detected.reshape(n_images, n_classes)
+    enough = detected.sum(axis=1) >= policy.min_boxes
+
+    if policy.policy == "instance":
+        selected = enough
+    else:
+        if counts is None:
+            raise ValueError(f"policy {policy.policy!r} needs the counting view's counts file")
+        agree = (detected == _view_counts(counts, image_ids, keys, policy.count_classes)).all(axis=1) & enough
+        selected = agree
+        if policy.policy == "random":
+            rng = np.random.default_rng(policy.seed)
+            candidates = np.flatnonzero(enough)
+            chosen = rng.choice(candidates, size=int(agree.sum()), replace=False) if len(candidates) else candidates
+            selected = np.zeros(n_images, dtype=bool)
+            selected[chosen] = True
+
+    with_ignore = policy.policy != "image"
+    keep = selected[row] & (confident | (uncertain & with_ignore))
+    dataset = _pseudo_dataset(pool, image_ids[selected], results, np.flatnonzero(keep), confident)
+    stats = {
+        "policy": policy.policy, "threshold": policy.threshold, "ignore_threshold": policy.ignore_threshold,
+        "pool_images": n_images, "selected_images": int(selected.sum()),
+        "boxes": int((keep & confident).sum()), "ignore_regions": int((keep & ~confident).sum()),
+    }
+    return dataset, stats
+
+
+def _pseudo_dataset(pool: Mapping, selected_ids: np.ndarray, results: list, kept: np.ndarray,
+                    confident: np.ndarray) -> dict:
+    chosen = set(selected_ids.tolist())
+    annotations = []
+    for n, i in enumerate(kept.tolist(), start=1):
+        det = results[i]
+        x, y, w, h = (float(v) for v in det["bbox"])
+        annotations.append({
+            "id": n, "image_id": det["image_id"], "category_id": det["category_id"], "bbox": [x, y, w, h],
+            "area": w * h, "iscrowd": 0 if confident[i] else 1, "segmentation": [],
+            "point_xy": [x + w / 2, y + h / 2], "score": float(det["score"]),
+        })
+    return {**{k: v for k, v in pool.items() if k not in ("images", "annotations")},
+            "images": [im for im in pool["images"] if im["id"] in chosen], "annotations": annotations}

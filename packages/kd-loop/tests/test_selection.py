@@ -1,0 +1,104 @@
+import pytest
+
+from kd_loop.selection import SelectionPolicy, select_pseudo_labels
+
+
+def pool():
+    return {"images": [{"id": i, "file_name": f"{i}.jpg"} for i in (1, 2, 3, 4)],
+            "categories": [{"id": 1, "name": "cola", "supercategory": "drink"},
+                           {"id": 2, "name": "tea", "supercategory": "drink"},
+                           {"id": 3, "name": "chips", "supercategory": "snack"}],
+            "annotations": []}
+
+
+def det(image_id, category_id, score, x=0.0):
+    return {"image_id": image_id, "category_id": category_id, "bbox": [x, 0.0, 10.0, 10.0], "score": score}
+
+
+RESULTS = [
+    det(1, 1, 0.95), det(1, 1, 0.90, 20), det(1, 3, 0.85, 40), det(1, 2, 0.40, 60),  # agrees with its counts
+    det(2, 1, 0.95), det(2, 2, 0.60, 20),                                            # tea below threshold
+    det(3, 3, 0.99), det(3, 3, 0.98, 20),                                            # counter says 1 chips
+    det(4, 2, 0.20),                                                                 # nothing confident
+]
+COUNTS = {"count_classes": "category", "images": [
+    {"image_id": 1, "counts": {"1": 2.2, "3": 0.6, "2": 0.1}},
+    {"image_id": 2, "counts": {"1": 1.0, "2": 1.4}},
+    {"image_id": 3, "counts": {"3": 1.49}},
+    {"image_id": 4, "counts": {}},
+]}
+
+
+def test_image_level_keeps_images_whose_detections_agree_with_the_counts():
+    data, stats = select_pseudo_labels(pool(), RESULTS, COUNTS, SelectionPolicy("image", threshold=0.8))
+    assert [im["id"] for im in data["images"]] == [1]
+    assert [(a["category_id"], a["iscrowd"]) for a in data["annotations"]] == [(1, 0), (1, 0), (3, 0)]
+    assert stats["selected_images"] == 1 and stats["boxes"] == 3 and stats["ignore_regions"] == 0
+    # A lower threshold brings image 2's tea in: now 1 cola + 1 tea, matching its rounded counts.
+    data, _ = select_pseudo_labels(pool(), RESULTS, COUNTS, SelectionPolicy("image", threshold=0.55))
+    assert [im["id"] for im in data["images"]] == [1, 2]
+
+
+def test_rounding_is_half_up():
+    counts = {"count_classes": "category", "images": [{"image_id": 3, "counts": {"3": 1.5}}]}
+    data, _ = select_pseudo_labels(pool(), RESULTS, counts, SelectionPolicy("image", threshold=0.8))
+    assert [im["id"] for im in data["images"]] == [3]
+
+
+def test_supercategory_and_object_granularity():
+    counts = {"count_classes": "supercategory", "images": [
+        {"image_id": 2, "counts": {"drink": 2.0}}, {"image_id": 1, "counts": {"drink": 2.0, "snack": 1.0}}]}
+    data, _ = select_pseudo_labels(pool(), RESULTS, counts,
+                                   SelectionPolicy("image", threshold=0.55, count_classes="supercategory"))
+    assert [im["id"] for im in data["images"]] == [1, 2]  # image 3: 2 snacks detected, no count
+    counts = {"count_classes": "object", "images": [{"image_id": 3, "counts": {"object": 2.1}}]}
+    data, _ = select_pseudo_labels(pool(), RESULTS, counts,
+                                   SelectionPolicy("image", threshold=0.8, count_classes="object"))
+    assert [im["id"] for im in data["images"]] == [3]
+
+
+def test_instance_level_marks_uncertain_detections_as_ignore_regions():
+    data, stats = select_pseudo_labels(pool(), RESULTS, None,
+                                       SelectionPolicy("instance", threshold=0.8, ignore_threshold=0.3))
+    assert [im["id"] for im in data["images"]] == [1, 2, 3]  # image 4 has no confident box
+    crowd = [(a["image_id"], a["category_id"]) for a in data["annotations"] if a["iscrowd"]]
+    assert crowd == [(1, 2), (2, 2)]
+    assert stats["boxes"] == 6 and stats["ignore_regions"] == 2
+    assert all(a["score"] >= 0.3 and a["area"] == 100.0 for a in data["annotations"])
+
+
+def test_image_plus_instance_and_min_boxes():
+    data, _ = select_pseudo_labels(pool(), RESULTS, COUNTS,
+                                   SelectionPolicy("image+instance", threshold=0.8, ignore_threshold=0.3))
+    assert [im["id"] for im in data["images"]] == [1]
+    assert [a["iscrowd"] for a in data["annotations"]] == [0, 0, 0, 1]
+    data, _ = select_pseudo_labels(pool(), RESULTS, COUNTS, SelectionPolicy("image", threshold=0.8, min_boxes=4))
+    assert data["images"] == []
+
+
+def test_random_control_picks_as_many_images_deterministically():
+    policy = SelectionPolicy("random", threshold=0.55, seed=3)
+    a, stats = select_pseudo_labels(pool(), RESULTS, COUNTS, policy)
+    b, _ = select_pseudo_labels(pool(), RESULTS, COUNTS, policy)
+    assert a == b and stats["selected_images"] == 2  # as many as the image policy keeps (images 1 and 2)
+    chosen = {
+        tuple(im["id"] for im in select_pseudo_labels(
+            pool(), RESULTS, COUNTS, SelectionPolicy("random", threshold=0.55, seed=s))[0]["images"])
+        for s in range(20)
+    }
+    assert len(chosen) > 1 and all(len(c) == 2 and set(c) <= {1, 2, 3} for c in chosen)
+
+
+def test_the_selector_refuses_ground_truth_and_bad_inputs():
+    labelled = pool()
+    labelled["annotations"] = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}]
+    with pytest.raises(ValueError, match="ground truth never reaches the selector"):
+        select_pseudo_labels(labelled, RESULTS, COUNTS, SelectionPolicy())
+    with pytest.raises(ValueError, match="needs the counting view"):
+        select_pseudo_labels(pool(), RESULTS, None, SelectionPolicy("image"))
+    with pytest.raises(ValueError, match="make them equal"):
+        select_pseudo_labels(pool(), RESULTS, {**COUNTS, "count_classes": "object"}, SelectionPolicy("image"))
+    with pytest.raises(ValueError, match="not in the pool"):
+        select_pseudo_labels(pool(), [det(9, 1, 0.9)], COUNTS, SelectionPolicy("instance"))
+    with pytest.raises(ValueError, match="ignore_threshold"):
+        SelectionPolicy(threshold=0.5, ignore_threshold=0.7)
