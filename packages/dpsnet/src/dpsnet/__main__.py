@@ -1,0 +1,3 @@
+from dpsnet.cli import main
+
+main()

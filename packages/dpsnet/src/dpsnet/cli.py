@@ -1,0 +1,147 @@
+"""``dpsnet`` command line: a thin click layer over :mod:`dpsnet.engine`, :mod:`dpsnet.inference`, rpc-metrics.
+
+Bad input (missing files, bad config keys or values, malformed JSON) prints one line naming the problem and
+exits with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from rpc_metrics import evaluate
+from rpc_metrics.io import FormatError, read_counts, write_json
+
+from .config import PRESETS, ConfigError, describe, make_config
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    raise SystemExit(2)
+
+
+def _run(fn, *args, **kwargs):
+    """Call ``fn``; input problems become one-line errors with exit status 2."""
+    try:
+        return fn(*args, **kwargs)
+    except (FileNotFoundError, FormatError, ConfigError) as err:
+        _fail(str(err))
+    except ValueError as err:  # bad option or config value, named in the message
+        _fail(str(err))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """DPSNet for Automatic Check-Out: train, predict, evaluate and visualise a detector + counter."""
+
+
+@main.command("train", context_settings={"ignore_unknown_options": False})
+@click.option("--config", "config_name", default="cpu-small", show_default=True,
+              help=f"Preset ({', '.join(PRESETS)}) or a TOML file.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder for checkpoints and logs.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt with its config (OVERRIDES still apply).")
+@click.argument("overrides", nargs=-1)
+def train_command(config_name, out, resume, overrides) -> None:
+    """Train DPSNet; OVERRIDES are config keys as key=value (see `dpsnet config`). Works under torchrun."""
+    from .engine import train
+    from .inference import load_checkpoint
+
+    if resume:  # the run's own config, with the command line's overrides (e.g. a larger train.max_steps)
+        saved = _run(load_checkpoint, Path(out) / "last.pt")["config"]
+        config = _run(make_config, saved, overrides)
+    else:
+        config = _run(make_config, config_name, overrides)
+    if not resume and _is_main():
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "config.toml").write_text(describe(config), encoding="utf-8")
+    summary = _run(train, config, out, resume=resume)
+    if _is_main():
+        click.echo(json.dumps(summary))
+
+
+def _is_main() -> bool:
+    from .distributed import dist_info
+
+    return dist_info().is_main
+
+
+@main.command("config")
+@click.option("--config", "config_name", default=None, help=f"Preset ({', '.join(PRESETS)}) or a TOML file.")
+@click.argument("overrides", nargs=-1)
+def config_command(config_name, overrides) -> None:
+    """Print every config key with its value and one line of help (a TOML file you can edit)."""
+    click.echo(describe(_run(make_config, config_name, overrides)), nl=False)
+
+
+@main.command("predict")
+@click.option("--checkpoint", required=True, type=click.Path(), help="Checkpoint written by `dpsnet train`.")
+@click.option("--instances", required=True, type=click.Path(), help="Pool or instances JSON listing the images.")
+@click.option("--images", required=True, type=click.Path(), help="Folder of the images.")
+@click.option("--out-results", required=True, type=click.Path(dir_okay=False), help="COCO results JSON to write.")
+@click.option("--out-counts", required=True, type=click.Path(dir_okay=False), help="Counts file to write.")
+@click.option("--batch-size", default=4, show_default=True, help="Images per batch.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--score-thresh", type=float, default=None, help="Drop detections below this score (default: the model's).")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+def predict_command(checkpoint, instances, images, out_results, out_counts, batch_size, device, score_thresh,
+                    quiet) -> None:
+    """Detect and count every image of a pool; write COCO results and the counts file. Works under torchrun."""
+    from .inference import predict_files
+
+    _run(predict_files, checkpoint, instances, images, out_results, out_counts, batch_size=batch_size,
+         device=device, score_thresh=score_thresh, progress=not quiet)
+
+
+@main.command("evaluate")
+@click.option("--results", required=True, type=click.Path(), help="COCO results JSON from `dpsnet predict`.")
+@click.option("--gt", required=True, type=click.Path(), help="Ground-truth instances JSON.")
+@click.option("--protocol", type=click.Choice(["oracle", "transfer", "fixed"]), default="oracle", show_default=True,
+              help="Score threshold protocol (transfer: chosen on --val-results/--val-gt).")
+@click.option("--threshold", type=float, default=None, help="Score threshold for --protocol fixed.")
+@click.option("--val-results", type=click.Path(), default=None, help="Results on the val split (transfer).")
+@click.option("--val-gt", type=click.Path(), default=None, help="Ground truth of the val split (transfer).")
+@click.option("--counts", type=click.Path(), default=None, help="Counts file: also report the counting view's accuracy.")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the metrics as JSON.")
+def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, counts, json_out) -> None:
+    """Print the RPC table (rpc-metrics) for RESULTS against GT, plus the counting view's accuracy."""
+    from .inference import count_accuracy
+
+    for name, path in (("--results", results), ("--gt", gt), ("--val-results", val_results),
+                       ("--val-gt", val_gt), ("--counts", counts)):
+        if path is not None and not Path(path).is_file():
+            _fail(f"{name}: file not found: {path}")
+    if protocol == "transfer" and (val_results is None or val_gt is None):
+        _fail("--protocol transfer needs --val-results and --val-gt")
+    report = _run(evaluate, results, gt, protocol=protocol, threshold=threshold, val_results=val_results,
+                  val_gt=val_gt, method="DPSNet")
+    click.echo(report.to_markdown())
+    out = {"report": report.to_dict()}
+    if counts:
+        acc = _run(count_accuracy, _run(read_counts, counts), gt)
+        click.echo(f"counting view: {acc:.2%} of images counted exactly (rounded density integrals)")
+        out["count_acc"] = acc
+    if json_out:
+        write_json(out, json_out, indent=2)
+
+
+@main.command("visualize")
+@click.option("--checkpoint", required=True, type=click.Path(), help="Checkpoint written by `dpsnet train`.")
+@click.option("--instances", required=True, type=click.Path(), help="Pool or instances JSON listing the images.")
+@click.option("--images", required=True, type=click.Path(), help="Folder of the images.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs.")
+@click.option("--limit", default=16, show_default=True, help="Number of images drawn.")
+@click.option("--score-thresh", default=0.5, show_default=True, help="Boxes drawn from this score up.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+def visualize_command(checkpoint, instances, images, out, limit, score_thresh, device) -> None:
+    """Write PNGs with boxes, labels, scores and the density map overlaid."""
+    from .inference import visualize_files
+
+    paths = _run(visualize_files, checkpoint, instances, images, out, limit=limit, score_thresh=score_thresh,
+                 device=device)
+    click.echo(f"wrote {len(paths)} images to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""Datasets: RPC/COCO instances JSON + image folder, mixed with sampling ratios, with deterministic augmentation.
+
+Samples are addressed as ``(dataset_index, image_index, seed)`` by :class:`MixSampler`, so the augmentation of a
+sample depends only on the run's seed, the epoch and its position: the same with any number of workers or
+processes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from rpc_metrics.io import COUNT_CLASSES, image_path, read_instances
+
+
+@dataclass
+class CategoryMap:
+    """Detection labels and counting classes of a category list.
+
+    ``category_ids[l - 1]`` is the COCO category of detection label ``l`` (0 is background);
+    ``count_names[c]`` is the key of counting class ``c`` in the counts file, and ``count_class_of_label[l]``
+    maps a label to its counting class (``count_classes`` in ``category | supercategory | object``).
+    """
+
+    category_ids: list[int]
+    count_classes: str
+    count_names: list[str]
+    count_class_of_label: list[int]
+    category_names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_categories(cls, categories: Sequence[Mapping], count_classes: str = "category") -> CategoryMap:
+        if count_classes not in COUNT_CLASSES:
+            raise ValueError(f"count_classes should be one of {COUNT_CLASSES}, got {count_classes!r}")
+        cats = sorted(categories, key=lambda c: c["id"])
+        if count_classes == "category":
+            names = [str(c["id"]) for c in cats]
+            of_cat = list(range(len(cats)))
+        elif count_classes == "supercategory":
+            names = sorted({str(c.get("supercategory", "")) for c in cats})
+            of_cat = [names.index(str(c.get("supercategory", ""))) for c in cats]
+        else:
+            names, of_cat = ["object"], [0] * len(cats)
+        return cls([c["id"] for c in cats], count_classes, names, [0, *of_cat], [c.get("name", "") for c in cats])
+
+    @property
+    def num_classes(self) -> int:
+        """Detection classes including background."""
+        return len(self.category_ids) + 1
+
+    def to_dict(self) -> dict:
+        return {"category_ids": self.category_ids, "count_classes": self.count_classes,
+                "count_names": self.count_names, "count_class_of_label": self.count_class_of_label,
+                "category_names": self.category_names}
+
+
+@dataclass
+class Augment:
+    """Training augmentation: flips, scale jitter (image resized by a factor in ``scale``), colour jitter."""
+
+    hflip: float = 0.5
+    vflip: float = 0.5
+    scale: tuple[float, float] = (1.0, 1.0)
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+
+    def __call__(self, image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``image`` float32 [H, W, 3] RGB in [0, 1], ``boxes`` float32 [K, 4] (x1, y1, x2, y2) -> both augmented."""
+        h, w = image.shape[:2]
+        if self.scale[0] != 1.0 or self.scale[1] != 1.0:
+            f = float(rng.uniform(*self.scale))
+            nw, nh = max(1, round(w * f)), max(1, round(h * f))
+            image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+            boxes = boxes * np.array([nw / w, nh / h, nw / w, nh / h], dtype=np.float32)
+            h, w = nh, nw
+        if rng.random() < self.hflip:
+            image = image[:, ::-1]
+            boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=1)
+        if rng.random() < self.vflip:
+            image = image[::-1]
+            boxes = np.stack([boxes[:, 0], h - boxes[:, 3], boxes[:, 2], h - boxes[:, 1]], axis=1)
+        image = colour_jitter(image, rng, self.brightness, self.contrast, self.saturation)
+        return np.ascontiguousarray(image), boxes.astype(np.float32)
+
+
+def colour_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float, contrast: float,
+                  saturation: float) -> np.ndarray:
+    """Scale brightness, contrast (around the mean) and saturation (around the grey value) by random factors
+    in ``[1 - x, 1 + x]``; the result is clipped to [0, 1]."""
+    if brightness:
+        image = image * rng.uniform(1 - brightness, 1 + brightness)
+    if contrast:
+        mean = image.mean()
+        image = (image - mean) * rng.uniform(1 - contrast, 1 + contrast) + mean
+    if saturation:
+        grey = image.mean(axis=2, keepdims=True)
+        image = (image - grey) * rng.uniform(1 - saturation, 1 + saturation) + grey
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as float32 RGB [H, W, 3] in [0, 1]; a missing or unreadable file raises naming it."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FileNotFoundError(f"image not found or unreadable: {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+
+
+def coco_to_xyxy(bbox: Sequence[float]) -> list[float]:
+    x, y, w, h = bbox
+    return [x, y, x + w, y + h]
+
+
+class InstancesDataset:
+    """One instances (or pool) JSON and its image folder.
+
+    ``dataset[i]`` (or ``dataset[(i, seed)]`` to augment with that seed) returns ``(image, target)``:
+    ``image (Tensor[3, H, W])`` in [0, 1], ``target`` with ``boxes (Tensor[K, 4])`` (x1, y1, x2, y2),
+    ``labels (Tensor[K] int64)``, ``iscrowd (Tensor[K] int64)`` and ``image_id (int)``. Boxes narrower than
+    ``min_box_size`` pixels after clipping to the image are dropped.
+    """
+
+    def __init__(self, instances: str | Path | Mapping, image_dir: str | Path, categories: CategoryMap, *,
+                 augment: Augment | None = None, min_box_size: float = 1.0):
+        self.source = str(instances) if isinstance(instances, (str, Path)) else "<in-memory>"
+        self.dataset = read_instances(instances)
+        self.image_dir = Path(image_dir)
+        if not self.image_dir.is_dir():
+            raise FileNotFoundError(f"image folder not found: {self.image_dir}")
+        self.images = sorted(self.dataset["images"], key=lambda im: im["id"])
+        self.label_of = {cid: i + 1 for i, cid in enumerate(categories.category_ids)}
+        self.augment = augment
+        self.min_box_size = min_box_size
+        self.annotations: dict[int, list[Mapping]] = defaultdict(list)
+        for ann in self.dataset["annotations"]:
+            if ann["category_id"] not in self.label_of:
+                raise ValueError(f"{self.source}: category_id {ann['category_id']} is not among the model's "
+                                 f"categories; train with the same category list")
+            self.annotations[ann["image_id"]].append(ann)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, dict]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        info = self.images[index]
+        image = read_image(image_path(self.image_dir, info["file_name"], source=self.source))
+        anns = self.annotations.get(info["id"], [])
+        boxes = np.array([coco_to_xyxy(a["bbox"]) for a in anns], dtype=np.float32).reshape(-1, 4)
+        labels = np.array([self.label_of[a["category_id"]] for a in anns], dtype=np.int64)
+        crowd = np.array([int(a.get("iscrowd", 0)) for a in anns], dtype=np.int64)
+        if self.augment is not None and seed is not None:
+            image, boxes = self.augment(image, boxes, np.random.default_rng(seed))
+        h, w = image.shape[:2]
+        boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
+        keep = ((boxes[:, 2] - boxes[:, 0]) >= self.min_box_size) & ((boxes[:, 3] - boxes[:, 1]) >= self.min_box_size)
+        target = {"boxes": torch.from_numpy(boxes[keep]), "labels": torch.from_numpy(labels[keep]),
+                  "iscrowd": torch.from_numpy(crowd[keep]), "image_id": int(info["id"])}
+        return torch.from_numpy(image).permute(2, 0, 1).contiguous(), target
+
+
+class MixedDataset:
+    """Several datasets addressed by ``(dataset_index, image_index, seed)`` (see :class:`MixSampler`)."""
+
+    def __init__(self, datasets: Sequence[InstancesDataset]):
+        self.datasets = list(datasets)
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.datasets)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[Tensor, dict]:
+        ds, index, seed = key
+        return self.datasets[ds][(index, seed)]
+
+
+class MixSampler:
+    """Epochs of ``(dataset_index, image_index, seed)`` drawn from datasets in proportion to ``ratios``.
+
+    Each epoch holds ``epoch_size`` samples (default: the total size), split by ``ratios`` (normalised) and
+    taken from a fresh permutation of each dataset (cycling when a dataset is smaller than its share), then
+    shuffled; under DDP each of ``world_size`` ranks takes every ``world_size``-th sample (the epoch is padded
+    to a multiple). Everything is a function of ``seed`` and the epoch.
+    """
+
+    def __init__(self, sizes: Sequence[int], ratios: Sequence[float] | None = None, *, seed: int = 0,
+                 epoch_size: int | None = None, rank: int = 0, world_size: int = 1):
+        ratios = [1.0 * s for s in sizes] if ratios is None else [float(r) for r in ratios]
+        if len(ratios) != len(sizes) or any(r < 0 for r in ratios) or sum(ratios) <= 0:
+            raise ValueError(f"ratios should be one non-negative number per dataset ({len(sizes)}), got {ratios}")
+        if any(s == 0 and r > 0 for s, r in zip(sizes, ratios, strict=True)):
+            raise ValueError("a dataset with a positive sampling ratio has no images")
+        self.sizes, self.seed, self.rank, self.world_size = list(sizes), seed, rank, world_size
+        self.ratios = [r / sum(ratios) for r in ratios]
+        self.epoch_size = epoch_size or sum(sizes)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_samples(self, epoch: int) -> list[tuple[int, int, int]]:
+        """All samples of ``epoch`` (before sharding)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        counts = [math.floor(r * self.epoch_size) for r in self.ratios]
+        for i in np.argsort([-(r * self.epoch_size - c) for r, c in zip(self.ratios, counts, strict=True)]):
+            if sum(counts) >= self.epoch_size:
+                break
+            counts[int(i)] += 1
+        picks = []
+        for ds, (size, count) in enumerate(zip(self.sizes, counts, strict=True)):
+            order = np.concatenate([rng.permutation(size) for _ in range(-(-count // size))]) if count else []
+            picks += [(ds, int(i)) for i in order[:count]]
+        picks = [picks[i] for i in rng.permutation(len(picks))]
+        total = -(-len(picks) // self.world_size) * self.world_size
+        picks += picks[: total - len(picks)]
+        seeds = rng.integers(0, 2**31 - 1, size=len(picks))
+        return [(ds, i, int(s)) for (ds, i), s in zip(picks, seeds, strict=True)]
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        return iter(self.epoch_samples(self.epoch)[self.rank::self.world_size])
+
+    def __len__(self) -> int:
+        return -(-self.epoch_size // self.world_size)
+
+
+def collate(batch: Sequence[tuple[Tensor, dict]]) -> tuple[list[Tensor], list[dict]]:
+    """A list of (image, target) pairs -> (list of images, list of targets), as torchvision detection wants."""
+    return [b[0] for b in batch], [b[1] for b in batch]

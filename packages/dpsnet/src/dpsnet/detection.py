@@ -1,0 +1,104 @@
+"""The detection view: torchvision's RPN and RoI heads, taught about ignore regions, and the kernel pooler.
+
+Ignore regions (``iscrowd: 1`` annotations) reach these modules as ``targets[i]["ignore_boxes"]``; an anchor or
+proposal that would be background but lies mostly inside an ignore region (intersection over its own area
+``>= ignore_ioa``) is neither foreground nor background: it gets label -1, which the samplers skip.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
+
+import aco_kernels
+
+
+def box_ioa(boxes: Tensor, regions: Tensor) -> Tensor:
+    """Intersection over the area of each box: Tensor[N, M] for boxes [N, 4] and regions [M, 4] (x1, y1, x2, y2).
+
+    Boxes of zero area get 0.
+    """
+    lt = torch.max(boxes[:, None, :2], regions[None, :, :2])
+    rb = torch.min(boxes[:, None, 2:], regions[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=2)
+    area = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(dim=1)
+    return inter / area.clamp(min=1e-6)[:, None]
+
+
+def mark_ignored(labels: Tensor, boxes: Tensor, ignore_boxes: Tensor | None, ignore_ioa: float) -> Tensor:
+    """Labels with background entries (0) inside an ignore region (IoA >= ``ignore_ioa``) set to -1.
+
+    Args:
+        labels (Tensor[N]): 1+ foreground, 0 background, -1 discarded (any dtype).
+        boxes (Tensor[N, 4]): the anchors or proposals the labels belong to.
+        ignore_boxes (Tensor[M, 4] or None): ignore regions.
+    """
+    if ignore_boxes is None or ignore_boxes.numel() == 0 or boxes.numel() == 0:
+        return labels
+    covered = box_ioa(boxes, ignore_boxes.to(boxes.dtype)).max(dim=1).values >= ignore_ioa
+    return torch.where(covered & (labels == 0), torch.full_like(labels, -1), labels)
+
+
+class IgnoreAwareRPN(RegionProposalNetwork):
+    """torchvision's RPN whose background anchors inside ignore regions are left out of the loss."""
+
+    def __init__(self, *args, ignore_ioa: float = 0.5, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ignore_ioa = ignore_ioa
+
+    def assign_targets_to_anchors(self, anchors, targets):
+        labels, matched = super().assign_targets_to_anchors(anchors, targets)
+        labels = [mark_ignored(lab, anc, t.get("ignore_boxes"), self.ignore_ioa)
+                  for lab, anc, t in zip(labels, anchors, targets, strict=True)]
+        return labels, matched
+
+
+class IgnoreAwareRoIHeads(RoIHeads):
+    """torchvision's RoI box head whose background proposals inside ignore regions are not sampled."""
+
+    def __init__(self, *args, ignore_ioa: float = 0.5, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ignore_ioa = ignore_ioa
+        self._ignore_boxes: list[Tensor | None] | None = None
+
+    def select_training_samples(self, proposals, targets):
+        # assign_targets_to_proposals does not see the targets; hand it the ignore regions for this call.
+        self._ignore_boxes = [t.get("ignore_boxes") for t in targets]
+        try:
+            return super().select_training_samples(proposals, targets)
+        finally:
+            self._ignore_boxes = None
+
+    def assign_targets_to_proposals(self, proposals, gt_boxes, gt_labels):
+        matched_idxs, labels = super().assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
+        if self._ignore_boxes is not None:
+            labels = [mark_ignored(lab, prop, ign, self.ignore_ioa)
+                      for lab, prop, ign in zip(labels, proposals, self._ignore_boxes, strict=True)]
+        return matched_idxs, labels
+
+
+class KernelRoIPool(nn.Module):
+    """Multi-scale RoIAlign over the chosen pyramid levels with ``aco_kernels.multiscale_roi_align``.
+
+    A drop-in for ``torchvision.ops.MultiScaleRoIAlign`` (same call, same level rule; ``aligned=False`` by
+    default, as torchvision's pooler).
+    """
+
+    def __init__(self, featmap_names: Sequence[str] = ("0", "1", "2", "3"), output_size: int = 7,
+                 sampling_ratio: int = 2, aligned: bool = False):
+        super().__init__()
+        self.featmap_names = list(featmap_names)
+        self.output_size = output_size
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+
+    def forward(self, features: OrderedDict[str, Tensor], boxes: list[Tensor],
+                image_shapes: list[tuple[int, int]]) -> Tensor:
+        levels = [features[name] for name in self.featmap_names]
+        return aco_kernels.multiscale_roi_align(levels, boxes, image_shapes, output_size=self.output_size,
+                                                sampling_ratio=self.sampling_ratio, aligned=self.aligned)

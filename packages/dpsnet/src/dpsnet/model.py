@@ -1,0 +1,168 @@
+"""DPSNet: Faster R-CNN + FPN (detection view) whose pyramid also feeds a density-map counting view."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from .backbone import build_backbone
+from .counting import CountingView, crop_counts, density_loss, density_targets, ignore_mask
+from .detection import IgnoreAwareRoIHeads, IgnoreAwareRPN, KernelRoIPool
+
+
+def split_ignore(targets: Sequence[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """Targets with ``iscrowd`` boxes moved from ``boxes``/``labels`` to ``ignore_boxes`` (Tensor[M, 4])."""
+    out = []
+    for t in targets:
+        crowd = t["iscrowd"].bool() if "iscrowd" in t else torch.zeros_like(t["labels"], dtype=torch.bool)
+        out.append({"boxes": t["boxes"][~crowd], "labels": t["labels"][~crowd], "ignore_boxes": t["boxes"][crowd]})
+    return out
+
+
+class DPSNet(nn.Module):
+    """Detector and counter sharing one feature pyramid.
+
+    ``model(images, targets)`` takes ``images (list[Tensor[3, H, W]])`` in [0, 1] and, in training, ``targets``
+    with ``boxes (Tensor[K, 4])`` in (x1, y1, x2, y2) image pixels, ``labels (Tensor[K] int64)`` in
+    ``[1, num_classes)`` and optionally ``iscrowd (Tensor[K])`` (ignore regions); it returns a dict of losses.
+    In eval it returns one dict per image: ``boxes``, ``labels``, ``scores`` and ``counts (Tensor[C])``, the
+    integral of each counting class's density map (plus ``density (Tensor[C, h, w])`` when
+    ``return_density`` is set).
+
+    Args:
+        backbone: a module mapping images to an ``OrderedDict`` of pyramid levels ``"0"``-``"3"``, ``"pool"``
+            with attribute ``out_channels`` (see :func:`dpsnet.backbone.build_backbone`).
+        num_classes: detection classes including background (SKUs + 1).
+        count_class_of_label: counting class index for each detection label (index 0, background, unused);
+            default: label ``l`` counts as class ``l - 1`` (one density map per SKU).
+        num_count_classes: number of density maps (default ``max(count_class_of_label) + 1``).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        count_class_of_label: Sequence[int] | None = None,
+        num_count_classes: int | None = None,
+        *,
+        # input transform
+        min_size: int | tuple[int, ...] = 800,
+        max_size: int = 1333,
+        image_mean: Sequence[float] = (0.485, 0.456, 0.406),
+        image_std: Sequence[float] = (0.229, 0.224, 0.225),
+        # RPN
+        anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
+        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        rpn_pre_nms_top_n_train: int = 2000,
+        rpn_pre_nms_top_n_test: int = 1000,
+        rpn_post_nms_top_n_train: int = 2000,
+        rpn_post_nms_top_n_test: int = 1000,
+        rpn_nms_thresh: float = 0.7,
+        rpn_batch_size_per_image: int = 256,
+        # box head
+        box_representation_size: int = 1024,
+        box_score_thresh: float = 0.05,
+        box_nms_thresh: float = 0.5,
+        box_detections_per_img: int = 100,
+        box_batch_size_per_image: int = 512,
+        ignore_ioa: float = 0.5,
+        # counting view
+        count_levels: Sequence[str] = ("1", "2", "3"),
+        count_stride: int = 8,
+        count_channels: int = 64,
+        count_convs: int = 2,
+        density_scale: float = 100.0,
+        sigma_scale: float = 0.15,
+        min_sigma: float = 1.0,
+        density_loss_weight: float = 1.0,
+        count_loss_weight: float = 0.1,
+    ):
+        super().__init__()
+        if count_class_of_label is None:
+            count_class_of_label = [0, *range(num_classes - 1)]
+        if len(count_class_of_label) != num_classes:
+            raise ValueError(f"count_class_of_label should have num_classes={num_classes} entries, "
+                             f"got {len(count_class_of_label)}")
+        num_count_classes = num_count_classes or max(count_class_of_label) + 1
+        self.register_buffer("count_class_of_label", torch.as_tensor(list(count_class_of_label), dtype=torch.int64))
+        self.num_count_classes = num_count_classes
+        self.density_scale, self.sigma_scale, self.min_sigma = density_scale, sigma_scale, min_sigma
+        self.density_loss_weight, self.count_loss_weight = density_loss_weight, count_loss_weight
+        self.return_density = False
+
+        channels = backbone.out_channels
+        self.transform = GeneralizedRCNNTransform(min_size, max_size, list(image_mean), list(image_std))
+        self.backbone = backbone
+        anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), (tuple(aspect_ratios),) * len(anchor_sizes))
+        self.rpn = IgnoreAwareRPN(
+            anchors, RPNHead(channels, anchors.num_anchors_per_location()[0]), 0.7, 0.3, rpn_batch_size_per_image,
+            0.5, {"training": rpn_pre_nms_top_n_train, "testing": rpn_pre_nms_top_n_test},
+            {"training": rpn_post_nms_top_n_train, "testing": rpn_post_nms_top_n_test}, rpn_nms_thresh,
+            ignore_ioa=ignore_ioa)
+        pool = KernelRoIPool(("0", "1", "2", "3"), output_size=7, sampling_ratio=2)
+        self.roi_heads = IgnoreAwareRoIHeads(
+            pool, TwoMLPHead(channels * 7 * 7, box_representation_size),
+            FastRCNNPredictor(box_representation_size, num_classes), 0.5, 0.5, box_batch_size_per_image, 0.25,
+            None, box_score_thresh, box_nms_thresh, box_detections_per_img, ignore_ioa=ignore_ioa)
+        self.counting_view = CountingView(channels, num_count_classes, levels=count_levels, stride=count_stride,
+                                          channels=count_channels, num_convs=count_convs)
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        if self.training and targets is None:
+            raise ValueError("targets should be given in training mode")
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        batch, targets = self.transform(images, targets)
+        det_targets = split_ignore(targets) if targets is not None else None
+        features = self.backbone(batch.tensors)
+        proposals, rpn_losses = self.rpn(batch, features, det_targets)
+        detections, box_losses = self.roi_heads(features, proposals, batch.image_sizes, det_targets)
+        density = self.counting_view(features, tuple(batch.tensors.shape[-2:]))
+        if self.training:
+            return {**rpn_losses, **box_losses, **self.counting_losses(density, det_targets)}
+        detections = self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+        counts = crop_counts(density, batch.image_sizes, self.counting_view.stride, self.density_scale)
+        for i, det in enumerate(detections):
+            det["counts"] = counts[i]
+            if self.return_density:
+                h, w = batch.image_sizes[i]
+                stride = self.counting_view.stride
+                det["density"] = density[i, :, : max(1, round(h / stride)), : max(1, round(w / stride))].float() \
+                    .clamp(min=0) / self.density_scale
+        return detections
+
+    def counting_losses(self, density: Tensor, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Density and count losses against maps rendered from the (resized) target boxes."""
+        map_size = tuple(density.shape[-2:])
+        stride = self.counting_view.stride
+        target = density_targets([t["boxes"] for t in targets],
+                                 [self.count_class_of_label[t["labels"]] for t in targets], map_size,
+                                 num_classes=self.num_count_classes, stride=stride, sigma_scale=self.sigma_scale,
+                                 min_sigma=self.min_sigma)
+        mask = ignore_mask([t["ignore_boxes"] for t in targets], map_size, stride)
+        return density_loss(density, target, mask, density_scale=self.density_scale,
+                            pixel_weight=self.density_loss_weight, count_weight=self.count_loss_weight)
+
+
+def dpsnet_model(
+    num_classes: int,
+    count_class_of_label: Sequence[int] | None = None,
+    *,
+    backbone: str = "small",
+    backbone_weights: str | None = None,
+    fpn_channels: int | None = None,
+    small_channels: Sequence[int] = (32, 64, 128, 256),
+    norm: str | None = None,
+    trainable_layers: int = 3,
+    **kwargs,
+) -> DPSNet:
+    """Build a :class:`DPSNet` with :func:`dpsnet.backbone.build_backbone` (``backbone`` names it); the other
+    keyword arguments go to :class:`DPSNet`."""
+    body = build_backbone(backbone, weights=backbone_weights, out_channels=fpn_channels,
+                          small_channels=tuple(small_channels), norm=norm, trainable_layers=trainable_layers)
+    return DPSNet(body, num_classes, count_class_of_label, **kwargs)
