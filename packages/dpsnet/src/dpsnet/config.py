@@ -85,6 +85,14 @@ SCHEMA: list[tuple[str, Any, str]] = [
 ]
 
 DEFAULTS: dict[str, Any] = {key: default for key, default, _ in SCHEMA}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.backbone": ("small", "resnet18", "resnet34", "resnet50", "resnet101"),
+    "model.norm": ("", "batch", "frozen", "group"),
+    "model.count_classes": ("category", "supercategory", "object"),
+    "train.optimizer": ("sgd", "adamw"),
+    "train.schedule": ("step", "cosine"),
+    "train.eval_metric": ("map50", "cacc", "count_acc"),
+}
 HELP: dict[str, str] = {key: text for key, _, text in SCHEMA}
 PRESETS = ("cpu-small", "rpc-paper")
 
@@ -181,6 +189,9 @@ def make_config(base: str | Mapping[str, Any] | None = None,
     for key, value in items:
         _check_key(key, "command line")
         config[key] = _coerce(key, value, "command line")
+    for key, choices in CHOICES.items():
+        if config[key] not in choices:
+            raise ConfigError(f"{key} should be one of {', '.join(repr(c) for c in choices)}, got {config[key]!r}")
     return config
 
 

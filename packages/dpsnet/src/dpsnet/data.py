@@ -207,7 +207,7 @@ class MixSampler:
         self.epoch = epoch
 
     def epoch_samples(self, epoch: int) -> list[tuple[int, int, int]]:
-        """All samples of ``epoch`` (before sharding)."""
+        """All samples of ``epoch`` before sharding (padded with its first ones to a multiple of world_size)."""
         rng = np.random.default_rng([self.seed, epoch])
         counts = [math.floor(r * self.epoch_size) for r in self.ratios]
         for i in np.argsort([-(r * self.epoch_size - c) for r, c in zip(self.ratios, counts, strict=True)]):
@@ -219,10 +219,10 @@ class MixSampler:
             order = np.concatenate([rng.permutation(size) for _ in range(-(-count // size))]) if count else []
             picks += [(ds, int(i)) for i in order[:count]]
         picks = [picks[i] for i in rng.permutation(len(picks))]
-        total = -(-len(picks) // self.world_size) * self.world_size
-        picks += picks[: total - len(picks)]
         seeds = rng.integers(0, 2**31 - 1, size=len(picks))
-        return [(ds, i, int(s)) for (ds, i), s in zip(picks, seeds, strict=True)]
+        samples = [(ds, i, int(s)) for (ds, i), s in zip(picks, seeds, strict=True)]
+        total = -(-len(samples) // self.world_size) * self.world_size
+        return samples + samples[: total - len(samples)]
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         return iter(self.epoch_samples(self.epoch)[self.rank::self.world_size])

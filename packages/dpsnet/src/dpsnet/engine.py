@@ -251,7 +251,8 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
         sampler.set_epoch(epoch)
         keys = list(iter(sampler))
         loader = DataLoader(_Keys(mixed, keys[position * batch_size:]), batch_size=batch_size, shuffle=False,
-                            collate_fn=collate, num_workers=config["data.num_workers"], drop_last=True)
+                            collate_fn=collate, num_workers=config["data.num_workers"], drop_last=True,
+                            generator=torch.Generator().manual_seed(epoch))  # keeps the global RNG untouched
         for images, targets in loader:
             images, targets = _to_device(images, targets, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

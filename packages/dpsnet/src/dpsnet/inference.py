@@ -20,7 +20,7 @@ from rpc_metrics.io import (
 )
 
 from .data import CategoryMap, InstancesDataset, collate
-from .distributed import DistInfo, dist_info, gather_lists
+from .distributed import DistInfo, dist_info, gather_lists, init_distributed
 from .model import DPSNet, dpsnet_model
 
 
@@ -103,8 +103,8 @@ def predict_files(checkpoint: str | Path, instances: str | Path, images: str | P
     Under ``torchrun`` each rank predicts its share and rank 0 writes. Both files are validated with
     ``rpc_metrics.io`` against the pool before they are (atomically) written.
     """
-    info = dist_info()
-    dev = resolve_device(device, info)
+    dev = resolve_device(device, dist_info())
+    info = init_distributed(dev)
     overrides = {} if score_thresh is None else {"box_score_thresh": score_thresh}
     model, categories = model_from_checkpoint(checkpoint, dev, **overrides)
     pool = read_pool(instances)

@@ -1,0 +1,64 @@
+"""Counting view maths: density targets integrate to box counts, masks, losses, counts cropped to the image."""
+
+import pytest
+import torch
+
+from dpsnet.counting import CountingView, crop_counts, density_loss, density_targets, ignore_mask
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_density_integrals_equal_box_counts(seed):
+    g = torch.Generator().manual_seed(seed)
+    boxes, classes = [], []
+    for n in (5, 0, 9):
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([120.0, 90.0]) - 10  # some centres near/over borders
+        boxes.append(torch.cat([xy, xy + 4 + torch.rand(n, 2, generator=g) * 40], 1))
+        classes.append(torch.randint(0, 4, (n,), generator=g))
+    maps = density_targets(boxes, classes, (12, 16), num_classes=4, stride=8)
+    assert maps.shape == (3, 4, 12, 16) and (maps >= 0).all()
+    for i in range(3):
+        expected = torch.bincount(classes[i], minlength=4).float()
+        torch.testing.assert_close(maps[i].sum(dim=(1, 2)), expected, atol=1e-4, rtol=0)
+
+
+def test_density_peaks_at_box_centre():
+    maps = density_targets([torch.tensor([[40.0, 24, 56, 40]])], [torch.tensor([1])], (8, 12), num_classes=2, stride=8)
+    assert maps[0, 0].sum() == 0
+    flat = int(maps[0, 1].argmax())
+    assert divmod(flat, 12) in {(3, 5), (3, 6), (4, 5), (4, 6)}  # the centre (48, 32) px is map (6, 4)
+
+
+def test_ignore_mask_marks_pixel_centres_inside_boxes():
+    mask = ignore_mask([torch.tensor([[0.0, 0, 16, 8]]), torch.zeros(0, 4)], (3, 4), stride=8)
+    assert mask.shape == (2, 1, 3, 4)
+    assert mask[0, 0].tolist() == [[0, 0, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]]
+    assert mask[1].min() == 1
+
+
+def test_density_loss_values():
+    target = torch.zeros(1, 2, 2, 2)
+    target[0, 0, 0, 0] = 1.0
+    pred = torch.zeros(1, 2, 2, 2)
+    mask = torch.ones(1, 1, 2, 2)
+    losses = density_loss(pred, target, mask, density_scale=10.0, pixel_weight=1.0, count_weight=1.0)
+    assert losses["loss_density"].item() == pytest.approx(100.0 / 8)
+    assert losses["loss_count"].item() == pytest.approx(0.5 / 2)  # smooth L1 of 1 (beta 1) on one of 2 classes
+    perfect = density_loss(target * 10, target, mask, density_scale=10.0)
+    assert perfect["loss_density"].item() == 0 and perfect["loss_count"].item() == 0
+    mask[0, 0, 0, 0] = 0  # the object sits in an ignore region: nothing to learn there
+    ignored = density_loss(pred, target, mask, density_scale=10.0)
+    assert ignored["loss_density"].item() == 0 and ignored["loss_count"].item() == 0
+
+
+def test_crop_counts_excludes_padding():
+    density = torch.zeros(2, 1, 4, 4)
+    density[:, :, 3, 3] = 50.0  # padding pixel of the first image
+    density[:, :, 0, 0] = 100.0
+    counts = crop_counts(density, [(24, 24), (32, 32)], stride=8, density_scale=100.0)
+    assert counts[:, 0].tolist() == [1.0, 1.5]
+
+
+def test_counting_view_output_size():
+    view = CountingView(16, 3, levels=("1", "2"), stride=8, channels=8)
+    feats = {"1": torch.rand(2, 16, 12, 10), "2": torch.rand(2, 16, 6, 5)}
+    assert view(feats, (96, 80)).shape == (2, 3, 12, 10)

@@ -1,0 +1,42 @@
+"""The same train and predict commands under torchrun: 2 processes on CPU (gloo)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rpc_metrics.io import read_counts, read_pool, read_results
+
+from .conftest import tiny_overrides
+
+
+def torchrun(*args, timeout=240):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "dpsnet",
+           *[str(a) for a in args]]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.slow
+def test_two_process_cpu_training_and_prediction(world, tmp_path):
+    overrides = tiny_overrides(world, **{"train.max_steps": 3, "train.batch_size": 1,
+                                         "data.val_instances": str(world / "instances.json"),
+                                         "data.val_images": str(world / "images")})
+    proc = torchrun("train", "--out", tmp_path / "run", *[f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["type"] == "train"]
+    assert [r["step"] for r in train_records] == [1, 2, 3]  # one log, written by rank 0 only
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 3 and len(ckpt["rng"]) == 2 and (tmp_path / "run" / "best.pt").is_file()
+
+    proc = torchrun("predict", "--checkpoint", tmp_path / "run" / "last.pt", "--instances", world / "pool.json",
+                    "--images", world / "images", "--out-results", tmp_path / "r.json", "--out-counts",
+                    tmp_path / "c.json", "--device", "cpu", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pool = read_pool(world / "pool.json")
+    read_results(tmp_path / "r.json", gt=pool)
+    assert len(read_counts(tmp_path / "c.json", pool=pool)["images"]) == len(pool["images"])

@@ -1,0 +1,87 @@
+"""Engine: schedules, a short training run, logs, checkpoints (weights_only), resume, validation."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from dpsnet.config import make_config
+from dpsnet.engine import build_optimizer, lr_factor, train
+from dpsnet.inference import model_from_checkpoint
+
+from .conftest import tiny_overrides
+
+
+def test_lr_factor_warmup_step_and_cosine():
+    kw = {"max_steps": 100, "warmup_steps": 10, "warmup_factor": 0.1}
+    assert lr_factor(0, **kw) == pytest.approx(0.1)
+    assert lr_factor(5, **kw) == pytest.approx(0.55)
+    assert lr_factor(10, **kw, lr_steps=(50, 80)) == 1.0
+    assert lr_factor(50, **kw, lr_steps=(50, 80)) == pytest.approx(0.1)
+    assert lr_factor(99, **kw, lr_steps=(50, 80)) == pytest.approx(0.01)
+    assert lr_factor(10, **kw, schedule="cosine") == pytest.approx(1.0)
+    assert lr_factor(55, **kw, schedule="cosine") == pytest.approx(0.5)
+    assert lr_factor(100, **kw, schedule="cosine") == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor(0, max_steps=1, schedule="poly")
+
+
+def test_optimizer_choices():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    config = make_config(None, {"train.optimizer": "adamw", "train.lr": 0.001})
+    opt = build_optimizer(net, config)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[1]["weight_decay"] == 0.0
+    with pytest.raises(ValueError, match="optimizer"):
+        build_optimizer(net, make_config(None, {"train.optimizer": "lamb"}))
+
+
+def test_train_writes_logs_and_loadable_checkpoints(world, tmp_path):
+    config = make_config("cpu-small", tiny_overrides(world, **{
+        "data.val_instances": str(world / "instances.json"), "data.val_images": str(world / "images"),
+        "train.max_steps": 3, "train.eval_every": 2, "train.time_limit_min": 0.0}))
+    summary = train(config, tmp_path, echo=False)
+    assert summary["steps"] == 3 and set(summary["eval"]) == {"map50", "cacc", "acd", "count_acc"}
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["type"] == "train"]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    for r in steps:
+        assert {"lr", "loss", "loss_density", "loss_count", "loss_classifier", "images_per_s", "eta_s"} <= set(r)
+        assert math.isfinite(r["loss"]) and r["images_per_s"] > 0
+    assert [r["step"] for r in records if r["type"] == "eval"] == [2, 3]
+    assert "img/s" in (tmp_path / "log.txt").read_text()
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(tmp_path / name, map_location="cpu", weights_only=True)
+        assert ckpt["categories"]["category_ids"] == [3, 5, 9]
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 3
+    model, categories = model_from_checkpoint(tmp_path / "last.pt")
+    assert not model.training and categories.count_names == ["3", "5", "9"]
+    assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary files
+
+
+def test_resume_continues_exactly(world, tmp_path):
+    """2 steps + resume to 4 steps gives the same weights as 4 steps straight (epochs of 3 batches)."""
+    base = tiny_overrides(world, **{"train.lr_steps": [3], "train.checkpoint_every": 2, "data.epoch_size": 6,
+                                    "data.brightness": 0.2})
+    train(make_config(None, {**base, "train.max_steps": 4}), tmp_path / "straight", echo=False)
+    train(make_config(None, {**base, "train.max_steps": 2}), tmp_path / "resumed", echo=False)
+    train(make_config(None, {**base, "train.max_steps": 4}), tmp_path / "resumed", resume=True, echo=False)
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4 and a["epoch"] == b["epoch"] == 1
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_resume_without_checkpoint_is_an_error(world, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"last\.pt"):
+        train(make_config(None, tiny_overrides(world)), tmp_path, resume=True, echo=False)
+
+
+def test_ratio_mixing_of_two_datasets(world, tmp_path):
+    config = make_config(None, tiny_overrides(world, **{
+        "data.train_instances": [str(world / "instances.json")] * 2,
+        "data.train_images": [str(world / "images")] * 2, "data.train_ratios": [3.0, 1.0], "train.max_steps": 1}))
+    assert train(config, tmp_path, echo=False)["steps"] == 1
+    with pytest.raises(ValueError, match="one image folder per training JSON"):
+        train(make_config(None, {**config, "data.train_images": [str(world / "images")]}), tmp_path, echo=False)

@@ -1,0 +1,166 @@
+"""Model: shapes, finite losses, eval outputs, ignore regions in the RPN, box head and counting view."""
+
+import math
+
+import pytest
+import torch
+
+from dpsnet import dpsnet_model
+from dpsnet.backbone import build_backbone
+from dpsnet.detection import box_ioa, mark_ignored
+from dpsnet.model import split_ignore
+
+TINY = dict(backbone="small", small_channels=(8, 16, 16, 32), fpn_channels=16, min_size=96, max_size=96,
+            anchor_sizes=(16, 32, 64, 128, 256), rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
+            rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, rpn_batch_size_per_image=32,
+            box_batch_size_per_image=32, box_representation_size=32, count_channels=16)
+
+
+def tiny_model(num_classes=4, **kw):
+    torch.manual_seed(0)
+    return dpsnet_model(num_classes, **{**TINY, **kw})
+
+
+def batch():
+    torch.manual_seed(1)
+    images = [torch.rand(3, 96, 96), torch.rand(3, 80, 96)]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 10, 40, 50], [50, 55, 90, 90], [0, 0, 30, 30]]),
+         "labels": torch.tensor([1, 2, 3]), "iscrowd": torch.tensor([0, 0, 1])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "iscrowd": torch.zeros(0)},
+    ]
+    return images, targets
+
+
+def test_train_losses_finite_and_backward():
+    model = tiny_model().train()
+    images, targets = batch()
+    losses = model(images, targets)
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg",
+                           "loss_density", "loss_count"}
+    assert all(v.dim() == 0 and math.isfinite(v.item()) for v in losses.values())
+    sum(losses.values()).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(p.grad.abs().sum().item() > 0 for p in model.counting_view.parameters())
+
+
+def test_eval_outputs_per_image():
+    model = tiny_model(count_class_of_label=[0, 0, 1, 0]).eval()
+    model.return_density = True
+    images, _ = batch()
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == 2
+    for det, img in zip(out, images, strict=True):
+        n = det["boxes"].shape[0]
+        assert det["boxes"].shape == (n, 4) and det["labels"].shape == (n,) and det["scores"].shape == (n,)
+        assert det["counts"].shape == (2,) and (det["counts"] >= 0).all()
+        assert det["density"].shape[0] == 2
+        if n:
+            assert float(det["boxes"][:, 2].max()) <= img.shape[2] + 1e-3
+            assert float(det["boxes"][:, 3].max()) <= img.shape[1] + 1e-3
+    assert all((det["labels"] >= 1).all() for det in out)
+
+
+def test_training_needs_targets():
+    with pytest.raises(ValueError, match="targets"):
+        tiny_model().train()([torch.rand(3, 64, 64)])
+
+
+def test_count_class_mapping_length_checked():
+    with pytest.raises(ValueError, match="count_class_of_label"):
+        tiny_model(count_class_of_label=[0, 1])
+
+
+@pytest.mark.parametrize("name", ["resnet18"])
+def test_resnet_fpn_builds_and_loads_local_weights(tmp_path, name):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    weights = resnet18(weights=None).state_dict()
+    torch.save(weights, tmp_path / "r18.pth")
+    backbone = build_backbone(name, weights=tmp_path / "r18.pth")
+    assert torch.equal(backbone.body.conv1.weight, weights["conv1.weight"])
+    feats = backbone(torch.rand(1, 3, 64, 64))
+    assert list(feats) == ["0", "1", "2", "3", "pool"]
+    assert [f.shape[-1] for f in feats.values()] == [16, 8, 4, 2, 1]
+    assert not backbone.body.conv1.weight.requires_grad and backbone.body.layer4[0].conv1.weight.requires_grad
+
+
+def test_missing_weights_file_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope\.pth"):
+        build_backbone("small", weights=tmp_path / "nope.pth")
+
+
+def test_small_backbone_is_small():
+    backbone = build_backbone("small")
+    assert sum(p.numel() for p in backbone.body.parameters()) < 1.5e6
+    assert backbone.out_channels == 64
+
+
+def test_box_ioa_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(20, 2, generator=g) * 50
+    boxes = torch.cat([xy, xy + torch.rand(20, 2, generator=g) * 30], 1)
+    regions = boxes[:5].flip(0) + 3
+    ioa = box_ioa(boxes, regions)
+    for i, b in enumerate(boxes.tolist()):
+        for j, r in enumerate(regions.tolist()):
+            iw = max(0.0, min(b[2], r[2]) - max(b[0], r[0]))
+            ih = max(0.0, min(b[3], r[3]) - max(b[1], r[1]))
+            assert ioa[i, j].item() == pytest.approx(iw * ih / ((b[2] - b[0]) * (b[3] - b[1])), rel=1e-5)
+
+
+def test_mark_ignored_only_touches_background_inside():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60], [5, 0, 15, 10]])
+    labels = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    out = mark_ignored(labels, boxes, torch.tensor([[0.0, 0, 10, 10]]), 0.5)
+    assert out.tolist() == [-1.0, 1.0, 0.0, -1.0]  # the last one is exactly half inside
+    assert mark_ignored(labels, boxes, torch.zeros(0, 4), 0.5) is labels
+
+
+def test_rpn_anchors_inside_ignore_region_are_neither_fg_nor_bg():
+    model = tiny_model().train()
+    anchors = [torch.tensor([[0.0, 0, 16, 16], [60, 60, 76, 76], [10, 10, 40, 50], [4, 4, 20, 20]])]
+    crowd = {"boxes": torch.tensor([[10.0, 10, 40, 50], [0, 0, 30, 30]]), "labels": torch.tensor([1, 2]),
+             "iscrowd": torch.tensor([0, 1])}
+    labels, _ = model.rpn.assign_targets_to_anchors(anchors, split_ignore([crowd]))
+    assert labels[0].tolist() == [-1.0, 0.0, 1.0, -1.0]
+    plain = {"boxes": crowd["boxes"][:1], "labels": crowd["labels"][:1]}
+    labels, _ = model.rpn.assign_targets_to_anchors(anchors, split_ignore([plain]))
+    assert labels[0].tolist() == [0.0, 0.0, 1.0, 0.0]
+
+
+def test_box_head_never_samples_proposals_inside_ignore_region():
+    model = tiny_model().train()
+    torch.manual_seed(0)
+    xy = torch.rand(200, 2) * 80
+    proposals = [torch.cat([xy, xy + 8 + torch.rand(200, 2) * 20], 1)]
+    targets = split_ignore([{"boxes": torch.tensor([[50.0, 50, 90, 90], [0, 0, 40, 40]]),
+                             "labels": torch.tensor([1, 2]), "iscrowd": torch.tensor([0, 1])}])
+    sampled, _, labels, _ = model.roi_heads.select_training_samples(proposals, targets)
+    inside = box_ioa(sampled[0], torch.tensor([[0.0, 0, 40, 40]]))[:, 0] >= 0.5
+    assert inside.sum() == 0 or (labels[0][inside] > 0).all()
+    assert (labels[0] >= 0).all() and (labels[0] == 0).any()
+    # without the ignore region, those proposals are sampled as background
+    targets[0]["ignore_boxes"] = torch.zeros(0, 4)
+    sampled, _, labels, _ = model.roi_heads.select_training_samples([proposals[0].clone()], targets)
+    inside = box_ioa(sampled[0], torch.tensor([[0.0, 0, 40, 40]]))[:, 0] >= 0.5
+    assert (labels[0][inside] == 0).any()
+
+
+def test_counting_view_ignores_ignore_regions():
+    """The density and count losses do not depend on the prediction inside an ignore region."""
+    model = tiny_model().train()
+    images, targets = batch()
+    batch_t, targets_t = model.transform(images, targets)
+    det_targets = split_ignore(targets_t)
+    features = model.backbone(batch_t.tensors)
+    density = model.counting_view(features, tuple(batch_t.tensors.shape[-2:])).detach().requires_grad_(True)
+    losses = model.counting_losses(density, det_targets)
+    sum(losses.values()).backward()
+    stride = model.counting_view.stride
+    x2, y2 = (det_targets[0]["ignore_boxes"][0, 2:] / stride).floor().int().tolist()
+    assert density.grad[0, :, : y2 - 1, : x2 - 1].abs().max() == 0
+    assert density.grad[0].abs().sum() > 0

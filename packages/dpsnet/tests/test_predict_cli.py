@@ -1,0 +1,138 @@
+"""predict (files validated by rpc-metrics), evaluate, visualize and the CLI's errors."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dpsnet.cli import main
+from dpsnet.config import DEFAULTS, make_config
+from dpsnet.engine import train
+from dpsnet.inference import count_accuracy
+from rpc_metrics.io import read_counts, read_pool, read_results
+
+from .conftest import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def checkpoint(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train(make_config("cpu-small", tiny_overrides(world, **{"model.box_score_thresh": 0.0})), out, echo=False)
+    return out / "last.pt"
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_predict_writes_valid_results_and_counts(world, checkpoint, tmp_path):
+    res = invoke("predict", "--checkpoint", checkpoint, "--instances", world / "pool.json", "--images",
+                 world / "images", "--out-results", tmp_path / "r.json", "--out-counts", tmp_path / "c.json",
+                 "--batch-size", 3, "--device", "cpu", "--quiet")
+    assert res.exit_code == 0, res.output
+    pool = read_pool(world / "pool.json")
+    results = read_results(tmp_path / "r.json", gt=pool)
+    counts = read_counts(tmp_path / "c.json", pool=pool)  # every pool image listed, blank one included
+    assert counts["count_classes"] == "category" and len(counts["images"]) == 7
+    assert all(set(e["counts"]) <= {"3", "5", "9"} for e in counts["images"])
+    assert len(results) > 0 and {r["category_id"] for r in results} <= {3, 5, 9}
+
+
+def test_evaluate_prints_rpc_table_and_count_accuracy(world, checkpoint, tmp_path):
+    assert invoke("predict", "--checkpoint", checkpoint, "--instances", world / "instances.json", "--images",
+                  world / "images", "--out-results", tmp_path / "r.json", "--out-counts", tmp_path / "c.json",
+                  "--device", "cpu", "--quiet").exit_code == 0
+    res = invoke("evaluate", "--results", tmp_path / "r.json", "--gt", world / "instances.json", "--counts",
+                 tmp_path / "c.json", "--json-out", tmp_path / "m.json")
+    assert res.exit_code == 0, res.output
+    assert "cAcc" in res.output and "averaged" in res.output and "counting view" in res.output
+    assert 0.0 <= json.loads((tmp_path / "m.json").read_text())["count_acc"] <= 1.0
+    res = invoke("evaluate", "--results", tmp_path / "r.json", "--gt", world / "instances.json", "--protocol",
+                 "transfer", "--val-results", tmp_path / "r.json", "--val-gt", world / "instances.json")
+    assert res.exit_code == 0 and "transfer" in res.output.lower()
+
+
+def test_count_accuracy_against_slow_count(world):
+    gt = json.loads((world / "instances.json").read_text())
+    exact = {"count_classes": "category", "images": []}
+    for im in gt["images"]:
+        counts = {}
+        for a in gt["annotations"]:
+            if a["image_id"] == im["id"] and not a["iscrowd"]:
+                counts[str(a["category_id"])] = counts.get(str(a["category_id"]), 0) + 1.2 - 0.2 - 0.1
+        exact["images"].append({"image_id": im["id"], "counts": counts})
+    assert count_accuracy(exact, gt) == 1.0
+    exact["images"][0]["counts"]["3"] = exact["images"][0]["counts"].get("3", 0) + 1
+    assert count_accuracy(exact, gt) == pytest.approx(5 / 6)
+    objects = {"count_classes": "object", "images": [
+        {"image_id": im["id"], "counts": {"object": float(sum(a["image_id"] == im["id"] and not a["iscrowd"]
+                                                               for a in gt["annotations"]))}} for im in gt["images"]]}
+    assert count_accuracy(objects, gt) == 1.0
+
+
+def test_visualize_writes_pngs(world, checkpoint, tmp_path):
+    res = invoke("visualize", "--checkpoint", checkpoint, "--instances", world / "pool.json", "--images",
+                 world / "images", "--out", tmp_path / "vis", "--limit", 2, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "vis").glob("*.png"))) == 2
+
+
+def test_missing_files_are_named(world, checkpoint, tmp_path):
+    res = invoke("predict", "--checkpoint", tmp_path / "missing.pt", "--instances", world / "pool.json",
+                 "--images", world / "images", "--out-results", tmp_path / "r.json", "--out-counts", tmp_path / "c.json")
+    assert res.exit_code == 2 and "missing.pt" in res.output
+    res = invoke("predict", "--checkpoint", checkpoint, "--instances", tmp_path / "nope.json",
+                 "--images", world / "images", "--out-results", tmp_path / "r.json", "--out-counts", tmp_path / "c.json")
+    assert res.exit_code == 2 and "nope.json" in res.output
+    res = invoke("predict", "--checkpoint", checkpoint, "--instances", world / "pool.json",
+                 "--images", tmp_path / "noimages", "--out-results", tmp_path / "r.json", "--out-counts", tmp_path / "c.json")
+    assert res.exit_code == 2 and "noimages" in res.output
+    res = invoke("evaluate", "--results", tmp_path / "absent.json", "--gt", world / "instances.json")
+    assert res.exit_code == 2 and "absent.json" in res.output
+    res = invoke("train", "--out", tmp_path / "run", "data.train_instances=" + str(tmp_path / "gone.json"),
+                 "data.train_images=" + str(world / "images"))
+    assert res.exit_code == 2 and "gone.json" in res.output
+    res = invoke("train", "--config", tmp_path / "cfg.toml", "--out", tmp_path / "run")
+    assert res.exit_code == 2 and "cfg.toml" in res.output
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_bad_config_keys_list_the_valid_ones(world, tmp_path):
+    res = invoke("train", "--out", tmp_path / "run", "train.learning_rate=0.1")
+    assert res.exit_code == 2
+    assert "train.learning_rate" in res.output and "train.lr" in res.output and "model.backbone" in res.output
+    (tmp_path / "bad.toml").write_text("[train]\nlrr = 1\n")
+    res = invoke("train", "--config", tmp_path / "bad.toml", "--out", tmp_path / "run")
+    assert res.exit_code == 2 and "train.lrr" in res.output and "train.lr," in res.output
+    res = invoke("train", "--out", tmp_path / "run", "train.max_steps=many")
+    assert res.exit_code == 2 and "train.max_steps" in res.output
+    res = invoke("train", "--out", tmp_path / "run", "model.backbone=vgg")
+    assert res.exit_code == 2 and "resnet50" in res.output
+
+
+def test_config_command_documents_every_key():
+    res = invoke("config", "--config", "rpc-paper", "train.lr=0.01")
+    assert res.exit_code == 0
+    for key in DEFAULTS:
+        assert f"{key.split('.', 1)[1]} = " in res.output
+    assert res.output.count("\n# ") + res.output.startswith("# ") >= len(DEFAULTS)
+    assert 'backbone = "resnet101"' in res.output and "lr = 0.01" in res.output
+
+
+def test_presets_and_overrides():
+    paper = make_config("rpc-paper")
+    assert paper["model.backbone"] == "resnet101" and paper["model.min_size"] == [800]
+    small = make_config("cpu-small", ["model.min_size=[224, 256]", "data.train_ratios=1,2", "train.amp=false"])
+    assert small["model.min_size"] == [224, 256] and small["data.train_ratios"] == [1.0, 2.0]
+    assert small["train.amp"] is False
+
+
+def test_train_cli_runs_and_resumes(world, tmp_path):
+    args = ["train", "--out", tmp_path / "run"] + [f"{k}={json.dumps(v)}" for k, v in tiny_overrides(world).items()]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "config.toml").is_file() and (tmp_path / "run" / "last.pt").is_file()
+    res = invoke("train", "--out", tmp_path / "run", "--resume", "train.max_steps=3")
+    assert res.exit_code == 0, res.output
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 3
