@@ -22,7 +22,8 @@ def map_ordered(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) ->
         for item in items:
             yield fn(item)
         return
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    # Never plain fork: a parent that already ran opencv's thread pool can deadlock its forked children.
+    method = "forkserver" if sys.platform.startswith("linux") else "spawn"
     context = multiprocessing.get_context(method)
     chunk = max(1, min(8, len(items) // (workers * 4)))
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:

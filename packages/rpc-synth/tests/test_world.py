@@ -1,0 +1,171 @@
+"""The mini world: RPC layout and validity, levels, visible boxes, determinism, frozen default properties."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from rpc_metrics.io import LEVELS, read_instances
+
+from rpc_synth.baskets import LEVEL_RANGES
+from rpc_synth.compose import box_iou
+from rpc_synth.world import TRUE_MASKS, WorldConfig, build_world, catalog, render_checkout, render_exemplar
+
+EXAMPLES = Path(__file__).resolve().parents[3].parent / "shared" / "rpc-format"
+
+
+def test_layout_and_validity(tiny_world, tiny_config):
+    TINY = tiny_config
+    for folder in ("train2019", "val2019", "test2019", TRUE_MASKS):
+        assert (tiny_world / folder).is_dir()
+    train = read_instances(tiny_world / "instances_train2019.json")
+    assert len(train["images"]) == len(train["annotations"]) == TINY.skus * len(TINY.elevations) * TINY.azimuths
+    for split in ("val", "test"):
+        read_instances(tiny_world / f"instances_{split}2019.json", require_levels=True)
+    ids = [c["id"] for c in train["categories"]]
+    assert ids == list(range(1, TINY.skus + 1))
+    for c in train["categories"]:
+        assert c["name"].startswith(f"{c['id']}_") and c["supercategory"]
+    assert 2 <= len({c["supercategory"] for c in train["categories"]}) <= 6
+    for ann in train["annotations"]:
+        assert set(ann) >= {"id", "image_id", "category_id", "bbox", "area", "iscrowd", "point_xy", "segmentation"}
+
+
+@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="shared/rpc-format examples not present")
+def test_same_shape_as_the_rpc_examples(tiny_world):
+    for split in ("train", "test"):
+        example = json.loads((EXAMPLES / f"instances_{split}2019.example.json").read_text())
+        ours = json.loads((tiny_world / f"instances_{split}2019.json").read_text())
+        assert set(ours) == set(example)
+        for key in ("images", "annotations", "categories", "__raw_Chinese_name_df"):
+            assert set(ours[key][0]) >= set(example[key][0]), key
+
+
+def test_levels_in_equal_thirds_and_ranges_respected(tiny_world):
+    for split in ("val", "test"):
+        data = read_instances(tiny_world / f"instances_{split}2019.json")
+        levels = Counter(im["level"] for im in data["images"])
+        assert set(levels) == set(LEVELS) and len(set(levels.values())) == 1
+        per_image: dict[int, list[int]] = {im["id"]: [] for im in data["images"]}
+        for ann in data["annotations"]:
+            per_image[ann["image_id"]].append(ann["category_id"])
+        for im in data["images"]:
+            (c_lo, c_hi), (n_lo, n_hi) = LEVEL_RANGES[im["level"]]
+            cats = per_image[im["id"]]
+            assert n_lo <= len(cats) <= n_hi and c_lo <= len(set(cats)) <= c_hi
+
+
+def test_checkout_boxes_match_visible_pixels(tiny_world, helpers):
+    for split in ("val", "test"):
+        data = read_instances(tiny_world / f"instances_{split}2019.json")
+        helpers.check_visible_boxes(data, tiny_world / f"{split}2019")
+
+
+def test_exemplar_boxes_are_tight_around_the_true_mask(tiny_world):
+    train = read_instances(tiny_world / "instances_train2019.json")
+    images = {im["id"]: im for im in train["images"]}
+    for ann in train["annotations"][::7]:
+        name = images[ann["image_id"]]["file_name"].replace(".jpg", ".png")
+        mask = cv2.imread(str(tiny_world / TRUE_MASKS / name), cv2.IMREAD_GRAYSCALE) > 127
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        assert ann["bbox"] == [cols[0], rows[0], cols[-1] - cols[0] + 1, rows[-1] - rows[0] + 1]
+
+
+def test_same_seed_same_bytes_any_workers(tiny_world, tiny_config, tmp_path, helpers):
+    TINY = tiny_config
+    build_world(tmp_path / "again", TINY, workers=2, progress=False)
+    assert helpers.files_bytes(tmp_path / "again") == helpers.files_bytes(tiny_world)
+
+
+def test_other_seed_other_world(tiny_config):
+    TINY = tiny_config
+    a, _ = render_exemplar(TINY, 5)
+    b, _ = render_exemplar(WorldConfig(**{**TINY.__dict__, "seed": TINY.seed + 1}), 5)
+    assert not np.array_equal(a, b)
+
+
+# ------------------------------------------------------------------ frozen properties of the defaults
+
+
+DEFAULT = WorldConfig()
+
+
+def test_default_catalog_is_not_easier():
+    skus = catalog(DEFAULT)
+    assert len(skus) >= 20
+    assert len({s.shape for s in skus}) >= 4
+    pairs = [s for s in skus if s.twin_of is not None]
+    assert len(pairs) >= 3
+    for twin in pairs:
+        original = skus[twin.twin_of - 1]
+        assert (twin.shape, twin.dims) == (original.shape, original.dims)
+        assert twin.letters != original.letters
+    assert len(DEFAULT.elevations) >= 4 and min(DEFAULT.elevations) == 0 and max(DEFAULT.elevations) == 90
+    assert 256 <= DEFAULT.checkout_size <= 512 and 256 <= DEFAULT.exemplar_size <= 512
+    domain = DEFAULT.domain
+    assert domain.color_cast > 0 and domain.uneven_light > 0 and domain.shadow_strength > 0
+    assert domain.blur_sigma > 0 and domain.noise_sigma > 0 and domain.jpeg_quality < 95
+
+
+def test_default_world_has_degenerate_views():
+    """A can from the top and a flat pack edge-on cover far less than the SKU's largest view."""
+    n_views = len(DEFAULT.elevations) * DEFAULT.azimuths
+    ratios = {}
+    for sku in catalog(DEFAULT)[:4]:  # one of each shape
+        first = (sku.id - 1) * n_views
+        areas = [render_exemplar(DEFAULT, first + v)[1].sum() for v in range(n_views)]
+        ratios[sku.shape] = min(areas) / max(areas)
+    assert ratios["can"] < 0.45 and ratios["bag"] < 0.45 and ratios["bottle"] < 0.45
+
+
+@pytest.fixture(scope="module")
+def default_samples():
+    """A sample of default-size exemplars and checkout images, rendered in memory."""
+    n_views = len(DEFAULT.elevations) * DEFAULT.azimuths
+    exemplars = [render_exemplar(DEFAULT, i) for i in range(0, len(catalog(DEFAULT)) * n_views, 37)]
+    checkouts = [render_checkout(DEFAULT, "val", i) for i in range(9)]
+    return exemplars, checkouts
+
+
+def test_default_checkout_domain_differs_from_exemplars(default_samples):
+    exemplars, checkouts = default_samples
+    ex_bg = np.concatenate([img[~mask] for img, mask in exemplars]).astype(np.float64)
+    co_bg = []
+    co_unevenness = []
+    for image, _, anns in checkouts:
+        covered = np.zeros(image.shape[:2], bool)
+        for ann in anns:
+            x, y, w, h = (int(v) for v in ann["bbox"])
+            covered[y : y + h + 1, x : x + w + 1] = True
+        co_bg.append(image[~covered])
+        grey = image.mean(axis=2)
+        q = image.shape[0] // 2
+        quadrants = [grey[:q, :q], grey[:q, q:], grey[q:, :q], grey[q:, q:]]
+        co_unevenness.append(np.ptp([np.median(g) for g in quadrants]))
+    co_bg = np.concatenate(co_bg).astype(np.float64)
+    # Exemplars on a light neutral turntable; checkout trays darker and tinted.
+    assert ex_bg.mean() - co_bg.mean() > 40
+    assert np.ptp(ex_bg.mean(axis=0)) < 15
+    assert np.median(co_unevenness) > 8
+
+
+def test_default_checkout_products_smaller_and_occluded(default_samples):
+    exemplars, checkouts = default_samples
+    # Compare like with like: exemplar views that pose pruning keeps (degenerate ones are tiny anyway).
+    areas = np.array([mask.sum() for _, mask in exemplars], dtype=np.float64)
+    ex_size = np.median(np.sqrt(areas[areas > 0.45 * np.percentile(areas, 90)]))
+    full_sizes, overlaps = [], 0
+    for _, level, anns in checkouts:
+        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                          for a in anns])
+        iou = box_iou(boxes, boxes)
+        overlaps += int((iou[np.triu_indices(len(boxes), 1)] > 0).sum())
+        full_sizes += [np.sqrt(a["area"]) for a in anns]
+        (c_lo, c_hi), (n_lo, n_hi) = LEVEL_RANGES[level]
+        assert n_lo <= len(anns) <= n_hi
+    assert np.median(full_sizes) / ex_size < 0.8
+    assert overlaps > 0
