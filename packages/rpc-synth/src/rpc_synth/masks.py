@@ -142,6 +142,7 @@ def refine_mask(crop: np.ndarray, coarse: np.ndarray, bbox, roi, *, refine_px: i
     gc[sure] = cv2.GC_FGD
     if not (gc == cv2.GC_BGD).any() and not (gc == cv2.GC_PR_BGD).any():
         return coarse
+    cv2.setRNGSeed(0)  # GrabCut's k-means draws from opencv's global RNG: fix it so masks never depend on order
     try:
         cv2.grabCut(np.ascontiguousarray(work), gc, None, np.zeros((1, 65)), np.zeros((1, 65)), iterations,
                     cv2.GC_INIT_WITH_MASK)
