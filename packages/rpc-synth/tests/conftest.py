@@ -87,3 +87,8 @@ def helpers():
 @pytest.fixture(scope="session")
 def tiny_config():
     return TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_generate_config():
+    return TINY_GENERATE

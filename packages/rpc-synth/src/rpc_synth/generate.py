@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,8 +263,9 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 def _settings(config: GenerateConfig, exemplars: Path, backgrounds: list[Path]) -> dict:
     digest = hashlib.sha256(exemplars.read_bytes()).hexdigest()[:16]
-    return {"config": dataclasses.asdict(config), "exemplars_sha256": digest,
-            "backgrounds": [p.name for p in backgrounds]}
+    settings = {"config": dataclasses.asdict(config), "exemplars_sha256": digest,
+                "backgrounds": [p.name for p in backgrounds]}
+    return json.loads(json.dumps(settings))  # as it reads back from disk (tuples become lists)
 
 
 def _check_settings(out: Path, settings: dict) -> None:

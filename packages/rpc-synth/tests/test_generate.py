@@ -1,0 +1,63 @@
+"""generate: validity, levels and counts, visible boxes and masks, determinism, workers, shards, resume."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+
+from rpc_metrics.io import read_instances
+
+from rpc_synth.baskets import LEVEL_RANGES
+from rpc_synth.generate import OUTPUT_JSON, generate
+
+
+def test_output_is_valid_rpc_with_levels(tiny_generate, tiny_generate_config):
+    TINY_GENERATE = tiny_generate_config
+    data = read_instances(tiny_generate / OUTPUT_JSON, require_levels=True)
+    assert len(data["images"]) == TINY_GENERATE.images
+    assert Counter(im["level"] for im in data["images"]) == {"easy": 3, "medium": 3, "hard": 3}
+    per_image = Counter(a["image_id"] for a in data["annotations"])
+    for im in data["images"]:
+        (_, c_hi), (_, n_hi) = LEVEL_RANGES[im["level"]]
+        cats = {a["category_id"] for a in data["annotations"] if a["image_id"] == im["id"]}
+        assert 1 <= per_image[im["id"]] <= n_hi and len(cats) <= c_hi  # hidden instances are dropped
+
+
+def test_boxes_and_masks_match_visible_pixels(tiny_generate, helpers):
+    data = read_instances(tiny_generate / OUTPUT_JSON)
+    helpers.check_visible_boxes(data, tiny_generate / "synth2019")
+
+
+def test_same_seed_same_bytes_and_workers_do_not_matter(tiny_world, tiny_poses, tiny_generate, tmp_path, helpers, tiny_generate_config):
+    TINY_GENERATE = tiny_generate_config
+    generate(tiny_poses, tiny_world / "train2019", tmp_path / "w2", TINY_GENERATE, workers=2, progress=False)
+    assert helpers.files_bytes(tmp_path / "w2") == helpers.files_bytes(tiny_generate)
+
+
+def test_shards_union_is_the_whole(tiny_world, tiny_poses, tiny_generate, tmp_path, helpers, tiny_generate_config):
+    TINY_GENERATE = tiny_generate_config
+    out = tmp_path / "sharded"
+    assert generate(tiny_poses, tiny_world / "train2019", out, TINY_GENERATE, shard="1/2", progress=False) is None
+    assert not (out / OUTPUT_JSON).exists()
+    generate(tiny_poses, tiny_world / "train2019", out, TINY_GENERATE, shard="0/2", progress=False)
+    assert helpers.files_bytes(out) == helpers.files_bytes(tiny_generate)
+
+
+def test_resume_after_interruption(tiny_world, tiny_poses, tiny_generate, tmp_path, helpers, tiny_generate_config):
+    TINY_GENERATE = tiny_generate_config
+    out = tmp_path / "resumed"
+    shutil.copytree(tiny_generate, out)
+    (out / OUTPUT_JSON).unlink()
+    for name in ("000002.json", "000007.json"):
+        (out / "parts" / name).unlink()  # as if killed before these images were recorded
+    (out / "synth2019" / "synth_000007.jpg").unlink()
+    generate(tiny_poses, tiny_world / "train2019", out, TINY_GENERATE, progress=False)
+    assert helpers.files_bytes(out) == helpers.files_bytes(tiny_generate)
+
+
+def test_other_seed_other_images(tiny_world, tiny_poses, tiny_generate, tmp_path, tiny_generate_config):
+    TINY_GENERATE = tiny_generate_config
+    config = TINY_GENERATE.__class__(**{**TINY_GENERATE.__dict__, "seed": 99, "images": 1})
+    generate(tiny_poses, tiny_world / "train2019", tmp_path / "s", config, progress=False)
+    assert (tmp_path / "s/synth2019/synth_000001.jpg").read_bytes() != (
+        tiny_generate / "synth2019/synth_000001.jpg").read_bytes()
