@@ -8,8 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from rpc_metrics.io import decode_mask
 
+from rpc_metrics.io import decode_mask
 from rpc_synth.generate import GenerateConfig, generate
 from rpc_synth.masks import build_masks
 from rpc_synth.poses import prune_poses

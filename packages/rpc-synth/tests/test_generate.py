@@ -6,7 +6,6 @@ import shutil
 from collections import Counter
 
 from rpc_metrics.io import read_instances
-
 from rpc_synth.baskets import LEVEL_RANGES
 from rpc_synth.generate import OUTPUT_JSON, generate
 

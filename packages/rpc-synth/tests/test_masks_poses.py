@@ -8,8 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from rpc_metrics.io import read_instances
 
+from rpc_metrics.io import read_instances
 from rpc_synth.generate import GenerateConfig, generate
 from rpc_synth.masks import build_masks, exemplar_masks, fill_holes
 from rpc_synth.poses import pose_ratios, prune_poses

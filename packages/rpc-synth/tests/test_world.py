@@ -9,8 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from rpc_metrics.io import LEVELS, read_instances
 
+from rpc_metrics.io import LEVELS, read_instances
 from rpc_synth.baskets import LEVEL_RANGES
 from rpc_synth.compose import box_iou
 from rpc_synth.world import TRUE_MASKS, WorldConfig, build_world, catalog, render_checkout, render_exemplar

@@ -13,6 +13,7 @@ from rpc_metrics.io import FormatError
 from . import world as world_mod
 from .generate import InputError
 
+
 def _fail_cleanly(fn):
     """Print one line naming the file and entry for bad input, exit with code 2."""
 

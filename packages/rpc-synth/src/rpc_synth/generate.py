@@ -22,8 +22,17 @@ from typing import Any
 
 import cv2
 import numpy as np
-from rpc_metrics.io import LEVELS, FormatError, atomic_output, decode_mask, encode_mask, load_json
-from rpc_metrics.io import write_instances, write_json
+
+from rpc_metrics.io import (
+    LEVELS,
+    FormatError,
+    atomic_output,
+    decode_mask,
+    encode_mask,
+    load_json,
+    write_instances,
+    write_json,
+)
 
 from .baskets import parse_ranges, sample_basket
 from .compose import cast_shadow, paste, place, transform_sprite, visible_parts
