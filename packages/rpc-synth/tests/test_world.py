@@ -166,6 +166,6 @@ def test_default_checkout_products_smaller_and_occluded(default_samples):
         overlaps += int((iou[np.triu_indices(len(boxes), 1)] > 0).sum())
         full_sizes += [np.sqrt(a["area"]) for a in anns]
         (c_lo, c_hi), (n_lo, n_hi) = LEVEL_RANGES[level]
-        assert n_lo <= len(anns) <= n_hi
+        assert n_lo <= len(anns) <= n_hi and c_lo <= len({a["category_id"] for a in anns}) <= c_hi
     assert np.median(full_sizes) / ex_size < 0.8
     assert overlaps > 0
