@@ -143,3 +143,10 @@ def test_writes_are_atomic(tmp_path):
         tmp.write_bytes(b"partial")
         raise RuntimeError("killed")
     assert sorted(os.listdir(tmp_path)) == ["out.json"]
+
+
+def test_format_errors_pickle():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(io.FormatError("a.json", "images[0]", "bad")))
+    assert str(err) == "a.json: images[0]: bad" and err.entry == "images[0]"

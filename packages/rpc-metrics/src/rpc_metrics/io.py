@@ -46,6 +46,9 @@ class FormatError(ValueError):
         self.source, self.entry, self.message = source, entry, message
         super().__init__(f"{source}: {entry}: {message}" if entry else f"{source}: {message}")
 
+    def __reduce__(self):  # picklable, so errors cross process boundaries (worker pools)
+        return (FormatError, (self.source, self.entry, self.message))
+
 
 def _source_name(obj: Any, source: str | None) -> str:
     if source is not None:
