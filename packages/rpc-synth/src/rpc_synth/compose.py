@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .render import Sprite
+from .views import Sprite
 
 
 def transform_sprite(sprite: Sprite, scale: float, angle: float) -> Sprite:

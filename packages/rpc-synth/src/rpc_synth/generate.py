@@ -39,7 +39,7 @@ from .compose import cast_shadow, paste, place, transform_sprite, visible_parts
 from .exemplars import Exemplar, load_exemplars
 from .parallel import map_ordered
 from .progress import Progress
-from .render import Sprite
+from .views import Sprite
 
 IMAGE_DIR = "synth2019"
 OUTPUT_JSON = "instances_synth2019.json"

@@ -22,7 +22,7 @@ from .baskets import LEVEL_RANGES, sample_basket
 from .compose import cast_shadow, paste, place, transform_sprite, visible_parts
 from .parallel import map_ordered
 from .progress import Progress
-from .render import Sprite, render_view
+from .views import Sprite, render_view
 from .skus import Sku, make_catalog
 
 TRUE_MASKS = "exemplar_masks_true"
