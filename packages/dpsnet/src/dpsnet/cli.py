@@ -126,6 +126,29 @@ def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, coun
         write_json(out, json_out, indent=2)
 
 
+@main.command("pretrain")
+@click.option("--instances", required=True, type=click.Path(), help="Exemplar instances JSON (RPC train split).")
+@click.option("--images", required=True, type=click.Path(), help="Folder of the exemplar photos.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Weights file to write (model.backbone_weights).")
+@click.option("--size", default=64, show_default=True, help="Crop side in px.")
+@click.option("--channels", default="32,64,128,256", show_default=True, help="Small backbone stage widths (as model.small_channels).")
+@click.option("--steps", default=600, show_default=True, help="Optimiser steps.")
+@click.option("--batch-size", default=64, show_default=True, help="Crops per step.")
+@click.option("--lr", default=0.05, show_default=True, help="Peak learning rate (SGD, cosine).")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+def pretrain_command(instances, images, out, size, channels, steps, batch_size, lr, seed) -> None:
+    """Pretrain the small backbone as an SKU classifier on exemplar crops (the stand-in for ImageNet weights)."""
+    from .pretrain import pretrain_backbone
+
+    for name, path in (("--instances", instances), ("--images", images)):
+        if not Path(path).exists():
+            _fail(f"{name}: not found: {path}")
+    widths = _run(lambda: tuple(int(c) for c in channels.split(",")))
+    summary = _run(pretrain_backbone, instances, images, out, size=size, channels=widths, steps=steps,
+                   batch_size=batch_size, lr=lr, seed=seed)
+    click.echo(json.dumps(summary))
+
+
 @main.command("visualize")
 @click.option("--checkpoint", required=True, type=click.Path(), help="Checkpoint written by `dpsnet train`.")
 @click.option("--instances", required=True, type=click.Path(), help="Pool or instances JSON listing the images.")

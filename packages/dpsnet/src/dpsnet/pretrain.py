@@ -1,0 +1,137 @@
+"""Backbone pretraining on exemplar crops as SKU classification: ImageNet weights' stand-in on the mini world.
+
+Each exemplar photo's box is cropped (with a margin), resized to ``size`` x ``size`` and classified into its SKU
+with the small body + a linear layer; flips, 90-degree rotations, scale and colour jitter stand in for the
+poses and lighting of checkout images. The body's weights go to a file that ``model.backbone_weights`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rpc_metrics.io import image_path, read_instances
+
+from .backbone import SmallBody
+from .data import colour_jitter, read_image
+from .engine import lr_factor, save_checkpoint
+
+
+def exemplar_crops(instances: str | Path, images: str | Path, size: int, margin: float = 0.1
+                   ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """``(crops uint8[N, size, size, 3] RGB, labels int64[N], category_ids)`` from the first box of each image."""
+    dataset = read_instances(instances)
+    category_ids = sorted(c["id"] for c in dataset["categories"])
+    label_of = {cid: i for i, cid in enumerate(category_ids)}
+    first = {}
+    for ann in dataset["annotations"]:
+        if not ann.get("iscrowd", 0):
+            first.setdefault(ann["image_id"], ann)
+    crops, labels = [], []
+    for im in sorted(dataset["images"], key=lambda im: im["id"]):
+        ann = first.get(im["id"])
+        if ann is None:
+            continue
+        image = read_image(image_path(images, im["file_name"], source=str(instances)))
+        x, y, w, h = ann["bbox"]
+        side = max(w, h) * (1 + 2 * margin)
+        cx, cy = x + w / 2, y + h / 2
+        x1, y1 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+        x2, y2 = int(min(image.shape[1], cx + side / 2)), int(min(image.shape[0], cy + side / 2))
+        if x2 - x1 < 2 or y2 - y1 < 2:
+            continue
+        crop = cv2.resize(image[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)
+        crops.append((crop * 255).round().astype(np.uint8))
+        labels.append(label_of[ann["category_id"]])
+    if not crops:
+        raise ValueError(f"{instances}: no exemplar boxes to crop")
+    return np.stack(crops), np.array(labels, dtype=np.int64), category_ids
+
+
+def augment_crops(crops: np.ndarray, rng: np.random.Generator, scale: tuple[float, float] = (0.6, 1.0)) -> Tensor:
+    """A batch of uint8 crops [B, S, S, 3] -> float Tensor[B, 3, S, S]: random zoom-out, flips, rot90, colour."""
+    out = []
+    size = crops.shape[1]
+    for crop in crops:
+        image = crop.astype(np.float32) / 255.0
+        f = rng.uniform(*scale)
+        small = max(4, round(size * f))
+        canvas = np.full_like(image, float(rng.uniform(0.3, 0.9)))
+        ox, oy = (int(v) for v in rng.integers(0, size - small + 1, 2))
+        canvas[oy:oy + small, ox:ox + small] = cv2.resize(image, (small, small), interpolation=cv2.INTER_AREA)
+        image = np.rot90(canvas, int(rng.integers(0, 4)))
+        if rng.random() < 0.5:
+            image = image[:, ::-1]
+        image = colour_jitter(np.ascontiguousarray(image), rng, 0.3, 0.3, 0.3)
+        out.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+class CropClassifier(nn.Module):
+    """The small body, global average pooling and a linear SKU classifier."""
+
+    def __init__(self, num_classes: int, channels: tuple[int, ...] = (32, 64, 128, 256), norm: str = "batch"):
+        super().__init__()
+        self.body = SmallBody(channels, norm)
+        self.fc = nn.Linear(channels[-1], num_classes)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.body.pooled_features((x - self.mean) / self.std))
+
+
+def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path, *, size: int = 64,
+                      channels: tuple[int, ...] = (32, 64, 128, 256), norm: str = "batch", steps: int = 600,
+                      batch_size: int = 64, lr: float = 0.05, seed: int = 0, holdout: float = 0.1,
+                      time_limit_min: float = 0.0, echo: bool = True) -> dict:
+    """Train the small body to classify exemplar crops into SKUs; write its weights to ``out`` (a checkpoint
+    with ``model`` = the body's state dict, loadable as ``model.backbone_weights``) and ``out``.json (accuracy).
+
+    Returns ``{"steps", "seconds", "train_acc", "holdout_acc", "classes"}``.
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    crops, labels, category_ids = exemplar_crops(instances, images, size)
+    order = rng.permutation(len(crops))
+    n_hold = int(len(crops) * holdout)
+    hold, train_idx = order[:n_hold], order[n_hold:]
+    model = CropClassifier(len(category_ids), tuple(channels), norm)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    started = time.monotonic()
+    step, correct, seen = 0, 0, 0
+    model.train()
+    while step < steps:
+        idx = rng.choice(train_idx, size=batch_size, replace=len(train_idx) < batch_size)
+        x, y = augment_crops(crops[idx], rng), torch.from_numpy(labels[idx])
+        for group in optimizer.param_groups:
+            group["lr"] = lr * lr_factor(step, max_steps=steps, warmup_steps=min(50, steps // 10), schedule="cosine")
+        logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        if echo and (step % 50 == 0 or step == steps):
+            print(f"pretrain step {step}/{steps} loss {loss.item():.3f} train acc {correct / seen:.3f}", flush=True)
+        if time_limit_min and time.monotonic() - started > time_limit_min * 60:
+            break
+    train_acc = correct / max(seen, 1)
+    model.eval()
+    with torch.no_grad():
+        hold_acc = float((model(torch.from_numpy(crops[hold]).permute(0, 3, 1, 2).float() / 255).argmax(1)
+                          == torch.from_numpy(labels[hold])).float().mean()) if n_hold else float("nan")
+    summary = {"steps": step, "seconds": time.monotonic() - started, "train_acc": train_acc,
+               "holdout_acc": hold_acc, "classes": len(category_ids), "crops": len(crops), "size": size}
+    save_checkpoint({"model": model.body.state_dict(), "channels": list(channels), "summary": summary}, out)
+    Path(str(out) + ".json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
