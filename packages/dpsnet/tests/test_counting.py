@@ -41,7 +41,7 @@ def test_density_loss_values():
     pred = torch.zeros(1, 2, 2, 2)
     mask = torch.ones(1, 1, 2, 2)
     losses = density_loss(pred, target, mask, density_scale=10.0, pixel_weight=1.0, count_weight=1.0)
-    assert losses["loss_density"].item() == pytest.approx(100.0 / 8)
+    assert losses["loss_density"].item() == pytest.approx(100.0 / 4)  # summed over classes, mean over 4 pixels
     assert losses["loss_count"].item() == pytest.approx(0.5 / 2)  # smooth L1 of 1 (beta 1) on one of 2 classes
     perfect = density_loss(target * 10, target, mask, density_scale=10.0)
     assert perfect["loss_density"].item() == 0 and perfect["loss_count"].item() == 0

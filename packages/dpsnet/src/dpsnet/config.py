@@ -43,7 +43,7 @@ SCHEMA: list[tuple[str, Any, str]] = [
     ("model.density_scale", 100.0, "The counting head predicts densities times this factor."),
     ("model.sigma_scale", 0.15, "Density Gaussian sigma = sigma_scale * sqrt(box area) (aco_kernels' rule)."),
     ("model.density_loss_weight", 1.0, "Weight of the per-pixel density loss."),
-    ("model.count_loss_weight", 0.1, "Weight of the count loss on the density integrals."),
+    ("model.count_loss_weight", 1.0, "Weight of the count loss on the density integrals."),
     # data
     ("data.train_instances", [""], "Training instances JSON files (one or several, mixed)."),
     ("data.train_images", [""], "Image folder of each training JSON, in the same order."),

@@ -72,7 +72,7 @@ def density_loss(
     *,
     density_scale: float,
     pixel_weight: float = 1.0,
-    count_weight: float = 0.1,
+    count_weight: float = 1.0,
 ) -> dict[str, Tensor]:
     """Per-pixel MSE plus a count loss on the integrals, both restricted to ``mask``.
 
@@ -82,13 +82,13 @@ def density_loss(
         mask (Tensor[B, 1, H, W]): 1 where pixels count, 0 in ignore regions.
 
     Returns:
-        ``{"loss_density": pixel_weight * mean_{valid pixels, classes} (pred - scale * target)^2,
+        ``{"loss_density": pixel_weight * mean_{valid pixels} sum_{classes} (pred - scale * target)^2,
         "loss_count": count_weight * mean_{images, classes} smooth_l1(sum(pred) / scale, sum(target))}``.
     """
     pred = pred.float()
     scaled = target * density_scale
-    valid = mask.sum().clamp(min=1.0) * pred.shape[1]
-    pixel = (((pred - scaled) ** 2) * mask).sum() / valid
+    # Summed over classes, averaged over valid pixels: the gradient per map does not shrink with more classes.
+    pixel = (((pred - scaled) ** 2) * mask).sum() / mask.sum().clamp(min=1.0)
     pred_counts = (pred * mask).sum(dim=(2, 3)) / density_scale
     true_counts = (target * mask).sum(dim=(2, 3))
     count = F.smooth_l1_loss(pred_counts, true_counts, beta=1.0)

@@ -81,7 +81,7 @@ class DPSNet(nn.Module):
         sigma_scale: float = 0.15,
         min_sigma: float = 1.0,
         density_loss_weight: float = 1.0,
-        count_loss_weight: float = 0.1,
+        count_loss_weight: float = 1.0,
     ):
         super().__init__()
         if count_class_of_label is None:
