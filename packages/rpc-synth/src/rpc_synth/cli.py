@@ -156,3 +156,78 @@ def generate(exemplars, images, out, n_images, size, seed, levels, ranges, categ
     dataset = run_generate(exemplars, images, out, config, workers=workers, shard=shard, progress=not quiet)
     if dataset is not None:
         click.echo(f"wrote {len(dataset['images'])} images, {len(dataset['annotations'])} instances to {out}")
+
+
+@main.group()
+def render() -> None:
+    """Translate synthesized images toward the checkout domain (cyclegan translator or histogram matching)."""
+
+
+@render.command("train")
+@click.option("--source", required=True, type=click.Path(file_okay=False), help="Folder of synthesized images.")
+@click.option("--source-ann", required=True, type=click.Path(dir_okay=False), help="Their instances JSON (RLE masks from `generate`).")
+@click.option("--target", required=True, type=click.Path(file_okay=False), help="Folder of unlabeled checkout images (labels never read).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write (resumed when it exists).")
+@click.option("--size", default=96, show_default=True, help="Side of the random training crops in px.")
+@click.option("--iters", default=800, show_default=True, help="Training iterations (more than the checkpoint's: train on).")
+@click.option("--batch", default=1, show_default=True, help="Crops per iteration from each domain.")
+@click.option("--seed", default=0, show_default=True, help="Random seed (model init and crop order).")
+@click.option("--gen-channels", default=16, show_default=True, help="Generator width after its first layer.")
+@click.option("--gen-blocks", default=4, show_default=True, help="Residual blocks in the generator.")
+@click.option("--disc-channels", default=32, show_default=True, help="Discriminator width of its first layer.")
+@click.option("--preserve-weight", default=10.0, show_default=True, help="Weight of the product-preservation loss (0: plain CycleGAN).")
+@click.option("--cycle-weight", default=10.0, show_default=True, help="Weight of the cycle-consistency loss.")
+@click.option("--identity-weight", default=5.0, show_default=True, help="Weight of the identity loss (0: skip it).")
+@click.option("--lr", default=2e-4, show_default=True, help="Adam learning rate.")
+@click.option("--checkpoint-every", default=100, show_default=True, help="Iterations between checkpoints.")
+@click.option("--threads", default=1, show_default=True, help="CPU threads for torch (0: torch's default).")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+@_fail_cleanly
+def render_train(source, source_ann, target, out, size, iters, batch, seed, gen_channels, gen_blocks, disc_channels,
+                 preserve_weight, cycle_weight, identity_weight, lr, checkpoint_every, threads, quiet):
+    """Train the synthesized -> checkout translator on unpaired random crops (resumable)."""
+    from .render import require_torch
+
+    require_torch()
+    from .render.train import TranslatorConfig, train_translator
+
+    config = TranslatorConfig(size=size, iters=iters, batch=batch, seed=seed, gen_channels=gen_channels,
+                              gen_blocks=gen_blocks, disc_channels=disc_channels, preserve_weight=preserve_weight,
+                              cycle_weight=cycle_weight, identity_weight=identity_weight, lr=lr,
+                              checkpoint_every=checkpoint_every)
+    result = train_translator(source, source_ann, target, out, config, threads=threads or None, progress=not quiet)
+    click.echo(f"trained to iteration {result['iteration']}; wrote {out}")
+
+
+@render.command("apply")
+@click.option("--images", required=True, type=click.Path(file_okay=False), help="Folder of the images to translate.")
+@click.option("--ann", required=True, type=click.Path(dir_okay=False), help="Their instances JSON (copied, boxes unchanged).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (render2019/, instances_render2019.json).")
+@click.option("--method", type=click.Choice(["cyclegan", "histogram"]), default="cyclegan", show_default=True,
+              help="Translator checkpoint, or per-channel histogram matching (no torch).")
+@click.option("--model", type=click.Path(dir_okay=False), help="Checkpoint of `render train` (cyclegan).")
+@click.option("--target", type=click.Path(file_okay=False), help="Folder of checkout images whose histograms are matched (histogram).")
+@click.option("--jpeg-quality", default=95, show_default=True, help="JPEG quality of the written images.")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+@_fail_cleanly
+def render_apply(images, ann, out, method, model, target, jpeg_quality, quiet):
+    """Translate a dataset's images and write them with a copy of its annotations."""
+    from .render.apply import render_dataset
+
+    dataset = render_dataset(images, ann, out, method=method, model=model, target=target, jpeg_quality=jpeg_quality,
+                             progress=not quiet)
+    click.echo(f"wrote {len(dataset['images'])} {method} images and their annotations to {out}")
+
+
+@render.command("measure")
+@click.option("--images", required=True, type=click.Path(file_okay=False), help="Folder of the synthesized images.")
+@click.option("--ann", required=True, type=click.Path(dir_okay=False), help="Their instances JSON.")
+@click.option("--target", required=True, type=click.Path(file_okay=False), help="Folder of checkout images (the domain aimed at).")
+@click.option("--rendered", type=click.Path(file_okay=False), help="Folder of the same images translated (`apply`'s render2019/).")
+@click.option("--iou-threshold", default=0.5, show_default=True, help="A product is kept when its foreground IoU reaches this.")
+@_fail_cleanly
+def render_measure(images, ann, target, rendered, iou_threshold):
+    """Domain gap to the checkout images; with --rendered also products kept and new blobs. Prints JSON."""
+    from .render.measure import measure_render
+
+    click.echo(json.dumps(measure_render(images, ann, target, rendered, iou_threshold=iou_threshold), indent=1))

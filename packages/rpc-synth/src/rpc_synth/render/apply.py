@@ -1,0 +1,92 @@
+"""Apply a method (``cyclegan`` translator or ``histogram`` matching) to a dataset; write images + annotations.
+
+Output, directly usable as a training dataset: ``OUT/render2019/<file_name>`` (same names as the input)
+and ``OUT/instances_render2019.json`` (the input JSON unchanged but for a top-level ``render`` record of
+the method: boxes, masks, points, levels stay valid because products are not moved).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from rpc_metrics.io import FormatError, atomic_output, image_path, read_instances, write_instances
+
+from ..generate import InputError
+from ..progress import Progress
+from . import require_torch
+from .data import folder_images, read_image
+from .histogram import channel_histograms, match_histograms
+
+METHODS = ("cyclegan", "histogram")
+IMAGES_DIR = "render2019"
+INSTANCES = "instances_render2019.json"
+
+
+def translate_image(generator, image: np.ndarray) -> np.ndarray:
+    """Run ``generator`` fully convolutionally on a whole BGR ``uint8[H, W, 3]`` image (reflection-padded to
+    its size multiple, cropped back); returns the translated image, same shape."""
+    import torch
+    import torch.nn.functional as F
+
+    from .train import to_image, to_tensor
+
+    h, w = image.shape[:2]
+    m = generator.multiple
+    pad_h, pad_w = -h % m, -w % m
+    with torch.no_grad():
+        x = to_tensor(image[None])
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+        y = generator(x)[..., :h, :w]
+    return to_image(y)[0]
+
+
+def _write_image(path: Path, image: np.ndarray, jpeg_quality: int) -> None:
+    with atomic_output(path) as tmp:
+        if not cv2.imwrite(str(tmp), image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]):
+            raise FormatError(str(path), "", "could not write the image (unknown extension?)")
+
+
+def render_dataset(images: str | Path, ann: str | Path, out: str | Path, *, method: str = "cyclegan",
+                   model: str | Path | None = None, target: str | Path | None = None, jpeg_quality: int = 95,
+                   progress: bool = True) -> dict:
+    """Translate every image listed in ``ann`` (from folder ``images``) into ``OUT/render2019/``.
+
+    ``cyclegan`` needs ``model`` (a ``render train`` checkpoint); ``histogram`` needs ``target`` (a folder of
+    checkout images whose pooled per-channel histograms are matched). Every input is checked before
+    anything is written. Returns the written dataset.
+    """
+    if method not in METHODS:
+        raise InputError(f"--method should be one of {', '.join(METHODS)}, got {method!r}")
+    dataset = read_instances(ann)
+    paths = [image_path(images, im["file_name"], source=str(ann)) for im in dataset["images"]]
+    for im, path in zip(dataset["images"], paths, strict=True):
+        if not path.is_file():
+            raise FormatError(str(ann), f"image {im['id']} file_name {im['file_name']!r}", f"file not found in {images}")
+    if method == "cyclegan":
+        if model is None:
+            raise InputError("--method cyclegan needs --model (a checkpoint of `rpc-synth render train`)")
+        require_torch()
+        from .train import load_generator
+
+        generator = load_generator(model)
+        translate = lambda image: translate_image(generator, image)  # noqa: E731
+        record = {"method": method, "model": str(model)}
+    else:
+        if target is None:
+            raise InputError("--method histogram needs --target (a folder of checkout images)")
+        counts = channel_histograms(read_image(p) for p in folder_images(target))
+        translate = lambda image: match_histograms(image, counts)  # noqa: E731
+        record = {"method": method, "target": str(target)}
+    out = Path(out)
+    bar = Progress(len(paths), f"rpc-synth render apply ({method})", enabled=progress)
+    for im, path in zip(dataset["images"], paths, strict=True):
+        _write_image(image_path(out / IMAGES_DIR, im["file_name"], source=str(ann)), translate(read_image(path)),
+                     jpeg_quality)
+        bar.update()
+    rendered = {**dataset, "render": record}
+    write_instances(rendered, out / INSTANCES)
+    return rendered

@@ -1,0 +1,163 @@
+"""How far apart two image sets are, and whether a translation kept the products (numpy/opencv only).
+
+Domain gap: every image becomes 13 numbers (``image_features``): the mean and standard deviation of its
+L, a, b channels (OpenCV 8-bit Lab) and the shares of its pixels in 7 luminance-gradient-magnitude bins
+(Sobel, edges ``GRADIENT_BINS`` in grey levels per pixel: flat tray, noise, blur and sharp print all move
+them). Each set is summarised by the mean and covariance of these vectors, after z-scoring every feature
+with the reference (checkout) set's mean and std, and the statistic is the Fréchet distance between the
+two Gaussians: ``|mu_a - mu_b|^2 + Tr(C_a + C_b - 2 (C_a^1/2 C_b C_a^1/2)^1/2)`` (0 for identical sets;
+the FID formula, on hand-made colour and texture features instead of Inception ones).
+
+Product preservation: a simple foreground segmentation (Lab distance to the tray colour, the median of the
+pixels outside every box, split by Otsu's threshold) of the image before and after; an
+annotated product is kept when the two segmentations inside its box have IoU >= ``iou_threshold``.
+New blobs: foreground components after translation, at least ``blob_fraction`` x the median product area,
+mostly outside every box, and mostly not foreground before.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from rpc_metrics.io import image_path, read_instances
+
+from .data import folder_images, read_image
+
+GRADIENT_BINS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, np.inf)
+FEATURE_NAMES = ("L_mean", "a_mean", "b_mean", "L_std", "a_std", "b_std",
+                 *(f"grad_{lo:g}-{hi:g}" for lo, hi in itertools.pairwise(GRADIENT_BINS)))
+
+
+def image_features(image: np.ndarray) -> np.ndarray:
+    """Colour and texture features of a BGR ``uint8[H, W, 3]`` image: ``float64[13]`` (``FEATURE_NAMES``)."""
+    lab = cv2.cvtColor(image, cv2.COLOR_BGR2LAB).reshape(-1, 3).astype(np.float64)
+    luma = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    gx = cv2.Sobel(luma, cv2.CV_32F, 1, 0, ksize=3) / 8
+    gy = cv2.Sobel(luma, cv2.CV_32F, 0, 1, ksize=3) / 8
+    magnitude = np.sqrt(gx * gx + gy * gy).ravel()
+    shares = np.histogram(magnitude, bins=np.array(GRADIENT_BINS))[0] / magnitude.size
+    return np.concatenate([lab.mean(0), lab.std(0), shares])
+
+
+def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray, reference: np.ndarray | None = None) -> float:
+    """Fréchet distance between Gaussian fits of two ``[N, D]`` feature sets, features z-scored by ``reference``.
+
+    ``reference`` defaults to ``features_b``; features that do not vary in it are z-scored with 1.
+    """
+    reference = features_b if reference is None else reference
+    centre, scale = reference.mean(0), reference.std(0)
+    scale = np.where(scale > 1e-9, scale, 1.0)
+    a, b = (features_a - centre) / scale, (features_b - centre) / scale
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a = np.atleast_2d(np.cov(a, rowvar=False)) if len(a) > 1 else np.zeros((a.shape[1],) * 2)
+    cov_b = np.atleast_2d(np.cov(b, rowvar=False)) if len(b) > 1 else np.zeros((b.shape[1],) * 2)
+    root_a = _sqrt_psd(cov_a)
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
+
+
+def set_features(images: Iterable[np.ndarray]) -> np.ndarray:
+    """``image_features`` of every image, stacked ``[N, 13]``."""
+    return np.stack([image_features(image) for image in images])
+
+
+def foreground(image: np.ndarray, boxes: list) -> np.ndarray:
+    """Product pixels of a checkout-like image (``bool[H, W]``): far, in Lab, from the tray colour.
+
+    The tray colour is the median of the pixels outside every ``[x, y, w, h]`` box (the image border when
+    boxes cover nearly all of it); the distance map is split by Otsu's threshold (so a change of contrast
+    between the two images does not move it), never below the tray's median distance + 10.
+    """
+    h, w = image.shape[:2]
+    lab = cv2.cvtColor(cv2.GaussianBlur(image, (5, 5), 0), cv2.COLOR_BGR2LAB).astype(np.float32)
+    tray = ~_box_mask(boxes, h, w)
+    if tray.sum() < 0.05 * h * w:
+        tray = np.zeros((h, w), bool)
+        tray[:4], tray[-4:], tray[:, :4], tray[:, -4:] = True, True, True, True
+    distance = np.linalg.norm(lab - np.median(lab[tray], axis=0), axis=2)
+    top = max(float(distance.max()), 1e-6)
+    otsu, _ = cv2.threshold(np.round(distance * (255 / top)).astype(np.uint8), 0, 255,
+                            cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    threshold = max(otsu * top / 255, float(np.median(distance[tray])) + 10)
+    mask = (distance > threshold).astype(np.uint8)
+    return cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
+
+
+def _box_mask(boxes: list, h: int, w: int) -> np.ndarray:
+    mask = np.zeros((h, w), bool)
+    for x, y, bw, bh in boxes:
+        mask[max(int(y), 0):int(np.ceil(y + bh)), max(int(x), 0):int(np.ceil(x + bw))] = True
+    return mask
+
+
+def product_changes(before: np.ndarray, after: np.ndarray, boxes: list, min_blob_area: float,
+                    iou_threshold: float = 0.5) -> dict:
+    """Per-box foreground IoU before vs after, products kept, and new product-like blobs outside the boxes."""
+    fg_before, fg_after = foreground(before, boxes), foreground(after, boxes)
+    ious = []
+    for x, y, bw, bh in boxes:
+        box = (slice(max(int(y), 0), int(np.ceil(y + bh))), slice(max(int(x), 0), int(np.ceil(x + bw))))
+        union = np.count_nonzero(fg_before[box] | fg_after[box])
+        ious.append(np.count_nonzero(fg_before[box] & fg_after[box]) / union if union else 1.0)
+    in_boxes = _box_mask(boxes, *before.shape[:2])
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(fg_after.astype(np.uint8), connectivity=8)
+    new_blobs = 0
+    for label in range(1, count):
+        if stats[label, cv2.CC_STAT_AREA] < min_blob_area:
+            continue
+        blob = labels == label
+        if in_boxes[blob].mean() < 0.5 and fg_before[blob].mean() < 0.5:
+            new_blobs += 1
+    return {"ious": ious, "kept": int(sum(iou >= iou_threshold for iou in ious)), "new_blobs": new_blobs}
+
+
+def domain_gap(images: str | Path, target: str | Path, reference: str | Path | None = None) -> float:
+    """Fréchet distance between the features of two image folders (z-scored by ``reference``, default ``target``)."""
+    feats_a = set_features(read_image(p) for p in folder_images(images))
+    feats_b = set_features(read_image(p) for p in folder_images(target))
+    feats_r = feats_b if reference is None else set_features(read_image(p) for p in folder_images(reference))
+    return frechet_distance(feats_a, feats_b, feats_r)
+
+
+def measure_render(images: str | Path, ann: str | Path, target: str | Path, rendered: str | Path | None = None,
+                   *, iou_threshold: float = 0.5, blob_fraction: float = 0.25) -> dict:
+    """Domain gap of ``images`` (listed in ``ann``) to ``target``; with ``rendered`` (the same file names
+    translated), also its gap, the share of products kept and the new blobs."""
+    dataset = read_instances(ann)
+    source = str(ann)
+    paths = [image_path(images, im["file_name"], source=source) for im in dataset["images"]]
+    target_feats = set_features(read_image(p) for p in folder_images(target))
+    report = {"images": len(paths), "target_images": len(target_feats), "domain_gap_before":
+              frechet_distance(set_features(read_image(p, source) for p in paths), target_feats)}
+    if rendered is None:
+        return report
+    boxes: dict[int, list] = {}
+    for a in dataset["annotations"]:
+        if not a.get("iscrowd", 0):
+            boxes.setdefault(a["image_id"], []).append(a["bbox"])
+    areas = [a.get("area", a["bbox"][2] * a["bbox"][3]) for a in dataset["annotations"]]
+    min_blob_area = blob_fraction * float(np.median(areas)) if areas else 0.0
+    after_feats, ious, kept, blobs = [], [], 0, 0
+    for im, path in zip(dataset["images"], paths, strict=True):
+        before = read_image(path, source)
+        after = read_image(image_path(rendered, im["file_name"], source=source), source)
+        after_feats.append(image_features(after))
+        changes = product_changes(before, after, boxes.get(im["id"], []), min_blob_area, iou_threshold)
+        ious += changes["ious"]
+        kept += changes["kept"]
+        blobs += changes["new_blobs"]
+    report.update({"domain_gap_after": frechet_distance(np.stack(after_feats), target_feats),
+                   "products": len(ious), "products_kept": kept, "products_kept_share": kept / max(len(ious), 1),
+                   "mean_foreground_iou": float(np.mean(ious)) if ious else 1.0,
+                   "new_blobs": blobs, "new_blobs_per_image": blobs / max(len(paths), 1)})
+    return report

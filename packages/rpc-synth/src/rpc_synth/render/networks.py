@@ -1,0 +1,82 @@
+"""ResNet generator and PatchGAN discriminator of the translator (small by default, every size configurable)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _conv_norm_relu(c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Module]:
+    pad = kernel // 2
+    return [nn.ReflectionPad2d(pad), nn.Conv2d(c_in, c_out, kernel, stride), nn.InstanceNorm2d(c_out, affine=True),
+            nn.ReLU(inplace=True)]
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 reflection-padded convolutions with instance norm, added to the input."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(*_conv_norm_relu(channels, channels, 3), nn.ReflectionPad2d(1),
+                                  nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels, affine=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResnetGenerator(nn.Module):
+    """Image-to-image generator: 7x7 stem, ``downsamplings`` stride-2 steps, ``blocks`` residual blocks, back up.
+
+    Input and output: ``Tensor[N, 3, H, W]`` in [-1, 1], with H and W multiples of ``2 ** downsamplings``
+    (``translate_image`` pads). Upsampling is nearest + 3x3 conv (no transposed-conv checkerboards).
+    With ``residual=True`` the network predicts a change added to its input (clamped to [-1, 1]): it starts
+    near the identity, which keeps products in place from the first iteration on.
+    """
+
+    def __init__(self, channels: int = 16, blocks: int = 4, downsamplings: int = 2, residual: bool = True):
+        super().__init__()
+        if channels < 1 or blocks < 0 or downsamplings < 0:
+            raise ValueError(f"generator sizes should be positive, got channels={channels}, blocks={blocks}, "
+                             f"downsamplings={downsamplings}")
+        self.residual, self.multiple = residual, 2 ** downsamplings
+        layers = _conv_norm_relu(3, channels, 7)
+        width = channels
+        for _ in range(downsamplings):
+            layers += _conv_norm_relu(width, width * 2, 3, stride=2)
+            width *= 2
+        layers += [ResidualBlock(width) for _ in range(blocks)]
+        for _ in range(downsamplings):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), *_conv_norm_relu(width, width // 2, 3)]
+            width //= 2
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(width, 3, 7), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        return (x + out).clamp(-1, 1) if self.residual else out
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN: ``layers`` stride-2 4x4 convolutions then two stride-1 ones; one real/fake score per patch.
+
+    ``Tensor[N, 3, H, W]`` -> ``Tensor[N, 1, h, w]`` (h about H / 2**layers); with 3 layers each score sees
+    a 70x70 px patch, as in pix2pix/CycleGAN.
+    """
+
+    def __init__(self, channels: int = 32, layers: int = 3):
+        super().__init__()
+        if channels < 1 or layers < 1:
+            raise ValueError(f"discriminator sizes should be positive, got channels={channels}, layers={layers}")
+        modules: list[nn.Module] = [nn.Conv2d(3, channels, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        width = channels
+        for i in range(1, layers + 1):
+            out = channels * min(2 ** i, 8)
+            stride = 2 if i < layers else 1
+            modules += [nn.Conv2d(width, out, 4, stride, 1), nn.InstanceNorm2d(out, affine=True),
+                        nn.LeakyReLU(0.2, inplace=True)]
+            width = out
+        modules.append(nn.Conv2d(width, 1, 4, 1, 1))
+        self.net = nn.Sequential(*modules)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

@@ -1,0 +1,227 @@
+"""Train the translator (synthesized -> checkout) on unpaired random crops; checkpoints and exact resume.
+
+A checkpoint is a plain dict of tensors and numbers (``torch.save``, written atomically) that loads with
+``torch.load(weights_only=True)``: ``format``, ``config`` (the ``TranslatorConfig`` fields), ``iteration``,
+the four networks' and two optimizers' state dicts, and ``losses`` (mean losses per logging interval).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rpc_metrics.io import FormatError, atomic_output
+
+from ..generate import InputError
+from ..progress import Progress
+from .data import SourceImages, folder_images, training_batch
+from .losses import lsgan_loss, preservation_loss
+from .networks import PatchDiscriminator, ResnetGenerator
+
+CHECKPOINT_FORMAT = "rpc-synth-render/1"
+# Changing these on resume is allowed (train longer, save more or less often); any other field is not.
+_RESUMABLE_FIELDS = ("iters", "checkpoint_every")
+
+
+@dataclass(frozen=True)
+class TranslatorConfig:
+    """Every setting of a training run (stored in the checkpoint)."""
+
+    # data
+    size: int = 96              # side of the random training crops, px
+    batch: int = 1              # crops per iteration from each domain
+    iters: int = 800            # training iterations
+    seed: int = 0               # model init and crop order
+    # networks
+    gen_channels: int = 16      # generator width after the stem (doubles per downsampling)
+    gen_blocks: int = 4         # residual blocks at the lowest resolution
+    downsamplings: int = 2      # stride-2 steps in the generator
+    residual: bool = True       # the generator predicts a change added to its input
+    disc_channels: int = 32     # discriminator width of the first layer
+    disc_layers: int = 3        # stride-2 layers of the PatchGAN (3: 70 px patches)
+    # optimisation and loss weights
+    lr: float = 2e-4
+    cycle_weight: float = 10.0
+    identity_weight: float = 5.0
+    preserve_weight: float = 10.0
+    checkpoint_every: int = 100  # iterations between checkpoints (and loss log lines)
+
+    def __post_init__(self):
+        for name in ("size", "batch", "iters", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} should be at least 1, got {getattr(self, name)}")
+        multiple = 2 ** (self.downsamplings + 1)
+        if self.size % multiple:
+            raise ValueError(f"size should be a multiple of {multiple} (2 ** (downsamplings + 1)), got {self.size}")
+
+
+def build_networks(config: TranslatorConfig) -> dict[str, nn.Module]:
+    """The four networks, initialised from ``config.seed``: ``g_ab`` (synth -> checkout), ``g_ba``, ``d_a``, ``d_b``."""
+    torch.manual_seed(config.seed)
+    generator = dict(channels=config.gen_channels, blocks=config.gen_blocks, downsamplings=config.downsamplings,
+                     residual=config.residual)
+    disc = dict(channels=config.disc_channels, layers=config.disc_layers)
+    return {"g_ab": ResnetGenerator(**generator), "g_ba": ResnetGenerator(**generator),
+            "d_a": PatchDiscriminator(**disc), "d_b": PatchDiscriminator(**disc)}
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """BGR ``uint8[N, H, W, 3]`` -> RGB ``float32[N, 3, H, W]`` in [-1, 1]."""
+    rgb = np.ascontiguousarray(images[..., ::-1])
+    return torch.from_numpy(rgb).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_image(tensor: torch.Tensor) -> np.ndarray:
+    """RGB ``float[N, 3, H, W]`` in [-1, 1] -> BGR ``uint8[N, H, W, 3]`` (rounded)."""
+    rgb = tensor.detach().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return np.ascontiguousarray(rgb[..., ::-1])
+
+
+def _set_trainable(modules: list[nn.Module], flag: bool) -> None:
+    for module in modules:
+        for p in module.parameters():
+            p.requires_grad_(flag)
+
+
+def training_step(nets: dict[str, nn.Module], optim_g, optim_d, config: TranslatorConfig, real_a: torch.Tensor,
+                  masks: torch.Tensor, real_b: torch.Tensor) -> dict[str, float]:
+    """One CycleGAN update (generators, then discriminators); returns the losses as floats."""
+    g_ab, g_ba, d_a, d_b = nets["g_ab"], nets["g_ba"], nets["d_a"], nets["d_b"]
+    _set_trainable([d_a, d_b], False)
+    fake_b, fake_a = g_ab(real_a), g_ba(real_b)
+    adversarial = lsgan_loss(d_b(fake_b), True) + lsgan_loss(d_a(fake_a), True)
+    cycle = (g_ba(fake_b) - real_a).abs().mean() + (g_ab(fake_a) - real_b).abs().mean()
+    identity = torch.zeros(())
+    if config.identity_weight:
+        identity = (g_ab(real_b) - real_b).abs().mean() + (g_ba(real_a) - real_a).abs().mean()
+    preserve = preservation_loss(real_a, fake_b, masks)
+    total = adversarial + config.cycle_weight * cycle + config.identity_weight * identity + \
+        config.preserve_weight * preserve
+    optim_g.zero_grad(set_to_none=True)
+    total.backward()
+    optim_g.step()
+
+    _set_trainable([d_a, d_b], True)
+    fake_b, fake_a = fake_b.detach(), fake_a.detach()
+    disc = 0.5 * (lsgan_loss(d_b(real_b), True) + lsgan_loss(d_b(fake_b), False)
+                  + lsgan_loss(d_a(real_a), True) + lsgan_loss(d_a(fake_a), False))
+    optim_d.zero_grad(set_to_none=True)
+    disc.backward()
+    optim_d.step()
+    return {"adversarial": adversarial.item(), "cycle": cycle.item(), "identity": identity.item(),
+            "preserve": preserve.item(), "discriminator": disc.item()}
+
+
+def _optimizers(nets: dict[str, nn.Module], config: TranslatorConfig):
+    params_g = [*nets["g_ab"].parameters(), *nets["g_ba"].parameters()]
+    params_d = [*nets["d_a"].parameters(), *nets["d_b"].parameters()]
+    return (torch.optim.Adam(params_g, lr=config.lr, betas=(0.5, 0.999)),
+            torch.optim.Adam(params_d, lr=config.lr, betas=(0.5, 0.999)))
+
+
+def save_checkpoint(path: str | Path, nets, optim_g, optim_d, config: TranslatorConfig, iteration: int,
+                    losses: list[dict]) -> None:
+    """Write the training state to ``path`` atomically (a killed run leaves the previous checkpoint)."""
+    state = {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "iteration": iteration,
+             "networks": {name: net.state_dict() for name, net in nets.items()},
+             "optim_g": optim_g.state_dict(), "optim_d": optim_d.state_dict(), "losses": losses}
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint with ``weights_only=True`` (no code runs); a file of another kind is a ``FormatError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(str(path), "", "model file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several kinds for a file that is not a checkpoint
+        raise FormatError(str(path), "", f"not a readable torch checkpoint ({type(err).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise FormatError(str(path), "format", f"not an rpc-synth render checkpoint (expected {CHECKPOINT_FORMAT})")
+    return state
+
+
+def config_from_checkpoint(state: dict, source: str = "<checkpoint>") -> TranslatorConfig:
+    try:
+        return TranslatorConfig(**state["config"])
+    except (TypeError, ValueError) as err:
+        raise FormatError(source, "config", str(err)) from None
+
+
+def load_generator(path: str | Path) -> nn.Module:
+    """The synth -> checkout generator of a checkpoint, in eval mode."""
+    state = load_checkpoint(path)
+    nets = build_networks(config_from_checkpoint(state, str(path)))
+    nets["g_ab"].load_state_dict(state["networks"]["g_ab"])
+    return nets["g_ab"].eval()
+
+
+def _resume_state(out: Path, config: TranslatorConfig):
+    if not out.exists():
+        return None
+    state = load_checkpoint(out)
+    saved = config_from_checkpoint(state, str(out))
+    changed = [f.name for f in dataclasses.fields(config) if f.name not in _RESUMABLE_FIELDS
+               and getattr(saved, f.name) != getattr(config, f.name)]
+    if changed:
+        raise InputError(f"{out}: resuming with other settings ({', '.join(changed)}); "
+                         "use the same settings or another --out")
+    return state
+
+
+def train_translator(source_images: str | Path, source_ann: str | Path, target_images: str | Path,
+                     out: str | Path, config: TranslatorConfig = TranslatorConfig(), *,
+                     threads: int | None = None, progress: bool = True) -> dict:
+    """Train on crops of ``source_images`` (listed in ``source_ann``, masks from its RLE) and ``target_images``.
+
+    The target folder's labels, if any, are never read. Resumes from ``out`` when it exists with the same
+    settings. ``threads`` sets torch's CPU threads for the run (on a busy machine 1 is often fastest).
+    Returns ``{"iteration", "losses"}``.
+    """
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _train(source_images, source_ann, target_images, Path(out), config, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(source_images, source_ann, target_images, out: Path, config: TranslatorConfig, progress: bool) -> dict:
+    source = SourceImages.open(source_images, source_ann)
+    target = folder_images(target_images)
+    state = _resume_state(out, config)
+    nets = build_networks(config)
+    optim_g, optim_d = _optimizers(nets, config)
+    start, losses = 0, []
+    if state is not None:
+        for name, net in nets.items():
+            net.load_state_dict(state["networks"][name])
+        optim_g.load_state_dict(state["optim_g"])
+        optim_d.load_state_dict(state["optim_d"])
+        start, losses = state["iteration"], list(state["losses"])
+    for net in nets.values():
+        net.train()
+    bar = Progress(max(config.iters - start, 0), f"rpc-synth render train (from iteration {start})",
+                   unit="iters", enabled=progress)
+    window: list[dict] = []
+    for iteration in range(start, config.iters):
+        src, masks, tgt = training_batch(config.seed, iteration, source, target, config.size, config.batch)
+        window.append(training_step(nets, optim_g, optim_d, config, to_tensor(src),
+                                    torch.from_numpy(masks).float().unsqueeze(1), to_tensor(tgt)))
+        bar.update()
+        done = iteration + 1
+        if done % config.checkpoint_every == 0 or done == config.iters:
+            means = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+            losses.append({"iteration": done, **means})
+            window = []
+            save_checkpoint(out, nets, optim_g, optim_d, config, done, losses)
+            bar.note("  " + " ".join(f"{k}={v:.4g}" for k, v in losses[-1].items()))
+    return {"iteration": max(config.iters, start), "losses": losses}
