@@ -1,0 +1,246 @@
+"""rpc_synth.render: networks, losses, training (determinism, checkpoints, resume), apply, histogram, measures."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from rpc_metrics.io import FormatError, read_instances  # noqa: E402
+from rpc_synth.generate import InputError  # noqa: E402
+from rpc_synth.render.apply import IMAGES_DIR, INSTANCES, render_dataset, translate_image  # noqa: E402
+from rpc_synth.render.data import SourceImages, training_batch  # noqa: E402
+from rpc_synth.render.histogram import channel_histograms, match_histograms  # noqa: E402
+from rpc_synth.render.losses import lsgan_loss, preservation_loss  # noqa: E402
+from rpc_synth.render.measure import frechet_distance, image_features, product_changes  # noqa: E402
+from rpc_synth.render.networks import PatchDiscriminator, ResnetGenerator  # noqa: E402
+from rpc_synth.render.train import (  # noqa: E402
+    TranslatorConfig,
+    load_checkpoint,
+    load_generator,
+    train_translator,
+)
+
+TINY = TranslatorConfig(size=32, iters=2, gen_channels=4, gen_blocks=1, disc_channels=4, disc_layers=2,
+                        checkpoint_every=1)
+
+
+def _train(tiny_world, tiny_generate, out, config=TINY):
+    return train_translator(tiny_generate / "synth2019", tiny_generate / "instances_synth2019.json",
+                            tiny_world / "val2019", out, config, threads=1, progress=False)
+
+
+def _weights(path):
+    return load_checkpoint(path)["networks"]
+
+
+def _equal_states(a, b):
+    return all(torch.equal(a[net][k], b[net][k]) for net in a for k in a[net])
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_world, tiny_generate, tmp_path_factory):
+    out = tmp_path_factory.mktemp("render") / "model.pt"
+    _train(tiny_world, tiny_generate, out)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- networks
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_generator_keeps_shape_and_range(residual):
+    net = ResnetGenerator(channels=4, blocks=1, residual=residual)
+    y = net(torch.rand(2, 3, 32, 48) * 2 - 1)
+    assert y.shape == (2, 3, 32, 48) and y.min() >= -1 and y.max() <= 1
+
+
+def test_discriminator_scores_patches():
+    assert PatchDiscriminator(channels=4, layers=3)(torch.zeros(1, 3, 96, 96)).shape == (1, 1, 10, 10)
+    assert PatchDiscriminator(channels=4, layers=2)(torch.zeros(2, 3, 32, 32)).shape == (2, 1, 6, 6)
+
+
+def test_bad_sizes_name_the_argument():
+    with pytest.raises(ValueError, match="channels"):
+        ResnetGenerator(channels=0)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        TranslatorConfig(size=36)
+
+
+def test_translate_whole_image_of_odd_size(tiny_model):
+    image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    out = translate_image(load_generator(tiny_model), image)
+    assert out.shape == image.shape and out.dtype == np.uint8
+
+
+# --------------------------------------------------------------------------------------------- losses
+
+
+def test_lsgan_loss():
+    scores = torch.tensor([0.0, 1.0, 0.5])
+    assert lsgan_loss(scores, True).item() == pytest.approx((1 + 0 + 0.25) / 3)
+    assert lsgan_loss(scores, False).item() == pytest.approx((0 + 1 + 0.25) / 3)
+
+
+def test_preservation_loss_sees_erased_products_and_new_blobs():
+    image = torch.full((1, 3, 64, 64), -0.5)
+    image[..., 8:24, 8:24] = 0.8  # a product
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 8:24, 8:24] = 1
+    assert preservation_loss(image, image, mask).item() == 0
+    cast = image * 0.9 + 0.05  # a mild colour cast: small
+    erased = image.clone()
+    erased[..., 8:24, 8:24] = -0.5
+    blob = image.clone()
+    blob[..., 36:56, 36:56] = 0.5
+    losses = [preservation_loss(image, x, mask).item() for x in (cast, erased, blob)]
+    assert losses[0] < losses[2] < losses[1]
+    assert preservation_loss(image, blob, mask, background_weight=0).item() == pytest.approx(0, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------------------- training
+
+
+def test_batches_depend_only_on_seed_and_iteration(tiny_world, tiny_generate):
+    source = SourceImages.open(tiny_generate / "synth2019", tiny_generate / "instances_synth2019.json")
+    target = sorted((tiny_world / "val2019").iterdir())
+    a, b = training_batch(0, 5, source, target, 32, 2), training_batch(0, 5, source, target, 32, 2)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert a[0].shape == (2, 32, 32, 3) and a[1].shape == (2, 32, 32) and a[2].shape == (2, 32, 32, 3)
+    assert not np.array_equal(a[0], training_batch(0, 6, source, target, 32, 2)[0])
+
+
+def test_training_is_deterministic_by_seed(tiny_world, tiny_generate, tiny_model, tmp_path):
+    _train(tiny_world, tiny_generate, tmp_path / "again.pt")
+    assert _equal_states(_weights(tiny_model), _weights(tmp_path / "again.pt"))
+    _train(tiny_world, tiny_generate, tmp_path / "other.pt", dataclasses.replace(TINY, seed=1))
+    assert not _equal_states(_weights(tiny_model), _weights(tmp_path / "other.pt"))
+
+
+def test_checkpoint_round_trip_weights_only(tiny_model):
+    state = torch.load(tiny_model, weights_only=True)
+    assert state["iteration"] == 2 and state["config"] == dataclasses.asdict(TINY)
+    assert [row["iteration"] for row in state["losses"]] == [1, 2]
+    generator = load_generator(tiny_model)
+    assert all(torch.equal(v, state["networks"]["g_ab"][k]) for k, v in generator.state_dict().items())
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_world, tiny_generate, tmp_path):
+    three = dataclasses.replace(TINY, iters=3)
+    _train(tiny_world, tiny_generate, tmp_path / "straight.pt", three)
+    _train(tiny_world, tiny_generate, tmp_path / "resumed.pt", TINY)
+    result = _train(tiny_world, tiny_generate, tmp_path / "resumed.pt", three)
+    assert result["iteration"] == 3
+    straight, resumed = load_checkpoint(tmp_path / "straight.pt"), load_checkpoint(tmp_path / "resumed.pt")
+    assert _equal_states(straight["networks"], resumed["networks"])
+    assert straight["losses"] == resumed["losses"]
+
+
+def test_resume_with_other_settings_is_refused(tiny_world, tiny_generate, tiny_model, tmp_path):
+    copy = tmp_path / "model.pt"
+    copy.write_bytes(tiny_model.read_bytes())
+    with pytest.raises(InputError, match="gen_channels"):
+        _train(tiny_world, tiny_generate, copy, dataclasses.replace(TINY, gen_channels=8))
+
+
+def test_not_a_checkpoint_is_a_format_error(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(FormatError, match=r"bad\.pt"):
+        load_checkpoint(tmp_path / "bad.pt")
+    torch.save({"something": 1}, tmp_path / "other.pt")
+    with pytest.raises(FormatError, match="not an rpc-synth render checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+# -------------------------------------------------------------------------------------------- apply
+
+
+@pytest.mark.parametrize("method", ["cyclegan", "histogram"])
+def test_apply_passes_annotations_through(method, tiny_world, tiny_generate, tiny_model, tmp_path, helpers):
+    ann = tiny_generate / "instances_synth2019.json"
+    render_dataset(tiny_generate / "synth2019", ann, tmp_path, method=method, model=tiny_model,
+                   target=tiny_world / "val2019", progress=False)
+    original, written = helpers.load(ann), read_instances(tmp_path / INSTANCES)
+    assert written.pop("render")["method"] == method
+    assert written == original
+    helpers.check_visible_boxes(written, tmp_path / IMAGES_DIR)
+
+
+def test_apply_checks_inputs_before_writing(tiny_generate, tmp_path):
+    ann = tiny_generate / "instances_synth2019.json"
+    with pytest.raises(InputError, match="--model"):
+        render_dataset(tiny_generate / "synth2019", ann, tmp_path / "a", method="cyclegan", progress=False)
+    with pytest.raises(InputError, match="--target"):
+        render_dataset(tiny_generate / "synth2019", ann, tmp_path / "b", method="histogram", progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# ---------------------------------------------------------------------------------------- histogram
+
+
+def test_histogram_matching_to_own_statistics_is_identity():
+    image = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    assert np.array_equal(match_histograms(image, channel_histograms([image])), image)
+
+
+def test_histogram_matching_moves_values_to_the_target_distribution():
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 100, (64, 64, 3), dtype=np.uint8)
+    target = np.clip(rng.normal([60, 128, 200], 10, (64, 64, 3)), 0, 255).astype(np.uint8)
+    matched = match_histograms(image, channel_histograms([target]))
+    assert np.allclose(matched.reshape(-1, 3).mean(0), target.reshape(-1, 3).mean(0), atol=2)
+    assert np.allclose(matched.reshape(-1, 3).std(0), target.reshape(-1, 3).std(0), atol=2)
+    order = np.argsort(image[..., 0].ravel(), kind="stable")  # monotone: the order of values is kept
+    assert np.all(np.diff(matched[..., 0].ravel()[order].astype(int)) >= 0)
+
+
+def test_histogram_rejects_bad_images():
+    with pytest.raises(ValueError, match="uint8"):
+        channel_histograms([np.zeros((4, 4, 3), np.float32)])
+
+
+# ------------------------------------------------------------------------------------------ measures
+
+
+def test_frechet_distance_against_the_1d_formula():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(1, 2, (400, 1)), rng.normal(0, 1, (300, 1))
+    ref = np.ones((2, 1)) * [[0], [2]]  # mean 1, std 1: no rescaling beyond the shift
+    za, zb = a - 1, b - 1
+    expected = (za.mean() - zb.mean()) ** 2 + (za.std(ddof=1) - zb.std(ddof=1)) ** 2
+    assert frechet_distance(a, b, ref) == pytest.approx(expected, rel=1e-6)
+    c = rng.normal(0, 1, (50, 4))
+    assert frechet_distance(c, c) == pytest.approx(0, abs=1e-6)
+    assert frechet_distance(c + 1, c) > frechet_distance(c + 0.5, c) > 0
+
+
+def test_features_see_colour_and_texture():
+    flat = np.full((32, 32, 3), 120, np.uint8)
+    noisy = np.clip(flat + np.random.default_rng(4).normal(0, 20, flat.shape), 0, 255).astype(np.uint8)
+    f_flat, f_noisy = image_features(flat), image_features(noisy)
+    assert f_flat.shape == (13,) and f_flat[6] == 1.0  # every pixel in the flattest gradient bin
+    assert f_noisy[3] > f_flat[3] and f_noisy[6] < 0.5
+
+
+def _tray_with_products():
+    image = np.full((96, 96, 3), (90, 130, 160), np.uint8)
+    cv2.rectangle(image, (10, 10), (30, 40), (200, 40, 40), -1)
+    cv2.rectangle(image, (50, 20), (70, 35), (30, 200, 30), -1)
+    return image, [[10, 10, 21, 31], [50, 20, 21, 16]]
+
+
+def test_product_changes():
+    image, boxes = _tray_with_products()
+    same = product_changes(image, image, boxes, min_blob_area=20)
+    assert same["kept"] == 2 and same["new_blobs"] == 0 and same["ious"] == [1.0, 1.0]
+    cast = np.clip(image.astype(int) * [0.8, 0.9, 1.1], 0, 255).astype(np.uint8)
+    assert product_changes(image, cast, boxes, min_blob_area=20)["kept"] == 2
+    changed = image.copy()
+    changed[20:36, 50:71] = (90, 130, 160)  # second product erased
+    cv2.circle(changed, (40, 75), 10, (30, 30, 220), -1)  # a blob on the tray
+    result = product_changes(image, changed, boxes, min_blob_area=20)
+    assert result["kept"] == 1 and result["new_blobs"] == 1
