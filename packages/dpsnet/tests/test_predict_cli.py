@@ -63,8 +63,15 @@ def test_count_accuracy_against_slow_count(world):
                 counts[str(a["category_id"])] = counts.get(str(a["category_id"]), 0) + 1.2 - 0.2 - 0.1
         exact["images"].append({"image_id": im["id"], "counts": counts})
     assert count_accuracy(exact, gt) == 1.0
+    assert count_accuracy(exact, gt, total=True) == 1.0
     exact["images"][0]["counts"]["3"] = exact["images"][0]["counts"].get("3", 0) + 1
     assert count_accuracy(exact, gt) == pytest.approx(5 / 6)
+    assert count_accuracy(exact, gt, total=True) == pytest.approx(5 / 6)
+    first = exact["images"][1]["counts"]
+    key = next(iter(first))
+    first["other"] = first.pop(key)  # right total, wrong class
+    assert count_accuracy(exact, gt) == pytest.approx(4 / 6)
+    assert count_accuracy(exact, gt, total=True) == pytest.approx(5 / 6)
     objects = {"count_classes": "object", "images": [
         {"image_id": im["id"], "counts": {"object": float(sum(a["image_id"] == im["id"] and not a["iscrowd"]
                                                                for a in gt["annotations"]))}} for im in gt["images"]]}

@@ -119,9 +119,12 @@ def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, coun
     click.echo(report.to_markdown())
     out = {"report": report.to_dict()}
     if counts:
-        acc = _run(count_accuracy, _run(read_counts, counts), gt)
-        click.echo(f"counting view: {acc:.2%} of images counted exactly (rounded density integrals)")
-        out["count_acc"] = acc
+        loaded = _run(read_counts, counts)
+        acc = _run(count_accuracy, loaded, gt)
+        acc_total = _run(count_accuracy, loaded, gt, total=True)
+        click.echo(f"counting view: {acc:.2%} of images counted exactly per class, {acc_total:.2%} in total "
+                   f"(rounded density integrals)")
+        out["count_acc"], out["count_acc_total"] = acc, acc_total
     if json_out:
         write_json(out, json_out, indent=2)
 

@@ -133,9 +133,10 @@ def resolve_device(device: str, info: DistInfo | None = None) -> torch.device:
     return torch.device(device)
 
 
-def count_accuracy(counts: Mapping, gt: Mapping | str | Path) -> float:
+def count_accuracy(counts: Mapping, gt: Mapping | str | Path, *, total: bool = False) -> float:
     """Fraction of ground-truth images whose rounded counts (counting view alone) equal the true counts for
-    every class; ``iscrowd`` annotations are not counted."""
+    every class (``total``: the rounded sum over classes equals the number of objects); ``iscrowd`` annotations
+    are not counted."""
     gt = read_instances(gt)
     categories = CategoryMap.from_categories(gt["categories"], counts["count_classes"])
     key_of = {cid: categories.count_names[categories.count_class_of_label[i + 1]]
@@ -145,6 +146,10 @@ def count_accuracy(counts: Mapping, gt: Mapping | str | Path) -> float:
         if not ann.get("iscrowd", 0):
             key = key_of[ann["category_id"]]
             truth[ann["image_id"]][key] = truth[ann["image_id"]].get(key, 0) + 1
+    if total:
+        predicted_total = {e["image_id"]: round(sum(e["counts"].values())) for e in counts["images"]}
+        right = sum(predicted_total.get(i, 0) == sum(true.values()) for i, true in truth.items())
+        return right / max(len(truth), 1)
     predicted = {e["image_id"]: {k: round(v) for k, v in e["counts"].items() if round(v) > 0}
                  for e in counts["images"]}
     right = sum(predicted.get(image_id, {}) == true for image_id, true in truth.items())
