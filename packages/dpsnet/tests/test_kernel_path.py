@@ -10,7 +10,8 @@ from .test_model import batch, tiny_model
 
 
 def forward_backward(mode):
-    model = tiny_model(min_size=64, max_size=64, rpn_post_nms_top_n_train=16, box_batch_size_per_image=16).train()
+    model = tiny_model(min_size=64, max_size=64, rpn_post_nms_top_n_train=16, box_batch_size_per_image=16,
+                       roi_pool="aco").train()
     images, targets = batch()
     torch.manual_seed(5)
     with dispatch_mode(mode):

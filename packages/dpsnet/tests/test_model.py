@@ -164,3 +164,21 @@ def test_counting_view_ignores_ignore_regions():
     x2, y2 = (det_targets[0]["ignore_boxes"][0, 2:] / stride).floor().int().tolist()
     assert density.grad[0, :, : y2 - 1, : x2 - 1].abs().max() == 0
     assert density.grad[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_roi_pool_modes_agree(seed):
+    from dpsnet.detection import KernelRoIPool
+
+    g = torch.Generator().manual_seed(seed)
+    feats = {str(i): torch.rand(2, 4, 32 >> i, 32 >> i, generator=g) for i in range(4)}
+    boxes = []
+    for _ in range(2):
+        xy = torch.rand(9, 2, generator=g) * 80
+        boxes.append(torch.cat([xy, xy + 4 + torch.rand(9, 2, generator=g) * 100], 1))
+    shapes = [(128, 128), (120, 128)]
+    outs = [KernelRoIPool(mode=m)(feats, boxes, shapes) for m in ("auto", "aco", "torchvision")]
+    torch.testing.assert_close(outs[1], outs[2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs[0], outs[2], rtol=0, atol=0)  # CPU tensors: the compiled op
+    with pytest.raises(ValueError, match="mode"):
+        KernelRoIPool(mode="fast")

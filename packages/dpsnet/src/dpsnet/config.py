@@ -36,6 +36,7 @@ SCHEMA: list[tuple[str, Any, str]] = [
     ("model.box_score_thresh", 0.05, "Detections below this score are dropped at inference."),
     ("model.box_detections_per_img", 100, "Most detections kept per image."),
     ("model.ignore_ioa", 0.5, "An anchor/proposal this much inside an ignore region (iscrowd=1) is not background."),
+    ("model.roi_pool", "auto", "Box RoI pooler: auto (aco_kernels where its kernel path runs, e.g. CUDA; torchvision's compiled RoIAlign on CPU), aco or torchvision."),
     ("model.count_levels", ["1", "2", "3"], "Pyramid levels fused by the counting view (\"0\"-\"3\" = P2-P5)."),
     ("model.count_stride", 8, "Stride of the fused map and of the density maps, in image pixels."),
     ("model.count_channels", 64, "Width of the counting head."),
@@ -63,6 +64,7 @@ SCHEMA: list[tuple[str, Any, str]] = [
     # train
     ("train.seed", 0, "Random seed (weights, sampling, augmentation)."),
     ("train.device", "auto", "auto (CUDA when available), cpu or cuda[:N]; under torchrun each rank uses its local GPU."),
+    ("train.threads", 0, "CPU threads per process (torch.set_num_threads); 0: torch's default. 1 is fastest on a shared, busy CPU."),
     ("train.batch_size", 2, "Images per step per process."),
     ("train.max_steps", 1000, "Optimiser steps of the whole run."),
     ("train.time_limit_min", 0.0, "Stop (and save) after this many minutes of training; 0: no limit."),
@@ -89,6 +91,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.backbone": ("small", "resnet18", "resnet34", "resnet50", "resnet101"),
     "model.norm": ("", "batch", "frozen", "group"),
     "model.count_classes": ("category", "supercategory", "object"),
+    "model.roi_pool": ("auto", "aco", "torchvision"),
     "train.optimizer": ("sgd", "adamw"),
     "train.schedule": ("step", "cosine"),
     "train.eval_metric": ("map50", "cacc", "count_acc"),

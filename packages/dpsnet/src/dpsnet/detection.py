@@ -14,8 +14,11 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.ops import MultiScaleRoIAlign
 
 import aco_kernels
+
+ROI_POOL_MODES = ("auto", "aco", "torchvision")
 
 
 def box_ioa(boxes: Tensor, regions: Tensor) -> Tensor:
@@ -83,22 +86,32 @@ class IgnoreAwareRoIHeads(RoIHeads):
 
 
 class KernelRoIPool(nn.Module):
-    """Multi-scale RoIAlign over the chosen pyramid levels with ``aco_kernels.multiscale_roi_align``.
+    """Multi-scale RoIAlign over the chosen pyramid levels, torchvision's level rule and call signature.
 
-    A drop-in for ``torchvision.ops.MultiScaleRoIAlign`` (same call, same level rule; ``aligned=False`` by
-    default, as torchvision's pooler).
+    ``mode``: ``aco`` always calls ``aco_kernels.multiscale_roi_align``; ``torchvision`` uses
+    ``torchvision.ops.MultiScaleRoIAlign``; ``auto`` (default) calls aco_kernels where its kernel path is active
+    (CUDA tensors, or forced with ``ACO_KERNELS_FORCE_TRITON``/``dispatch_mode``) and torchvision's compiled op
+    elsewhere: both compute the same thing, and on CPU the compiled op is several times faster than
+    aco_kernels' plain-torch reference. ``aligned=True`` always goes through aco_kernels.
     """
 
     def __init__(self, featmap_names: Sequence[str] = ("0", "1", "2", "3"), output_size: int = 7,
-                 sampling_ratio: int = 2, aligned: bool = False):
+                 sampling_ratio: int = 2, aligned: bool = False, mode: str = "auto"):
         super().__init__()
+        if mode not in ROI_POOL_MODES:
+            raise ValueError(f"mode should be one of {ROI_POOL_MODES}, got {mode!r}")
         self.featmap_names = list(featmap_names)
         self.output_size = output_size
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
+        self.mode = mode
+        self.compiled = MultiScaleRoIAlign(self.featmap_names, output_size, sampling_ratio)
 
     def forward(self, features: OrderedDict[str, Tensor], boxes: list[Tensor],
                 image_shapes: list[tuple[int, int]]) -> Tensor:
         levels = [features[name] for name in self.featmap_names]
+        use_aco = self.mode == "aco" or self.aligned or (self.mode == "auto" and aco_kernels.use_kernel(*levels))
+        if not use_aco:
+            return self.compiled(features, boxes, image_shapes)
         return aco_kernels.multiscale_roi_align(levels, boxes, image_shapes, output_size=self.output_size,
                                                 sampling_ratio=self.sampling_ratio, aligned=self.aligned)

@@ -183,6 +183,8 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config["train.seed"])
+    if config["train.threads"] > 0:
+        torch.set_num_threads(config["train.threads"])
 
     datasets, categories = train_datasets(config)
     kwargs = model_kwargs(config)

@@ -72,6 +72,7 @@ class DPSNet(nn.Module):
         box_detections_per_img: int = 100,
         box_batch_size_per_image: int = 512,
         ignore_ioa: float = 0.5,
+        roi_pool: str = "auto",
         # counting view
         count_levels: Sequence[str] = ("1", "2", "3"),
         count_stride: int = 8,
@@ -105,7 +106,7 @@ class DPSNet(nn.Module):
             0.5, {"training": rpn_pre_nms_top_n_train, "testing": rpn_pre_nms_top_n_test},
             {"training": rpn_post_nms_top_n_train, "testing": rpn_post_nms_top_n_test}, rpn_nms_thresh,
             ignore_ioa=ignore_ioa)
-        pool = KernelRoIPool(("0", "1", "2", "3"), output_size=7, sampling_ratio=2)
+        pool = KernelRoIPool(("0", "1", "2", "3"), output_size=7, sampling_ratio=2, mode=roi_pool)
         self.roi_heads = IgnoreAwareRoIHeads(
             pool, TwoMLPHead(channels * 7 * 7, box_representation_size),
             FastRCNNPredictor(box_representation_size, num_classes), 0.5, 0.5, box_batch_size_per_image, 0.25,
