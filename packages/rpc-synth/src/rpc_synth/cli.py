@@ -176,6 +176,7 @@ def render() -> None:
 @click.option("--gen-blocks", default=4, show_default=True, help="Residual blocks in the generator.")
 @click.option("--disc-channels", default=32, show_default=True, help="Discriminator width of its first layer.")
 @click.option("--preserve-weight", default=10.0, show_default=True, help="Weight of the product-preservation loss (0: plain CycleGAN).")
+@click.option("--background-weight", default=2.0, show_default=True, help="Weight of that loss's edge term on the tray, against painted blobs.")
 @click.option("--cycle-weight", default=10.0, show_default=True, help="Weight of the cycle-consistency loss.")
 @click.option("--identity-weight", default=5.0, show_default=True, help="Weight of the identity loss (0: skip it).")
 @click.option("--lr", default=2e-4, show_default=True, help="Adam learning rate.")
@@ -184,7 +185,7 @@ def render() -> None:
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @_fail_cleanly
 def render_train(source, source_ann, target, out, size, iters, batch, seed, gen_channels, gen_blocks, disc_channels,
-                 preserve_weight, cycle_weight, identity_weight, lr, checkpoint_every, threads, quiet):
+                 preserve_weight, background_weight, cycle_weight, identity_weight, lr, checkpoint_every, threads, quiet):
     """Train the synthesized -> checkout translator on unpaired random crops (resumable)."""
     from .render import require_torch
 
@@ -193,6 +194,7 @@ def render_train(source, source_ann, target, out, size, iters, batch, seed, gen_
 
     config = TranslatorConfig(size=size, iters=iters, batch=batch, seed=seed, gen_channels=gen_channels,
                               gen_blocks=gen_blocks, disc_channels=disc_channels, preserve_weight=preserve_weight,
+                              background_weight=background_weight,
                               cycle_weight=cycle_weight, identity_weight=identity_weight, lr=lr,
                               checkpoint_every=checkpoint_every)
     result = train_translator(source, source_ann, target, out, config, threads=threads or None, progress=not quiet)
@@ -208,14 +210,15 @@ def render_train(source, source_ann, target, out, size, iters, batch, seed, gen_
 @click.option("--model", type=click.Path(dir_okay=False), help="Checkpoint of `render train` (cyclegan).")
 @click.option("--target", type=click.Path(file_okay=False), help="Folder of checkout images whose histograms are matched (histogram).")
 @click.option("--jpeg-quality", default=95, show_default=True, help="JPEG quality of the written images.")
+@click.option("--threads", default=1, show_default=True, help="CPU threads for torch (0: torch's default).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @_fail_cleanly
-def render_apply(images, ann, out, method, model, target, jpeg_quality, quiet):
+def render_apply(images, ann, out, method, model, target, jpeg_quality, threads, quiet):
     """Translate a dataset's images and write them with a copy of its annotations."""
     from .render.apply import render_dataset
 
     dataset = render_dataset(images, ann, out, method=method, model=model, target=target, jpeg_quality=jpeg_quality,
-                             progress=not quiet)
+                             threads=threads or None, progress=not quiet)
     click.echo(f"wrote {len(dataset['images'])} {method} images and their annotations to {out}")
 
 

@@ -52,12 +52,12 @@ def _write_image(path: Path, image: np.ndarray, jpeg_quality: int) -> None:
 
 def render_dataset(images: str | Path, ann: str | Path, out: str | Path, *, method: str = "cyclegan",
                    model: str | Path | None = None, target: str | Path | None = None, jpeg_quality: int = 95,
-                   progress: bool = True) -> dict:
+                   threads: int | None = None, progress: bool = True) -> dict:
     """Translate every image listed in ``ann`` (from folder ``images``) into ``OUT/render2019/``.
 
     ``cyclegan`` needs ``model`` (a ``render train`` checkpoint); ``histogram`` needs ``target`` (a folder of
     checkout images whose pooled per-channel histograms are matched). Every input is checked before
-    anything is written. Returns the written dataset.
+    anything is written. ``threads`` sets torch's CPU threads while translating. Returns the written dataset.
     """
     if method not in METHODS:
         raise InputError(f"--method should be one of {', '.join(METHODS)}, got {method!r}")
@@ -69,8 +69,12 @@ def render_dataset(images: str | Path, ann: str | Path, out: str | Path, *, meth
     if method == "cyclegan":
         if model is None:
             raise InputError("--method cyclegan needs --model (a checkpoint of `rpc-synth render train`)")
-        require_torch()
+        torch = require_torch()
         from .train import load_generator
+
+        previous_threads = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
 
         generator = load_generator(model)
         translate = lambda image: translate_image(generator, image)  # noqa: E731
@@ -83,10 +87,14 @@ def render_dataset(images: str | Path, ann: str | Path, out: str | Path, *, meth
         record = {"method": method, "target": str(target)}
     out = Path(out)
     bar = Progress(len(paths), f"rpc-synth render apply ({method})", enabled=progress)
-    for im, path in zip(dataset["images"], paths, strict=True):
-        _write_image(image_path(out / IMAGES_DIR, im["file_name"], source=str(ann)), translate(read_image(path)),
-                     jpeg_quality)
-        bar.update()
+    try:
+        for im, path in zip(dataset["images"], paths, strict=True):
+            _write_image(image_path(out / IMAGES_DIR, im["file_name"], source=str(ann)),
+                         translate(read_image(path)), jpeg_quality)
+            bar.update()
+    finally:
+        if method == "cyclegan":
+            torch.set_num_threads(previous_threads)
     rendered = {**dataset, "render": record}
     write_instances(rendered, out / INSTANCES)
     return rendered

@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_LUMA = (0.299, 0.587, 0.114)
-
 
 def lsgan_loss(scores: torch.Tensor, real: bool) -> torch.Tensor:
     """Least-squares GAN loss: mean of ``(scores - 1)**2`` for real targets, ``scores**2`` for fake ones."""
@@ -14,17 +12,20 @@ def lsgan_loss(scores: torch.Tensor, real: bool) -> torch.Tensor:
 
 
 def image_gradients(images: torch.Tensor) -> torch.Tensor:
-    """Sobel gradients of the luminance: ``Tensor[N, 3, H, W]`` -> ``Tensor[N, 2, H, W]`` (d/dx, d/dy)."""
-    luma = sum(w * images[:, c:c + 1] for c, w in enumerate(_LUMA))
+    """Sobel gradients of every colour channel: ``Tensor[N, C, H, W]`` -> ``Tensor[N, 2C, H, W]``.
+
+    Colour, not only luminance: a pink blob on a yellow tray can have the tray's luminance.
+    """
+    channels = images.shape[1]
     kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=images.device) / 8
-    kernels = torch.stack([kx, kx.t()]).unsqueeze(1)
-    return F.conv2d(F.pad(luma, (1, 1, 1, 1), mode="replicate"), kernels)
+    kernels = torch.stack([kx, kx.t()]).unsqueeze(1).repeat(channels, 1, 1, 1)
+    return F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernels, groups=channels)
 
 
 def preservation_loss(source: torch.Tensor, translated: torch.Tensor, masks: torch.Tensor,
                       background_weight: float = 0.5, color_weight: float = 0.2,
                       scales: tuple[int, ...] = (1, 4, 8)) -> torch.Tensor:
-    """Keep products recognisable and add none: L1 between the luminance edges of the two images at several
+    """Keep products recognisable and add none: L1 between the colour edges of the two images at several
     scales, weighted 1 on product pixels and ``background_weight`` elsewhere, plus L1 of the colours on
     product pixels (times ``color_weight``).
 

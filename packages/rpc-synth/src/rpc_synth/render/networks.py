@@ -31,6 +31,10 @@ class ResnetGenerator(nn.Module):
     (``translate_image`` pads). Upsampling is nearest + 3x3 conv (no transposed-conv checkerboards).
     With ``residual=True`` the network predicts a change added to its input (clamped to [-1, 1]): it starts
     near the identity, which keeps products in place from the first iteration on.
+    A per-pixel colour branch (two 1x1 convolutions on the raw input) is added before the output
+    non-linearity: instance norm hides a crop's absolute colour from the convolutional trunk, and without
+    this branch the generator cannot learn a colour cast that depends on the input colour (a yellow tray
+    and a blue one need different changes); it then tends to paint blobs instead.
     """
 
     def __init__(self, channels: int = 16, blocks: int = 4, downsamplings: int = 2, residual: bool = True):
@@ -48,11 +52,13 @@ class ResnetGenerator(nn.Module):
         for _ in range(downsamplings):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), *_conv_norm_relu(width, width // 2, 3)]
             width //= 2
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(width, 3, 7), nn.Tanh()]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(width, 3, 7)]
         self.net = nn.Sequential(*layers)
+        self.colour = nn.Sequential(nn.Conv2d(3, channels, 1), nn.LeakyReLU(0.2, inplace=True),
+                                    nn.Conv2d(channels, 3, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(x)
+        out = torch.tanh(self.net(x) + self.colour(x))
         return (x + out).clamp(-1, 1) if self.residual else out
 
 
@@ -60,7 +66,9 @@ class PatchDiscriminator(nn.Module):
     """PatchGAN: ``layers`` stride-2 4x4 convolutions then two stride-1 ones; one real/fake score per patch.
 
     ``Tensor[N, 3, H, W]`` -> ``Tensor[N, 1, h, w]`` (h about H / 2**layers); with 3 layers each score sees
-    a 70x70 px patch, as in pix2pix/CycleGAN.
+    a 70x70 px patch, as in pix2pix/CycleGAN. No normalisation layers, unlike theirs: on small crops of a
+    nearly uniform tray, instance norm removes the tray's colour, which is most of what tells the domains
+    apart here, and the generators then learn no colour cast.
     """
 
     def __init__(self, channels: int = 32, layers: int = 3):
@@ -72,8 +80,7 @@ class PatchDiscriminator(nn.Module):
         for i in range(1, layers + 1):
             out = channels * min(2 ** i, 8)
             stride = 2 if i < layers else 1
-            modules += [nn.Conv2d(width, out, 4, stride, 1), nn.InstanceNorm2d(out, affine=True),
-                        nn.LeakyReLU(0.2, inplace=True)]
+            modules += [nn.Conv2d(width, out, 4, stride, 1), nn.LeakyReLU(0.2, inplace=True)]
             width = out
         modules.append(nn.Conv2d(width, 1, 4, 1, 1))
         self.net = nn.Sequential(*modules)

@@ -49,6 +49,7 @@ class TranslatorConfig:
     cycle_weight: float = 10.0
     identity_weight: float = 5.0
     preserve_weight: float = 10.0
+    background_weight: float = 2.0  # share of the preservation edge term on the tray (against painted blobs)
     checkpoint_every: int = 100  # iterations between checkpoints (and loss log lines)
 
     def __post_init__(self):
@@ -99,7 +100,7 @@ def training_step(nets: dict[str, nn.Module], optim_g, optim_d, config: Translat
     identity = torch.zeros(())
     if config.identity_weight:
         identity = (g_ab(real_b) - real_b).abs().mean() + (g_ba(real_a) - real_a).abs().mean()
-    preserve = preservation_loss(real_a, fake_b, masks)
+    preserve = preservation_loss(real_a, fake_b, masks, background_weight=config.background_weight)
     total = adversarial + config.cycle_weight * cycle + config.identity_weight * identity + \
         config.preserve_weight * preserve
     optim_g.zero_grad(set_to_none=True)
