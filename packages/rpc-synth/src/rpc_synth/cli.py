@@ -169,7 +169,7 @@ def render() -> None:
 @click.option("--target", required=True, type=click.Path(file_okay=False), help="Folder of unlabeled checkout images (labels never read).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write (resumed when it exists).")
 @click.option("--size", default=96, show_default=True, help="Side of the random training crops in px.")
-@click.option("--iters", default=800, show_default=True, help="Training iterations (more than the checkpoint's: train on).")
+@click.option("--iters", default=500, show_default=True, help="Training iterations (more than the checkpoint's: train on).")
 @click.option("--batch", default=1, show_default=True, help="Crops per iteration from each domain.")
 @click.option("--seed", default=0, show_default=True, help="Random seed (model init and crop order).")
 @click.option("--gen-channels", default=16, show_default=True, help="Generator width after its first layer.")
@@ -177,15 +177,16 @@ def render() -> None:
 @click.option("--disc-channels", default=32, show_default=True, help="Discriminator width of its first layer.")
 @click.option("--preserve-weight", default=10.0, show_default=True, help="Weight of the product-preservation loss (0: plain CycleGAN).")
 @click.option("--background-weight", default=2.0, show_default=True, help="Weight of that loss's edge term on the tray, against painted blobs.")
+@click.option("--colour-weight", default=1.0, show_default=True, help="Weight of that loss's product-colour term, against repainting.")
 @click.option("--cycle-weight", default=10.0, show_default=True, help="Weight of the cycle-consistency loss.")
-@click.option("--identity-weight", default=5.0, show_default=True, help="Weight of the identity loss (0: skip it).")
-@click.option("--lr", default=2e-4, show_default=True, help="Adam learning rate.")
+@click.option("--identity-weight", default=2.0, show_default=True, help="Weight of the identity loss (0: skip it).")
+@click.option("--lr", default=5e-4, show_default=True, help="Adam learning rate.")
 @click.option("--checkpoint-every", default=100, show_default=True, help="Iterations between checkpoints.")
 @click.option("--threads", default=1, show_default=True, help="CPU threads for torch (0: torch's default).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @_fail_cleanly
 def render_train(source, source_ann, target, out, size, iters, batch, seed, gen_channels, gen_blocks, disc_channels,
-                 preserve_weight, background_weight, cycle_weight, identity_weight, lr, checkpoint_every, threads, quiet):
+                 preserve_weight, background_weight, colour_weight, cycle_weight, identity_weight, lr, checkpoint_every, threads, quiet):
     """Train the synthesized -> checkout translator on unpaired random crops (resumable)."""
     from .render import require_torch
 
@@ -194,7 +195,7 @@ def render_train(source, source_ann, target, out, size, iters, batch, seed, gen_
 
     config = TranslatorConfig(size=size, iters=iters, batch=batch, seed=seed, gen_channels=gen_channels,
                               gen_blocks=gen_blocks, disc_channels=disc_channels, preserve_weight=preserve_weight,
-                              background_weight=background_weight,
+                              background_weight=background_weight, colour_weight=colour_weight,
                               cycle_weight=cycle_weight, identity_weight=identity_weight, lr=lr,
                               checkpoint_every=checkpoint_every)
     result = train_translator(source, source_ann, target, out, config, threads=threads or None, progress=not quiet)

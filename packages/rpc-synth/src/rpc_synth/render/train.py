@@ -35,7 +35,7 @@ class TranslatorConfig:
     # data
     size: int = 96              # side of the random training crops, px
     batch: int = 1              # crops per iteration from each domain
-    iters: int = 800            # training iterations
+    iters: int = 500            # training iterations
     seed: int = 0               # model init and crop order
     # networks
     gen_channels: int = 16      # generator width after the stem (doubles per downsampling)
@@ -45,11 +45,12 @@ class TranslatorConfig:
     disc_channels: int = 32     # discriminator width of the first layer
     disc_layers: int = 3        # stride-2 layers of the PatchGAN (3: 70 px patches)
     # optimisation and loss weights
-    lr: float = 2e-4
+    lr: float = 5e-4
     cycle_weight: float = 10.0
-    identity_weight: float = 5.0
+    identity_weight: float = 2.0
     preserve_weight: float = 10.0
     background_weight: float = 2.0  # share of the preservation edge term on the tray (against painted blobs)
+    colour_weight: float = 1.0      # product-colour L1 inside the preservation term (against repainting)
     checkpoint_every: int = 100  # iterations between checkpoints (and loss log lines)
 
     def __post_init__(self):
@@ -100,7 +101,8 @@ def training_step(nets: dict[str, nn.Module], optim_g, optim_d, config: Translat
     identity = torch.zeros(())
     if config.identity_weight:
         identity = (g_ab(real_b) - real_b).abs().mean() + (g_ba(real_a) - real_a).abs().mean()
-    preserve = preservation_loss(real_a, fake_b, masks, background_weight=config.background_weight)
+    preserve = preservation_loss(real_a, fake_b, masks, background_weight=config.background_weight,
+                                 color_weight=config.colour_weight)
     total = adversarial + config.cycle_weight * cycle + config.identity_weight * identity + \
         config.preserve_weight * preserve
     optim_g.zero_grad(set_to_none=True)
