@@ -22,8 +22,8 @@ from .baskets import LEVEL_RANGES, sample_basket
 from .compose import cast_shadow, paste, place, transform_sprite, visible_parts
 from .parallel import map_ordered
 from .progress import Progress
-from .views import Sprite, render_view
 from .skus import Sku, make_catalog
+from .views import Sprite, render_view
 
 TRUE_MASKS = "exemplar_masks_true"
 SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
