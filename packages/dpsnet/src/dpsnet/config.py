@@ -64,6 +64,7 @@ SCHEMA: list[tuple[str, Any, str]] = [
     # train
     ("train.seed", 0, "Random seed (weights, sampling, augmentation)."),
     ("train.device", "auto", "auto (CUDA when available), cpu or cuda[:N]; under torchrun each rank uses its local GPU."),
+    ("train.init_checkpoint", "", "A DPSNet checkpoint whose model weights start the run (a student from its teacher); empty: none."),
     ("train.threads", 0, "CPU threads per process (torch.set_num_threads); 0: torch's default. 1 is fastest on a shared, busy CPU."),
     ("train.batch_size", 2, "Images per step per process."),
     ("train.max_steps", 1000, "Optimiser steps of the whole run."),

@@ -168,6 +168,23 @@ def validate(model: DPSNet, config: Mapping[str, Any], categories: CategoryMap, 
 # --------------------------------------------------------------------------------------------- training
 
 
+def init_weights(model: nn.Module, checkpoint: str | Path, categories: CategoryMap) -> None:
+    """Start ``model`` from a DPSNet checkpoint's weights (same categories and architecture required)."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"train.init_checkpoint: checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    saved = ckpt.get("categories", {})
+    if (saved.get("category_ids"), saved.get("count_classes")) != (categories.category_ids, categories.count_classes):
+        raise ValueError(f"train.init_checkpoint {path}: its categories differ from the training data's; "
+                         "start from a checkpoint trained on the same category list")
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise ValueError(f"train.init_checkpoint {path}: its model does not fit this config's model ({err}); "
+                         "use the same model.* keys as the checkpoint") from None
+
+
 def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = False, echo: bool = True) -> dict:
     """Train DPSNet as ``config`` says, writing ``last.pt``, ``best.pt`` (with a val set), ``log.txt`` and
     ``log.jsonl`` into ``out_dir``. Under ``torchrun`` every rank runs this; rank 0 does the I/O.
@@ -202,6 +219,8 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
 
     step, epoch, position, best = 0, 0, 0, -math.inf
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if config["train.init_checkpoint"] and not resume:
+        init_weights(model, config["train.init_checkpoint"], categories)
     if resume:
         ckpt = torch.load(last_path, map_location="cpu", weights_only=True) if last_path.is_file() else None
         if ckpt is None:

@@ -1,0 +1,75 @@
+"""DPSNet as a kd-loop learner: ``learner.path = "dpsnet.kd:Learner"`` in a kd-loop config.
+
+``fit`` trains with :func:`dpsnet.engine.train` on the round's dataset mix (ignore regions included),
+starting from the teacher's weights when kd-loop passes ``init``; ``predict`` writes the COCO results and the
+counts file of a pool with :func:`dpsnet.inference.predict_files`. Files in, files out: kd-loop never
+imports dpsnet, and dpsnet does not import kd-loop (the returned prediction only needs ``results`` and
+``counts`` attributes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import make_config
+from .engine import train
+from .inference import predict_files
+
+
+@dataclass(frozen=True)
+class PoolPrediction:
+    """Where a prediction was written (the shape of ``kd_loop.Prediction``)."""
+
+    results: Path
+    counts: Path
+
+
+class Learner:
+    """Train and predict DPSNet for kd-loop.
+
+    Args:
+        preset: a dpsnet preset name or TOML file (``cpu-small`` on a CPU, ``rpc-paper`` on GPUs).
+        overrides: config keys on top of the preset (``{"train.max_steps": 300}``); the data keys, the seed
+            and the init checkpoint are set by the loop.
+        batch_size: images per batch at prediction.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+    """
+
+    def __init__(self, preset: str = "cpu-small", overrides: Mapping[str, Any] | None = None, *,
+                 batch_size: int = 4, device: str = "auto", echo: bool = False):
+        self.preset = preset
+        self.overrides = dict(overrides or {})
+        self.batch_size = batch_size
+        self.device = device
+        self.echo = echo
+        make_config(preset, self.overrides)  # fail at construction on a bad key or value
+
+    def fit(self, datasets: Sequence[Any], *, init: Path | None, out_dir: Path, seed: int) -> Path:
+        """Train on ``datasets`` (objects with ``instances``, ``images``, ``weight``); return ``last.pt``.
+
+        An unfinished run in ``out_dir`` (a killed round) is resumed from its last checkpoint.
+        """
+        out_dir = Path(out_dir)
+        config = make_config(self.preset, {
+            **self.overrides,
+            "data.train_instances": [str(d.instances) for d in datasets],
+            "data.train_images": [str(d.images) for d in datasets],
+            # Equal weights: sample in proportion to the datasets' sizes (kd-loop sized the mix already).
+            "data.train_ratios": [float(d.weight) for d in datasets]
+            if len({float(d.weight) for d in datasets}) > 1 else [0.0],
+            "train.seed": int(seed),
+            "train.init_checkpoint": str(init) if init else "",
+            "train.device": self.device,
+        })
+        summary = train(config, out_dir, resume=(out_dir / "last.pt").is_file(), echo=self.echo)
+        return Path(summary["last"])
+
+    def predict(self, checkpoint: Path, pool: Path, images: Path, *, out_dir: Path) -> PoolPrediction:
+        """Detect and count every pool image; return the results and counts files."""
+        out_dir = Path(out_dir)
+        results, counts = predict_files(checkpoint, pool, images, out_dir / "results.json", out_dir / "counts.json",
+                                        batch_size=self.batch_size, device=self.device, progress=self.echo)
+        return PoolPrediction(results=results, counts=counts)

@@ -1,0 +1,73 @@
+"""dpsnet.kd:Learner, the kd-loop adapter: fit from a teacher, predict a pool, one loop round."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpsnet.kd import Learner
+from rpc_metrics.io import read_counts, read_instances, read_pool, read_results, write_instances
+
+from .conftest import tiny_overrides
+
+
+@dataclass(frozen=True)
+class Spec:
+    instances: Path
+    images: Path
+    weight: float = 1.0
+
+
+def tiny_learner(world, **extra):
+    overrides = {k: v for k, v in tiny_overrides(world, **extra).items() if not k.startswith("data.train")}
+    return Learner("cpu-small", {**overrides, "train.threads": 1}, batch_size=2, device="cpu")
+
+
+def test_fit_predict_and_student_from_teacher(world, tmp_path):
+    learner = tiny_learner(world)
+    teacher = learner.fit([Spec(world / "instances.json", world / "images")], init=None, out_dir=tmp_path / "t",
+                          seed=0)
+    assert teacher == tmp_path / "t" / "last.pt" and teacher.is_file()
+    prediction = learner.predict(teacher, world / "pool.json", world / "images", out_dir=tmp_path / "p")
+    pool = read_pool(world / "pool.json")
+    read_results(prediction.results, gt=pool)
+    counts = read_counts(prediction.counts, pool=pool)
+    assert counts["count_classes"] == "category"
+    # With a zero learning rate the student ends exactly where its teacher started it.
+    frozen = tiny_learner(world, **{"train.lr": 0.0})
+    student = frozen.fit([Spec(world / "instances.json", world / "images")], init=teacher,
+                         out_dir=tmp_path / "s", seed=1)
+    a = torch.load(teacher, weights_only=True)["model"]
+    b = torch.load(student, weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.endswith("num_batches_tracked") and "running" not in k)
+
+
+def test_bad_overrides_fail_at_construction(world):
+    from dpsnet.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.nope"):
+        Learner("cpu-small", {"train.nope": 1})
+
+
+@pytest.mark.slow
+def test_one_kd_loop_round_with_dpsnet(world, tmp_path):
+    kd_loop = pytest.importorskip("kd_loop")
+    overrides = {k: v for k, v in tiny_overrides(world).items() if not k.startswith("data.train")}
+    # The pool's ground truth (reporting only): the pool's images, the labelled images' annotations.
+    labelled = read_instances(world / "instances.json")
+    write_instances({**read_pool(world / "pool.json"), "annotations": labelled["annotations"]}, tmp_path / "gt.json")
+    table = {
+        "rounds": 1, "seed": 0, "workdir": str(tmp_path / "run"),
+        "learner": {"path": "dpsnet.kd:Learner",
+                    "kwargs": {"preset": "cpu-small", "overrides": {**overrides, "train.threads": 1},
+                               "batch_size": 2, "device": "cpu"}},
+        "source": {"datasets": [{"instances": str(world / "instances.json"), "images": str(world / "images")}]},
+        "pool": {"instances": str(world / "pool.json"), "images": str(world / "images"),
+                 "gt": str(tmp_path / "gt.json")},
+        "selection": {"policy": "instance", "thresholds": [0.0], "ignore_threshold": 0.0},
+    }
+    summary = kd_loop.run_loop(kd_loop.load_config(table=table), log=lambda message: None)
+    run = tmp_path / "run"
+    assert (run / "round_001" / "fit.json").is_file() and (run / "round_001" / "metrics.json").is_file()
+    assert "| 1 |" in summary.read_text()
