@@ -30,10 +30,12 @@ bench: $(STAMP)
 		--benchmark-columns=min,median,max,rounds $(addsuffix /benchmarks,$(PRESENT)) $(PYTEST_ARGS)
 
 # GPU tests and benchmarks with the machine's own python3: installs nothing (the GPU machine may have
-# no package registry); the packages are imported from their source folders.
+# no package registry); the packages are imported from their source folders. Only the members with GPU
+# tests are collected, so packages needing opencv or pycocotools are not imported there.
+GPU_TESTS := $(filter kernels,$(PRESENT))
 bench-gpu:
 	PYTHONPATH=$(subst $(eval) ,:,$(addsuffix /src,$(PRESENT))) $(PYTHON) -m pytest -q -m gpu \
-		-p no:cacheprovider $(PRESENT) $(PYTEST_ARGS)
+		-p no:cacheprovider $(GPU_TESTS) $(PYTEST_ARGS)
 	test ! -f kernels/benchmarks/report.py || PYTHONPATH=$(subst $(eval) ,:,$(addsuffix /src,$(PRESENT))) \
 		$(PYTHON) kernels/benchmarks/report.py --output kernels/benchmarks/RESULTS.md
 
