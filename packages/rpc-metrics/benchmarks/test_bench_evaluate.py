@@ -22,8 +22,10 @@ import numpy as np
 import pytest
 
 from rpc_metrics import evaluate
+from rpc_metrics.counting import count_matrix, counting_metrics
 from rpc_metrics.io import load_json, write_json
 from rpc_metrics.synthetic import make_case
+from rpc_metrics.threshold import correct_intervals, exact_search
 
 N_IMAGES = int(os.environ.get("RPC_METRICS_BENCH_IMAGES", "24000"))
 TIMES: dict[str, float] = {}
@@ -54,13 +56,45 @@ def test_full_cli_evaluation(benchmark, case):
     assert [r["level"] for r in rows] == ["easy", "medium", "hard", "averaged"]
 
 
-def test_counting_metrics_exact_search(benchmark, case):
-    """Counting metrics of the 4 rows with the exact oracle search, on loaded files (no mAP)."""
+def test_evaluate_without_map(benchmark, case):
+    """``evaluate(..., compute_map=False)`` on loaded JSON objects: validation, conversion, 4 rows, exact search."""
     gt, results = load_json(case / "gt.json"), load_json(case / "results.json")
     report = benchmark.pedantic(evaluate, args=(results, gt), kwargs={"compute_map": False},
-                                rounds=3, iterations=1, warmup_rounds=0)
-    TIMES["counting"] = benchmark.stats.stats.median
+                                rounds=3, iterations=1, warmup_rounds=1)
+    TIMES["evaluate_no_map"] = benchmark.stats.stats.median
     assert len(report.rows) == 4
+
+
+def counting_rows(rows, det_image, det_category, det_score, gt_counts):
+    """The counting metrics of every row at its exact oracle threshold, from arrays (public functions only)."""
+    out = {}
+    for level, mask in rows.items():
+        local = np.cumsum(mask) - 1
+        in_row = mask[det_image]
+        image, category, score = local[det_image[in_row]], det_category[in_row], det_score[in_row]
+        truth = gt_counts[mask]
+        choice = exact_search(correct_intervals(image, category, score, truth))
+        keep = score >= choice.threshold
+        out[level] = counting_metrics(count_matrix(image[keep], category[keep], *truth.shape), truth)
+    return out
+
+
+def test_counting_metrics_exact_search(benchmark, case):
+    """Counting metrics of the 4 rows with the exact search, on arrays (what a training loop would hold)."""
+    gt, results = load_json(case / "gt.json"), load_json(case / "results.json")
+    image_ids = np.array(sorted(im["id"] for im in gt["images"]))
+    levels = np.array([im["level"] for im in sorted(gt["images"], key=lambda im: im["id"])])
+    rows = {lv: levels == lv for lv in ("easy", "medium", "hard")} | {"averaged": np.ones(len(levels), bool)}
+    det_image = np.searchsorted(image_ids, [d["image_id"] for d in results])
+    det_category = np.array([d["category_id"] - 1 for d in results])
+    det_score = np.array([d["score"] for d in results])
+    gt_counts = count_matrix(np.searchsorted(image_ids, [a["image_id"] for a in gt["annotations"]]),
+                             np.array([a["category_id"] - 1 for a in gt["annotations"]]), len(image_ids), 200)
+    metrics = benchmark.pedantic(counting_rows, args=(rows, det_image, det_category, det_score, gt_counts),
+                                 rounds=5, iterations=1, warmup_rounds=1)
+    TIMES["counting"] = benchmark.stats.stats.median
+    expected = evaluate(results, gt, compute_map=False)
+    assert metrics["averaged"].cacc == expected.row("averaged").cacc
 
 
 def official_way(results_path: Path, gt_path: Path) -> dict:
@@ -115,7 +149,9 @@ def test_baseline_official_way(benchmark, case, capsys):
         with capsys.disabled():
             print(
                 f"\nrpc-metrics on {N_IMAGES} images: CLI end to end {TIMES['cli']:.2f} s "
-                f"(peak RSS {TIMES['cli_max_rss_mib']:.0f} MiB), counting+exact search {TIMES.get('counting', float('nan')):.2f} s; "
+                f"(peak RSS {TIMES['cli_max_rss_mib']:.0f} MiB); counting metrics + exact search on arrays "
+                f"{TIMES.get('counting', float('nan')):.2f} s, evaluate() without mAP on loaded JSON "
+                f"{TIMES.get('evaluate_no_map', float('nan')):.2f} s; "
                 f"official way {TIMES['baseline']:.1f} s -> {TIMES['baseline'] / TIMES['cli']:.0f}x faster "
                 f"({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs)"
             )

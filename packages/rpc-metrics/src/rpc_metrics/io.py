@@ -306,12 +306,13 @@ def annotations_to_arrays(annotations: Any, images: Mapping[int, Mapping], categ
         _fail(source, "annotations", "should be a list")
     n = len(annotations)
     try:
-        ids = np.fromiter((a["id"] for a in annotations), np.float64, n)
-        image_ids = np.fromiter((a["image_id"] for a in annotations), np.float64, n)
-        category_ids = np.fromiter((a["category_id"] for a in annotations), np.float64, n)
-        iscrowd = np.fromiter((a.get("iscrowd", 0) for a in annotations), np.float64, n)
-        boxes = np.array([a["bbox"] for a in annotations], dtype=np.float64).reshape(n, 4)
-        area = np.fromiter((a.get("area", np.nan) for a in annotations), np.float64, n)
+        # One pass over the annotations (a bbox of another length makes the rows ragged and fails here).
+        table = np.array([(a["id"], a["image_id"], a["category_id"], a.get("iscrowd", 0), a.get("area", np.nan),
+                           *a["bbox"]) for a in annotations], dtype=np.float64).reshape(n, 9)
+        ids, image_ids, category_ids, iscrowd, area = table[:, :5].T
+        boxes = table[:, 5:]
+        well_typed = all(type(a["id"]) is int and type(a["image_id"]) is int and type(a["category_id"]) is int
+                         for a in annotations)
         points = [a["point_xy"] for a in annotations if a.get("point_xy") is not None]
         point_array = np.array(points, dtype=np.float64).reshape(len(points), 2)
         segmented = [i for i, a in enumerate(annotations) if a.get("segmentation")]
@@ -321,7 +322,7 @@ def annotations_to_arrays(annotations: Any, images: Mapping[int, Mapping], categ
     category_known = np.fromiter(categories, np.float64, len(categories))
     has_area = ~np.isnan(area)
     good = (
-        _integral(ids) and _integral(image_ids) and _integral(category_ids)
+        well_typed and _integral(ids) and _integral(image_ids) and _integral(category_ids)
         and len(np.unique(ids)) == n
         and bool(np.isin(image_ids, image_known).all()) and bool(np.isin(category_ids, category_known).all())
         and bool(np.isfinite(boxes).all()) and bool((boxes[:, 2:] >= 0).all())
@@ -413,10 +414,11 @@ def results_to_arrays(results: Sequence[Mapping], *, source: str = "<in-memory>"
         _fail(source, "", f"a results file should be a JSON list of detections, got {type(results).__name__}")
     n = len(results)
     try:
-        image_ids = np.fromiter((d["image_id"] for d in results), dtype=np.int64, count=n)
-        category_ids = np.fromiter((d["category_id"] for d in results), dtype=np.int64, count=n)
-        scores = np.fromiter((d["score"] for d in results), dtype=np.float64, count=n)
-        boxes = np.array([d["bbox"] for d in results], dtype=np.float64).reshape(n, 4)
+        # One pass over the detections (a bbox of another length makes the rows ragged and fails here).
+        table = np.array([(d["image_id"], d["category_id"], d["score"], *d["bbox"]) for d in results],
+                         dtype=np.float64).reshape(n, 7)
+        image_ids, category_ids = table[:, 0].astype(np.int64), table[:, 1].astype(np.int64)
+        scores, boxes = table[:, 2].copy(), table[:, 3:].copy()
         well_typed = all(
             type(d["image_id"]) is int and type(d["category_id"]) is int and type(d["score"]) in (float, int)
             for d in results
