@@ -45,6 +45,7 @@ def main() -> None:
 @click.argument("overrides", nargs=-1)
 def train_command(config_name, out, resume, overrides) -> None:
     """Train DPSNet; OVERRIDES are config keys as key=value (see `dpsnet config`). Works under torchrun."""
+    from .distributed import shutdown_distributed
     from .engine import train
     from .inference import load_checkpoint
 
@@ -57,6 +58,7 @@ def train_command(config_name, out, resume, overrides) -> None:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "config.toml").write_text(describe(config), encoding="utf-8")
     summary = _run(train, config, out, resume=resume)
+    shutdown_distributed()
     if _is_main():
         click.echo(json.dumps(summary))
 
@@ -88,10 +90,12 @@ def config_command(config_name, overrides) -> None:
 def predict_command(checkpoint, instances, images, out_results, out_counts, batch_size, device, score_thresh,
                     quiet) -> None:
     """Detect and count every image of a pool; write COCO results and the counts file. Works under torchrun."""
+    from .distributed import shutdown_distributed
     from .inference import predict_files
 
     _run(predict_files, checkpoint, instances, images, out_results, out_counts, batch_size=batch_size,
          device=device, score_thresh=score_thresh, progress=not quiet)
+    shutdown_distributed()
 
 
 @main.command("evaluate")

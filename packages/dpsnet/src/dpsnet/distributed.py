@@ -43,6 +43,14 @@ def init_distributed(device: torch.device) -> DistInfo:
     return dist_info()
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group (after a last barrier). Exiting without it can abort a gloo rank at exit
+    ("terminate called without an active exception") while its background threads still run."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier(info: DistInfo) -> None:
     if info.distributed and dist.is_initialized():
         dist.barrier()
