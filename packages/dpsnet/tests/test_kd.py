@@ -43,6 +43,17 @@ def test_fit_predict_and_student_from_teacher(world, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a if not k.endswith("num_batches_tracked") and "running" not in k)
 
 
+def test_a_selection_smaller_than_a_batch_still_trains(world, tmp_path):
+    one = read_instances(world / "instances.json")
+    first = one["images"][0]["id"]
+    write_instances({**one, "images": one["images"][:1],
+                     "annotations": [a for a in one["annotations"] if a["image_id"] == first]}, tmp_path / "one.json")
+    learner = tiny_learner(world, **{"train.batch_size": 4})
+    checkpoint = learner.fit([Spec(tmp_path / "one.json", world / "images")], init=None, out_dir=tmp_path / "o",
+                             seed=0)
+    assert torch.load(checkpoint, weights_only=True)["step"] == 2
+
+
 def test_bad_overrides_fail_at_construction(world):
     from dpsnet.config import ConfigError
 

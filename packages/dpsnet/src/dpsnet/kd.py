@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rpc_metrics.io import load_json
+
 from .config import make_config
 from .engine import train
 from .inference import predict_files
@@ -53,7 +55,12 @@ class Learner:
         An unfinished run in ``out_dir`` (a killed round) is resumed from its last checkpoint.
         """
         out_dir = Path(out_dir)
+        base = make_config(self.preset, self.overrides)
+        # A round may select very few images: an epoch then cycles through them to fill a batch or more.
+        n_images = sum(len(load_json(d.instances)["images"]) for d in datasets)
+        epoch_size = base["data.epoch_size"] or max(n_images, 2 * base["train.batch_size"])
         config = make_config(self.preset, {
+            "data.epoch_size": epoch_size,
             **self.overrides,
             "data.train_instances": [str(d.instances) for d in datasets],
             "data.train_images": [str(d.images) for d in datasets],
