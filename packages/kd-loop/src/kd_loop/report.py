@@ -35,8 +35,9 @@ def selection_quality(pseudo: Mapping, pool_gt: Mapping) -> dict:
     if len(selected) == 0:
         return {"image_precision": None, "box_precision": None}
     cat_ids = np.array(sorted(c["id"] for c in pool_gt["categories"]), dtype=np.int64)
+    chosen = set(selected.tolist())
     gt_in = {**pool_gt, "annotations": [a for a in pool_gt["annotations"]
-                                        if a["image_id"] in set(selected.tolist()) and not a.get("iscrowd", 0)]}
+                                        if a["image_id"] in chosen and not a.get("iscrowd", 0)]}
     truth = _box_set(gt_in, selected, cat_ids, detections=False)
     labels = _box_set(pseudo, selected, cat_ids, detections=True)
     k = len(cat_ids)

@@ -142,11 +142,10 @@ class _Prepared:
     gt_counts: np.ndarray
 
 
-def _prepare(results: Any, gt: Any, *, require_levels: bool, results_source: str | None,
-             gt_source: str | None) -> tuple[_Prepared, dict, list]:
-    gt_data, gt_name = _load(gt, gt_source)
+def _prepare(results: Any, gt: Any, *, require_levels: bool) -> tuple[_Prepared, dict, list]:
+    gt_data, gt_name = _load(gt, None)
     ann = validate_instances(gt_data, source=gt_name, require_levels=require_levels)
-    res_data, res_name = _load(results, results_source)
+    res_data, res_name = _load(results, None)
     det = results_to_arrays(res_data, source=res_name)
     image_ids = np.array(sorted(im["id"] for im in gt_data["images"]), dtype=np.int64)
     check_ids_in(det.image_ids, set(image_ids.tolist()), "image_id", res_name, f"ground truth {gt_name}")
@@ -285,13 +284,13 @@ def evaluate(
         if unknown:
             raise ValueError(f"unknown level {unknown[0]!r}; choose among {ROWS}")
     require_levels = levels is not None and any(lv != "averaged" for lv in levels)
-    p, gt_data, res_data = _prepare(results, gt, require_levels=require_levels, results_source=None, gt_source=None)
+    p, gt_data, res_data = _prepare(results, gt, require_levels=require_levels)
     if levels is None:
         levels = ROWS if len(p.image_ids) and all(p.image_levels != "") else ("averaged",)
 
     validation_threshold = None
     if protocol == "transfer":
-        vp, _, _ = _prepare(val_results, val_gt, require_levels=False, results_source=None, gt_source=None)
+        vp, _, _ = _prepare(val_results, val_gt, require_levels=False)
         validation_threshold = _choose(_row_intervals(vp, np.ones(len(vp.image_ids), bool)), search).threshold
 
     matching = None
