@@ -38,6 +38,8 @@ bench-gpu:
 		-p no:cacheprovider $(GPU_TESTS) $(PYTEST_ARGS)
 	test ! -f kernels/benchmarks/report.py || PYTHONPATH=$(subst $(eval) ,:,$(addsuffix /src,$(PRESENT))) \
 		$(PYTHON) kernels/benchmarks/report.py --output kernels/benchmarks/RESULTS.md
+	test ! -f packages/dpsnet/benchmarks/gpu_step.py || PYTHONPATH=$(subst $(eval) ,:,$(addsuffix /src,$(PRESENT))) \
+		$(PYTHON) packages/dpsnet/benchmarks/gpu_step.py --output packages/dpsnet/benchmarks/GPU_STEP.md
 
 demo: $(STAMP)
 	$(BIN)/python examples/aco_pipeline.py $(if $(QUICK),--quick,)

@@ -51,6 +51,24 @@ def cuda_time_ms(fn: Callable[[], object], warmup: int = 3, reps: int = 20) -> t
     return statistics.median(times), q[0], q[-1]
 
 
+def cuda_graph_time_ms(fn: Callable[[], object], reps: int = 20) -> tuple[float, float, float]:
+    """Like :func:`cuda_time_ms`, but ``fn`` is captured once in a CUDA graph and the graph is replayed: the
+    device time without Python and launch overhead. Raises if ``fn`` cannot be captured (e.g. it syncs)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    try:
+        return cuda_time_ms(graph.replay, warmup=2, reps=reps)
+    finally:
+        del graph
+
+
 def copy_bandwidth_gbs(num_bytes: int = 1 << 30) -> float:
     """Measured device-to-device copy bandwidth (read + write) in GB/s."""
     src = torch.empty(num_bytes // 4, dtype=torch.float32, device="cuda")
@@ -78,6 +96,14 @@ def _compiled(fn):
     return torch.compile(fn, dynamic=False)
 
 
+def _eager(fn):
+    """The public op on its torch reference path: the same argument checks as the kernel path."""
+    def run(*args, **kwargs):
+        with aco_kernels.dispatch_mode("reference"):
+            return fn(*args, **kwargs)
+    return run
+
+
 def pyramid_fuse_case(dtype=torch.float32) -> Case:
     sizes = [P2 // 2**i + (1 if i == 4 else 0) for i in range(5)]  # 200, 100, 50, 25, 13
     levels = [torch.randn(BATCH, CHANNELS, s, s, device="cuda", dtype=dtype, requires_grad=True) for s in sizes]
@@ -85,7 +111,7 @@ def pyramid_fuse_case(dtype=torch.float32) -> Case:
     case = Case(f"pyramid_fuse P2-P6 -> {P2}x{P2}, B={BATCH}, C={CHANNELS}, {str(dtype)[6:]}")
     impls = {
         "kernel": _kernel(lambda lv, s, w: aco_kernels.pyramid_fuse(lv, s, w)),
-        "eager reference": reference.pyramid_fuse_reference,
+        "eager reference": _eager(lambda lv, s, w: aco_kernels.pyramid_fuse(lv, s, w)),
         "compiled reference": _compiled(reference.pyramid_fuse_reference),
     }
     for name, fn in impls.items():
@@ -109,7 +135,7 @@ def density_render_case() -> Case:
     case = Case(f"density_render {BATCH}x{DENSITY_CLASSES}x{map_size[0]}x{map_size[1]}, {k} instances")
     impls = {
         "kernel": _kernel(aco_kernels.density_render),
-        "eager reference": reference.density_render_reference,
+        "eager reference": _eager(aco_kernels.density_render),
         "compiled reference": _compiled(reference.density_render_reference),
     }
     for name, fn in impls.items():
@@ -141,7 +167,7 @@ def roi_align_case(dtype=torch.float32) -> Case:
     def ref(feats):
         return reference.multiscale_roi_align_reference(feats, rois, scales, (7, 7), 2, aligned=False)
 
-    impls = {"kernel": _kernel(ours), "eager reference": ref, "compiled reference": _compiled(ref)}
+    impls = {"kernel": _kernel(ours), "eager reference": _eager(ours), "compiled reference": _compiled(ref)}
     try:
         import torchvision
 
@@ -174,7 +200,7 @@ def kd_loss_case(dtype=torch.float32) -> Case:
     def ref(s):
         return reference.kd_loss_reference(s[0], teacher, **kwargs)
 
-    impls = {"kernel": _kernel(ours), "eager reference": ref, "compiled reference": _compiled(ref)}
+    impls = {"kernel": _kernel(ours), "eager reference": _eager(ours), "compiled reference": _compiled(ref)}
     for name, fn in impls.items():
         case.impls[name] = {"fwd": (lambda fn=fn: fn([student])), "fwd+bwd": _fwd_bwd(fn, [student])}
     nbytes = student.numel() * student.element_size()

@@ -24,8 +24,10 @@ KD_BWD = {"s_ptr": "*fp16", "t_ptr": "*fp16", "y_ptr": "*i64", "w_ptr": "*fp32",
           "grad_out_ptr": "*fp32", "grad_s_ptr": "*fp16", "n_cols": "i32", "stride_s": "i32", "stride_t": "i32",
           "stride_g": "i32", "inv_temp": "fp32", "kl_coef": "fp32", "alpha": "fp32", "ignore_index": "i32",
           "grad_scale": "fp32"}
-PYRAMID = {"ptr_table": "*i64", "size_table": "*i32", "param_table": "*fp32", "grad_out_ptr": "*fp32",
-           "out_ptr": "*fp32", "out_h": "i32", "out_w": "i32", "n_blocks": "i32"}
+PYRAMID = {"ptr_table": "*i64", "size_table": "*i32", "param_table": "*fp32", "out_ptr": "*bf16", "out_h": "i32",
+           "out_w": "i32", "tiles_w": "i32"}
+PYRAMID_T = {"src_ptr": "*fp16", "dst_ptr": "*fp32", "n_keep": "i32", "t_len": "i32", "s_len": "i32",
+             "scale": "fp32", "span": "i32", "weight": "fp32", "tiles_b": "i32"}
 DENSITY = {"params_ptr": "*fp32", "offsets_ptr": "*i64", "out_ptr": "*fp32", "height": "i32", "width": "i32",
            "n_blocks": "i32", "truncate": "fp32"}
 ROI = {"feat_table": "*i64", "size_table": "*i32", "scale_table": "*fp32", "rois_ptr": "*fp32",
@@ -35,10 +37,12 @@ JOBS = [
     (kd_loss._kd_fwd_kernel, KD_FWD, {"HAS_LABELS": True, "HAS_WEIGHTS": True, "BLOCK": 256, "ACC": tl.float32}),
     (kd_loss._kd_bwd_kernel, KD_BWD, {"HAS_LABELS": True, "HAS_WEIGHTS": True, "ROW_GRAD": True, "BLOCK": 256,
                                       "ACC": tl.float32}),
-    (pyramid_fuse._pyramid_fuse_kernel, PYRAMID, {"NUM_LEVELS": 5, "DTYPE": tl.bfloat16, "ACC": tl.float32,
-                                                  "BACKWARD": False, "BLOCK": 1024}),
-    (pyramid_fuse._pyramid_fuse_kernel, PYRAMID, {"NUM_LEVELS": 5, "DTYPE": tl.float16, "ACC": tl.float32,
-                                                  "BACKWARD": True, "BLOCK": 1024}),
+    *[(pyramid_fuse._pyramid_fuse_fwd_kernel, PYRAMID, {"NUM_LEVELS": 5, "IDENTITY": identity, "DTYPE": tl.bfloat16,
+                                                        "ACC": tl.float32, "BLOCK_H": 16, "BLOCK_W": 32})
+      for identity in (-1, 1)],
+    *[(pyramid_fuse._interp_transpose_kernel, PYRAMID_T, {"LAST_AXIS": last, "ACC": tl.float32, "BLOCK_A": 16,
+                                                          "BLOCK_B": 32})
+      for last in (True, False)],
     (density_render._density_render_kernel, DENSITY, {"BLOCK": 1024, "NORM_BLOCK": 128}),
     *[(roi_align._roi_align_kernel, ROI, {"POOLED_H": 7, "POOLED_W": 7, "SAMPLING": sr, "ALIGNED": sr > 0,
                                           "NUM_LEVELS": levels, "DTYPE": tl.bfloat16, "ACC": tl.float32,

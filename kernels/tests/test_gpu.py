@@ -127,7 +127,8 @@ def test_multiscale_roi_align_gpu(dtype, batch, channels, base, per_image, sampl
     expected.backward(grad)
     for a, b in zip(ker, ref, strict=True):
         assert a.grad.dtype == dtype
-        _close(a.grad, b.grad, dtype, scale=10.0)
+        # The reference leaves no gradient on a level no box maps to (P5 here); the kernel writes zeros.
+        _close(a.grad, torch.zeros_like(b) if b.grad is None else b.grad, dtype, scale=10.0)
 
 
 def test_roi_align_matches_torchvision_cuda():

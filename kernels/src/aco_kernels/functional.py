@@ -45,13 +45,15 @@ def density_render(
                          f"{tuple(sizes.shape)}, {tuple(labels.shape)}, {tuple(batch_index.shape)}")
     if stride <= 0:
         raise ValueError(f"stride should be > 0, got {stride}")
-    if num > 0:
-        if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-            raise ValueError(f"labels should be in [0, num_classes={num_classes}), got [{int(labels.min())}, "
-                             f"{int(labels.max())}]")
-        if int(batch_index.min()) < 0 or int(batch_index.max()) >= num_images:
-            raise ValueError(f"batch_index should be in [0, num_images={num_images}), got "
-                             f"[{int(batch_index.min())}, {int(batch_index.max())}]")
+    # One host sync for all four range checks; none while a CUDA graph is being captured (syncs are illegal
+    # there): the kernel path then relies on the caller, and an out-of-range index fails on the device.
+    if num > 0 and not (centers.is_cuda and torch.cuda.is_current_stream_capturing()):
+        lo_label, hi_label, lo_image, hi_image = torch.stack(
+            [labels.min(), labels.max(), batch_index.min(), batch_index.max()]).tolist()
+        if lo_label < 0 or hi_label >= num_classes:
+            raise ValueError(f"labels should be in [0, num_classes={num_classes}), got [{lo_label}, {hi_label}]")
+        if lo_image < 0 or hi_image >= num_images:
+            raise ValueError(f"batch_index should be in [0, num_images={num_images}), got [{lo_image}, {hi_image}]")
     args = (centers, sizes, labels, batch_index, num_images, num_classes, tuple(map_size), stride, sigma_scale,
             min_sigma, truncate)
     if use_kernel(centers):

@@ -75,7 +75,9 @@ def density_render_triton(
     order = torch.argsort(plane, stable=True)
     params = torch.stack([cx, cy, sigma], dim=1)[order].contiguous()
     offsets = torch.zeros(n_planes + 1, dtype=torch.int64, device=device)
-    offsets[1:] = torch.cumsum(torch.bincount(plane, minlength=n_planes), dim=0)
+    # scatter_add_ rather than bincount: a fixed-size result, so no host sync (and CUDA-graph capturable).
+    counts = torch.zeros(n_planes, dtype=torch.int64, device=device).scatter_add_(0, plane, torch.ones_like(plane))
+    offsets[1:] = torch.cumsum(counts, dim=0)
     block = min(1024, max(16, triton.next_power_of_2(height * width)))
     n_blocks = triton.cdiv(height * width, block)
     norm_block = min(1024, max(16, triton.next_power_of_2(max(height, width))))

@@ -137,8 +137,9 @@ class KDLossFunction(torch.autograd.Function):
         ctx.config = (temperature, alpha, reduction, ignore_index, has_labels, has_weights)
         if reduction == "none":
             return rows
-        total = rows.sum()
-        return total / max(n_rows, 1) if reduction == "mean" else total
+        if reduction == "mean":
+            return rows.mean() if n_rows > 0 else rows.sum()  # one launch; an empty mean would be nan
+        return rows.sum()
 
     @staticmethod
     def backward(ctx, grad_out):

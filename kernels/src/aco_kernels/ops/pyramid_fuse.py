@@ -1,12 +1,18 @@
 """Fused pyramid fusion: bilinear resize (align_corners=False) of every level to one size + weighted sum.
 
-Forward: one program per block of output pixels of one (batch, channel) plane reads the 4 neighbours on
-every level and writes the sum once. Backward: the same walk scatters ``weight * bilinear weight * grad``
-into each level's gradient with atomics (float32 buffers, float64 for float64 inputs).
+Forward: one program per (batch x channel plane, 2-D tile of output pixels) computes the source rows and
+columns of every level once per tile axis, gathers the 4 neighbours per level (one plain load for a level
+already at the output size) and writes the sum once.
+
+Backward, without atomics (so deterministic): the gradient of a level is the transpose of its separable
+interpolation, ``grad_l = w_l * A_h^T G A_w`` with ``A`` the per-axis bilinear matrices (two non-zeros per
+row). Two gather passes per level apply it: along x (``G A_w``, into a float32 buffer), then along y, each
+output element summing the few target rows/columns that sample it with the forward's own weights.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -28,54 +34,94 @@ def _source_index(dst, scale, size):
 
 
 @triton.jit
-def _pyramid_fuse_kernel(
-    ptr_table, size_table, param_table, grad_out_ptr, out_ptr,
-    out_h, out_w, n_blocks,
-    NUM_LEVELS: tl.constexpr, DTYPE: tl.constexpr, ACC: tl.constexpr, BACKWARD: tl.constexpr,
-    BLOCK: tl.constexpr,
+def _pyramid_fuse_fwd_kernel(
+    ptr_table, size_table, param_table, out_ptr, out_h, out_w, tiles_w,
+    NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, DTYPE: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    plane = pid // n_blocks
-    offs = (pid % n_blocks) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < out_h * out_w
-    oy = offs // out_w
-    ox = offs % out_w
-    if BACKWARD:
-        g = tl.load(grad_out_ptr + plane * out_h * out_w + offs, mask=mask, other=0.0).to(ACC)
-    else:
-        acc = tl.zeros([BLOCK], dtype=ACC)
+    plane = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(1)
+    oy = (tile // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)
+    ox = (tile % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
+    mask = (oy < out_h)[:, None] & (ox < out_w)[None, :]
+    acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=ACC)
     for lvl in tl.static_range(NUM_LEVELS):
         h = tl.load(size_table + 2 * lvl)
         w = tl.load(size_table + 2 * lvl + 1)
-        scale_h = tl.load(param_table + 3 * lvl)
-        scale_w = tl.load(param_table + 3 * lvl + 1)
         weight = tl.load(param_table + 3 * lvl + 2).to(ACC)
-        y0, y1, ly = _source_index(oy, scale_h, h)
-        x0, x1, lx = _source_index(ox, scale_w, w)
-        ly = ly.to(ACC)
-        lx = lx.to(ACC)
-        w00 = (1.0 - ly) * (1.0 - lx)
-        w01 = (1.0 - ly) * lx
-        w10 = ly * (1.0 - lx)
-        w11 = ly * lx
-        row0 = plane * h * w + y0.to(tl.int64) * w
-        row1 = plane * h * w + y1.to(tl.int64) * w
-        if BACKWARD:
-            base = tl.load(ptr_table + lvl).to(tl.pointer_type(ACC))
-            gw = g * weight
-            tl.atomic_add(base + row0 + x0, gw * w00, mask=mask)
-            tl.atomic_add(base + row0 + x1, gw * w01, mask=mask)
-            tl.atomic_add(base + row1 + x0, gw * w10, mask=mask)
-            tl.atomic_add(base + row1 + x1, gw * w11, mask=mask)
+        base = tl.load(ptr_table + lvl).to(tl.pointer_type(DTYPE)) + plane * h * w
+        if lvl == IDENTITY:  # this level is already at the output size: a plain tile load
+            v = tl.load(base + oy[:, None] * w + ox[None, :], mask=mask, other=0.0).to(ACC)
+            acc += weight * v
         else:
-            base = tl.load(ptr_table + lvl).to(tl.pointer_type(DTYPE))
-            v00 = tl.load(base + row0 + x0, mask=mask, other=0.0).to(ACC)
-            v01 = tl.load(base + row0 + x1, mask=mask, other=0.0).to(ACC)
-            v10 = tl.load(base + row1 + x0, mask=mask, other=0.0).to(ACC)
-            v11 = tl.load(base + row1 + x1, mask=mask, other=0.0).to(ACC)
-            acc += weight * (w00 * v00 + w01 * v01 + w10 * v10 + w11 * v11)
-    if not BACKWARD:
-        tl.store(out_ptr + plane * out_h * out_w + offs, acc.to(DTYPE), mask=mask)
+            y0, y1, ly = _source_index(oy, tl.load(param_table + 3 * lvl), h)
+            x0, x1, lx = _source_index(ox, tl.load(param_table + 3 * lvl + 1), w)
+            ly = ly.to(ACC)[:, None]
+            lx = lx.to(ACC)[None, :]
+            r0 = y0[:, None] * w
+            r1 = y1[:, None] * w
+            v00 = tl.load(base + r0 + x0[None, :], mask=mask, other=0.0).to(ACC)
+            v01 = tl.load(base + r0 + x1[None, :], mask=mask, other=0.0).to(ACC)
+            v10 = tl.load(base + r1 + x0[None, :], mask=mask, other=0.0).to(ACC)
+            v11 = tl.load(base + r1 + x1[None, :], mask=mask, other=0.0).to(ACC)
+            top = v00 + (v01 - v00) * lx
+            bottom = v10 + (v11 - v10) * lx
+            acc += weight * (top + (bottom - top) * ly)
+    tl.store(out_ptr + plane * out_h * out_w + oy[:, None] * out_w + ox[None, :], acc.to(DTYPE), mask=mask)
+
+
+@triton.jit
+def _interp_transpose_kernel(
+    src_ptr, dst_ptr, n_keep, t_len, s_len, scale, span, weight, tiles_b,
+    LAST_AXIS: tl.constexpr, ACC: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+):
+    """Transpose of a 1-D bilinear resize (source length ``s_len`` -> target ``t_len``) along one axis.
+
+    ``LAST_AXIS``: src [P, n_keep, t_len] -> dst [P, n_keep, s_len]; else src [P, t_len, n_keep] ->
+    dst [P, s_len, n_keep]. ``dst[s] = weight * sum_t A[t, s] src[t]``, where the ``t`` sampling source
+    index ``s`` lie in ``[t0(s), t0(s) + span)`` and ``A`` is recomputed with the forward's rule.
+    """
+    plane = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(1)
+    ia = (tile // tiles_b) * BLOCK_A + tl.arange(0, BLOCK_A)
+    ib = (tile % tiles_b) * BLOCK_B + tl.arange(0, BLOCK_B)
+    if LAST_AXIS:
+        keep = ia
+        s = ib
+    else:
+        s = ia
+        keep = ib
+    s_mask = s < s_len
+    keep_mask = keep < n_keep
+    # First target index whose source coordinate (t + 0.5) * scale - 0.5 exceeds s - 1, minus a margin.
+    t0 = tl.maximum(tl.floor((s.to(tl.float32) - 0.5) / scale - 0.5).to(tl.int32) - 1, 0)
+    acc = tl.zeros([BLOCK_A, BLOCK_B], dtype=ACC)
+    for k in range(0, span):
+        t = t0 + k
+        low, high, lam = _source_index(t, scale, s_len)
+        lam = lam.to(ACC)
+        w = tl.where(low == s, 1.0 - lam, 0.0) + tl.where(high == s, lam, 0.0)
+        t_ok = (t < t_len) & s_mask
+        w = tl.where(t_ok, w, 0.0)
+        if LAST_AXIS:
+            m = keep_mask[:, None] & t_ok[None, :]
+            x = tl.load(src_ptr + plane * n_keep * t_len + keep[:, None] * t_len + t[None, :], mask=m, other=0.0)
+            acc += x.to(ACC) * w[None, :]
+        else:
+            m = t_ok[:, None] & keep_mask[None, :]
+            x = tl.load(src_ptr + plane * t_len * n_keep + t[:, None] * n_keep + keep[None, :], mask=m, other=0.0)
+            acc += x.to(ACC) * w[:, None]
+    acc = acc * weight
+    if LAST_AXIS:
+        offs = plane * n_keep * s_len + keep[:, None] * s_len + s[None, :]
+        m = keep_mask[:, None] & s_mask[None, :]
+    else:
+        offs = plane * s_len * n_keep + s[:, None] * n_keep + keep[None, :]
+        m = s_mask[:, None] & keep_mask[None, :]
+    tl.store(dst_ptr + offs, acc.to(dst_ptr.dtype.element_ty), mask=m)
+
+
+BLOCK_H, BLOCK_W = 16, 32
 
 
 def _tables(levels: Sequence[Tensor], size: tuple[int, int], weights: Sequence[float]):
@@ -86,14 +132,24 @@ def _tables(levels: Sequence[Tensor], size: tuple[int, int], weights: Sequence[f
     return sizes, params
 
 
-def _launch(ptrs, sizes, params, grad_out, out, n_planes, size, num_levels, dtype, acc, backward):
-    out_h, out_w = size
-    block = min(1024, max(16, triton.next_power_of_2(out_h * out_w)))
-    n_blocks = triton.cdiv(out_h * out_w, block)
-    _pyramid_fuse_kernel[(n_planes * n_blocks,)](
-        ptrs, sizes, params, grad_out, out, out_h, out_w, n_blocks,
-        NUM_LEVELS=num_levels, DTYPE=tl_dtype(dtype), ACC=acc, BACKWARD=backward, BLOCK=block,
-    )
+def _identity_level(shapes, size) -> int:
+    """Index of the first level already at the output size (-1 if none): the forward loads it directly."""
+    return next((i for i, shape in enumerate(shapes) if tuple(shape[2:]) == tuple(size)), -1)
+
+
+def _transpose_resize(src: Tensor, dst: Tensor, t_len: int, s_len: int, n_keep: int, last_axis: bool,
+                      weight: float, acc) -> None:
+    """dst = weight * (transpose of the bilinear resize s_len -> t_len) applied to src along one axis."""
+    scale = s_len / t_len
+    # Targets sampling source index s have source coordinates in (s - 1, s + 1): at most 2 / scale + 1 of
+    # them; 2 more for the margin of t0 and one for rounding.
+    span = math.ceil(2.0 / scale) + 4
+    block_a, block_b = (16, 32)
+    rows, cols = (n_keep, s_len) if last_axis else (s_len, n_keep)
+    tiles_b = triton.cdiv(cols, block_b)
+    grid = (src.shape[0], triton.cdiv(rows, block_a) * tiles_b)
+    _interp_transpose_kernel[grid](src, dst, n_keep, t_len, s_len, float(scale), span, float(weight), tiles_b,
+                                   LAST_AXIS=last_axis, ACC=acc, BLOCK_A=block_a, BLOCK_B=block_b)
 
 
 class PyramidFuseFunction(torch.autograd.Function):
@@ -105,29 +161,50 @@ class PyramidFuseFunction(torch.autograd.Function):
             raise ValueError("levels should share one dtype and device")
         batch, channels = levels[0].shape[:2]
         out = torch.empty(batch, channels, *size, dtype=dtype, device=levels[0].device)
-        sizes, params = _tables(levels, size, weights)
-        n_planes = batch * channels
         if out.numel() > 0 and all(lv.numel() > 0 for lv in levels):
-            _launch(pointer_table(levels, out.device), sizes, params, out, out, n_planes, size, len(levels), dtype,
-                    acc_dtypes(dtype)[0], False)
+            sizes, params = _tables(levels, size, weights)
+            tiles_w = triton.cdiv(size[1], BLOCK_W)
+            grid = (batch * channels, triton.cdiv(size[0], BLOCK_H) * tiles_w)
+            _pyramid_fuse_fwd_kernel[grid](
+                pointer_table(levels, out.device), sizes, params, out, size[0], size[1], tiles_w,
+                NUM_LEVELS=len(levels), IDENTITY=_identity_level([lv.shape for lv in levels], size),
+                DTYPE=tl_dtype(dtype), ACC=acc_dtypes(dtype)[0], BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W,
+            )
         elif out.numel() > 0:
             raise ValueError("levels should not be empty when the output is not")
         ctx.size = size
+        ctx.weights = list(weights)
         ctx.shapes = [lv.shape for lv in levels]
         ctx.dtype = dtype
-        ctx.save_for_backward(sizes, params)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        sizes, params = ctx.saved_tensors
         acc, acc_torch = acc_dtypes(ctx.dtype)
-        grads = [torch.zeros(shape, dtype=acc_torch, device=grad_out.device) for shape in ctx.shapes]
-        if grad_out.numel() > 0:
-            batch, channels = grad_out.shape[:2]
-            _launch(pointer_table(grads, grad_out.device), sizes, params, grad_out.contiguous(), grad_out,
-                    batch * channels, ctx.size, len(grads), ctx.dtype, acc, True)
-        return (None, None, *(g.to(ctx.dtype) for g in grads))
+        grad_out = grad_out.contiguous()
+        out_h, out_w = ctx.size
+        grads = []
+        for shape, weight in zip(ctx.shapes, ctx.weights, strict=True):
+            batch, channels, h, w = shape
+            if grad_out.numel() == 0 or h * w == 0:
+                grads.append(torch.zeros(shape, dtype=ctx.dtype, device=grad_out.device))
+                continue
+            if (h, w) == (out_h, out_w):
+                grads.append((grad_out.to(acc_torch) * weight).to(ctx.dtype))
+                continue
+            planes = grad_out.view(batch * channels, out_h, out_w)
+            if w != out_w:  # along x: [P, out_h, out_w] -> [P, out_h, w]
+                rows = torch.empty(batch * channels, out_h, w, dtype=acc_torch, device=grad_out.device)
+                _transpose_resize(planes, rows, out_w, w, out_h, True, 1.0, acc)
+            else:
+                rows = planes
+            grad = torch.empty(shape, dtype=ctx.dtype, device=grad_out.device)
+            if h != out_h:  # along y: [P, out_h, w] -> [P, h, w]
+                _transpose_resize(rows, grad, out_h, h, w, False, weight, acc)
+            else:
+                grad.copy_(rows.view(shape).to(acc_torch) * weight)
+            grads.append(grad)
+        return (None, None, *grads)
 
 
 def pyramid_fuse_triton(levels: Sequence[Tensor], size: tuple[int, int], weights: Sequence[float]) -> Tensor:

@@ -103,40 +103,44 @@ def _roi_align_kernel(
     pmask = p < POOLED_H * POOLED_W
     ph = (p // POOLED_W).to(ACC)
     pw = (p % POOLED_W).to(ACC)
-    mask = pmask[:, None] & cmask[None, :]
+    # Tiles are [BLOCK_C, BLOCK_P] with the bins fastest: neighbouring lanes sample neighbouring pixels of
+    # one channel plane (coalesced gathers and atomics) and write contiguous output bins.
+    mask = cmask[:, None] & pmask[None, :]
     plane = (batch * channels + c.to(tl.int64)) * height * width  # [BLOCK_C]
-    out_offs = box * channels * (POOLED_H * POOLED_W) + c[None, :].to(tl.int64) * (POOLED_H * POOLED_W) + p[:, None]
+    out_offs = box * channels * (POOLED_H * POOLED_W) + c[:, None].to(tl.int64) * (POOLED_H * POOLED_W) + p[None, :]
 
     if BACKWARD:
         grad_base = tl.load(feat_table + level).to(tl.pointer_type(ACC))
         g = tl.load(grad_out_ptr + out_offs, mask=mask, other=0.0).to(ACC) / count
     else:
         feat_base = tl.load(feat_table + level).to(tl.pointer_type(DTYPE))
-        acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
+        acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
     for iy in range(0, grid_h):
         y = start_h + ph * bin_h + (iy + 0.5) * bin_h / grid_h
         for ix in range(0, grid_w):
             x = start_w + pw * bin_w + (ix + 0.5) * bin_w / grid_w
             o1, o2, o3, o4, w1, w2, w3, w4, outside = _bilinear(y, x, height, width, ACC)
             if BACKWARD:
-                m = mask & ~outside[:, None]
-                tl.atomic_add(grad_base + plane[None, :] + o1[:, None], g * w1[:, None], mask=m)
-                tl.atomic_add(grad_base + plane[None, :] + o2[:, None], g * w2[:, None], mask=m)
-                tl.atomic_add(grad_base + plane[None, :] + o3[:, None], g * w3[:, None], mask=m)
-                tl.atomic_add(grad_base + plane[None, :] + o4[:, None], g * w4[:, None], mask=m)
+                # relaxed: no ordering is needed between these adds (a plain red.add, not a fenced atom)
+                m = mask & ~outside[None, :]
+                tl.atomic_add(grad_base + plane[:, None] + o1[None, :], g * w1[None, :], mask=m, sem="relaxed")
+                tl.atomic_add(grad_base + plane[:, None] + o2[None, :], g * w2[None, :], mask=m, sem="relaxed")
+                tl.atomic_add(grad_base + plane[:, None] + o3[None, :], g * w3[None, :], mask=m, sem="relaxed")
+                tl.atomic_add(grad_base + plane[:, None] + o4[None, :], g * w4[None, :], mask=m, sem="relaxed")
             else:
-                v1 = tl.load(feat_base + plane[None, :] + o1[:, None], mask=mask, other=0.0).to(ACC)
-                v2 = tl.load(feat_base + plane[None, :] + o2[:, None], mask=mask, other=0.0).to(ACC)
-                v3 = tl.load(feat_base + plane[None, :] + o3[:, None], mask=mask, other=0.0).to(ACC)
-                v4 = tl.load(feat_base + plane[None, :] + o4[:, None], mask=mask, other=0.0).to(ACC)
-                acc += w1[:, None] * v1 + w2[:, None] * v2 + w3[:, None] * v3 + w4[:, None] * v4
+                v1 = tl.load(feat_base + plane[:, None] + o1[None, :], mask=mask, other=0.0).to(ACC)
+                v2 = tl.load(feat_base + plane[:, None] + o2[None, :], mask=mask, other=0.0).to(ACC)
+                v3 = tl.load(feat_base + plane[:, None] + o3[None, :], mask=mask, other=0.0).to(ACC)
+                v4 = tl.load(feat_base + plane[:, None] + o4[None, :], mask=mask, other=0.0).to(ACC)
+                acc += w1[None, :] * v1 + w2[None, :] * v2 + w3[None, :] * v3 + w4[None, :] * v4
     if not BACKWARD:
         tl.store(out_ptr + out_offs, (acc / count).to(DTYPE), mask=mask)
 
 
 def _launch(table, sizes, scales_t, rois, grad_out, out, channels, num_boxes, config, dtype, acc, backward):
     output_size, sampling_ratio, aligned, k_min, k_max, canonical_level, log2_scale, num_levels = config
-    block_c = min(128, max(16, triton.next_power_of_2(channels)))
+    # Small channel blocks give the GPU more programs; the CPU interpreter pays per program, so it gets wide ones.
+    block_c = min(64 if rois.is_cuda else 256, max(16, triton.next_power_of_2(channels)))
     block_p = max(16, triton.next_power_of_2(output_size[0] * output_size[1]))
     grid = (num_boxes, triton.cdiv(channels, block_c))
     _roi_align_kernel[grid](
