@@ -24,30 +24,44 @@ KD_BWD = {"s_ptr": "*fp16", "t_ptr": "*fp16", "y_ptr": "*i64", "w_ptr": "*fp32",
           "grad_out_ptr": "*fp32", "grad_s_ptr": "*fp16", "n_cols": "i32", "stride_s": "i32", "stride_t": "i32",
           "stride_g": "i32", "inv_temp": "fp32", "kl_coef": "fp32", "alpha": "fp32", "ignore_index": "i32",
           "grad_scale": "fp32"}
-PYRAMID = {"ptr_table": "*i64", "size_table": "*i32", "param_table": "*fp32", "out_ptr": "*bf16", "out_h": "i32",
-           "out_w": "i32", "tiles_w": "i32"}
+LEVELS = ["0", "1", "2", "3", "4", "5"]
+
+
+def _levels(prefix, kind):
+    return {f"{prefix}{i}": kind for i in LEVELS}
+
+
+PYRAMID = {**_levels("p", "*bf16"), "out_ptr": "*bf16", **_levels("h", "i32"), **_levels("w", "i32"),
+           **_levels("sh", "fp32"), **_levels("sw", "fp32"), **_levels("k", "fp32"), "out_h": "i32", "out_w": "i32"}
 PYRAMID_T = {"src_ptr": "*fp16", "dst_ptr": "*fp32", "n_keep": "i32", "t_len": "i32", "s_len": "i32",
-             "scale": "fp32", "span": "i32", "weight": "fp32", "tiles_b": "i32"}
-DENSITY = {"params_ptr": "*fp32", "offsets_ptr": "*i64", "out_ptr": "*fp32", "height": "i32", "width": "i32",
-           "n_blocks": "i32", "truncate": "fp32"}
-ROI = {"feat_table": "*i64", "size_table": "*i32", "scale_table": "*fp32", "rois_ptr": "*fp32",
-       "grad_out_ptr": "*fp32", "out_ptr": "*fp32", "channels": "i32", "k_min": "fp32", "k_max": "fp32",
-       "canonical_level": "fp32", "log2_canonical_scale": "fp32"}
+             "scale": "fp32", "span": "i32", "weight": "fp32"}
+DENSITY = {"centers_ptr": "*fp32", "sizes_ptr": "*fp32", "labels_ptr": "*i64", "batch_ptr": "*i64",
+           "out_ptr": "*fp32", "num": "i32", "num_classes": "i32", "height": "i32", "width": "i32",
+           "inv_stride": "fp32", "sigma_scale": "fp32", "min_sigma": "fp32", "truncate": "fp32"}
+
+
+def _roi(kind):
+    return {**_levels("p", kind), **_levels("h", "i32"), **_levels("w", "i32"), **_levels("s", "fp32"),
+            "rois_ptr": "*fp32", "grad_out_ptr": "*fp32", "out_ptr": "*bf16", "channels": "i32", "k_min": "fp32",
+            "k_max": "fp32", "canonical_level": "fp32", "log2_canonical_scale": "fp32"}
+
+
 JOBS = [
     (kd_loss._kd_fwd_kernel, KD_FWD, {"HAS_LABELS": True, "HAS_WEIGHTS": True, "BLOCK": 256, "ACC": tl.float32}),
     (kd_loss._kd_bwd_kernel, KD_BWD, {"HAS_LABELS": True, "HAS_WEIGHTS": True, "ROW_GRAD": True, "BLOCK": 256,
                                       "ACC": tl.float32}),
-    *[(pyramid_fuse._pyramid_fuse_fwd_kernel, PYRAMID, {"NUM_LEVELS": 5, "IDENTITY": identity, "DTYPE": tl.bfloat16,
-                                                        "ACC": tl.float32, "BLOCK_H": 16, "BLOCK_W": 32})
+    *[(pyramid_fuse._pyramid_fuse_fwd_kernel.fn, PYRAMID, {"NUM_LEVELS": 5, "IDENTITY": identity,
+                                                           "ACC": tl.float32, "BLOCK_H": 16, "BLOCK_W": 32})
       for identity in (-1, 1)],
-    *[(pyramid_fuse._interp_transpose_kernel, PYRAMID_T, {"LAST_AXIS": last, "ACC": tl.float32, "BLOCK_A": 16,
+    *[(pyramid_fuse._interp_transpose_kernel.fn, PYRAMID_T, {"LAST_AXIS": last, "ACC": tl.float32, "BLOCK_A": 16,
                                                           "BLOCK_B": 32})
       for last in (True, False)],
-    (density_render._density_render_kernel, DENSITY, {"BLOCK": 1024, "NORM_BLOCK": 128}),
-    *[(roi_align._roi_align_kernel, ROI, {"POOLED_H": 7, "POOLED_W": 7, "SAMPLING": sr, "ALIGNED": sr > 0,
-                                          "NUM_LEVELS": levels, "DTYPE": tl.bfloat16, "ACC": tl.float32,
-                                          "BACKWARD": backward, "BLOCK_P": 64, "BLOCK_C": 64})
-      for sr, levels, backward in [(2, 4, False), (0, 1, True)]],
+    (density_render._density_render_kernel.fn, DENSITY, {"KB": 16, "NORM_BLOCK": 128, "BLOCK_H": 32, "BLOCK_W": 64}),
+    *[(roi_align._roi_align_kernel, _roi("*fp32" if backward else "*bf16"),
+       {"POOLED_H": 7, "POOLED_W": 7, "SAMPLING": sr, "ALIGNED": sr > 0, "NUM_LEVELS": levels, "DTYPE": tl.bfloat16,
+        "ACC": tl.float32, "BACKWARD": backward, "BINS_FAST": bins_fast, "BLOCK_P": 64, "BLOCK_C": 64})
+      for sr, levels, backward, bins_fast in [(2, 4, False, False), (2, 4, False, True), (0, 1, True, True),
+                                              (2, 5, True, True)]],
 ]
 
 failures = []

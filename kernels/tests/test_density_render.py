@@ -33,6 +33,14 @@ def test_density_render_matches_reference(kernel_path, map_size, stride):
         torch.testing.assert_close(out.sum(), torch.tensor(11.0), rtol=1e-5, atol=1e-5)
 
 
+def test_density_render_many_instances_several_tiles(kernel_path):
+    # More instances than the kernel's chunk (16) and a map of several tiles.
+    args = _instances(40, 3, 4, (45 * 8, 70 * 8), seed=5)
+    kwargs = {"num_images": 3, "num_classes": 4, "map_size": (45, 70), "stride": 8}
+    torch.testing.assert_close(_render(args, **kwargs), density_render_reference(*args, **kwargs), rtol=1e-5,
+                               atol=1e-6)
+
+
 def test_density_render_each_instance_sums_to_one_at_borders(kernel_path):
     centers = torch.tensor([[0.0, 0.0], [104.0, 72.0], [-30.0, 40.0], [52.0, 36.0], [104.0, 0.0]])
     sizes = torch.tensor([[40.0, 40.0], [300.0, 10.0], [8.0, 8.0], [1.0, 1.0], [0.0, 0.0]])

@@ -10,6 +10,9 @@ from torch import Tensor
 from . import reference
 from ._dispatch import use_kernel
 
+# The kernels take pyramid levels as separate arguments (ops._common.MAX_LEVELS); more levels use the reference.
+KERNEL_MAX_LEVELS = 6
+
 
 def density_render(
     centers: Tensor,
@@ -109,7 +112,7 @@ def multiscale_roi_align(
     scales = reference.infer_scales(features, image_shapes)
     args = (list(features), rois, scales, output_size, sampling_ratio, float(canonical_scale),
             float(canonical_level), aligned)
-    if use_kernel(*features, rois):
+    if use_kernel(*features, rois) and len(features) <= KERNEL_MAX_LEVELS:
         from .ops.roi_align import multiscale_roi_align_triton
 
         return multiscale_roi_align_triton(*args)
@@ -136,7 +139,7 @@ def pyramid_fuse(levels: Sequence[Tensor], size: tuple[int, int], weights: Seque
     if any(lv.dim() != 4 or lv.shape[:2] != shape for lv in levels):
         raise ValueError(f"levels should be [B, C, H_l, W_l] with equal B and C, got {[tuple(lv.shape) for lv in levels]}")
     size = (int(size[0]), int(size[1]))
-    if use_kernel(*levels):
+    if use_kernel(*levels) and len(levels) <= KERNEL_MAX_LEVELS:
         from .ops.pyramid_fuse import pyramid_fuse_triton
 
         return pyramid_fuse_triton(list(levels), size, weights)

@@ -16,6 +16,12 @@ from torch import Tensor
 # --------------------------------------------------------------------------------------------- density
 
 
+def check_density_args(min_sigma: float, truncate: float) -> None:
+    if min_sigma <= 0 or truncate * min_sigma < 1.0:
+        raise ValueError(f"min_sigma * truncate should be >= 1 (so every instance covers a pixel), got "
+                         f"min_sigma={min_sigma}, truncate={truncate}")
+
+
 def density_params(
     centers: Tensor,
     sizes: Tensor,
@@ -31,9 +37,7 @@ def density_params(
     clamped into the map ``[0, W] x [0, H]``, and ``sigma = max(min_sigma, sigma_scale * sqrt(w * h) / stride)``
     for an instance box of ``w x h`` image pixels.
     """
-    if min_sigma <= 0 or truncate * min_sigma < 1.0:
-        raise ValueError(f"min_sigma * truncate should be >= 1 (so every instance covers a pixel), got "
-                         f"min_sigma={min_sigma}, truncate={truncate}")
+    check_density_args(min_sigma, truncate)
     height, width = map_size
     centers = centers.to(torch.float32) / stride
     sizes = sizes.to(torch.float32).clamp(min=0)

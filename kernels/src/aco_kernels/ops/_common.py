@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import triton
 import triton.language as tl
 
 TL_DTYPES = {
@@ -26,7 +27,43 @@ def acc_dtypes(dtype: torch.dtype):
     return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
 
 
-def pointer_table(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Addresses of several tensors as an int64 tensor, so one launch can read them all: the kernel turns
-    an entry back into a pointer with ``tl.load(table + i).to(tl.pointer_type(dtype))``."""
-    return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64, device=device)
+MAX_LEVELS = 6  # pyramid levels passed to a kernel as separate arguments (more: the op uses its reference)
+
+
+def autotune_configs(configs: list, interpreter_config=None) -> list:
+    """All configs on a GPU; one under the CPU interpreter, which cannot benchmark (``interpreter_config``,
+    else the first: the interpreter pays per program, so its best config has large blocks)."""
+    from .._dispatch import interpreting
+
+    if interpreting():
+        return [interpreter_config or configs[0]]
+    return configs
+
+
+def level_args(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``tensors`` padded to :data:`MAX_LEVELS` with the first one, to pass as separate kernel arguments
+    (no pointer table to copy to the device: no host sync, and CUDA-graph capturable)."""
+    if not 0 < len(tensors) <= MAX_LEVELS:
+        raise ValueError(f"between 1 and {MAX_LEVELS} levels are supported by the kernels, got {len(tensors)}")
+    return list(tensors) + [tensors[0]] * (MAX_LEVELS - len(tensors))
+
+
+def pad_levels(values: Sequence, fill) -> list:
+    return list(values) + [fill] * (MAX_LEVELS - len(values))
+
+
+@triton.jit
+def pick(i, a0, a1, a2, a3, a4, a5):
+    """``(a0, ..., a5)[i]``: resolved while compiling for a constexpr ``i``, a scalar branch otherwise."""
+    v = a0
+    if i == 1:
+        v = a1
+    elif i == 2:
+        v = a2
+    elif i == 3:
+        v = a3
+    elif i == 4:
+        v = a4
+    elif i == 5:
+        v = a5
+    return v

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import acc_dtypes, pointer_table, tl_dtype
+from ._common import acc_dtypes, autotune_configs, level_args, pad_levels, pick
 
 
 @triton.jit
@@ -33,29 +33,40 @@ def _source_index(dst, scale, size):
     return low, high, lam
 
 
+_FWD_CONFIGS = autotune_configs([
+    triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw)
+    for bh, bw, nw in [(16, 32, 4), (8, 64, 4), (16, 64, 4), (32, 64, 8), (8, 128, 4), (16, 128, 8), (4, 256, 4)]
+])
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS"])
 @triton.jit
 def _pyramid_fuse_fwd_kernel(
-    ptr_table, size_table, param_table, out_ptr, out_h, out_w, tiles_w,
-    NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, DTYPE: tl.constexpr, ACC: tl.constexpr,
+    p0, p1, p2, p3, p4, p5, out_ptr,
+    h0, h1, h2, h3, h4, h5, w0, w1, w2, w3, w4, w5,
+    sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1, sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5,
+    out_h, out_w,
+    NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     plane = tl.program_id(0).to(tl.int64)
     tile = tl.program_id(1)
+    tiles_w = tl.cdiv(out_w, BLOCK_W)
     oy = (tile // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)
     ox = (tile % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
     mask = (oy < out_h)[:, None] & (ox < out_w)[None, :]
     acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=ACC)
     for lvl in tl.static_range(NUM_LEVELS):
-        h = tl.load(size_table + 2 * lvl)
-        w = tl.load(size_table + 2 * lvl + 1)
-        weight = tl.load(param_table + 3 * lvl + 2).to(ACC)
-        base = tl.load(ptr_table + lvl).to(tl.pointer_type(DTYPE)) + plane * h * w
+        h = pick(lvl, h0, h1, h2, h3, h4, h5)
+        w = pick(lvl, w0, w1, w2, w3, w4, w5)
+        weight = pick(lvl, k0, k1, k2, k3, k4, k5).to(ACC)
+        base = pick(lvl, p0, p1, p2, p3, p4, p5) + plane * h * w
         if lvl == IDENTITY:  # this level is already at the output size: a plain tile load
             v = tl.load(base + oy[:, None] * w + ox[None, :], mask=mask, other=0.0).to(ACC)
             acc += weight * v
         else:
-            y0, y1, ly = _source_index(oy, tl.load(param_table + 3 * lvl), h)
-            x0, x1, lx = _source_index(ox, tl.load(param_table + 3 * lvl + 1), w)
+            y0, y1, ly = _source_index(oy, pick(lvl, sh0, sh1, sh2, sh3, sh4, sh5), h)
+            x0, x1, lx = _source_index(ox, pick(lvl, sw0, sw1, sw2, sw3, sw4, sw5), w)
             ly = ly.to(ACC)[:, None]
             lx = lx.to(ACC)[None, :]
             r0 = y0[:, None] * w
@@ -67,12 +78,20 @@ def _pyramid_fuse_fwd_kernel(
             top = v00 + (v01 - v00) * lx
             bottom = v10 + (v11 - v10) * lx
             acc += weight * (top + (bottom - top) * ly)
-    tl.store(out_ptr + plane * out_h * out_w + oy[:, None] * out_w + ox[None, :], acc.to(DTYPE), mask=mask)
+    tl.store(out_ptr + plane * out_h * out_w + oy[:, None] * out_w + ox[None, :],
+             acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+_T_CONFIGS = autotune_configs([
+    triton.Config({"BLOCK_A": ba, "BLOCK_B": bb}, num_warps=nw)
+    for ba, bb, nw in [(16, 32, 4), (8, 64, 4), (16, 64, 4), (32, 64, 8), (8, 128, 4)]
+])
+
+
+@triton.autotune(configs=_T_CONFIGS, key=["n_keep", "t_len", "s_len", "LAST_AXIS"])
 @triton.jit
 def _interp_transpose_kernel(
-    src_ptr, dst_ptr, n_keep, t_len, s_len, scale, span, weight, tiles_b,
+    src_ptr, dst_ptr, n_keep, t_len, s_len, scale, span, weight,
     LAST_AXIS: tl.constexpr, ACC: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     """Transpose of a 1-D bilinear resize (source length ``s_len`` -> target ``t_len``) along one axis.
@@ -83,6 +102,10 @@ def _interp_transpose_kernel(
     """
     plane = tl.program_id(0).to(tl.int64)
     tile = tl.program_id(1)
+    if LAST_AXIS:
+        tiles_b = tl.cdiv(s_len, BLOCK_B)
+    else:
+        tiles_b = tl.cdiv(n_keep, BLOCK_B)
     ia = (tile // tiles_b) * BLOCK_A + tl.arange(0, BLOCK_A)
     ib = (tile % tiles_b) * BLOCK_B + tl.arange(0, BLOCK_B)
     if LAST_AXIS:
@@ -121,17 +144,6 @@ def _interp_transpose_kernel(
     tl.store(dst_ptr + offs, acc.to(dst_ptr.dtype.element_ty), mask=m)
 
 
-BLOCK_H, BLOCK_W = 16, 32
-
-
-def _tables(levels: Sequence[Tensor], size: tuple[int, int], weights: Sequence[float]):
-    device = levels[0].device
-    sizes = torch.tensor([[lv.shape[2], lv.shape[3]] for lv in levels], dtype=torch.int32, device=device)
-    params = torch.tensor([[lv.shape[2] / size[0], lv.shape[3] / size[1], w] for lv, w in zip(levels, weights, strict=True)],
-                          dtype=torch.float32, device=device)
-    return sizes, params
-
-
 def _identity_level(shapes, size) -> int:
     """Index of the first level already at the output size (-1 if none): the forward loads it directly."""
     return next((i for i, shape in enumerate(shapes) if tuple(shape[2:]) == tuple(size)), -1)
@@ -144,12 +156,13 @@ def _transpose_resize(src: Tensor, dst: Tensor, t_len: int, s_len: int, n_keep: 
     # Targets sampling source index s have source coordinates in (s - 1, s + 1): at most 2 / scale + 1 of
     # them; 2 more for the margin of t0 and one for rounding.
     span = math.ceil(2.0 / scale) + 4
-    block_a, block_b = (16, 32)
     rows, cols = (n_keep, s_len) if last_axis else (s_len, n_keep)
-    tiles_b = triton.cdiv(cols, block_b)
-    grid = (src.shape[0], triton.cdiv(rows, block_a) * tiles_b)
-    _interp_transpose_kernel[grid](src, dst, n_keep, t_len, s_len, float(scale), span, float(weight), tiles_b,
-                                   LAST_AXIS=last_axis, ACC=acc, BLOCK_A=block_a, BLOCK_B=block_b)
+
+    def grid(meta):
+        return (src.shape[0], triton.cdiv(rows, meta["BLOCK_A"]) * triton.cdiv(cols, meta["BLOCK_B"]))
+
+    _interp_transpose_kernel[grid](src, dst, n_keep, t_len, s_len, float(scale), span, float(weight),
+                                   LAST_AXIS=last_axis, ACC=acc)
 
 
 class PyramidFuseFunction(torch.autograd.Function):
@@ -162,13 +175,20 @@ class PyramidFuseFunction(torch.autograd.Function):
         batch, channels = levels[0].shape[:2]
         out = torch.empty(batch, channels, *size, dtype=dtype, device=levels[0].device)
         if out.numel() > 0 and all(lv.numel() > 0 for lv in levels):
-            sizes, params = _tables(levels, size, weights)
-            tiles_w = triton.cdiv(size[1], BLOCK_W)
-            grid = (batch * channels, triton.cdiv(size[0], BLOCK_H) * tiles_w)
+            n = len(levels)
+
+            def grid(meta):
+                return (batch * channels, triton.cdiv(size[0], meta["BLOCK_H"]) * triton.cdiv(size[1], meta["BLOCK_W"]))
+
             _pyramid_fuse_fwd_kernel[grid](
-                pointer_table(levels, out.device), sizes, params, out, size[0], size[1], tiles_w,
-                NUM_LEVELS=len(levels), IDENTITY=_identity_level([lv.shape for lv in levels], size),
-                DTYPE=tl_dtype(dtype), ACC=acc_dtypes(dtype)[0], BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W,
+                *level_args(levels), out,
+                *pad_levels([lv.shape[2] for lv in levels], 1), *pad_levels([lv.shape[3] for lv in levels], 1),
+                *pad_levels([lv.shape[2] / size[0] for lv in levels], 1.0),
+                *pad_levels([lv.shape[3] / size[1] for lv in levels], 1.0),
+                *pad_levels([float(w) for w in weights], 0.0),
+                size[0], size[1],
+                NUM_LEVELS=n, IDENTITY=_identity_level([lv.shape for lv in levels], size),
+                ACC=acc_dtypes(dtype)[0],
             )
         elif out.numel() > 0:
             raise ValueError("levels should not be empty when the output is not")

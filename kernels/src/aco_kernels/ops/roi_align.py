@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import acc_dtypes, pointer_table, tl_dtype
+from ._common import acc_dtypes, autotune_configs, level_args, pad_levels, pick, tl_dtype
 
 
 @triton.jit
@@ -59,13 +59,14 @@ def _bilinear(y, x, height, width, ACC: tl.constexpr):
             hy * hx * keep, hy * lx * keep, ly * hx * keep, ly * lx * keep, outside)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["h0", "h1", "h2", "h3", "h4", "h5", "w0", "w1", "w2", "w3", "w4", "w5"])
 def _roi_align_kernel(
-    feat_table, size_table, scale_table, rois_ptr, grad_out_ptr, out_ptr,
+    p0, p1, p2, p3, p4, p5, h0, h1, h2, h3, h4, h5, w0, w1, w2, w3, w4, w5, s0, s1, s2, s3, s4, s5,
+    rois_ptr, grad_out_ptr, out_ptr,
     channels, k_min, k_max, canonical_level, log2_canonical_scale,
     POOLED_H: tl.constexpr, POOLED_W: tl.constexpr, SAMPLING: tl.constexpr, ALIGNED: tl.constexpr,
     NUM_LEVELS: tl.constexpr, DTYPE: tl.constexpr, ACC: tl.constexpr, BACKWARD: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BINS_FAST: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     box = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -77,9 +78,10 @@ def _roi_align_kernel(
     x2 = tl.load(roi + 3).to(ACC)
     y2 = tl.load(roi + 4).to(ACC)
     level = _box_level(x1, y1, x2, y2, k_min, k_max, canonical_level, log2_canonical_scale, NUM_LEVELS)
-    height = tl.load(size_table + 2 * level)
-    width = tl.load(size_table + 2 * level + 1)
-    scale = tl.load(scale_table + level).to(ACC)
+    height = pick(level, h0, h1, h2, h3, h4, h5)
+    width = pick(level, w0, w1, w2, w3, w4, w5)
+    scale = pick(level, s0, s1, s2, s3, s4, s5).to(ACC)
+    level_ptr = pick(level, p0, p1, p2, p3, p4, p5)
 
     offset = 0.5 if ALIGNED else 0.0
     start_w = x1 * scale - offset
@@ -103,53 +105,92 @@ def _roi_align_kernel(
     pmask = p < POOLED_H * POOLED_W
     ph = (p // POOLED_W).to(ACC)
     pw = (p % POOLED_W).to(ACC)
-    # Tiles are [BLOCK_C, BLOCK_P] with the bins fastest: neighbouring lanes sample neighbouring pixels of
-    # one channel plane (coalesced gathers and atomics) and write contiguous output bins.
-    mask = cmask[:, None] & pmask[None, :]
     plane = (batch * channels + c.to(tl.int64)) * height * width  # [BLOCK_C]
-    out_offs = box * channels * (POOLED_H * POOLED_W) + c[:, None].to(tl.int64) * (POOLED_H * POOLED_W) + p[None, :]
+    c64 = c.to(tl.int64) * (POOLED_H * POOLED_W)
+    # BINS_FAST: [BLOCK_C, BLOCK_P] tiles with the bins fastest (neighbouring lanes sample neighbouring pixels of
+    # one channel plane: coalesced atomics); else [BLOCK_P, BLOCK_C] tiles with the channels fastest.
+    if BINS_FAST:
+        mask = cmask[:, None] & pmask[None, :]
+        out_offs = box * channels * (POOLED_H * POOLED_W) + c64[:, None] + p[None, :]
+    else:
+        mask = pmask[:, None] & cmask[None, :]
+        out_offs = box * channels * (POOLED_H * POOLED_W) + c64[None, :] + p[:, None]
 
     if BACKWARD:
-        grad_base = tl.load(feat_table + level).to(tl.pointer_type(ACC))
+        grad_base = level_ptr
         g = tl.load(grad_out_ptr + out_offs, mask=mask, other=0.0).to(ACC) / count
     else:
-        feat_base = tl.load(feat_table + level).to(tl.pointer_type(DTYPE))
-        acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
+        feat_base = level_ptr
+        if BINS_FAST:
+            acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=ACC)
+        else:
+            acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
     for iy in range(0, grid_h):
         y = start_h + ph * bin_h + (iy + 0.5) * bin_h / grid_h
         for ix in range(0, grid_w):
             x = start_w + pw * bin_w + (ix + 0.5) * bin_w / grid_w
-            o1, o2, o3, o4, w1, w2, w3, w4, outside = _bilinear(y, x, height, width, ACC)
-            if BACKWARD:
-                # relaxed: no ordering is needed between these adds (a plain red.add, not a fenced atom)
+            o1, o2, o3, o4, f1, f2, f3, f4, outside = _bilinear(y, x, height, width, ACC)
+            if BINS_FAST:
+                q1 = plane[:, None] + o1[None, :]
+                q2 = plane[:, None] + o2[None, :]
+                q3 = plane[:, None] + o3[None, :]
+                q4 = plane[:, None] + o4[None, :]
+                u1 = f1[None, :]
+                u2 = f2[None, :]
+                u3 = f3[None, :]
+                u4 = f4[None, :]
                 m = mask & ~outside[None, :]
-                tl.atomic_add(grad_base + plane[:, None] + o1[None, :], g * w1[None, :], mask=m, sem="relaxed")
-                tl.atomic_add(grad_base + plane[:, None] + o2[None, :], g * w2[None, :], mask=m, sem="relaxed")
-                tl.atomic_add(grad_base + plane[:, None] + o3[None, :], g * w3[None, :], mask=m, sem="relaxed")
-                tl.atomic_add(grad_base + plane[:, None] + o4[None, :], g * w4[None, :], mask=m, sem="relaxed")
             else:
-                v1 = tl.load(feat_base + plane[:, None] + o1[None, :], mask=mask, other=0.0).to(ACC)
-                v2 = tl.load(feat_base + plane[:, None] + o2[None, :], mask=mask, other=0.0).to(ACC)
-                v3 = tl.load(feat_base + plane[:, None] + o3[None, :], mask=mask, other=0.0).to(ACC)
-                v4 = tl.load(feat_base + plane[:, None] + o4[None, :], mask=mask, other=0.0).to(ACC)
-                acc += w1[None, :] * v1 + w2[None, :] * v2 + w3[None, :] * v3 + w4[None, :] * v4
+                q1 = plane[None, :] + o1[:, None]
+                q2 = plane[None, :] + o2[:, None]
+                q3 = plane[None, :] + o3[:, None]
+                q4 = plane[None, :] + o4[:, None]
+                u1 = f1[:, None]
+                u2 = f2[:, None]
+                u3 = f3[:, None]
+                u4 = f4[:, None]
+                m = mask & ~outside[:, None]
+            if BACKWARD:
+                # relaxed: no ordering is needed between these adds (a plain reduction, not a fenced atomic)
+                tl.atomic_add(grad_base + q1, g * u1, mask=m, sem="relaxed")
+                tl.atomic_add(grad_base + q2, g * u2, mask=m, sem="relaxed")
+                tl.atomic_add(grad_base + q3, g * u3, mask=m, sem="relaxed")
+                tl.atomic_add(grad_base + q4, g * u4, mask=m, sem="relaxed")
+            else:
+                v1 = tl.load(feat_base + q1, mask=mask, other=0.0).to(ACC)
+                v2 = tl.load(feat_base + q2, mask=mask, other=0.0).to(ACC)
+                v3 = tl.load(feat_base + q3, mask=mask, other=0.0).to(ACC)
+                v4 = tl.load(feat_base + q4, mask=mask, other=0.0).to(ACC)
+                acc += u1 * v1 + u2 * v2 + u3 * v3 + u4 * v4
     if not BACKWARD:
         tl.store(out_ptr + out_offs, (acc / count).to(DTYPE), mask=mask)
 
 
-def _launch(table, sizes, scales_t, rois, grad_out, out, channels, num_boxes, config, dtype, acc, backward):
-    output_size, sampling_ratio, aligned, k_min, k_max, canonical_level, log2_scale, num_levels = config
-    # Small channel blocks give the GPU more programs; the CPU interpreter pays per program, so it gets wide ones.
-    block_c = min(64 if rois.is_cuda else 256, max(16, triton.next_power_of_2(channels)))
-    block_p = max(16, triton.next_power_of_2(output_size[0] * output_size[1]))
-    grid = (num_boxes, triton.cdiv(channels, block_c))
-    _roi_align_kernel[grid](
-        table, sizes, scales_t, rois, grad_out, out,
-        channels, float(k_min), float(k_max), canonical_level, log2_scale,
-        POOLED_H=output_size[0], POOLED_W=output_size[1], SAMPLING=max(sampling_ratio, 0), ALIGNED=aligned,
-        NUM_LEVELS=num_levels, DTYPE=tl_dtype(dtype), ACC=acc, BACKWARD=backward,
-        BLOCK_P=block_p, BLOCK_C=block_c,
-    )
+_FWD_CONFIGS = autotune_configs(
+    [triton.Config({"BINS_FAST": bins_fast, "BLOCK_C": block_c}, num_warps=nw)
+     for bins_fast in (False, True) for block_c in (32, 64, 128) for nw in (4, 8)],
+    triton.Config({"BINS_FAST": True, "BLOCK_C": 256}, num_warps=4),
+)
+# The forward only writes its output, so it can be autotuned (per channel count and level set); the backward
+# accumulates with atomics (a benchmark run would add twice), so it has one fixed layout: bins fastest.
+_roi_align_fwd = triton.autotune(configs=_FWD_CONFIGS, key=["channels", "NUM_LEVELS", "SAMPLING"])(_roi_align_kernel)
+
+
+def _launch(levels, rois, grad_out, out, channels, num_boxes, config, dtype, acc, backward):
+    output_size, sampling_ratio, aligned, k_min, k_max, canonical_level, log2_scale, scales = config
+    args = (*level_args(levels), *pad_levels([f.shape[2] for f in levels], 1), *pad_levels([f.shape[3] for f in levels], 1),
+            *pad_levels([float(x) for x in scales], 1.0), rois, grad_out, out,
+            channels, float(k_min), float(k_max), canonical_level, log2_scale)
+    constexprs = dict(POOLED_H=output_size[0], POOLED_W=output_size[1], SAMPLING=max(sampling_ratio, 0),
+                      ALIGNED=aligned, NUM_LEVELS=len(levels), DTYPE=tl_dtype(dtype), ACC=acc, BACKWARD=backward,
+                      BLOCK_P=max(16, triton.next_power_of_2(output_size[0] * output_size[1])))
+    if backward:
+        # Small channel blocks give the GPU more programs; the CPU interpreter pays per program: wide ones.
+        block_c = min(64 if rois.is_cuda else 256, max(16, triton.next_power_of_2(channels)))
+        _roi_align_kernel[(num_boxes, triton.cdiv(channels, block_c))](
+            *args, **constexprs, BINS_FAST=True, BLOCK_C=block_c, num_warps=4)
+    else:
+        _roi_align_fwd[lambda meta: (num_boxes, triton.cdiv(channels, meta["BLOCK_C"]))](*args, **constexprs)
 
 
 class MultiScaleRoIAlignFunction(torch.autograd.Function):
@@ -163,15 +204,12 @@ class MultiScaleRoIAlignFunction(torch.autograd.Function):
         acc, acc_torch = acc_dtypes(dtype)
         rois = rois.to(device=device, dtype=acc_torch).contiguous()
         num_boxes = rois.shape[0]
-        sizes = torch.tensor([[f.shape[2], f.shape[3]] for f in features], dtype=torch.int32, device=device)
-        scales_t = torch.tensor(list(scales), dtype=acc_torch, device=device)
         config = (output_size, sampling_ratio, aligned, round(-math.log2(scales[0])), round(-math.log2(scales[-1])),
-                  float(canonical_level), math.log2(canonical_scale), len(features))
+                  float(canonical_level), math.log2(canonical_scale), list(scales))
         out = torch.empty(num_boxes, channels, *output_size, dtype=dtype, device=device)
         if out.numel() > 0:
-            _launch(pointer_table(features, device), sizes, scales_t, rois, out, out, channels, num_boxes, config,
-                    dtype, acc, False)
-        ctx.save_for_backward(rois, sizes, scales_t)
+            _launch(features, rois, out, out, channels, num_boxes, config, dtype, acc, False)
+        ctx.save_for_backward(rois)
         ctx.config = config
         ctx.shapes = [f.shape for f in features]
         ctx.dtype = dtype
@@ -179,12 +217,12 @@ class MultiScaleRoIAlignFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        rois, sizes, scales_t = ctx.saved_tensors
+        (rois,) = ctx.saved_tensors
         acc, acc_torch = acc_dtypes(ctx.dtype)
         grads = [torch.zeros(shape, dtype=acc_torch, device=grad_out.device) for shape in ctx.shapes]
         if grad_out.numel() > 0:
-            _launch(pointer_table(grads, grad_out.device), sizes, scales_t, rois, grad_out.contiguous(), grad_out,
-                    grad_out.shape[1], grad_out.shape[0], ctx.config, ctx.dtype, acc, True)
+            _launch(grads, rois, grad_out.contiguous(), grad_out, grad_out.shape[1], grad_out.shape[0], ctx.config,
+                    ctx.dtype, acc, True)
         return (None, None, None, None, None, None, None, *(g.to(ctx.dtype) for g in grads))
 
 
