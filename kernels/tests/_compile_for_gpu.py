@@ -57,6 +57,11 @@ JOBS = [
                                                           "BLOCK_B": 32})
       for last in (True, False)],
     (density_render._density_render_kernel.fn, DENSITY, {"KB": 16, "NORM_BLOCK": 128, "BLOCK_H": 32, "BLOCK_W": 64}),
+    # triton turns an int argument equal to 1 into a constant: a 1x1 map must compile too (failed on the H100)
+    (density_render._density_render_kernel.fn, {k: v for k, v in DENSITY.items() if k not in ("height", "width")},
+     {"height": 1, "width": 1, "KB": 16, "NORM_BLOCK": 16, "BLOCK_H": 32, "BLOCK_W": 32}),
+    (pyramid_fuse._pyramid_fuse_fwd_kernel.fn, {k: v for k, v in PYRAMID.items() if k not in ("h4", "w4")},
+     {"h4": 1, "w4": 1, "NUM_LEVELS": 5, "IDENTITY": -1, "ACC": tl.float32, "BLOCK_H": 16, "BLOCK_W": 32}),
     *[(roi_align._roi_align_kernel, _roi("*fp32" if backward else "*bf16"),
        {"POOLED_H": 7, "POOLED_W": 7, "SAMPLING": sr, "ALIGNED": sr > 0, "NUM_LEVELS": levels, "DTYPE": tl.bfloat16,
         "ACC": tl.float32, "BACKWARD": backward, "BINS_FAST": bins_fast, "BLOCK_P": 64, "BLOCK_C": 64})

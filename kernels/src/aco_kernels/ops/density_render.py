@@ -72,8 +72,8 @@ def _density_render_kernel(
             # reference.density_params: centre / stride clamped into the map, sigma from the box area
             cx = tl.load(centers_ptr + 2 * k, mask=match, other=0.0).to(tl.float32) * inv_stride
             cy = tl.load(centers_ptr + 2 * k + 1, mask=match, other=0.0).to(tl.float32) * inv_stride
-            cx = tl.minimum(tl.maximum(cx, 0.0), width.to(tl.float32))
-            cy = tl.minimum(tl.maximum(cy, 0.0), height.to(tl.float32))
+            cx = tl.minimum(tl.maximum(cx, 0.0), width * 1.0)  # width may be the constant 1 (specialised)
+            cy = tl.minimum(tl.maximum(cy, 0.0), height * 1.0)
             bw = tl.maximum(tl.load(sizes_ptr + 2 * k, mask=match, other=0.0).to(tl.float32), 0.0)
             bh = tl.maximum(tl.load(sizes_ptr + 2 * k + 1, mask=match, other=0.0).to(tl.float32), 0.0)
             sigma = tl.maximum(sigma_scale * tl.sqrt(bw * bh) * inv_stride, min_sigma)
