@@ -34,7 +34,7 @@ bench: $(STAMP)
 # tests are collected, so packages needing opencv or pycocotools are not imported there.
 GPU_TESTS := $(filter kernels,$(PRESENT))
 bench-gpu:
-	PYTHONPATH=$(subst $(eval) ,:,$(addsuffix /src,$(PRESENT))) $(PYTHON) -m pytest -q -m gpu \
+	ACO_KERNELS_NO_AUTOTUNE=1 PYTHONPATH=$(subst $(eval) ,:,$(addsuffix /src,$(PRESENT))) $(PYTHON) -m pytest -q -m gpu \
 		-p no:cacheprovider $(GPU_TESTS) $(PYTEST_ARGS)
 	test ! -f kernels/benchmarks/report.py || PYTHONPATH=$(subst $(eval) ,:,$(addsuffix /src,$(PRESENT))) \
 		$(PYTHON) kernels/benchmarks/report.py --output kernels/benchmarks/RESULTS.md

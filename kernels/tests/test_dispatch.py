@@ -58,3 +58,18 @@ def test_package_works_without_triton():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_autotune_switch(monkeypatch):
+    pytest.importorskip("triton")
+    from aco_kernels.ops._common import autotune_configs
+
+    configs, cpu = ["a", "b", "c"], "cpu"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert autotune_configs(configs, cpu) == [cpu]  # the interpreter cannot benchmark
+    assert autotune_configs(configs) == ["a"]
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.delenv("ACO_KERNELS_NO_AUTOTUNE", raising=False)
+    assert autotune_configs(configs, cpu) == configs
+    monkeypatch.setenv("ACO_KERNELS_NO_AUTOTUNE", "1")
+    assert autotune_configs(configs, cpu) == ["a"]

@@ -31,12 +31,16 @@ MAX_LEVELS = 6  # pyramid levels passed to a kernel as separate arguments (more:
 
 
 def autotune_configs(configs: list, interpreter_config=None) -> list:
-    """All configs on a GPU; one under the CPU interpreter, which cannot benchmark (``interpreter_config``,
+    """All configs on a GPU (``ACO_KERNELS_NO_AUTOTUNE=1``: the first); one under the CPU interpreter, which cannot benchmark (``interpreter_config``,
     else the first: the interpreter pays per program, so its best config has large blocks)."""
+    import os
+
     from .._dispatch import interpreting
 
     if interpreting():
         return [interpreter_config or configs[0]]
+    if os.environ.get("ACO_KERNELS_NO_AUTOTUNE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return configs[:1]  # no benchmarking on first use (tests, short jobs): the first config
     return configs
 
 
