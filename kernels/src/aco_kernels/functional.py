@@ -10,7 +10,7 @@ from torch import Tensor
 from . import reference
 from ._dispatch import use_kernel
 
-# The kernels take pyramid levels as separate arguments (ops._common.MAX_LEVELS); more levels use the reference.
+# The kernels take pyramid levels as separate kernel arguments (ops._common); more levels use the reference.
 KERNEL_MAX_LEVELS = 6
 
 

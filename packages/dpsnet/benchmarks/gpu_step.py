@@ -20,6 +20,7 @@ Needs a CUDA GPU; installs nothing.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -58,14 +59,12 @@ def calibrate_frozen_norms(model: torch.nn.Module, images) -> None:
             h.remove()
 
 
-_CALIBRATION: list = []
-
-
-def build(seed: int = 0, keep_low_scores: bool = False) -> torch.nn.Module:
+def build(calibration, keep_low_scores: bool = False, seed: int = 0) -> torch.nn.Module:
+    """The preset's model with random weights, its frozen norms calibrated on ``calibration`` images."""
     torch.manual_seed(seed)
     kw = model_kwargs(make_config("rpc-paper"))
     model = dpsnet_model(NUM_SKUS + 1, **kw).cuda().eval()
-    calibrate_frozen_norms(model, _CALIBRATION)
+    calibrate_frozen_norms(model, calibration)
     if keep_low_scores:
         model.roi_heads.score_thresh = 0.001  # random weights score low: keep detections to compare
     return model
@@ -84,8 +83,8 @@ def batch(num_images: int, size: int, boxes_per_image: int, seed: int):
     return images, targets
 
 
-def losses_and_grads(mode: str, images, targets) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    model = build().train()
+def losses_and_grads(build_model, mode: str, images, targets) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    model = build_model().train()
     torch.manual_seed(1)  # the RPN and box-head samplers draw from the global generator
     with aco_kernels.dispatch_mode(mode):
         losses = model(images, targets)
@@ -94,8 +93,8 @@ def losses_and_grads(mode: str, images, targets) -> tuple[dict[str, float], dict
     return {k: float(v.detach()) for k, v in losses.items()}, grads
 
 
-def inference(mode: str, images) -> list[dict[str, torch.Tensor]]:
-    model = build(keep_low_scores=True).eval()
+def inference(build_model, mode: str, images) -> list[dict[str, torch.Tensor]]:
+    model = build_model(keep_low_scores=True).eval()
     with aco_kernels.dispatch_mode(mode), torch.no_grad():
         return model(images)
 
@@ -116,8 +115,8 @@ def detection_agreement(a: list[dict], b: list[dict]) -> tuple[int, int]:
     return matched, total
 
 
-def time_steps(mode: str, images, targets, steps: int, warmup: int) -> list[float]:
-    model = build().train()
+def time_steps(build_model, mode: str, images, targets, steps: int, warmup: int) -> list[float]:
+    model = build_model().train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.001, momentum=0.9)
     times = []
     with aco_kernels.dispatch_mode(mode):
@@ -136,8 +135,8 @@ def time_steps(mode: str, images, targets, steps: int, warmup: int) -> list[floa
     return times
 
 
-def time_inference(mode: str, images, reps: int, warmup: int) -> list[float]:
-    model = build().eval()
+def time_inference(build_model, mode: str, images, reps: int, warmup: int) -> list[float]:
+    model = build_model().eval()
     times = []
     with aco_kernels.dispatch_mode(mode), torch.no_grad():
         for i in range(warmup + reps):
@@ -165,15 +164,15 @@ def run(args) -> str:
     t0 = time.perf_counter()
     images, targets = batch(args.train_images, args.size, args.boxes, seed=0)
     eval_images, _ = batch(args.eval_images, args.size, 1, seed=1)
-    _CALIBRATION[:] = batch(2, args.size, 1, seed=2)[0]
+    build_model = functools.partial(build, batch(2, args.size, 1, seed=2)[0])
 
     # Agreement: float32, deterministic cuDNN, no TF32, so only the ops under test differ.
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    loss_k, grad_k = losses_and_grads("auto", images, targets)
-    loss_r, grad_r = losses_and_grads("reference", images, targets)
+    loss_k, grad_k = losses_and_grads(build_model, "auto", images, targets)
+    loss_r, grad_r = losses_and_grads(build_model, "reference", images, targets)
     lines += ["## Training step agreement (float32)", "",
               "| loss term | kernels | references | relative difference |", "| --- | ---: | ---: | ---: |"]
     for key in loss_r:
@@ -190,8 +189,8 @@ def run(args) -> str:
               f"max-abs value: {worst:.2e} (`{worst_name}`); global gradient norm {float(total_k):.6f} (kernels) vs "
               f"{float(total_r):.6f} (references), relative difference {rel(float(total_k), float(total_r)):.2e}.",
               ""]
-    out_k = inference("auto", eval_images)
-    out_r = inference("reference", eval_images)
+    out_k = inference(build_model, "auto", eval_images)
+    out_r = inference(build_model, "reference", eval_images)
     counts_k = torch.stack([o["counts"] for o in out_k])
     counts_r = torch.stack([o["counts"] for o in out_r])
     matched, total = detection_agreement(out_k, out_r)
@@ -219,8 +218,8 @@ def run(args) -> str:
         (f"training step, batch {args.train_images}", time_steps, (images, targets, args.steps, 3)),
         (f"inference, batch {args.eval_images}", time_inference, (eval_images, args.steps, 2)),
     ]:
-        mk, sk = fmt(fn("auto", *fn_args))
-        mr, sr = fmt(fn("reference", *fn_args))
+        mk, sk = fmt(fn(build_model, "auto", *fn_args))
+        mr, sr = fmt(fn(build_model, "reference", *fn_args))
         lines.append(f"| {label} | {sk} | {sr} | {mr / mk:.2f}x |")
         torch.cuda.empty_cache()
     lines += ["", f"Peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB; script wall time "

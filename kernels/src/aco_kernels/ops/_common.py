@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
 import triton
 import triton.language as tl
+
+from .._dispatch import interpreting
+from ..functional import KERNEL_MAX_LEVELS
 
 TL_DTYPES = {
     torch.float32: tl.float32,
@@ -27,16 +31,12 @@ def acc_dtypes(dtype: torch.dtype):
     return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
 
 
-MAX_LEVELS = 6  # pyramid levels passed to a kernel as separate arguments (more: the op uses its reference)
+MAX_LEVELS = KERNEL_MAX_LEVELS  # pyramid levels passed to a kernel as separate arguments
 
 
 def autotune_configs(configs: list, interpreter_config=None) -> list:
-    """All configs on a GPU (``ACO_KERNELS_NO_AUTOTUNE=1``: the first); one under the CPU interpreter, which cannot benchmark (``interpreter_config``,
-    else the first: the interpreter pays per program, so its best config has large blocks)."""
-    import os
-
-    from .._dispatch import interpreting
-
+    """All configs on a GPU (with ``ACO_KERNELS_NO_AUTOTUNE=1``: the first). Under the CPU interpreter, which
+    cannot benchmark, ``interpreter_config`` (else the first): it pays per program, so large blocks suit it."""
     if interpreting():
         return [interpreter_config or configs[0]]
     if os.environ.get("ACO_KERNELS_NO_AUTOTUNE", "").strip().lower() in ("1", "true", "yes", "on"):
