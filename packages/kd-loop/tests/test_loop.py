@@ -35,6 +35,10 @@ def test_rounds_write_every_artefact(toy_world):
         stats = json.loads((run / f"round_{r:03d}" / "selection.json").read_text())
         assert stats["selected_images"] == len(pseudo["images"]) > 0
         read_results(run / f"round_{r:03d}" / "predictions.json")
+        # The pseudo-labelled set names its teacher (for learners that distil); the source sets have none.
+        mix = json.loads((run / f"round_{r:03d}" / "mix.json").read_text())
+        teacher = json.loads((run / f"round_{r - 1:03d}" / "fit.json").read_text())["checkpoint"]
+        assert [d.get("teacher") for d in mix["datasets"]] == [teacher] + [None] * (len(mix["datasets"]) - 1)
     metrics = [json.loads((run / f"round_{r:03d}" / "metrics.json").read_text()) for r in range(3)]
     caccs = [m["oracle"]["cacc"] for m in metrics]
     assert caccs[2] >= caccs[1] >= caccs[0]  # the toy memorizes agreeing (hence right) pseudo-labels

@@ -37,12 +37,16 @@ SCHEMA: list[tuple[str, Any, str]] = [
     ("model.box_detections_per_img", 100, "Most detections kept per image."),
     ("model.ignore_ioa", 0.5, "An anchor/proposal this much inside an ignore region (iscrowd=1) is not background."),
     ("model.roi_pool", "auto", "Box RoI pooler: auto (aco_kernels where its kernel path runs, e.g. CUDA; torchvision's compiled RoIAlign on CPU), aco or torchvision."),
+    ("model.roi_sampling_ratio", 2, "RoIAlign samples per bin side for the box head (torchvision's 2; 1 makes a CPU step faster)."),
     ("model.count_levels", ["1", "2", "3"], "Pyramid levels fused by the counting view (\"0\"-\"3\" = P2-P5)."),
     ("model.count_stride", 8, "Stride of the fused map and of the density maps, in image pixels."),
     ("model.count_channels", 64, "Width of the counting head."),
     ("model.count_convs", 2, "3x3 convolutions in the counting head."),
+    ("model.count_head", "direct", "Counting head: direct (one regressed map per class, the paper's) or factorized (a class-agnostic density times per-pixel class probabilities, with a class cross-entropy)."),
     ("model.density_scale", 100.0, "The counting head predicts densities times this factor."),
     ("model.sigma_scale", 0.15, "Density Gaussian sigma = sigma_scale * sqrt(box area) (aco_kernels' rule)."),
+    ("model.class_loss_weight", 1.0, "Weight of the factorized counting head's per-pixel class cross-entropy."),
+    ("model.total_count_loss_weight", 0.0, "Weight of a count loss on each image's total over classes (0: off)."),
     ("model.density_loss_weight", 1.0, "Weight of the per-pixel density loss."),
     ("model.count_loss_weight", 1.0, "Weight of the count loss on the density integrals."),
     # data
@@ -51,6 +55,7 @@ SCHEMA: list[tuple[str, Any, str]] = [
     ("data.train_ratios", [0.0], "Sampling ratio of each training JSON; [0.0]: in proportion to their sizes."),
     ("data.val_instances", "", "Validation instances JSON for periodic evaluation; empty: none."),
     ("data.val_images", "", "Image folder of the validation JSON."),
+    ("data.train_distill", [True], "Per training JSON, whether soft distillation applies to its images (true for pseudo-labelled sets); one value: all of them."),
     ("data.epoch_size", 0, "Samples per epoch over all datasets; 0: the sum of their sizes."),
     ("data.hflip", 0.5, "Probability of a horizontal flip."),
     ("data.vflip", 0.5, "Probability of a vertical flip (checkout images are seen from above)."),
@@ -64,6 +69,9 @@ SCHEMA: list[tuple[str, Any, str]] = [
     # train
     ("train.seed", 0, "Random seed (weights, sampling, augmentation)."),
     ("train.device", "auto", "auto (CUDA when available), cpu or cuda[:N]; under torchrun each rank uses its local GPU."),
+    ("train.distill_weight", 0.0, "Weight of soft distillation (the box classifier matches a teacher's class distributions through aco_kernels.kd_loss); 0: off."),
+    ("train.distill_checkpoint", "", "The teacher of soft distillation; empty: train.init_checkpoint."),
+    ("train.distill_temperature", 2.0, "Softmax temperature of soft distillation."),
     ("train.init_checkpoint", "", "A DPSNet checkpoint whose model weights start the run (a student from its teacher); empty: none."),
     ("train.threads", 0, "CPU threads per process (torch.set_num_threads); 0: torch's default. 1 is fastest on a shared, busy CPU."),
     ("train.batch_size", 2, "Images per step per process."),
@@ -93,6 +101,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.norm": ("", "batch", "frozen", "group"),
     "model.count_classes": ("category", "supercategory", "object"),
     "model.roi_pool": ("auto", "aco", "torchvision"),
+    "model.count_head": ("direct", "factorized"),
     "train.optimizer": ("sgd", "adamw"),
     "train.schedule": ("step", "cosine"),
     "train.eval_metric": ("map50", "cacc", "count_acc"),
@@ -117,12 +126,6 @@ def _check_key(key: str, source: str) -> None:
 def _coerce(key: str, value: Any, source: str) -> Any:
     default = DEFAULTS[key]
     try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
         if isinstance(default, list):
             items = value if isinstance(value, list) else [v for v in str(value).split(",")]
             return [_coerce_item(default[0], v) for v in items]
@@ -132,6 +135,12 @@ def _coerce(key: str, value: Any, source: str) -> Any:
 
 
 def _coerce_item(default: Any, value: Any) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            if value.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.strip().lower() in ("true", "1", "yes")
+        return bool(value)
     if isinstance(default, str):
         return str(value).strip() if isinstance(value, str) else str(value)
     if isinstance(default, int):

@@ -179,7 +179,9 @@ class MixedDataset:
 
     def __getitem__(self, key: tuple[int, int, int]) -> tuple[Tensor, dict]:
         ds, index, seed = key
-        return self.datasets[ds][(index, seed)]
+        image, target = self.datasets[ds][(index, seed)]
+        target["dataset"] = ds
+        return image, target
 
 
 class MixSampler:

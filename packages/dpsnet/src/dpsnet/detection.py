@@ -62,20 +62,35 @@ class IgnoreAwareRPN(RegionProposalNetwork):
 
 
 class IgnoreAwareRoIHeads(RoIHeads):
-    """torchvision's RoI box head whose background proposals inside ignore regions are not sampled."""
+    """torchvision's RoI box head whose background proposals inside ignore regions are not sampled.
+
+    With ``record = True``, a training forward keeps its sampled proposals (``recorded_proposals``, per image)
+    and their class logits (``recorded_logits``) for soft distillation (:mod:`dpsnet.distill`).
+    """
 
     def __init__(self, *args, ignore_ioa: float = 0.5, **kwargs):
         super().__init__(*args, **kwargs)
         self.ignore_ioa = ignore_ioa
         self._ignore_boxes: list[Tensor | None] | None = None
+        self.record = False
+        self.recorded_proposals: list[Tensor] | None = None
+        self.recorded_logits: Tensor | None = None
+        self.box_predictor.register_forward_hook(self._record_logits)
+
+    def _record_logits(self, _module, _inputs, output) -> None:
+        if self.record and self.training:
+            self.recorded_logits = output[0]
 
     def select_training_samples(self, proposals, targets):
         # assign_targets_to_proposals does not see the targets; hand it the ignore regions for this call.
         self._ignore_boxes = [t.get("ignore_boxes") for t in targets]
         try:
-            return super().select_training_samples(proposals, targets)
+            samples = super().select_training_samples(proposals, targets)
         finally:
             self._ignore_boxes = None
+        if self.record:
+            self.recorded_proposals = [p.detach() for p in samples[0]]
+        return samples
 
     def assign_targets_to_proposals(self, proposals, gt_boxes, gt_labels):
         matched_idxs, labels = super().assign_targets_to_proposals(proposals, gt_boxes, gt_labels)

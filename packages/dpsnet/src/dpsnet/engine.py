@@ -19,6 +19,7 @@ from rpc_metrics.io import atomic_output, read_instances
 
 from .config import model_kwargs
 from .data import Augment, CategoryMap, InstancesDataset, MixedDataset, MixSampler, collate
+from .distill import SoftDistiller
 from .distributed import DistInfo, any_rank, barrier, gather_lists, init_distributed
 from .inference import count_accuracy, predict, resolve_device
 from .model import DPSNet, dpsnet_model
@@ -128,6 +129,23 @@ def train_datasets(config: Mapping[str, Any]) -> tuple[list[InstancesDataset], C
     return datasets, categories
 
 
+def soft_distiller(config: Mapping[str, Any], categories: CategoryMap, num_datasets: int,
+                   device: torch.device) -> SoftDistiller | None:
+    """The config's :class:`SoftDistiller` (``train.distill_weight > 0``), or None."""
+    if config["train.distill_weight"] <= 0:
+        return None
+    flags = config["data.train_distill"]
+    if len(flags) not in (1, num_datasets):
+        raise ValueError(f"data.train_distill should hold one true/false per training JSON ({num_datasets}), "
+                         f"or one for all, got {len(flags)}")
+    teacher = config["train.distill_checkpoint"] or config["train.init_checkpoint"]
+    if not teacher:
+        raise ValueError("train.distill_weight > 0 needs a teacher: set train.distill_checkpoint "
+                         "(or train.init_checkpoint)")
+    return SoftDistiller(teacher, categories, weight=config["train.distill_weight"],
+                         temperature=config["train.distill_temperature"], device=device)
+
+
 class _Keys:
     """A map-style view of ``dataset`` at the given keys (one epoch's samples for this rank)."""
 
@@ -217,6 +235,12 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
         raise ValueError(f"an epoch holds {len(sampler)} samples per process, fewer than train.batch_size="
                          f"{config['train.batch_size']}; raise data.epoch_size or lower the batch size")
 
+    distiller = soft_distiller(config, categories, len(datasets), device)
+    if distiller is not None:
+        distiller.attach(model)
+    flags = config["data.train_distill"]
+    distill_sets = {i for i in range(len(datasets)) if (flags[0] if len(flags) == 1 else flags[i])}
+
     step, epoch, position, best = 0, 0, 0, -math.inf
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if config["train.init_checkpoint"] and not resume:
@@ -278,6 +302,8 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
             images, targets = _to_device(images, targets, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 losses = net(images, targets)
+                if distiller is not None:
+                    losses["loss_distill"] = distiller.loss(model, [t["dataset"] in distill_sets for t in targets])
             loss = sum(losses.values())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at step {step}: "

@@ -38,19 +38,29 @@ class Learner:
             and the init checkpoint are set by the loop.
         batch_size: images per batch at prediction.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        soft_distillation: on the pseudo-labelled sets (those with a ``teacher``), the student's box classifier
+            also matches the teacher's class distributions (``aco_kernels.kd_loss``, see :mod:`dpsnet.distill`)
+            with weight ``distill_weight`` at ``distill_temperature``.
     """
 
     def __init__(self, preset: str = "cpu-small", overrides: Mapping[str, Any] | None = None, *,
-                 batch_size: int = 4, device: str = "auto", echo: bool = False):
+                 batch_size: int = 4, device: str = "auto", echo: bool = False, soft_distillation: bool = False,
+                 distill_weight: float = 1.0, distill_temperature: float = 2.0):
         self.preset = preset
         self.overrides = dict(overrides or {})
+        if soft_distillation and (distill_weight <= 0 or distill_temperature <= 0):
+            raise ValueError(f"distill_weight and distill_temperature should be > 0, got {distill_weight} and "
+                             f"{distill_temperature}")
+        self.soft_distillation = soft_distillation
+        self.distill_weight, self.distill_temperature = float(distill_weight), float(distill_temperature)
         self.batch_size = batch_size
         self.device = device
         self.echo = echo
         make_config(preset, self.overrides)  # fail at construction on a bad key or value
 
     def fit(self, datasets: Sequence[Any], *, init: Path | None, out_dir: Path, seed: int) -> Path:
-        """Train on ``datasets`` (objects with ``instances``, ``images``, ``weight``); return ``last.pt``.
+        """Train on ``datasets`` (objects with ``instances``, ``images``, ``weight`` and optionally ``teacher``);
+        return ``last.pt``.
 
         An unfinished run in ``out_dir`` (a killed round) is resumed from its last checkpoint.
         """
@@ -70,9 +80,21 @@ class Learner:
             "train.seed": int(seed),
             "train.init_checkpoint": str(init) if init else "",
             "train.device": self.device,
+            **self._distillation(datasets),
         })
         summary = train(config, out_dir, resume=(out_dir / "last.pt").is_file(), echo=self.echo)
         return Path(summary["last"])
+
+    def _distillation(self, datasets: Sequence[Any]) -> dict[str, Any]:
+        """The config keys of soft distillation for this mix (none when off or without pseudo-labelled sets)."""
+        teachers = [getattr(d, "teacher", None) for d in datasets]
+        named = {str(t) for t in teachers if t}
+        if not self.soft_distillation or not named:
+            return {}
+        if len(named) > 1:
+            raise ValueError(f"soft distillation takes one teacher per fit, got {sorted(named)}")
+        return {"train.distill_weight": self.distill_weight, "train.distill_temperature": self.distill_temperature,
+                "train.distill_checkpoint": named.pop(), "data.train_distill": [bool(t) for t in teachers]}
 
     def predict(self, checkpoint: Path, pool: Path, images: Path, *, out_dir: Path) -> PoolPrediction:
         """Detect and count every pool image; return the results and counts files."""

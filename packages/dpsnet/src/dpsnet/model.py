@@ -12,7 +12,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from .backbone import build_backbone
-from .counting import CountingView, crop_counts, density_loss, density_targets, ignore_mask
+from .counting import CountingView, class_loss, crop_counts, density_loss, density_targets, ignore_mask
 from .detection import IgnoreAwareRoIHeads, IgnoreAwareRPN, KernelRoIPool
 
 
@@ -73,16 +73,20 @@ class DPSNet(nn.Module):
         box_batch_size_per_image: int = 512,
         ignore_ioa: float = 0.5,
         roi_pool: str = "auto",
+        roi_sampling_ratio: int = 2,
         # counting view
         count_levels: Sequence[str] = ("1", "2", "3"),
         count_stride: int = 8,
         count_channels: int = 64,
         count_convs: int = 2,
+        count_head: str = "direct",
         density_scale: float = 100.0,
         sigma_scale: float = 0.15,
         min_sigma: float = 1.0,
         density_loss_weight: float = 1.0,
         count_loss_weight: float = 1.0,
+        class_loss_weight: float = 1.0,
+        total_count_loss_weight: float = 0.0,
     ):
         super().__init__()
         if count_class_of_label is None:
@@ -95,6 +99,7 @@ class DPSNet(nn.Module):
         self.num_count_classes = num_count_classes
         self.density_scale, self.sigma_scale, self.min_sigma = density_scale, sigma_scale, min_sigma
         self.density_loss_weight, self.count_loss_weight = density_loss_weight, count_loss_weight
+        self.class_loss_weight, self.total_count_loss_weight = class_loss_weight, total_count_loss_weight
         self.return_density = False
 
         channels = backbone.out_channels
@@ -106,13 +111,14 @@ class DPSNet(nn.Module):
             0.5, {"training": rpn_pre_nms_top_n_train, "testing": rpn_pre_nms_top_n_test},
             {"training": rpn_post_nms_top_n_train, "testing": rpn_post_nms_top_n_test}, rpn_nms_thresh,
             ignore_ioa=ignore_ioa)
-        pool = KernelRoIPool(("0", "1", "2", "3"), output_size=7, sampling_ratio=2, mode=roi_pool)
+        pool = KernelRoIPool(("0", "1", "2", "3"), output_size=7, sampling_ratio=roi_sampling_ratio,
+                              mode=roi_pool)
         self.roi_heads = IgnoreAwareRoIHeads(
             pool, TwoMLPHead(channels * 7 * 7, box_representation_size),
             FastRCNNPredictor(box_representation_size, num_classes), 0.5, 0.5, box_batch_size_per_image, 0.25,
             None, box_score_thresh, box_nms_thresh, box_detections_per_img, ignore_ioa=ignore_ioa)
         self.counting_view = CountingView(channels, num_count_classes, levels=count_levels, stride=count_stride,
-                                          channels=count_channels, num_convs=count_convs)
+                                          channels=count_channels, num_convs=count_convs, head=count_head)
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         if self.training and targets is None:
@@ -120,12 +126,14 @@ class DPSNet(nn.Module):
         original_sizes = [tuple(img.shape[-2:]) for img in images]
         batch, targets = self.transform(images, targets)
         det_targets = split_ignore(targets) if targets is not None else None
+        if self.training and self.roi_heads.record:
+            self.recorded_batch = batch  # the resized, normalised batch, for a teacher to see the same input
         features = self.backbone(batch.tensors)
         proposals, rpn_losses = self.rpn(batch, features, det_targets)
         detections, box_losses = self.roi_heads(features, proposals, batch.image_sizes, det_targets)
-        density = self.counting_view(features, tuple(batch.tensors.shape[-2:]))
+        density, class_logits = self.counting_view.parts(features, tuple(batch.tensors.shape[-2:]))
         if self.training:
-            return {**rpn_losses, **box_losses, **self.counting_losses(density, det_targets)}
+            return {**rpn_losses, **box_losses, **self.counting_losses(density, det_targets, class_logits)}
         detections = self.transform.postprocess(detections, batch.image_sizes, original_sizes)
         counts = crop_counts(density, batch.image_sizes, self.counting_view.stride, self.density_scale)
         for i, det in enumerate(detections):
@@ -137,8 +145,10 @@ class DPSNet(nn.Module):
                     .clamp(min=0) / self.density_scale
         return detections
 
-    def counting_losses(self, density: Tensor, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """Density and count losses against maps rendered from the (resized) target boxes."""
+    def counting_losses(self, density: Tensor, targets: list[dict[str, Tensor]],
+                        class_logits: Tensor | None = None) -> dict[str, Tensor]:
+        """Density and count losses against maps rendered from the (resized) target boxes, plus the class loss
+        of the factorized head when its ``class_logits`` are given."""
         map_size = tuple(density.shape[-2:])
         stride = self.counting_view.stride
         target = density_targets([t["boxes"] for t in targets],
@@ -146,8 +156,12 @@ class DPSNet(nn.Module):
                                  num_classes=self.num_count_classes, stride=stride, sigma_scale=self.sigma_scale,
                                  min_sigma=self.min_sigma)
         mask = ignore_mask([t["ignore_boxes"] for t in targets], map_size, stride)
-        return density_loss(density, target, mask, density_scale=self.density_scale,
-                            pixel_weight=self.density_loss_weight, count_weight=self.count_loss_weight)
+        losses = density_loss(density, target, mask, density_scale=self.density_scale,
+                              pixel_weight=self.density_loss_weight, count_weight=self.count_loss_weight,
+                              total_weight=self.total_count_loss_weight)
+        if class_logits is not None:
+            losses["loss_count_class"] = class_loss(class_logits, target, mask, self.class_loss_weight)
+        return losses
 
 
 def dpsnet_model(

@@ -141,8 +141,9 @@ class Run:
             n_pseudo = len(load_json(out / "pseudo_labels.json")["images"])
             datasets = []
             if n_pseudo:
+                teacher = load_json(self.round_dir(r - 1) / "fit.json")["checkpoint"]
                 datasets.append({"instances": str(out / "pseudo_labels.json"), "images": str(self.pool_images),
-                                 "weight": 1.0})
+                                 "weight": 1.0, "teacher": teacher})
             n_source = round(float(self.config["mix.source_ratio"]) * n_pseudo)
             datasets += self._source_subsets(out, n_source, seed=self.seed * 1000 + r)
             write_json({"pseudo_images": n_pseudo, "source_images": n_source, "datasets": datasets},
@@ -161,7 +162,8 @@ class Run:
                 write_json({"checkpoint": str(teacher), "note": "no pseudo-labels: the teacher is kept"},
                            out / "fit.json", indent=2)
                 return "nothing selected: the student is the teacher"
-            sets = [TrainingSet(Path(d["instances"]), Path(d["images"]), float(d["weight"])) for d in mix["datasets"]]
+            sets = [TrainingSet(Path(d["instances"]), Path(d["images"]), float(d["weight"]),
+                                Path(d["teacher"]) if d.get("teacher") else None) for d in mix["datasets"]]
             init = teacher if self.config["mix.student_init"] == "teacher" else None
             checkpoint = self.learner.fit(sets, init=init, out_dir=out / "model", seed=self.seed + r)
             write_json({"checkpoint": str(checkpoint)}, out / "fit.json", indent=2)

@@ -12,12 +12,15 @@ from typing import Protocol, runtime_checkable
 class TrainingSet:
     """One training dataset: an RPC/COCO instances JSON, its image folder, and its sampling weight.
 
-    Annotations with ``iscrowd: 1`` are ignore regions: neither object nor background.
+    Annotations with ``iscrowd: 1`` are ignore regions: neither object nor background. ``teacher`` is the
+    checkpoint whose predictions made the labels (pseudo-labelled sets; None for labelled data): a learner
+    may distil from it on these images.
     """
 
     instances: Path
     images: Path
     weight: float = 1.0
+    teacher: Path | None = None
 
 
 @dataclass(frozen=True)

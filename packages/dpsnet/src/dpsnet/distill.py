@@ -1,0 +1,79 @@
+"""Soft distillation: the student's box classifier also matches a frozen teacher's class distributions.
+
+On the images of the chosen datasets (the pseudo-labelled ones in a kd-loop round), every proposal the student's
+box head samples is shown to the teacher too (same resized batch, same boxes, the teacher's own backbone and box
+head), and ``aco_kernels.kd_loss`` adds ``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` averaged over
+those proposals. Hard pseudo-labels say what the teacher was sure of; the soft targets also carry what it was
+unsure between (look-alike products), which the student would otherwise learn as plain background or one class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+import aco_kernels
+
+from .data import CategoryMap
+from .inference import model_from_checkpoint
+from .model import DPSNet
+
+
+class SoftDistiller:
+    """A frozen teacher and the loss that pulls the student's box-head class distributions towards it.
+
+    Args:
+        checkpoint: the teacher's DPSNet checkpoint (same categories as the student).
+        categories: the student's categories (checked against the teacher's).
+        weight: the loss weight. temperature: the softmax temperature ``T`` (``T^2`` keeps gradients comparable).
+        device: where the teacher runs (the student's device).
+    """
+
+    def __init__(self, checkpoint: str | Path, categories: CategoryMap, *, weight: float = 1.0,
+                 temperature: float = 2.0, device: str | torch.device = "cpu"):
+        if weight <= 0 or temperature <= 0:
+            raise ValueError(f"train.distill_weight and train.distill_temperature should be > 0, "
+                             f"got {weight} and {temperature}")
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"train.distill_checkpoint: teacher checkpoint not found: {path}")
+        self.teacher, teacher_categories = model_from_checkpoint(path, device)
+        if teacher_categories.category_ids != categories.category_ids:
+            raise ValueError(f"train.distill_checkpoint {path}: the teacher's categories differ from the training "
+                             "data's; distil from a teacher trained on the same category list")
+        self.teacher.eval().requires_grad_(False)
+        self.weight, self.temperature = weight, temperature
+
+    @staticmethod
+    def attach(student: DPSNet) -> None:
+        """Make the student's training forwards record what the loss needs."""
+        student.roi_heads.record = True
+
+    @torch.no_grad()
+    def teacher_logits(self, student: DPSNet) -> Tensor:
+        """Teacher class logits Tensor[N, num_classes] for the proposals the student sampled in its last forward."""
+        batch, proposals = student.recorded_batch, student.roi_heads.recorded_proposals
+        heads = self.teacher.roi_heads
+        features = self.teacher.backbone(batch.tensors)
+        pooled = heads.box_roi_pool(features, proposals, batch.image_sizes)
+        return heads.box_predictor(heads.box_head(pooled))[0].float()
+
+    def loss(self, student: DPSNet, distill_images: Sequence[bool] | Tensor) -> Tensor:
+        """The weighted loss over the proposals of the images flagged in ``distill_images`` (one flag per image
+        of the last batch); 0 (still in the graph) when none is flagged."""
+        logits = student.roi_heads.recorded_logits
+        proposals = student.roi_heads.recorded_proposals
+        if logits is None or proposals is None:
+            raise RuntimeError("SoftDistiller.loss: call attach(student) and a training forward first")
+        flags = torch.as_tensor(list(distill_images) if not isinstance(distill_images, Tensor) else distill_images,
+                                dtype=torch.float32, device=logits.device)
+        rows = torch.repeat_interleave(flags, torch.tensor([len(p) for p in proposals], device=logits.device))
+        if float(rows.sum()) == 0:
+            return logits.sum() * 0.0
+        teacher = self.teacher_logits(student)
+        total = aco_kernels.kd_loss(logits.float(), teacher, temperature=self.temperature, weights=rows,
+                                    reduction="sum")
+        return self.weight * total / rows.sum()
