@@ -1,52 +1,469 @@
-"""The ACO toolkit's main job on the embedded default (called by `make demo`).
+"""The whole ACO system on the embedded mini world (called by `make demo`), every stage resumable.
 
-Today the pipeline's first landed stage is the evaluation: this script generates an RPC-like checkout case
-(ground truth with levels, and the results of a *simulated* detector: jittered true boxes, misses, category
-confusions and low-scoring false positives), then evaluates it the honest way (threshold chosen on a
-validation case, applied to the test case) with the oracle numbers beside it, as papers report them.
-Later stages (mini world, synthesis, DPSNet, distillation) plug in here as they land.
+mini world -> masks -> pose pruning -> synthesized train + held-out sets -> backbone pretraining on exemplar
+crops -> render (translator, and histogram matching as the baseline) -> three DPSNet source models (Syn,
+Syn+histogram, Syn+Render; the same training budget each) -> kd-loop rounds from the best one (chosen on
+the val split) over the unlabeled test images -> evaluation of every stage with rpc-metrics -> report.
+
+Every stage runs the toolkit's own command line (`rpc-synth`, `dpsnet`, `kd-loop`), so the presets and
+their changes apply as they are. A stage whose record exists in OUT/stages/ is skipped; see aco_stages.py.
+`rpc_paper.py` runs the same flow on the real RPC files.
 """
 
 from __future__ import annotations
 
-import time
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import click
+from aco_report import best_source, transfer_threshold, write_report
+from aco_stages import InputError, Stage, StageRunner, clock, run_command, tool
 
-from rpc_metrics import evaluate
-from rpc_metrics.io import write_json
-from rpc_metrics.synthetic import make_case
+from rpc_metrics.io import as_pool, load_json, read_instances, write_json
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Sizes and budgets of a run (the defaults: the full demo, about 25 minutes on a 2-core CPU)."""
+
+    seed: int = 0
+    workers: int = 2
+    threads: int = 1  # CPU threads per command (0: the libraries' default); 1 is fastest on a busy 2-core CPU
+    # The world: built by `rpc-synth world` with these options, or read from an RPC-layout folder.
+    rpc_root: Path | None = None
+    world_args: tuple[str, ...] = ()
+    refine_px: int = 400
+    # Synthesis and rendering.
+    synth_images: int = 800
+    heldout_images: int = 100
+    synth_size: int | None = None
+    render_iters: int = 400
+    render_crop: int = 96
+    render_images: int | None = None  # translate only the first N synthesized images (None: all)
+    # Backbone: `dpsnet pretrain` steps (0: none) or a weights file (ImageNet for the ResNets).
+    pretrain_steps: int = 1000
+    pretrain_batch: int = 64
+    backbone_weights: Path | None = None
+    # DPSNet source models: the same steps and time limit each (None: the preset's).
+    preset: str = "cpu-small"
+    source_steps: int | None = 500
+    source_minutes: float | None = 4.0
+    dpsnet_set: tuple[str, ...] = ()
+    nproc: int = 1
+    # kd-loop.
+    kd_rounds: int = 3
+    kd_steps: int | None = 250
+    kd_minutes: float | None = 2.2
+    kd_set: tuple[str, ...] = ()
+    # Report.
+    vis_images: int = 3
+    # Stage budgets in seconds, for the progress/ETA lines and the report (measured on a 2-core CPU, one thread);
+    # a training stage's budget is startup + steps x train_step, at most its time limit.
+    budgets: dict[str, float] = field(default_factory=lambda: {
+        "world": 20, "masks": 20, "poses": 2, "synth": 20, "synth_heldout": 5, "pretrain": 60,
+        "checkout_unlabeled": 2, "render_train": 120, "render_apply": 40, "histogram": 10, "startup": 5,
+        "train_step": 0.4, "predict_per_model": 20, "kd_predict_per_round": 15, "visualize": 15})
+
+
+QUICK = Recipe(
+    workers=1, world_args=("--skus", "10", "--lookalike-pairs", "2", "--azimuths", "4", "--exemplar-size", "160",
+                           "--size", "256", "--val", "6", "--test", "6"),
+    refine_px=160, synth_images=24, heldout_images=6, synth_size=256, render_iters=8, render_crop=48,
+    pretrain_steps=20, pretrain_batch=16, source_steps=20, source_minutes=1.0, kd_steps=8, kd_minutes=0.5,
+    # A 20-step model rarely scores 0.8: low thresholds so that every round selects and trains.
+    kd_set=("selection.policy=\"instance\"", "selection.thresholds=[0.05]", "selection.ignore_threshold=0.05"),
+    dpsnet_set=("train.warmup_steps=5", "train.log_every=10", "data.epoch_size=16"),
+    vis_images=2,
+    budgets={"world": 2, "masks": 2, "poses": 1, "synth": 1, "synth_heldout": 1, "pretrain": 4,
+             "checkout_unlabeled": 1, "render_train": 4, "render_apply": 5, "histogram": 1, "startup": 5,
+             "train_step": 0.4, "predict_per_model": 3, "kd_predict_per_round": 1, "visualize": 6},
+)
+
+SOURCE_MODELS = (("syn", "Syn", ("synth",)), ("hist", "Syn+histogram", ("synth", "histogram")),
+                 ("render", "Syn+Render", ("synth", "render")))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where every file of a run lives."""
+
+    out: Path
+    rpc_root: Path | None = None
+
+    @property
+    def world(self) -> Path:
+        return self.rpc_root if self.rpc_root is not None else self.out / "world"
+
+    def split(self, name: str) -> tuple[Path, Path]:
+        """(instances JSON, image folder) of the world's ``train``, ``val`` or ``test`` split."""
+        return self.world / f"instances_{name}2019.json", self.world / f"{name}2019"
+
+    def dataset(self, name: str) -> tuple[Path, Path]:
+        """(instances JSON, image folder) of a made training set: synth, synth_heldout, histogram, render."""
+        if name in ("synth", "synth_heldout"):
+            return self.out / name / "instances_synth2019.json", self.out / name / "synth2019"
+        return self.out / name / "instances_render2019.json", self.out / name / "render2019"
+
+    def model(self, key: str) -> Path:
+        return self.out / "models" / key
+
+    def predictions(self, key: str, split: str) -> tuple[Path, Path]:
+        return self.model(key) / f"results_{split}.json", self.model(key) / f"counts_{split}.json"
+
+
+def check_rpc_root(root: Path) -> None:
+    """An RPC-layout folder must hold the three splits; name what is missing and how to fix it."""
+    for split in ("train", "val", "test"):
+        for path in (root / f"instances_{split}2019.json", root / f"{split}2019"):
+            if not path.exists():
+                raise InputError(f"--rpc-root {root}: {path.name} not found; expected the RPC layout "
+                                 "(train2019/ val2019/ test2019/ and instances_{train,val,test}2019.json)")
+        read_instances(root / f"instances_{split}2019.json", require_levels=split != "train")
+
+
+def link_images(sources: Sequence[Path], dest: Path) -> None:
+    """Gather the images of several folders into one (hard links where possible), names prefixed by folder."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for folder in sources:
+        for image in sorted(folder.iterdir()):
+            if image.suffix.lower() in (".jpg", ".jpeg", ".png"):
+                target = tmp / f"{folder.name}_{image.name}"
+                try:
+                    os.link(image, target)
+                except OSError:
+                    shutil.copy2(image, target)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)  # the folder appears whole or not at all
+
+
+class Pipeline:
+    """Builds the stages of a run from a recipe; each stage is one or a few toolkit commands."""
+
+    def __init__(self, recipe: Recipe, layout: Layout):
+        self.r, self.p = recipe, layout
+
+    # -- commands -----------------------------------------------------------------------------------------
+
+    def run(self, args: Sequence) -> None:
+        run_command(args, threads=self.r.threads)
+
+    def launcher(self, module: str) -> list[str]:
+        """`dpsnet ...`, or `torchrun --nproc-per-node N -m dpsnet ...` for several processes."""
+        if self.r.nproc > 1:
+            return [tool("torchrun"), "--nproc-per-node", str(self.r.nproc), "-m", module]
+        return [tool(module)]
+
+    def train_overrides(self, names: Sequence[str]) -> list[str]:
+        data = [self.p.dataset(n) for n in names]
+        overrides = [
+            "data.train_instances=" + ",".join(str(j) for j, _ in data),
+            "data.train_images=" + ",".join(str(i) for _, i in data),
+            # Two sets: half of every batch from each, as the paper's Syn+Render mixes them.
+            "data.train_ratios=" + ",".join("1.0" for _ in data) if len(data) > 1 else "data.train_ratios=0.0",
+            f"train.seed={self.r.seed}",
+        ]
+        if self.backbone_weights() is not None:
+            overrides.append(f"model.backbone_weights={self.backbone_weights()}")
+        if self.r.source_steps is not None:
+            # A step schedule's drops then fall at 2/3 and 8/9 of the run, as the presets' [0] means.
+            overrides += [f"train.max_steps={self.r.source_steps}", "train.lr_steps=[0]"]
+        if self.r.source_minutes is not None:
+            overrides.append(f"train.time_limit_min={self.r.source_minutes}")
+        return overrides + list(self.r.dpsnet_set)
+
+    def backbone_weights(self) -> Path | None:
+        if self.r.backbone_weights is not None:
+            return self.r.backbone_weights
+        return self.p.out / "pretrain" / "backbone.pt" if self.r.pretrain_steps > 0 else None
+
+    def train_budget(self, steps: int | None, minutes: float | None) -> float:
+        """Expected seconds of a training run: startup + steps x seconds per step, at most the time limit."""
+        b = self.r.budgets
+        expected = b["startup"] + (steps or 0) * b["train_step"]
+        return min(expected, b["startup"] + 60 * minutes) if minutes else expected
+
+    # -- stages -------------------------------------------------------------------------------------------
+
+    def stages(self) -> list[Stage]:
+        r, p, b = self.r, self.p, self.r.budgets
+        train_json, train_images = p.split("train")
+        stages: list[Stage] = []
+        if r.rpc_root is None:
+            stages.append(Stage("world", "mini world (rpc-synth world)", b["world"],
+                                {"seed": r.seed, "args": list(r.world_args)},
+                                lambda: self.run([tool("rpc-synth"), "world", "--out", p.world, "--seed", r.seed,
+                                                     "--workers", r.workers, "--quiet", *r.world_args])))
+        stages += [
+            Stage("masks", "exemplar masks (rpc-synth masks)", b["masks"], {"refine_px": r.refine_px},
+                  lambda: self.run([tool("rpc-synth"), "masks", "--instances", train_json, "--images", train_images,
+                                       "--out", p.out / "masks", "--workers", r.workers, "--refine-px", r.refine_px,
+                                       "--quiet"])),
+            Stage("poses", "pose pruning (rpc-synth poses)", b["poses"], {},
+                  lambda: self.run([tool("rpc-synth"), "poses", "--masks", p.out / "masks" / "instances_masks.json",
+                                       "--out", p.out / "poses.json"])),
+            self.generate_stage("synth", r.synth_images, r.seed, b["synth"]),
+            self.generate_stage("synth_heldout", r.heldout_images, r.seed + 1, b["synth_heldout"]),
+        ]
+        if r.backbone_weights is None and r.pretrain_steps > 0:
+            stages.append(Stage(
+                "pretrain", "backbone pretraining on exemplar crops (dpsnet pretrain)", b["pretrain"],
+                {"steps": r.pretrain_steps, "batch": r.pretrain_batch, "seed": r.seed},
+                lambda: self.run([tool("dpsnet"), "pretrain", "--instances", train_json, "--images", train_images,
+                                     "--out", self.backbone_weights(), "--steps", r.pretrain_steps,
+                                     "--batch-size", r.pretrain_batch, "--seed", r.seed])))
+        stages += self.render_stages()
+        stages += [self.source_stage(*model) for model in SOURCE_MODELS]
+        stages.append(self.kd_stage())
+        stages.append(Stage("visualize", "detections and density maps before/after distillation (dpsnet visualize)",
+                            b["visualize"], {"images": r.vis_images}, self.visualize))
+        return stages
+
+    def generate_stage(self, name: str, images: int, seed: int, budget: float) -> Stage:
+        _, train_images = self.p.split("train")
+        size = ["--size", self.r.synth_size] if self.r.synth_size else []
+        return Stage(name, f"synthesized checkout images, {name} ({images}; rpc-synth generate)", budget,
+                     {"images": images, "seed": seed, "size": self.r.synth_size},
+                     lambda: self.run([tool("rpc-synth"), "generate", "--exemplars", self.p.out / "poses.json",
+                                          "--images", train_images, "--out", self.p.out / name, "--num-images", images,
+                                          "--seed", seed, "--workers", self.r.workers, "--quiet", *size]))
+
+    def render_stages(self) -> list[Stage]:
+        r, p, b = self.r, self.p, self.r.budgets
+        synth_json, synth_images = p.dataset("synth")
+        target = p.out / "checkout_unlabeled"
+        translator = p.out / "render" / "translator.pt"
+        return [
+            # The translator's target: the checkout images' pixels only (val and test; no label file is read).
+            Stage("checkout_unlabeled", "unlabeled checkout images (val + test pixels) for rendering",
+                  b["checkout_unlabeled"], {},
+                  lambda: link_images([p.split("val")[1], p.split("test")[1]], target)),
+            Stage("render_train", "translator toward the checkout domain (rpc-synth render train)", b["render_train"],
+                  {"iters": r.render_iters, "crop": r.render_crop, "seed": r.seed},
+                  lambda: self.run([tool("rpc-synth"), "render", "train", "--source", synth_images,
+                                       "--source-ann", synth_json, "--target", target, "--out", translator,
+                                       "--iters", r.render_iters, "--size", r.render_crop, "--seed", r.seed,
+                                       "--quiet"])),
+            Stage("render_apply", "rendered images (rpc-synth render apply)", b["render_apply"],
+                  {"images": r.render_images},
+                  lambda: self.run([tool("rpc-synth"), "render", "apply", "--model", translator,
+                                    "--images", synth_images, "--ann", self.render_source(), "--out", p.out / "render",
+                                    "--quiet"])),
+            Stage("histogram", "histogram-matched images, the baseline (rpc-synth render apply --method histogram)",
+                  b["histogram"], {"images": r.render_images},
+                  lambda: self.run([tool("rpc-synth"), "render", "apply", "--method", "histogram",
+                                    "--target", target, "--images", synth_images, "--ann", self.render_source(),
+                                    "--out", p.out / "histogram", "--quiet"])),
+        ]
+
+    def render_source(self) -> Path:
+        """The synthesized set to translate: all of it, or its first ``render_images`` images."""
+        synth_json = self.p.dataset("synth")[0]
+        if self.r.render_images is None:
+            return synth_json
+        data = read_instances(synth_json)
+        images = data["images"][: self.r.render_images]
+        ids = {image["id"] for image in images}
+        subset = {**data, "images": images, "annotations": [a for a in data["annotations"] if a["image_id"] in ids]}
+        return write_json(subset, self.p.out / "synth" / "instances_render_subset.json")
+
+    def source_stage(self, key: str, title: str, names: Sequence[str]) -> Stage:
+        r = self.r
+        budget = self.train_budget(r.source_steps, r.source_minutes) + r.budgets["predict_per_model"]
+
+        def action() -> None:
+            run_dir = self.p.model(key)
+            resume = ["--resume"] if (run_dir / "last.pt").is_file() else []
+            self.run([*self.launcher("dpsnet"), "train", "--config", r.preset, "--out", run_dir, *resume,
+                         *self.train_overrides(names)])
+            for split in ("val", "test", "synth_heldout"):
+                instances, images = self.p.dataset(split) if split == "synth_heldout" else self.p.split(split)
+                self.predict(run_dir / "last.pt", instances, images, *self.p.predictions(key, split))
+
+        return Stage(f"source_{key}", f"source model {title} (dpsnet train --config {r.preset}, predict)", budget,
+                     {"preset": r.preset, "data": list(names), "overrides": self.train_overrides(names),
+                      "nproc": r.nproc}, action)
+
+    def predict(self, checkpoint: Path, instances: Path, images: Path, results: Path, counts: Path) -> None:
+        """`dpsnet predict`; in this process for one process (saves a torch start per split), else torchrun."""
+        if self.r.nproc > 1:
+            self.run([*self.launcher("dpsnet"), "predict", "--checkpoint", checkpoint, "--instances", instances,
+                         "--images", images, "--out-results", results, "--out-counts", counts, "--quiet"])
+            return
+        import torch
+
+        from dpsnet.inference import predict_files
+        from rpc_metrics.io import FormatError
+
+        if self.r.threads > 0:
+            torch.set_num_threads(self.r.threads)
+        click.echo(f"  predict {instances} -> {results.name}", err=True)
+        try:
+            predict_files(checkpoint, instances, images, results, counts, progress=False)
+        except (FileNotFoundError, FormatError) as err:
+            raise InputError(str(err)) from None
+
+    def kd_config(self) -> dict:
+        r, p = self.r, self.p
+        choice = best_source(p, [key for key, _, _ in SOURCE_MODELS])
+        names = next(n for k, _, n in SOURCE_MODELS if k == choice)
+        overrides = {}
+        if r.kd_steps is not None:
+            overrides.update({"train.max_steps": r.kd_steps, "train.lr_steps": [0]})
+        if r.kd_minutes is not None:
+            overrides["train.time_limit_min"] = r.kd_minutes
+        for item in r.dpsnet_set:
+            key, _, value = item.partition("=")
+            overrides[key] = parse_toml_value(value)
+        test_json, test_images = p.split("test")
+        val_json, val_images = p.split("val")
+        return {
+            "rounds": r.kd_rounds, "seed": r.seed, "workdir": str(p.out / "kd"),
+            "learner": {"path": "dpsnet.kd:Learner",
+                        "kwargs": {"preset": r.preset, "overrides": overrides, "echo": True}},
+            "source": {"checkpoint": str(p.model(choice) / "last.pt"),
+                       "datasets": [{"instances": str(j), "images": str(i)} for j, i in map(p.dataset, names)]},
+            # The pool is the test images; kd-loop drops their annotations on load, `gt` is for reporting only.
+            "pool": {"instances": str(test_json), "images": str(test_images), "gt": str(test_json)},
+            "val": {"instances": str(val_json), "images": str(val_images)},
+        }, choice
+
+    def kd_stage(self) -> Stage:
+        r = self.r
+        per_round = self.train_budget(r.kd_steps, r.kd_minutes) + r.budgets["kd_predict_per_round"]
+
+        def action() -> None:
+            config, choice = self.kd_config()
+            click.echo(f"  source model for distillation (best cAcc on the val split): {choice}", err=True)
+            path = self.p.out / "kd" / "loop.toml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json({"source_model": choice}, self.p.out / "kd" / "source_choice.json", indent=2)
+            path.write_text(to_toml(config), encoding="utf-8")
+            self.run([tool("kd-loop"), "run", path, *r.kd_set])
+
+        settings = {"rounds": r.kd_rounds, "steps": r.kd_steps, "minutes": r.kd_minutes, "set": list(r.kd_set),
+                    "dpsnet_set": list(r.dpsnet_set), "preset": r.preset}
+        return Stage("kd", f"kd-loop: {r.kd_rounds} distillation rounds on the unlabeled test images",
+                     r.budgets["kd_predict_per_round"] + r.kd_rounds * per_round, settings, action)
+
+    def visualize(self) -> None:
+        """Test images (one per level first) with detections and density maps, before and after distillation."""
+        p = self.p
+        test_json, test_images = p.split("test")
+        test = read_instances(test_json)
+        by_level: dict[str, list] = {}
+        for image in test["images"]:
+            by_level.setdefault(image.get("level", "all"), []).append(image)
+        picks = [group[i] for i in range(len(test["images"])) for group in by_level.values() if i < len(group)]
+        picks = picks[: self.r.vis_images]
+        figures = p.out / "figures"
+        pool = {**as_pool(test), "images": picks}
+        write_json(pool, figures / "vis_pool.json")
+        choice = load_json(p.out / "kd" / "source_choice.json")["source_model"]
+        rounds = self.r.kd_rounds
+        last = Path(load_json(p.out / "kd" / f"round_{rounds:03d}" / "fit.json")["checkpoint"])
+        before = (p.model(choice) / "last.pt", *p.predictions(choice, "val")[:1])
+        after = (last, p.out / "kd" / f"round_{rounds:03d}" / "val_predictions.json")
+        val_json = p.split("val")[0]
+        for name, (checkpoint, val_results) in (("before", before), ("after", after)):
+            threshold = transfer_threshold(val_results, val_json)
+            self.run([tool("dpsnet"), "visualize", "--checkpoint", checkpoint, "--instances", figures / "vis_pool.json",
+                         "--images", test_images, "--out", figures / f"vis_{name}", "--limit", len(picks),
+                         "--score-thresh", f"{threshold:.4f}"])
+
+
+def parse_toml_value(text: str):
+    """A ``key=value`` override's value as TOML (as dpsnet and kd-loop parse it), else the bare string."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{toml_value(str(k))} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(config: dict) -> str:
+    """Write a config of top-level scalars and one level of tables (enough for kd-loop's)."""
+    lines = [f"{k} = {toml_value(v)}" for k, v in config.items() if not isinstance(v, dict)]
+    for table, values in config.items():
+        if isinstance(values, dict):
+            lines += ["", f"[{table}]"] + [f"{k} = {toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def run_pipeline(recipe: Recipe, layout: Layout, *, title: str) -> Path:
+    """Run (or resume) every stage, then write the report; return the report's path."""
+    layout.out.mkdir(parents=True, exist_ok=True)
+    pipeline = Pipeline(recipe, layout)
+    stages = pipeline.stages()
+    total = sum(s.budget_s for s in stages)
+    click.echo(f"{title}: {len(stages)} stages into {layout.out} (budgets sum to {clock(total)}; "
+               "a stage with a record in stages/ is skipped, outputs are written atomically)", err=True)
+    records = StageRunner(layout.out, stages).run()
+    report = write_report(layout, recipe, records, [(k, t) for k, t, _ in SOURCE_MODELS], title=title)
+    click.echo(f"report: {report}", err=True)
+    return report
+
+
+def overrides_option(name: str, help_text: str):
+    return click.option(name, multiple=True, metavar="KEY=VALUE", help=help_text)
+
+
+def check_overrides(items: Sequence[str], option: str) -> None:
+    for item in items:
+        if "=" not in item or not item.partition("=")[0].strip():
+            raise InputError(f"{option} {item!r}: should look like KEY=VALUE (e.g. train.lr=0.01)")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"), show_default=True,
-              help="Folder for the case files and the report.")
-@click.option("--images", type=int, default=6000, show_default=True, help="Checkout images in the test case.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated cases.")
-@click.option("--quick", is_flag=True, help="Tiny sizes (a few seconds).")
-def main(out: Path, images: int, seed: int, quick: bool) -> None:
-    """Generate an RPC-like case and print its evaluation table (transfer and oracle protocols)."""
-    if quick:
-        images = 300
-    start = time.perf_counter()
-    click.echo(f"[1/3] generating RPC-like val ({images // 4} images) and test ({images} images) cases ...", err=True)
-    val_gt, val_results = make_case(images // 4, 200, seed=seed + 1)
-    test_gt, test_results = make_case(images, 200, seed=seed)
-    paths = {name: out / f"{name}.json" for name in ("val_gt", "val_results", "test_gt", "test_results")}
-    for name, obj in zip(paths, (val_gt, val_results, test_gt, test_results), strict=True):
-        write_json(obj, paths[name])
-    click.echo("[2/3] evaluating (transfer: threshold from val; oracle: chosen on test) ...", err=True)
-    transfer = evaluate(paths["test_results"], paths["test_gt"], protocol="transfer",
-                        val_results=paths["val_results"], val_gt=paths["val_gt"], method="simulated")
-    oracle = evaluate(paths["test_results"], paths["test_gt"], protocol="oracle", method="simulated")
-    report = "\n\n".join(["# rpc-metrics on a generated RPC-like case (simulated detector)",
-                          transfer.to_markdown(), oracle.to_markdown(),
-                          f"{images} test images, seed {seed}, {time.perf_counter() - start:.1f} s"])
-    (out / "report.md").write_text(report + "\n")
-    click.echo(f"[3/3] report written to {out / 'report.md'}", err=True)
-    click.echo(report)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report folder (default runs/demo, or runs/demo-quick with --quick); an existing run resumes.")
+@click.option("--quick", is_flag=True, help="Tiny sizes (a few images, ~20 training steps): about 2 minutes.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every stage (same seed, same run).")
+@click.option("--workers", type=int, default=None, help="Processes for world, masks and synthesis (default 2; quick 1).")
+@click.option("--synth-images", type=int, default=None, help="Synthesized training images (default 800).")
+@click.option("--render-iters", type=int, default=None, help="Translator training iterations (default 400).")
+@click.option("--source-steps", type=int, default=None, help="Training steps of each source model (default 500).")
+@click.option("--source-minutes", type=float, default=None, help="Time limit of each source model (default 4).")
+@click.option("--kd-rounds", type=int, default=None, help="Distillation rounds (default 3).")
+@click.option("--kd-steps", type=int, default=None, help="Student training steps per round (default 250).")
+@click.option("--kd-minutes", type=float, default=None, help="Time limit of each student (default 2.2).")
+@overrides_option("--dpsnet-set", "A dpsnet config override for every training run (repeatable; see `dpsnet config`).")
+@overrides_option("--kd-set", "A kd-loop config override (repeatable; see `kd-loop keys`), e.g. selection.min_boxes=2.")
+def main(out, quick, seed, workers, synth_images, render_iters, source_steps, source_minutes, kd_rounds, kd_steps,
+         kd_minutes, dpsnet_set, kd_set) -> None:
+    """Run the whole ACO system on the embedded mini world and write a paper-style report."""
+    check_overrides(dpsnet_set, "--dpsnet-set")
+    check_overrides(kd_set, "--kd-set")
+    recipe = QUICK if quick else Recipe()
+    given = {"seed": seed, "workers": workers, "synth_images": synth_images, "render_iters": render_iters,
+             "source_steps": source_steps, "source_minutes": source_minutes, "kd_rounds": kd_rounds,
+             "kd_steps": kd_steps, "kd_minutes": kd_minutes}
+    recipe = replace(recipe, **{k: v for k, v in given.items() if v is not None},
+                     dpsnet_set=recipe.dpsnet_set + dpsnet_set, kd_set=recipe.kd_set + kd_set)
+    out = out or Path("runs/demo-quick" if quick else "runs/demo")
+    report = run_pipeline(recipe, Layout(out), title="ACO demo on the mini world" + (" (quick)" if quick else ""))
+    click.echo(report.read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

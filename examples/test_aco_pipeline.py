@@ -1,21 +1,121 @@
-"""`make demo QUICK=1` path: the example runs end to end and writes its report."""
+"""`make demo QUICK=1` end to end, its resumption, and `rpc_paper.py` on the demo's world (RPC layout).
 
-import importlib.util
+The quick demo runs once per session (about 1.5 minutes on 2 cores); the other tests read its folder.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from click.testing import CliRunner
+import pytest
+
+EXAMPLES = Path(__file__).parent
+LEVELS = ("easy", "medium", "hard", "averaged")
+METHODS = ("Syn", "Syn+histogram", "Syn+Render", "+ distillation round 1", "+ distillation round 2",
+           "+ distillation round 3")
+STAGES = ("world", "masks", "poses", "synth", "synth_heldout", "pretrain", "checkout_unlabeled", "render_train",
+          "render_apply", "histogram", "source_syn", "source_hist", "source_render", "kd", "visualize")
 
 
-def load_example():
-    spec = importlib.util.spec_from_file_location("aco_pipeline", Path(__file__).with_name("aco_pipeline.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def run_example(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, env=env,
+                          check=False)
 
 
-def test_quick_demo_writes_the_report(tmp_path):
-    result = CliRunner().invoke(load_example().main, ["--quick", "--out", str(tmp_path / "demo")])
-    assert result.exit_code == 0, result.output
-    report = (tmp_path / "demo" / "report.md").read_text()
-    assert "protocol: transfer" in report and "protocol: oracle" in report
-    assert report.count("| averaged | simulated |") == 2
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    done = run_example("aco_pipeline.py", "--quick", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out, done
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_every_stage_and_writes_the_report(quick_demo):
+    out, done = quick_demo
+    for stage in STAGES:
+        record = json.loads((out / "stages" / f"{stage}.json").read_text())
+        assert record["seconds"] >= 0 and f"{record['title']}: done in" in done.stderr
+    report = (out / "report.md").read_text()
+    assert report.strip() in done.stdout
+    for heading in ("## Ablation (test split, protocol `transfer`", "protocol `oracle`", "## Checks",
+                    "## Distillation rounds", "## Timings", "## Machine", "## Figures"):
+        assert heading in report
+    header = "| level | method | cAcc | mCIoU | ACD | mCCD | mAP50 | mmAP | threshold |"
+    assert report.count(header) == 2
+    for level in LEVELS:
+        for method in METHODS:
+            assert report.count(f"| {level} | {method} | ") == 2, (level, method)
+    for name in ("exemplar_mask", "synth_render", "detections_before_after", "metrics_per_round"):
+        path = out / "figures" / f"{name}.png"
+        assert path.stat().st_size > 1000 and f"(figures/{name}.png)" in report
+    for r in range(4):
+        assert (out / "kd" / f"round_{r:03d}" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_quick_demo_metrics_are_finite(quick_demo):
+    out, _ = quick_demo
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [row["method"] for row in metrics["stages"]] == list(METHODS)
+    for row in metrics["stages"]:
+        for protocol in ("transfer", "oracle"):
+            rows = {r["level"]: r for r in row[protocol]["rows"]}
+            assert set(rows) == set(LEVELS)
+            for values in rows.values():
+                for key in ("cacc", "mciou", "acd", "mccd", "map50", "mmap", "threshold"):
+                    assert values[key] is not None and math.isfinite(values[key]), (row["method"], protocol, key)
+
+
+@pytest.mark.slow
+def test_quick_demo_resumes_without_redoing_a_stage(quick_demo):
+    out, _ = quick_demo
+    again = run_example("aco_pipeline.py", "--quick", "--out", str(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("done earlier, skipped") == len(STAGES)
+    assert "$ " not in again.stderr  # no command ran
+
+
+@pytest.mark.slow
+def test_other_settings_in_the_same_folder_exit_2(quick_demo):
+    out, _ = quick_demo
+    done = run_example("aco_pipeline.py", "--quick", "--out", str(out), "--seed", "1")
+    assert done.returncode == 2
+    assert "stages/world.json" in done.stderr and "seed: 0 -> 1" in done.stderr
+
+
+def test_bad_override_exits_2(tmp_path):
+    done = run_example("aco_pipeline.py", "--quick", "--out", str(tmp_path), "--dpsnet-set", "train.lr")
+    assert done.returncode == 2 and "--dpsnet-set 'train.lr'" in done.stderr
+
+
+def test_rpc_paper_names_a_missing_split(tmp_path):
+    (tmp_path / "train2019").mkdir()
+    done = run_example("rpc_paper.py", "--rpc-root", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert done.returncode == 2 and "instances_train2019.json not found" in done.stderr
+
+
+@pytest.mark.slow
+def test_rpc_paper_on_the_demo_world(quick_demo, tmp_path):
+    world = quick_demo[0] / "world"
+    tiny = ["model.backbone=small", "model.min_size=[128]", "model.max_size=128", "model.count_channels=32",
+            "model.box_representation_size=64", "model.rpn_pre_nms_top_n_train=200",
+            "model.rpn_post_nms_top_n_train=100", "model.rpn_pre_nms_top_n_test=100", "model.rpn_post_nms_top_n_test=50",
+            "model.anchor_sizes=[16,32,64,128,256]", "data.num_workers=0", "train.threads=1", "train.warmup_steps=1",
+            "data.epoch_size=8"]
+    args = ["--rpc-root", str(world), "--out", str(tmp_path / "rpc"), "--nproc", "1", "--workers", "1",
+            "--synth-images", "8", "--heldout-images", "3", "--synth-size", "128", "--render-iters", "2",
+            "--render-images", "4", "--source-steps", "3", "--kd-rounds", "1", "--kd-steps", "2",
+            "--kd-set", "selection.thresholds=[0.05]", "--kd-set", "selection.policy=\"instance\""]
+    for item in tiny:
+        args += ["--dpsnet-set", item]
+    done = run_example("rpc_paper.py", *args)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = (tmp_path / "rpc" / "report.md").read_text()
+    assert "# DPSNet flow on RPC" in report and "| averaged | + distillation round 1 | " in report
+    assert "train --config rpc-paper" in done.stderr
+    assert not (tmp_path / "rpc" / "stages" / "world.json").exists()
