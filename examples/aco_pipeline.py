@@ -348,7 +348,7 @@ class Pipeline:
 
         settings = {"rounds": r.kd_rounds, "steps": r.kd_steps, "minutes": r.kd_minutes, "set": list(r.kd_set),
                     "dpsnet_set": list(r.dpsnet_set), "preset": r.preset}
-        return Stage("kd", f"kd-loop: {r.kd_rounds} distillation rounds on the unlabeled test images",
+        return Stage("kd", f"kd-loop: {r.kd_rounds} distillation round(s) on the unlabeled test images",
                      r.budgets["kd_predict_per_round"] + r.kd_rounds * per_round, settings, action)
 
     def visualize(self) -> None:

@@ -1,6 +1,6 @@
 """`make demo QUICK=1` end to end, its resumption, and `rpc_paper.py` on the demo's world (RPC layout).
 
-The quick demo runs once per session (about 1.5 minutes on 2 cores); the other tests read its folder.
+The quick demo runs once per module (about 70 s on 2 cores); the other tests read its folder.
 """
 
 import json
