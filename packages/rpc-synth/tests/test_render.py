@@ -22,6 +22,7 @@ from rpc_synth.render.train import (  # noqa: E402
     TranslatorConfig,
     load_checkpoint,
     load_generator,
+    load_translator,
     train_translator,
 )
 
@@ -57,6 +58,22 @@ def test_generator_keeps_shape_and_range(residual):
     net = ResnetGenerator(channels=4, blocks=1, residual=residual)
     y = net(torch.rand(2, 3, 32, 48) * 2 - 1)
     assert y.shape == (2, 3, 32, 48) and y.min() >= -1 and y.max() <= 1
+
+
+def test_noise_injection_is_learned_scaled_and_seeded():
+    torch.manual_seed(0)
+    net = ResnetGenerator(channels=4, blocks=1, noise=True)
+    quiet = ResnetGenerator(channels=4, blocks=1)
+    quiet.load_state_dict({k: v for k, v in net.state_dict().items() if k != "noise_scale"})
+    x = torch.rand(1, 3, 64, 64) * 0.5 - 0.25  # away from the clamp
+    torch.testing.assert_close(net(x), quiet(x))  # the scale starts at 0: no noise until it is learned
+    with torch.no_grad():
+        net.noise_scale.copy_(torch.tensor([0.0, 0.1, 0.2]).view(1, 3, 1, 1))
+    a = net(x, torch.Generator().manual_seed(5))
+    assert torch.equal(a, net(x, torch.Generator().manual_seed(5)))
+    assert not torch.equal(a, net(x, torch.Generator().manual_seed(6)))
+    added = (a - quiet(x))[0].flatten(1).std(dim=1)
+    torch.testing.assert_close(added, torch.tensor([0.0, 0.1, 0.2]), atol=0.01, rtol=0.05)
 
 
 def test_discriminator_scores_patches():
@@ -138,6 +155,40 @@ def test_resume_equals_an_uninterrupted_run(tiny_world, tiny_generate, tmp_path)
     straight, resumed = load_checkpoint(tmp_path / "straight.pt"), load_checkpoint(tmp_path / "resumed.pt")
     assert _equal_states(straight["networks"], resumed["networks"])
     assert straight["losses"] == resumed["losses"]
+
+
+def test_prematching_stores_the_target_histograms(tiny_world, tiny_model, tmp_path):
+    from rpc_synth.render.data import folder_images, read_image
+
+    _generator, counts = load_translator(tiny_model)
+    expected = channel_histograms(read_image(p) for p in folder_images(tiny_world / "val2019"))
+    assert TINY.prematch and np.array_equal(counts, expected)
+    # A checkpoint from before pre-matching and noise injection loads as it was trained: without either.
+    state = torch.load(tiny_model, weights_only=True)
+    state.pop("target_histograms")
+    for name in ("prematch", "noise"):
+        state["config"].pop(name)
+    for net in ("g_ab", "g_ba"):
+        state["networks"][net].pop("noise_scale")
+    torch.save(state, tmp_path / "old.pt")
+    old, no_counts = load_translator(tmp_path / "old.pt")
+    assert no_counts is None and old.noise_scale is None
+
+
+def test_cyclegan_apply_is_deterministic_and_prematches(tiny_world, tiny_generate, tiny_model, tmp_path):
+    ann = tiny_generate / "instances_synth2019.json"
+    for run in ("a", "b"):
+        render_dataset(tiny_generate / "synth2019", ann, tmp_path / run, model=tiny_model, progress=False)
+    names = sorted(p.name for p in (tmp_path / "a" / IMAGES_DIR).iterdir())
+    assert names and all((tmp_path / "a" / IMAGES_DIR / n).read_bytes() == (tmp_path / "b" / IMAGES_DIR / n).read_bytes()
+                         for n in names)
+    # The generator sees the histogram-matched image: the same generator on the raw image gives another result.
+    generator, counts = load_translator(tiny_model)
+    image = cv2.imread(str(tiny_generate / "synth2019" / names[0]))
+    image_id = next(im["id"] for im in read_instances(ann)["images"] if im["file_name"] == names[0])
+    matched = translate_image(generator, match_histograms(image, counts), seed=image_id)
+    raw = translate_image(generator, image, seed=image_id)
+    assert not np.array_equal(matched, raw)
 
 
 def test_resume_with_other_settings_is_refused(tiny_world, tiny_generate, tiny_model, tmp_path):

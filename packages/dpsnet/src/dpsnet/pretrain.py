@@ -24,34 +24,36 @@ from .data import colour_jitter, read_image
 from .engine import lr_factor, save_checkpoint
 
 
-def exemplar_crops(instances: str | Path, images: str | Path, size: int, margin: float = 0.1
+def exemplar_crops(instances: str | Path, images: str | Path, size: int, margin: float = 0.1, min_side: float = 8.0
                    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """``(crops uint8[N, size, size, 3] RGB, labels int64[N], category_ids)`` from the first box of each image."""
+    """``(crops uint8[N, size, size, 3] RGB, labels int64[N], category_ids)``: a square crop around every box
+    (``iscrowd: 0``, sides >= ``min_side`` px): one per exemplar photo of RPC, or every product of synthesized
+    checkout images, which show them as the checkout camera does (rotated, occluded, at checkout scale)."""
     dataset = read_instances(instances)
     category_ids = sorted(c["id"] for c in dataset["categories"])
     label_of = {cid: i for i, cid in enumerate(category_ids)}
-    first = {}
+    boxes: dict[int, list] = {}
     for ann in dataset["annotations"]:
-        if not ann.get("iscrowd", 0):
-            first.setdefault(ann["image_id"], ann)
+        if not ann.get("iscrowd", 0) and min(ann["bbox"][2:]) >= min_side:
+            boxes.setdefault(ann["image_id"], []).append(ann)
     crops, labels = [], []
     for im in sorted(dataset["images"], key=lambda im: im["id"]):
-        ann = first.get(im["id"])
-        if ann is None:
+        if im["id"] not in boxes:
             continue
         image = read_image(image_path(images, im["file_name"], source=str(instances)))
-        x, y, w, h = ann["bbox"]
-        side = max(w, h) * (1 + 2 * margin)
-        cx, cy = x + w / 2, y + h / 2
-        x1, y1 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
-        x2, y2 = int(min(image.shape[1], cx + side / 2)), int(min(image.shape[0], cy + side / 2))
-        if x2 - x1 < 2 or y2 - y1 < 2:
-            continue
-        crop = cv2.resize(image[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)
-        crops.append((crop * 255).round().astype(np.uint8))
-        labels.append(label_of[ann["category_id"]])
+        for ann in boxes[im["id"]]:
+            x, y, w, h = ann["bbox"]
+            side = max(w, h) * (1 + 2 * margin)
+            cx, cy = x + w / 2, y + h / 2
+            x1, y1 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+            x2, y2 = int(min(image.shape[1], cx + side / 2)), int(min(image.shape[0], cy + side / 2))
+            if x2 - x1 < 2 or y2 - y1 < 2:
+                continue
+            crop = cv2.resize(image[y1:y2, x1:x2], (size, size), interpolation=cv2.INTER_AREA)
+            crops.append((crop * 255).round().astype(np.uint8))
+            labels.append(label_of[ann["category_id"]])
     if not crops:
-        raise ValueError(f"{instances}: no exemplar boxes to crop")
+        raise ValueError(f"{instances}: no boxes to crop")
     return np.stack(crops), np.array(labels, dtype=np.int64), category_ids
 
 

@@ -25,9 +25,10 @@ IMAGES_DIR = "render2019"
 INSTANCES = "instances_render2019.json"
 
 
-def translate_image(generator, image: np.ndarray) -> np.ndarray:
+def translate_image(generator, image: np.ndarray, seed: int = 0) -> np.ndarray:
     """Run ``generator`` fully convolutionally on a whole BGR ``uint8[H, W, 3]`` image (reflection-padded to
-    its size multiple, cropped back); returns the translated image, same shape."""
+    its size multiple, cropped back); returns the translated image, same shape. ``seed`` draws the injected
+    noise of a generator that has it."""
     import torch
     import torch.nn.functional as F
 
@@ -40,7 +41,7 @@ def translate_image(generator, image: np.ndarray) -> np.ndarray:
         x = to_tensor(image[None])
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
-        y = generator(x)[..., :h, :w]
+        y = generator(x, torch.Generator().manual_seed(seed))[..., :h, :w]
     return to_image(y)[0]
 
 
@@ -70,27 +71,32 @@ def render_dataset(images: str | Path, ann: str | Path, out: str | Path, *, meth
         if model is None:
             raise InputError("--method cyclegan needs --model (a checkpoint of `rpc-synth render train`)")
         torch = require_torch()
-        from .train import load_generator
+        from .train import load_translator
 
         previous_threads = torch.get_num_threads()
         if threads:
             torch.set_num_threads(threads)
 
-        generator = load_generator(model)
-        translate = lambda image: translate_image(generator, image)  # noqa: E731
+        generator, counts = load_translator(model)
+
+        def translate(image: np.ndarray, image_id: int) -> np.ndarray:
+            if counts is not None:
+                image = match_histograms(image, counts)
+            return translate_image(generator, image, seed=image_id)
+
         record = {"method": method, "model": str(model)}
     else:
         if target is None:
             raise InputError("--method histogram needs --target (a folder of checkout images)")
         counts = channel_histograms(read_image(p) for p in folder_images(target))
-        translate = lambda image: match_histograms(image, counts)  # noqa: E731
+        translate = lambda image, _image_id: match_histograms(image, counts)  # noqa: E731
         record = {"method": method, "target": str(target)}
     out = Path(out)
     bar = Progress(len(paths), f"rpc-synth render apply ({method})", enabled=progress)
     try:
         for im, path in zip(dataset["images"], paths, strict=True):
             _write_image(image_path(out / IMAGES_DIR, im["file_name"], source=str(ann)),
-                         translate(read_image(path)), jpeg_quality)
+                         translate(read_image(path), int(im["id"])), jpeg_quality)
             bar.update()
     finally:
         if method == "cyclegan":

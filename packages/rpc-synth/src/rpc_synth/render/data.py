@@ -14,6 +14,8 @@ import numpy as np
 
 from rpc_metrics.io import FormatError, decode_mask, image_path, read_instances
 
+from .histogram import match_histograms
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -57,9 +59,10 @@ class SourceImages:
     images: list[dict]
     annotations: dict[int, list[dict]]  # image id -> its annotations
     source: str
+    match: np.ndarray | None = None  # target histograms int64[3, 256]: images are histogram-matched to them
 
     @classmethod
-    def open(cls, image_dir: str | Path, instances: str | Path) -> SourceImages:
+    def open(cls, image_dir: str | Path, instances: str | Path, match: np.ndarray | None = None) -> SourceImages:
         dataset = read_instances(instances)
         source = str(instances)
         by_image: dict[int, list] = {}
@@ -69,10 +72,12 @@ class SourceImages:
         if not images:
             raise FormatError(source, "images", "no images listed")
         paths = [image_path(image_dir, im["file_name"], source=source) for im in images]
-        return cls(paths, images, by_image, source)
+        return cls(paths, images, by_image, source, match)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image = read_image(self.paths[index], self.source)
+        if self.match is not None:
+            image = match_histograms(image, self.match)
         info = self.images[index]
         mask = product_mask(self.annotations.get(info["id"], []), info["height"], info["width"])
         if mask.shape != image.shape[:2]:

@@ -29,6 +29,7 @@ class ResnetGenerator(nn.Module):
 
     Input and output: ``Tensor[N, 3, H, W]`` in [-1, 1], with H and W multiples of ``2 ** downsamplings``
     (``translate_image`` pads). Upsampling is nearest + 3x3 conv (no transposed-conv checkerboards).
+    With ``noise=True`` learned-scale Gaussian noise is added to the output (see ``noise_scale``).
     With ``residual=True`` the network predicts a change added to its input (clamped to [-1, 1]): it starts
     near the identity, which keeps products in place from the first iteration on.
     A per-pixel colour branch (two 1x1 convolutions on the raw input) is added before the output
@@ -37,7 +38,8 @@ class ResnetGenerator(nn.Module):
     and a blue one need different changes); it then tends to paint blobs instead.
     """
 
-    def __init__(self, channels: int = 16, blocks: int = 4, downsamplings: int = 2, residual: bool = True):
+    def __init__(self, channels: int = 16, blocks: int = 4, downsamplings: int = 2, residual: bool = True,
+                 noise: bool = False):
         super().__init__()
         if channels < 1 or blocks < 0 or downsamplings < 0:
             raise ValueError(f"generator sizes should be positive, got channels={channels}, blocks={blocks}, "
@@ -56,10 +58,19 @@ class ResnetGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
         self.colour = nn.Sequential(nn.Conv2d(3, channels, 1), nn.LeakyReLU(0.2, inplace=True),
                                     nn.Conv2d(channels, 3, 1))
+        # Noise injection: a convolutional generator is deterministic, so it cannot add sensor noise (a large part
+        # of what tells checkout photos from clean composites) without a random input; one learned scale per
+        # channel, starting at 0, multiplies standard normal noise added to the output.
+        self.noise_scale = nn.Parameter(torch.zeros(1, 3, 1, 1)) if noise else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Translate ``x``; ``generator`` draws the injected noise (the global RNG when None)."""
         out = torch.tanh(self.net(x) + self.colour(x))
-        return (x + out).clamp(-1, 1) if self.residual else out
+        out = x + out if self.residual else out
+        if self.noise_scale is not None:
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            out = out + self.noise_scale * noise
+        return out.clamp(-1, 1)
 
 
 class PatchDiscriminator(nn.Module):

@@ -19,7 +19,8 @@ from rpc_metrics.io import FormatError, atomic_output
 
 from ..generate import InputError
 from ..progress import Progress
-from .data import SourceImages, folder_images, training_batch
+from .data import SourceImages, folder_images, read_image, training_batch
+from .histogram import channel_histograms
 from .losses import lsgan_loss, preservation_loss
 from .networks import PatchDiscriminator, ResnetGenerator
 
@@ -42,6 +43,8 @@ class TranslatorConfig:
     gen_blocks: int = 4         # residual blocks at the lowest resolution
     downsamplings: int = 2      # stride-2 steps in the generator
     residual: bool = True       # the generator predicts a change added to its input
+    noise: bool = True          # learned-scale noise injection in the generators (sensor noise needs a random input)
+    prematch: bool = True       # histogram-match source images to the target first; the translator learns the rest
     disc_channels: int = 32     # discriminator width of the first layer
     disc_layers: int = 3        # stride-2 layers of the PatchGAN (3: 70 px patches)
     # optimisation and loss weights
@@ -66,7 +69,7 @@ def build_networks(config: TranslatorConfig) -> dict[str, nn.Module]:
     """The four networks, initialised from ``config.seed``: ``g_ab`` (synth -> checkout), ``g_ba``, ``d_a``, ``d_b``."""
     torch.manual_seed(config.seed)
     generator = dict(channels=config.gen_channels, blocks=config.gen_blocks, downsamplings=config.downsamplings,
-                     residual=config.residual)
+                     residual=config.residual, noise=config.noise)
     disc = dict(channels=config.disc_channels, layers=config.disc_layers)
     return {"g_ab": ResnetGenerator(**generator), "g_ba": ResnetGenerator(**generator),
             "d_a": PatchDiscriminator(**disc), "d_b": PatchDiscriminator(**disc)}
@@ -91,9 +94,17 @@ def _set_trainable(modules: list[nn.Module], flag: bool) -> None:
 
 
 def training_step(nets: dict[str, nn.Module], optim_g, optim_d, config: TranslatorConfig, real_a: torch.Tensor,
-                  masks: torch.Tensor, real_b: torch.Tensor) -> dict[str, float]:
-    """One CycleGAN update (generators, then discriminators); returns the losses as floats."""
-    g_ab, g_ba, d_a, d_b = nets["g_ab"], nets["g_ba"], nets["d_a"], nets["d_b"]
+                  masks: torch.Tensor, real_b: torch.Tensor, noise: torch.Generator | None = None) -> dict[str, float]:
+    """One CycleGAN update (generators, then discriminators); returns the losses as floats. ``noise`` draws the
+    generators' injected noise (a resumed run passes the same per-iteration generator)."""
+    g_ab0, g_ba0, d_a, d_b = nets["g_ab"], nets["g_ba"], nets["d_a"], nets["d_b"]
+
+    def g_ab(x):
+        return g_ab0(x, noise)
+
+    def g_ba(x):
+        return g_ba0(x, noise)
+
     _set_trainable([d_a, d_b], False)
     fake_b, fake_a = g_ab(real_a), g_ba(real_b)
     adversarial = lsgan_loss(d_b(fake_b), True) + lsgan_loss(d_a(fake_a), True)
@@ -128,11 +139,13 @@ def _optimizers(nets: dict[str, nn.Module], config: TranslatorConfig):
 
 
 def save_checkpoint(path: str | Path, nets, optim_g, optim_d, config: TranslatorConfig, iteration: int,
-                    losses: list[dict]) -> None:
+                    losses: list[dict], target_histograms: np.ndarray | None = None) -> None:
     """Write the training state to ``path`` atomically (a killed run leaves the previous checkpoint)."""
     state = {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "iteration": iteration,
              "networks": {name: net.state_dict() for name, net in nets.items()},
              "optim_g": optim_g.state_dict(), "optim_d": optim_d.state_dict(), "losses": losses}
+    if target_histograms is not None:
+        state["target_histograms"] = torch.from_numpy(np.asarray(target_histograms, dtype=np.int64))
     with atomic_output(path) as tmp:
         torch.save(state, tmp)
 
@@ -152,18 +165,30 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def config_from_checkpoint(state: dict, source: str = "<checkpoint>") -> TranslatorConfig:
+    # Checkpoints from before noise injection and pre-matching were trained without them.
+    saved = {"noise": False, "prematch": False, **state["config"]}
     try:
-        return TranslatorConfig(**state["config"])
+        return TranslatorConfig(**saved)
     except (TypeError, ValueError) as err:
         raise FormatError(source, "config", str(err)) from None
 
 
 def load_generator(path: str | Path) -> nn.Module:
     """The synth -> checkout generator of a checkpoint, in eval mode."""
+    return load_translator(path)[0]
+
+
+def load_translator(path: str | Path) -> tuple[nn.Module, np.ndarray | None]:
+    """``(generator in eval mode, target histograms int64[3, 256] or None)``: with pre-matching, images are
+    histogram-matched to those counts before the generator sees them."""
     state = load_checkpoint(path)
-    nets = build_networks(config_from_checkpoint(state, str(path)))
+    config = config_from_checkpoint(state, str(path))
+    nets = build_networks(config)
     nets["g_ab"].load_state_dict(state["networks"]["g_ab"])
-    return nets["g_ab"].eval()
+    counts = state.get("target_histograms")
+    if config.prematch and counts is None:
+        raise FormatError(str(path), "target_histograms", "missing for a translator trained with pre-matching")
+    return nets["g_ab"].eval(), (counts.numpy() if config.prematch else None)
 
 
 def _resume_state(out: Path, config: TranslatorConfig):
@@ -198,8 +223,9 @@ def train_translator(source_images: str | Path, source_ann: str | Path, target_i
 
 
 def _train(source_images, source_ann, target_images, out: Path, config: TranslatorConfig, progress: bool) -> dict:
-    source = SourceImages.open(source_images, source_ann)
     target = folder_images(target_images)
+    counts = channel_histograms(read_image(p) for p in target) if config.prematch else None
+    source = SourceImages.open(source_images, source_ann, match=counts)
     state = _resume_state(out, config)
     nets = build_networks(config)
     optim_g, optim_d = _optimizers(nets, config)
@@ -217,14 +243,15 @@ def _train(source_images, source_ann, target_images, out: Path, config: Translat
     window: list[dict] = []
     for iteration in range(start, config.iters):
         src, masks, tgt = training_batch(config.seed, iteration, source, target, config.size, config.batch)
+        noise = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration)
         window.append(training_step(nets, optim_g, optim_d, config, to_tensor(src),
-                                    torch.from_numpy(masks).float().unsqueeze(1), to_tensor(tgt)))
+                                    torch.from_numpy(masks).float().unsqueeze(1), to_tensor(tgt), noise))
         bar.update()
         done = iteration + 1
         if done % config.checkpoint_every == 0 or done == config.iters:
             means = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
             losses.append({"iteration": done, **means})
             window = []
-            save_checkpoint(out, nets, optim_g, optim_d, config, done, losses)
+            save_checkpoint(out, nets, optim_g, optim_d, config, done, losses, counts)
             bar.note("  " + " ".join(f"{k}={v:.4g}" for k, v in losses[-1].items()))
     return {"iteration": max(config.iters, start), "losses": losses}
