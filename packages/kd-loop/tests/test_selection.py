@@ -57,6 +57,24 @@ def test_supercategory_and_object_granularity():
     assert [im["id"] for im in data["images"]] == [3]
 
 
+def test_category_counts_compared_per_supercategory_or_in_total_are_summed_before_rounding():
+    # Image 1: 2.2 + 0.1 + 0.6 = 2.9 -> 3 objects (3 confident detections); per class 0.6 and 0.1 round apart.
+    # Image 2: 1.0 + 1.4 = 2.4 -> 2, two detections from 0.55 up. Image 3: 1.49 -> 1, two detected.
+    data, _ = select_pseudo_labels(pool(), RESULTS, COUNTS, SelectionPolicy("image", threshold=0.8,
+                                                                            count_classes="object"))
+    assert [im["id"] for im in data["images"]] == [1]
+    data, _ = select_pseudo_labels(pool(), RESULTS, COUNTS, SelectionPolicy("image", threshold=0.55,
+                                                                            count_classes="object"))
+    assert [im["id"] for im in data["images"]] == [1, 2]
+    # Per supercategory, image 1: drink 2.2 + 0.1 -> 2 (two colas), snack 0.6 -> 1 (one chips).
+    data, _ = select_pseudo_labels(pool(), RESULTS, COUNTS, SelectionPolicy("image", threshold=0.8,
+                                                                            count_classes="supercategory"))
+    assert [im["id"] for im in data["images"]] == [1]
+    # Without the summing, image 2 at 0.55 would need 1 cola + 1 tea per category: it has them, and still agrees.
+    data, _ = select_pseudo_labels(pool(), RESULTS, COUNTS, SelectionPolicy("image", threshold=0.55))
+    assert [im["id"] for im in data["images"]] == [1, 2]
+
+
 def test_instance_level_marks_uncertain_detections_as_ignore_regions():
     data, stats = select_pseudo_labels(pool(), RESULTS, None,
                                        SelectionPolicy("instance", threshold=0.8, ignore_threshold=0.3))
@@ -96,7 +114,7 @@ def test_the_selector_refuses_ground_truth_and_bad_inputs():
         select_pseudo_labels(labelled, RESULTS, COUNTS, SelectionPolicy())
     with pytest.raises(ValueError, match="needs the counting view"):
         select_pseudo_labels(pool(), RESULTS, None, SelectionPolicy("image"))
-    with pytest.raises(ValueError, match="make them equal"):
+    with pytest.raises(ValueError, match="finer classes than it has"):
         select_pseudo_labels(pool(), RESULTS, {**COUNTS, "count_classes": "object"}, SelectionPolicy("image"))
     with pytest.raises(ValueError, match="not in the pool"):
         select_pseudo_labels(pool(), [det(9, 1, 0.9)], COUNTS, SelectionPolicy("instance"))

@@ -46,7 +46,7 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "val.images": ("", "image folder of the validation split"),
     "selection.policy": ("image+instance", "'image', 'instance', 'image+instance', or 'random' (the control)"),
     "selection.thresholds": ([0.80, 0.85, 0.90, 0.95], "score threshold per round (the last one repeats)"),
-    "selection.count_classes": ("category", "granularity of the count agreement: category, supercategory or object"),
+    "selection.count_classes": ("category", "granularity of the count agreement: category, supercategory or object (a per-category counts file is summed into the coarser classes)"),
     "selection.min_boxes": (1, "an image is selected only with at least this many kept boxes"),
     "selection.ignore_threshold": (0.5, "instance level: detections scoring in [this, threshold) become ignore regions"),
     "mix.source_ratio": (1.0, "source images per pseudo-labelled image in a round's training mix"),

@@ -55,25 +55,39 @@ def _count_class_index(pool: Mapping, count_classes: str) -> tuple[dict[int, int
     return {c["id"]: i for i, c in enumerate(categories)}, [str(c["id"]) for c in categories]
 
 
-def _view_counts(counts: Mapping, image_ids: np.ndarray, keys: list[str], count_classes: str) -> np.ndarray:
-    """The counting view's counts, rounded half up, as ``int[N images, C classes]``."""
-    if counts.get("count_classes") != count_classes:
+GRANULARITY = {"category": 0, "supercategory": 1, "object": 2}
+
+
+def _view_counts(counts: Mapping, image_ids: np.ndarray, keys: list[str], count_classes: str,
+                 class_of: Mapping[int, int]) -> np.ndarray:
+    """The counting view's counts, rounded half up, as ``int[N images, C classes]``.
+
+    A counts file finer than ``count_classes`` (per category, compared per supercategory or in total) is
+    summed into the coarser classes before rounding: the agreement check may be coarser than the counter.
+    """
+    file_classes = counts.get("count_classes")
+    if file_classes not in GRANULARITY or GRANULARITY[file_classes] > GRANULARITY[count_classes]:
         raise ValueError(
-            f"the counts file counts {counts.get('count_classes')!r} but selection.count_classes is "
-            f"{count_classes!r}; make them equal"
+            f"the counts file counts {file_classes!r}, finer classes than it has cannot be compared: "
+            f"set selection.count_classes to {file_classes!r} or coarser (supercategory, object)"
         )
     column = {key: j for j, key in enumerate(keys)}
-    matrix = np.zeros((len(image_ids), len(keys)), dtype=np.int64)
+    if file_classes != count_classes:
+        if file_classes == "supercategory":  # -> object
+            column = None
+        else:
+            column = {str(cid): j for cid, j in class_of.items()}
+    matrix = np.zeros((len(image_ids), len(keys)), dtype=np.float64)
     row_of = {int(i): r for r, i in enumerate(image_ids.tolist())}
     for item in counts["images"]:
         r = row_of.get(item["image_id"])
         if r is None:
             continue
         for key, value in item["counts"].items():
-            if key not in column:
+            if column is not None and key not in column:
                 raise ValueError(f"counts of image {item['image_id']} name class {key!r}, which the pool does not have")
-            matrix[r, column[key]] = int(np.floor(float(value) + 0.5))
-    return matrix
+            matrix[r, 0 if column is None else column[key]] += float(value)
+    return np.floor(matrix + 0.5).astype(np.int64)
 
 
 def select_pseudo_labels(pool: Mapping, results: list, counts: Mapping | None,
@@ -108,7 +122,8 @@ def select_pseudo_labels(pool: Mapping, results: list, counts: Mapping | None,
     else:
         if counts is None:
             raise ValueError(f"policy {policy.policy!r} needs the counting view's counts file")
-        agree = (detected == _view_counts(counts, image_ids, keys, policy.count_classes)).all(axis=1) & enough
+        view = _view_counts(counts, image_ids, keys, policy.count_classes, class_of)
+        agree = (detected == view).all(axis=1) & enough
         selected = agree
         if policy.policy == "random":
             rng = np.random.default_rng(policy.seed)
