@@ -1,7 +1,7 @@
 """The whole ACO system on the embedded mini world (called by `make demo`), every stage resumable.
 
-mini world -> masks -> pose pruning -> synthesized train + held-out sets -> backbone pretraining on exemplar
-crops -> render (translator, and histogram matching as the baseline) -> three DPSNet source models (Syn,
+mini world -> masks -> pose pruning -> synthesized train + held-out sets -> backbone pretraining on synthesized
+product crops -> render (translator, and histogram matching as the baseline) -> three DPSNet source models (Syn,
 Syn+histogram, Syn+Render; the same training budget each) -> kd-loop rounds from the best one (chosen on
 the val split) over the unlabeled test images -> evaluation of every stage with rpc-metrics -> report.
 
@@ -32,7 +32,7 @@ class Recipe:
 
     seed: int = 0
     workers: int = 2
-    threads: int = 1  # CPU threads per command (0: the libraries' default); 1 is fastest on a busy 2-core CPU
+    threads: int = 0  # CPU threads per command (0: all cores; the demo runs alone); 1 on a CPU shared with other jobs
     # The world: built by `rpc-synth world` with these options, or read from an RPC-layout folder.
     rpc_root: Path | None = None
     world_args: tuple[str, ...] = ()
@@ -211,10 +211,13 @@ class Pipeline:
             self.generate_stage("synth_heldout", r.heldout_images, r.seed + 1, b["synth_heldout"]),
         ]
         if r.backbone_weights is None and r.pretrain_steps > 0:
+            # The product crops of the synthesized images (made from exemplars only) show products as the
+            # checkout camera does: rotated, occluded, at checkout scale.
+            synth_json, synth_images = p.dataset("synth")
             stages.append(Stage(
-                "pretrain", "backbone pretraining on exemplar crops (dpsnet pretrain)", b["pretrain"],
-                {"steps": r.pretrain_steps, "batch": r.pretrain_batch, "seed": r.seed},
-                lambda: self.run([tool("dpsnet"), "pretrain", "--instances", train_json, "--images", train_images,
+                "pretrain", "backbone pretraining on synthesized product crops (dpsnet pretrain)", b["pretrain"],
+                {"steps": r.pretrain_steps, "batch": r.pretrain_batch, "seed": r.seed, "crops": "synth"},
+                lambda: self.run([tool("dpsnet"), "pretrain", "--instances", synth_json, "--images", synth_images,
                                      "--out", self.backbone_weights(), "--steps", r.pretrain_steps,
                                      "--batch-size", r.pretrain_batch, "--seed", r.seed])))
         stages += self.render_stages()

@@ -88,6 +88,22 @@ def test_other_settings_in_the_same_folder_exit_2(quick_demo):
     assert "stages/world.json" in done.stderr and "seed: 0 -> 1" in done.stderr
 
 
+@pytest.mark.slow
+def test_kd_controls_on_the_quick_demo(quick_demo):
+    out, _ = quick_demo
+    done = run_example("kd_controls.py", "--demo", str(out))
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = (out / "controls" / "controls.md").read_text()
+    for r in range(4):
+        assert f"| loop (label-free selection) | {r} |" in report and f"| control: random selection | {r} |" in report
+    assert "| control: 24 more steps on synthesized data |" in report and "minus the better control" in report
+    data = json.loads((out / "controls" / "controls.json").read_text())
+    for row in [*data["loop"], *data["random"], data["steps"]]:
+        assert all(math.isfinite(row[k]) for k in ("cacc", "acd", "cacc_oracle"))
+    # The random control reads the same pool and selection settings: its round 1 drew from the same teacher.
+    assert json.loads((out / "controls" / "random" / "round_001" / "selection.json").read_text())["policy"] == "random"
+
+
 def test_bad_override_exits_2(tmp_path):
     done = run_example("aco_pipeline.py", "--quick", "--out", str(tmp_path), "--dpsnet-set", "train.lr")
     assert done.returncode == 2 and "--dpsnet-set 'train.lr'" in done.stderr

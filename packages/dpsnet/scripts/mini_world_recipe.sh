@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The cpu-small recipe on rpc-synth's mini world, end to end (about 12 minutes on 2 CPU cores):
-# world -> masks -> poses -> synthesized training + held-out images -> backbone pretraining on exemplar crops
+# The cpu-small recipe on rpc-synth's mini world, end to end (about 12 minutes on a free 2-core CPU):
+# world -> masks -> poses -> synthesized training + held-out images -> backbone pretraining on the synthesized product crops
 # -> 8-minute detector training -> predict + evaluate (held-out synthesized; checkout test with transfer/oracle).
 # Usage: scripts/mini_world_recipe.sh OUT_DIR [extra dpsnet train key=value ...]
 set -euo pipefail
@@ -15,13 +15,14 @@ cd "$OUT"
 [ -f synth/instances_synth2019.json ] || rpc-synth generate --exemplars poses.json --images world/train2019 --out synth --num-images 800 --seed 0 --quiet
 [ -f synth_heldout/instances_synth2019.json ] || rpc-synth generate --exemplars poses.json --images world/train2019 --out synth_heldout --num-images 100 --seed 1 --quiet
 
-# The stand-in for ImageNet weights: the small body as a 24-way SKU classifier on exemplar crops (~1 minute).
-[ -f pretrain_small.pt ] || dpsnet pretrain --instances world/instances_train2019.json --images world/train2019 --out pretrain_small.pt --steps 1000
+# The stand-in for ImageNet weights: the small body as a 24-way SKU classifier on the product crops of the
+# synthesized images (~1 minute; made from exemplars only, they show products as the checkout camera does).
+[ -f pretrain_synth.pt ] || dpsnet pretrain --instances synth/instances_synth2019.json --images synth/synth2019 --out pretrain_synth.pt --steps 1000
 
 dpsnet train --config cpu-small --out run \
   data.train_instances=synth/instances_synth2019.json data.train_images=synth/synth2019 \
   data.val_instances=world/instances_val2019.json data.val_images=world/val2019 \
-  model.backbone_weights=pretrain_small.pt "$@"
+  model.backbone_weights=pretrain_synth.pt "$@"
 
 for split in heldout val test; do
   case $split in

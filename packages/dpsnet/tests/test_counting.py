@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dpsnet.counting import CountingView, class_loss, crop_counts, density_loss, density_targets, ignore_mask
+from dpsnet.counting import CountingView, crop_counts, density_loss, density_targets, ignore_mask
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -62,52 +62,3 @@ def test_counting_view_output_size():
     view = CountingView(16, 3, levels=("1", "2"), stride=8, channels=8)
     feats = {"1": torch.rand(2, 16, 12, 10), "2": torch.rand(2, 16, 6, 5)}
     assert view(feats, (96, 80)).shape == (2, 3, 12, 10)
-
-
-def test_factorized_view_maps_sum_to_the_class_agnostic_density():
-    torch.manual_seed(0)
-    view = CountingView(16, 5, levels=("1", "2"), stride=8, channels=8, head="factorized")
-    nn_init = torch.nn.init
-    nn_init.normal_(view.predictor.weight, std=0.5)  # not the near-zero start, so classes differ
-    feats = {"1": torch.rand(2, 16, 12, 10), "2": torch.rand(2, 16, 6, 5)}
-    maps, logits = view.parts(feats, (96, 80))
-    assert maps.shape == logits.shape == (2, 5, 12, 10)
-    raw = view.predictor(view.convs(__import__("aco_kernels").pyramid_fuse(
-        [p(feats[k]) for p, k in zip(view.projections, view.levels, strict=True)], (12, 10))))
-    torch.testing.assert_close(maps.sum(dim=1), raw[:, 0], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(maps / maps.sum(dim=1, keepdim=True), torch.softmax(logits, 1), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(view(feats, (96, 80)), maps)
-    assert CountingView(16, 5, levels=("1",), head="direct").parts({"1": feats["1"]}, (96, 80))[1] is None
-    # One counting class: nothing to factorize, the direct map is used.
-    assert CountingView(16, 1, levels=("1",), head="factorized").parts({"1": feats["1"]}, (96, 80))[1] is None
-    with pytest.raises(ValueError, match="count_head"):
-        CountingView(16, 5, head="mixed")
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_class_loss_matches_a_per_pixel_loop(seed):
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(2, 4, 3, 5, generator=g)
-    target = torch.rand(2, 4, 3, 5, generator=g) * (torch.rand(2, 1, 3, 5, generator=g) > 0.4)
-    mask = (torch.rand(2, 1, 3, 5, generator=g) > 0.2).float()
-    num = den = 0.0
-    for b in range(2):
-        for y in range(3):
-            for x in range(5):
-                w = float(target[b, :, y, x].sum()) * float(mask[b, 0, y, x])
-                cls = int(target[b, :, y, x].argmax())
-                num += w * -float(torch.log_softmax(logits[b, :, y, x], 0)[cls])
-                den += w
-    assert class_loss(logits, target, mask, 2.0).item() == pytest.approx(2.0 * num / den, rel=1e-5)
-    assert class_loss(logits, torch.zeros_like(target), mask).item() == 0  # no objects: nothing to classify
-
-
-def test_total_count_loss():
-    target = torch.zeros(1, 2, 2, 2)
-    target[0, 0, 0, 0] = 1.0
-    target[0, 1, 1, 1] = 1.0
-    pred = torch.zeros(1, 2, 2, 2)
-    pred[0, 0, 1, 1] = 10.0  # one object in total, of the wrong class: per-class counts off, total off by one
-    losses = density_loss(pred, target, torch.ones(1, 1, 2, 2), density_scale=10.0, total_weight=3.0)
-    assert losses["loss_total_count"].item() == pytest.approx(3.0 * 0.5)
-    assert "loss_total_count" not in density_loss(pred, target, torch.ones(1, 1, 2, 2), density_scale=10.0)

@@ -45,19 +45,6 @@ def test_train_losses_finite_and_backward():
     assert any(p.grad.abs().sum().item() > 0 for p in model.counting_view.parameters())
 
 
-def test_factorized_counting_head_trains_with_its_class_loss():
-    model = tiny_model(count_head="factorized", total_count_loss_weight=1.0).train()
-    images, targets = batch()
-    losses = model(images, targets)
-    assert {"loss_count_class", "loss_total_count"} <= set(losses)
-    assert all(math.isfinite(v.item()) for v in losses.values())
-    losses["loss_count_class"].backward()
-    assert model.counting_view.predictor.weight.grad.abs().sum() > 0
-    model.eval()
-    out = model(images)
-    assert out[0]["counts"].shape == (model.num_count_classes,)
-
-
 def test_eval_outputs_per_image():
     model = tiny_model(count_class_of_label=[0, 0, 1, 0]).eval()
     model.return_density = True

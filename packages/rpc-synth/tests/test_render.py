@@ -74,6 +74,9 @@ def test_noise_injection_is_learned_scaled_and_seeded():
     assert not torch.equal(a, net(x, torch.Generator().manual_seed(6)))
     added = (a - quiet(x))[0].flatten(1).std(dim=1)
     torch.testing.assert_close(added, torch.tensor([0.0, 0.1, 0.2]), atol=0.01, rtol=0.05)
+    torch.testing.assert_close(net(x, add_noise=False), quiet(x))  # what the content losses compare
+    start = ResnetGenerator(channels=4, blocks=1, noise=True, noise_init=2.0).noise_scale
+    torch.testing.assert_close(start, torch.full((1, 3, 1, 1), 2.0 / 127.5))
 
 
 def test_discriminator_scores_patches():

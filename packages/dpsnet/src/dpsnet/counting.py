@@ -73,7 +73,6 @@ def density_loss(
     density_scale: float,
     pixel_weight: float = 1.0,
     count_weight: float = 1.0,
-    total_weight: float = 0.0,
 ) -> dict[str, Tensor]:
     """Per-pixel MSE plus a count loss on the integrals, both restricted to ``mask``.
 
@@ -84,8 +83,7 @@ def density_loss(
 
     Returns:
         ``{"loss_density": pixel_weight * mean_{valid pixels} sum_{classes} (pred - scale * target)^2,
-        "loss_count": count_weight * mean_{images, classes} smooth_l1(sum(pred) / scale, sum(target))}``,
-        plus ``"loss_total_count"``, the same on each image's total over classes, when ``total_weight > 0``.
+        "loss_count": count_weight * mean_{images, classes} smooth_l1(sum(pred) / scale, sum(target))}``.
     """
     pred = pred.float()
     scaled = target * density_scale
@@ -94,26 +92,7 @@ def density_loss(
     pred_counts = (pred * mask).sum(dim=(2, 3)) / density_scale
     true_counts = (target * mask).sum(dim=(2, 3))
     count = F.smooth_l1_loss(pred_counts, true_counts, beta=1.0)
-    losses = {"loss_density": pixel * pixel_weight, "loss_count": count * count_weight}
-    if total_weight > 0:
-        losses["loss_total_count"] = total_weight * F.smooth_l1_loss(pred_counts.sum(1), true_counts.sum(1), beta=1.0)
-    return losses
-
-
-def class_loss(logits: Tensor, target: Tensor, mask: Tensor, weight: float = 1.0) -> Tensor:
-    """Cross-entropy of the factorized head's per-pixel class logits, each pixel weighted by its ground-truth
-    density (all classes summed), so every object weighs the same whatever its size; the target class of a
-    pixel is the class with the most density there.
-
-    Args:
-        logits (Tensor[B, C, H, W]): class logits. target (Tensor[B, C, H, W]): ground-truth densities.
-        mask (Tensor[B, 1, H, W]): 1 where pixels count, 0 in ignore regions.
-
-    Returns ``weight * sum(w * ce) / sum(w)`` with ``w = target.sum(classes) * mask`` (0 without objects).
-    """
-    pixel_weight = target.sum(dim=1) * mask[:, 0]
-    ce = F.cross_entropy(logits.float(), target.argmax(dim=1), reduction="none")
-    return weight * (pixel_weight * ce).sum() / pixel_weight.sum().clamp(min=1e-6)
+    return {"loss_density": pixel * pixel_weight, "loss_count": count * count_weight}
 
 
 def crop_counts(density: Tensor, image_sizes: Sequence[tuple[int, int]], stride: float, density_scale: float) -> Tensor:
@@ -126,57 +105,32 @@ def crop_counts(density: Tensor, image_sizes: Sequence[tuple[int, int]], stride:
     return torch.stack(counts).clamp(min=0.0)
 
 
-HEADS = ("direct", "factorized")
-
-
 class CountingView(nn.Module):
     """1x1 projections of the chosen pyramid levels, ``aco_kernels.pyramid_fuse`` to ``stride``, a conv head.
-
-    Two heads give the per-class density maps:
-
-    - ``direct``: one regressed map per class (the paper's head);
-    - ``factorized``: one class-agnostic density map ``D`` and per-pixel class logits ``L``; the class maps are
-      ``D * softmax(L)``, so they still sum to ``D`` and integrate to counts. The class logits are also trained by a
-      density-weighted cross-entropy (:func:`class_loss`), a far stronger signal than a regression on sparse maps.
 
     Args:
         in_channels: pyramid width. num_classes: density maps (SKUs, supercategories or one object class).
         levels: pyramid keys fused, finest first, e.g. ``("1", "2", "3")`` (strides 8, 16, 32).
         stride: the fused map's stride in image pixels. channels: head width. num_convs: 3x3 convs in the head.
-        head: ``direct`` or ``factorized``.
     """
 
     def __init__(self, in_channels: int, num_classes: int, *, levels: Sequence[str] = ("1", "2", "3"),
-                 stride: int = 8, channels: int = 64, num_convs: int = 2, head: str = "direct"):
+                 stride: int = 8, channels: int = 64, num_convs: int = 2):
         super().__init__()
-        if head not in HEADS:
-            raise ValueError(f"count_head should be one of {HEADS}, got {head!r}")
         self.levels = tuple(levels)
         self.stride = stride
-        self.head = head
-        self.num_classes = num_classes
         self.projections = nn.ModuleList(nn.Conv2d(in_channels, channels, 1) for _ in self.levels)
         convs = []
         for _ in range(num_convs):
             convs += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
         self.convs = nn.Sequential(*convs)
-        factorized = head == "factorized" and num_classes > 1
-        self.predictor = nn.Conv2d(channels, num_classes + 1 if factorized else num_classes, 1)
+        self.predictor = nn.Conv2d(channels, num_classes, 1)
         nn.init.normal_(self.predictor.weight, std=0.01)
         nn.init.zeros_(self.predictor.bias)
 
-    def parts(self, features: OrderedDict[str, Tensor], padded_size: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
-        """``(density maps Tensor[B, C, h, w], class logits Tensor[B, C, h, w] or None for the direct head)``
-        for padded images [H, W], with ``h, w = ceil(H / stride), ceil(W / stride)``."""
+    def forward(self, features: OrderedDict[str, Tensor], padded_size: tuple[int, int]) -> Tensor:
+        """Density maps Tensor[B, num_classes, ceil(H / stride), ceil(W / stride)] for padded images [H, W]."""
         size = (-(-padded_size[0] // self.stride), -(-padded_size[1] // self.stride))
         projected = [proj(features[key]) for proj, key in zip(self.projections, self.levels, strict=True)]
         fused = aco_kernels.pyramid_fuse(projected, size)
-        out = self.predictor(self.convs(fused))
-        if out.shape[1] == self.num_classes:
-            return out, None
-        total, logits = out[:, :1], out[:, 1:]
-        return total * torch.softmax(logits.float(), dim=1).to(total.dtype), logits
-
-    def forward(self, features: OrderedDict[str, Tensor], padded_size: tuple[int, int]) -> Tensor:
-        """Density maps Tensor[B, num_classes, ceil(H / stride), ceil(W / stride)] for padded images [H, W]."""
-        return self.parts(features, padded_size)[0]
+        return self.predictor(self.convs(fused))

@@ -29,7 +29,8 @@ class ResnetGenerator(nn.Module):
 
     Input and output: ``Tensor[N, 3, H, W]`` in [-1, 1], with H and W multiples of ``2 ** downsamplings``
     (``translate_image`` pads). Upsampling is nearest + 3x3 conv (no transposed-conv checkerboards).
-    With ``noise=True`` learned-scale Gaussian noise is added to the output (see ``noise_scale``).
+    With ``noise=True`` Gaussian noise of a learned scale (``noise_init`` grey levels at the start) is added to the
+    output (see ``noise_scale``).
     With ``residual=True`` the network predicts a change added to its input (clamped to [-1, 1]): it starts
     near the identity, which keeps products in place from the first iteration on.
     A per-pixel colour branch (two 1x1 convolutions on the raw input) is added before the output
@@ -39,7 +40,7 @@ class ResnetGenerator(nn.Module):
     """
 
     def __init__(self, channels: int = 16, blocks: int = 4, downsamplings: int = 2, residual: bool = True,
-                 noise: bool = False):
+                 noise: bool = False, noise_init: float = 0.0):
         super().__init__()
         if channels < 1 or blocks < 0 or downsamplings < 0:
             raise ValueError(f"generator sizes should be positive, got channels={channels}, blocks={blocks}, "
@@ -60,17 +61,23 @@ class ResnetGenerator(nn.Module):
                                     nn.Conv2d(channels, 3, 1))
         # Noise injection: a convolutional generator is deterministic, so it cannot add sensor noise (a large part
         # of what tells checkout photos from clean composites) without a random input; one learned scale per
-        # channel, starting at 0, multiplies standard normal noise added to the output.
-        self.noise_scale = nn.Parameter(torch.zeros(1, 3, 1, 1)) if noise else None
+        # channel, starting at ``noise_init`` grey levels, multiplies standard normal noise added to the output.
+        self.noise_scale = nn.Parameter(torch.full((1, 3, 1, 1), noise_init / 127.5)) if noise else None
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Translate ``x``; ``generator`` draws the injected noise (the global RNG when None)."""
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, add_noise: bool = True
+                ) -> torch.Tensor:
+        """Translate ``x``; ``generator`` draws the injected noise (the global RNG when None); ``add_noise=False``
+        gives the noise-free translation (what the content losses compare)."""
         out = torch.tanh(self.net(x) + self.colour(x))
-        out = x + out if self.residual else out
-        if self.noise_scale is not None:
-            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            out = out + self.noise_scale * noise
-        return out.clamp(-1, 1)
+        out = (x + out if self.residual else out).clamp(-1, 1)
+        return self.add_noise(out, generator) if add_noise else out
+
+    def add_noise(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``y`` plus the learned-scale Gaussian noise (``y`` itself without noise injection), clamped to [-1, 1]."""
+        if self.noise_scale is None:
+            return y
+        noise = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
+        return (y + self.noise_scale * noise).clamp(-1, 1)
 
 
 class PatchDiscriminator(nn.Module):

@@ -44,6 +44,7 @@ class TranslatorConfig:
     downsamplings: int = 2      # stride-2 steps in the generator
     residual: bool = True       # the generator predicts a change added to its input
     noise: bool = True          # learned-scale noise injection in the generators (sensor noise needs a random input)
+    noise_init: float = 2.0     # its starting level in grey levels (about what the mini world's JPEG checkout keeps)
     prematch: bool = True       # histogram-match source images to the target first; the translator learns the rest
     disc_channels: int = 32     # discriminator width of the first layer
     disc_layers: int = 3        # stride-2 layers of the PatchGAN (3: 70 px patches)
@@ -69,7 +70,7 @@ def build_networks(config: TranslatorConfig) -> dict[str, nn.Module]:
     """The four networks, initialised from ``config.seed``: ``g_ab`` (synth -> checkout), ``g_ba``, ``d_a``, ``d_b``."""
     torch.manual_seed(config.seed)
     generator = dict(channels=config.gen_channels, blocks=config.gen_blocks, downsamplings=config.downsamplings,
-                     residual=config.residual, noise=config.noise)
+                     residual=config.residual, noise=config.noise, noise_init=config.noise_init)
     disc = dict(channels=config.disc_channels, layers=config.disc_layers)
     return {"g_ab": ResnetGenerator(**generator), "g_ba": ResnetGenerator(**generator),
             "d_a": PatchDiscriminator(**disc), "d_b": PatchDiscriminator(**disc)}
@@ -97,22 +98,20 @@ def training_step(nets: dict[str, nn.Module], optim_g, optim_d, config: Translat
                   masks: torch.Tensor, real_b: torch.Tensor, noise: torch.Generator | None = None) -> dict[str, float]:
     """One CycleGAN update (generators, then discriminators); returns the losses as floats. ``noise`` draws the
     generators' injected noise (a resumed run passes the same per-iteration generator)."""
-    g_ab0, g_ba0, d_a, d_b = nets["g_ab"], nets["g_ba"], nets["d_a"], nets["d_b"]
-
-    def g_ab(x):
-        return g_ab0(x, noise)
-
-    def g_ba(x):
-        return g_ba0(x, noise)
-
+    g_ab, g_ba, d_a, d_b = nets["g_ab"], nets["g_ba"], nets["d_a"], nets["d_b"]
     _set_trainable([d_a, d_b], False)
-    fake_b, fake_a = g_ab(real_a), g_ba(real_b)
+    # The content losses (cycle, identity, preservation) see the noise-free translations; only the adversarial
+    # loss sees (and so sets the scale of) the injected noise, a sensor effect that no content loss should undo.
+    clean_b, clean_a = g_ab(real_a, add_noise=False), g_ba(real_b, add_noise=False)
+    fake_b, fake_a = g_ab.add_noise(clean_b, noise), g_ba.add_noise(clean_a, noise)
     adversarial = lsgan_loss(d_b(fake_b), True) + lsgan_loss(d_a(fake_a), True)
-    cycle = (g_ba(fake_b) - real_a).abs().mean() + (g_ab(fake_a) - real_b).abs().mean()
+    cycle = (g_ba(clean_b, add_noise=False) - real_a).abs().mean() + \
+        (g_ab(clean_a, add_noise=False) - real_b).abs().mean()
     identity = torch.zeros(())
     if config.identity_weight:
-        identity = (g_ab(real_b) - real_b).abs().mean() + (g_ba(real_a) - real_a).abs().mean()
-    preserve = preservation_loss(real_a, fake_b, masks, background_weight=config.background_weight,
+        identity = (g_ab(real_b, add_noise=False) - real_b).abs().mean() + \
+            (g_ba(real_a, add_noise=False) - real_a).abs().mean()
+    preserve = preservation_loss(real_a, clean_b, masks, background_weight=config.background_weight,
                                  color_weight=config.colour_weight)
     total = adversarial + config.cycle_weight * cycle + config.identity_weight * identity + \
         config.preserve_weight * preserve
