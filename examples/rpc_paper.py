@@ -28,7 +28,7 @@ RPC_PAPER = Recipe(
     synth_size=800, render_iters=2000, render_crop=96, render_images=20_000, pretrain_steps=0, preset="rpc-paper",
     source_steps=None, source_minutes=None, kd_rounds=4, kd_steps=20_000, kd_minutes=None, vis_images=4,
     budgets={"world": 0, "masks": 1800, "poses": 10, "synth": 3600, "synth_heldout": 60, "pretrain": 0,
-             "checkout_unlabeled": 60, "render_train": 900, "render_apply": 7200, "histogram": 1200,
+             "checkout_unlabeled": 60, "render_train": 900, "render_apply": 7200, "histogram": 1200, "render_measure": 1800,
              "startup": 120, "train_step": 0.09, "predict_per_model": 900, "kd_predict_per_round": 600,
              "visualize": 60},
 )
@@ -88,7 +88,7 @@ def main(rpc_root, out, nproc, backbone_weights, seed, workers, synth_images, he
     if nproc > 1:
         click.echo(f"source models: torchrun --nproc-per-node {nproc} -m dpsnet train ...; the kd-loop students "
                    "train in kd-loop's own process (one GPU)", err=True)
-    report = run_pipeline(recipe, Layout(out, rpc_root=rpc_root.resolve()), title="DPSNet flow on RPC")
+    report = run_pipeline(recipe, Layout(out.resolve(), rpc_root=rpc_root.resolve()), title="DPSNet flow on RPC")
     click.echo(report.read_text(encoding="utf-8"))
 
 

@@ -17,21 +17,22 @@ LEVELS = ("easy", "medium", "hard", "averaged")
 METHODS = ("Syn", "Syn+histogram", "Syn+Render", "+ distillation round 1", "+ distillation round 2",
            "+ distillation round 3")
 STAGES = ("world", "masks", "poses", "synth", "synth_heldout", "pretrain", "checkout_unlabeled", "render_train",
-          "render_apply", "histogram", "source_syn", "source_hist", "source_render", "kd", "visualize")
+          "render_apply", "histogram", "render_measure", "source_syn", "source_hist", "source_render", "kd", "visualize")
 
 
-def run_example(script: str, *args: str) -> subprocess.CompletedProcess:
+def run_example(script: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, env=env,
-                          check=False)
+                          check=False, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "demo"
-    done = run_example("aco_pipeline.py", "--quick", "--out", str(out))
+    parent = tmp_path_factory.mktemp("demo")
+    # A relative --out, as `make demo` gives (runs/demo): every tool must see paths that work from its cwd.
+    done = run_example("aco_pipeline.py", "--quick", "--out", "demo", cwd=parent)
     assert done.returncode == 0, done.stderr[-4000:]
-    return out, done
+    return parent / "demo", done
 
 
 @pytest.mark.slow
@@ -43,7 +44,7 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(quick_demo):
     report = (out / "report.md").read_text()
     assert report.strip() in done.stdout
     for heading in ("## Ablation (test split, protocol `transfer`", "protocol `oracle`", "## Checks",
-                    "## Distillation rounds", "## Timings", "## Machine", "## Figures"):
+                    "## Distillation rounds", "## Rendering", "## Timings", "## Machine", "## Figures"):
         assert heading in report
     header = "| level | method | cAcc | mCIoU | ACD | mCCD | mAP50 | mmAP | threshold |"
     assert report.count(header) == 2

@@ -1,8 +1,9 @@
 """Counting-view overhead: a DPSNet training step against plain torchvision FasterRCNN, same backbone and size.
 
 Run with ``make bench`` (or ``pytest packages/dpsnet/benchmarks --benchmark-enable``). Both models use the
-``cpu-small`` preset's backbone (small body + 64-channel FPN), anchors, RPN and box-head sizes, at 256 px with
-4 images of about 12 boxes each. The baseline uses torchvision's own ``MultiScaleRoIAlign`` and RPN; DPSNet adds
+``cpu-small`` preset's backbone (small body + 64-channel FPN), anchors, RPN and box-head sizes and RoIAlign
+sampling ratio, at the preset's input size (384 px) with 4 images of about 12 boxes each. The baseline uses
+torchvision's own ``MultiScaleRoIAlign`` and RPN; DPSNet adds
 the counting view (projections, pyramid_fuse, head, density targets and losses), the ignore-aware samplers and
 the aco_kernels RoI pooler. The summary line prints the overhead; set ``DPSNET_BENCH_THREADS`` to pin threads.
 """
@@ -16,6 +17,7 @@ import torch
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.ops import MultiScaleRoIAlign
 
 from dpsnet import dpsnet_model
 from dpsnet.backbone import build_backbone
@@ -31,11 +33,12 @@ def _kwargs():
 
 def _batch(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    images = [torch.rand(3, 256, 256, generator=g) for _ in range(4)]
+    size = _kwargs()["max_size"]
+    images = [torch.rand(3, size, size, generator=g) for _ in range(4)]
     targets = []
     for _ in images:
-        xy = torch.rand(12, 2, generator=g) * 200
-        boxes = torch.cat([xy, xy + 20 + torch.rand(12, 2, generator=g) * 36], 1).clamp(max=256)
+        xy = torch.rand(12, 2, generator=g) * size * 0.78
+        boxes = torch.cat([xy, xy + size * (0.08 + torch.rand(12, 2, generator=g) * 0.14)], 1).clamp(max=size)
         targets.append({"boxes": boxes, "labels": torch.randint(1, NUM_CLASSES, (12,), generator=g)})
     return images, targets
 
@@ -57,6 +60,7 @@ def torchvision_faster_rcnn():
         backbone, None, min_size=kw["min_size"], max_size=kw["max_size"], rpn_anchor_generator=anchors,
         rpn_pre_nms_top_n_train=kw["rpn_pre_nms_top_n_train"], rpn_post_nms_top_n_train=kw["rpn_post_nms_top_n_train"],
         rpn_batch_size_per_image=kw["rpn_batch_size_per_image"], box_batch_size_per_image=kw["box_batch_size_per_image"],
+        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, sampling_ratio=kw["roi_sampling_ratio"]),
         box_head=TwoMLPHead(backbone.out_channels * 49, rep), box_predictor=FastRCNNPredictor(rep, NUM_CLASSES),
     ).train()
 
@@ -83,5 +87,6 @@ def test_summary():
     if len(TIMES) < 2:
         pytest.skip("run the whole file to compare")
     overhead = TIMES["dpsnet"] / TIMES["torchvision"] - 1
-    print(f"\ntraining step, cpu-small, 4 x 256 px, {torch.get_num_threads()} threads: torchvision "
+    size = _kwargs()["max_size"]
+    print(f"\ntraining step, cpu-small, 4 x {size} px, {torch.get_num_threads()} threads: torchvision "
           f"{TIMES['torchvision'] * 1000:.0f} ms, DPSNet {TIMES['dpsnet'] * 1000:.0f} ms, overhead {overhead:+.1%}")
