@@ -50,14 +50,15 @@ class Recipe:
     backbone_weights: Path | None = None
     # DPSNet source models: the same steps and time limit each (None: the preset's).
     preset: str = "cpu-small"
-    source_steps: int | None = 500
-    source_minutes: float | None = 4.0
+    source_steps: int | None = 600
+    source_minutes: float | None = 4.5
     dpsnet_set: tuple[str, ...] = ()
     nproc: int = 1
     # kd-loop.
     kd_rounds: int = 3
     kd_steps: int | None = 250
     kd_minutes: float | None = 2.2
+    kd_lr: float | None = 0.005  # students fine-tune their teacher: a quarter of the preset's peak rate, short warmup
     # The instance policy (confident detections become labels, uncertain ones ignore regions) by default: with the
     # mini world's CPU-trained counter (per-SKU counts exact on ~2% of checkout images), requiring detector/counter
     # agreement per SKU keeps about 3 of 120 images; `--kd-set selection.policy="image+instance"` is the paper's.
@@ -339,6 +340,8 @@ class Pipeline:
             overrides.update({"train.max_steps": r.kd_steps, "train.lr_steps": [0]})
         if r.kd_minutes is not None:
             overrides["train.time_limit_min"] = r.kd_minutes
+        if r.kd_lr is not None:
+            overrides.update({"train.lr": r.kd_lr, "train.warmup_steps": 20})
         for item in r.dpsnet_set:
             key, _, value = item.partition("=")
             overrides[key] = parse_toml_value(value)
@@ -369,7 +372,7 @@ class Pipeline:
             path.write_text(to_toml(config), encoding="utf-8")
             self.run([tool("kd-loop"), "run", path, *r.kd_set])
 
-        settings = {"rounds": r.kd_rounds, "steps": r.kd_steps, "minutes": r.kd_minutes, "set": list(r.kd_set),
+        settings = {"rounds": r.kd_rounds, "steps": r.kd_steps, "minutes": r.kd_minutes, "lr": r.kd_lr, "set": list(r.kd_set),
                     "dpsnet_set": list(r.dpsnet_set), "preset": r.preset}
         return Stage("kd", f"kd-loop: {r.kd_rounds} distillation round(s) on the unlabeled test images",
                      r.budgets["kd_predict_per_round"] + r.kd_rounds * per_round, settings, action)
@@ -465,8 +468,8 @@ def check_overrides(items: Sequence[str], option: str) -> None:
 @click.option("--workers", type=int, default=None, help="Processes for world, masks and synthesis (default 2; quick 1).")
 @click.option("--synth-images", type=int, default=None, help="Synthesized training images (default 800).")
 @click.option("--render-iters", type=int, default=None, help="Translator training iterations (default 400).")
-@click.option("--source-steps", type=int, default=None, help="Training steps of each source model (default 500).")
-@click.option("--source-minutes", type=float, default=None, help="Time limit of each source model (default 4).")
+@click.option("--source-steps", type=int, default=None, help="Training steps of each source model (default 600).")
+@click.option("--source-minutes", type=float, default=None, help="Time limit of each source model (default 4.5).")
 @click.option("--kd-rounds", type=int, default=None, help="Distillation rounds (default 3).")
 @click.option("--kd-steps", type=int, default=None, help="Student training steps per round (default 250).")
 @click.option("--kd-minutes", type=float, default=None, help="Time limit of each student (default 2.2).")

@@ -143,3 +143,13 @@ def test_train_cli_runs_and_resumes(world, tmp_path):
     res = invoke("train", "--out", tmp_path / "run", "--resume", "train.max_steps=3")
     assert res.exit_code == 0, res.output
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_progress_in_a_log_is_a_line_per_quarter(capsys):
+    from dpsnet.inference import _ProgressLine
+
+    progress = _ProgressLine()
+    for done in (4, 8, 12, 16, 18):
+        progress(done, 18)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["predict: 8/18 images", "predict: 12/18 images", "predict: 16/18 images", "predict: 18/18 images"]

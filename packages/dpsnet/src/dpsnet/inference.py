@@ -88,11 +88,22 @@ def predict(model: DPSNet, dataset: InstancesDataset, categories: CategoryMap, *
     return results, count_images
 
 
-def _progress_line(done: int, total: int) -> None:
-    sys.stderr.write(f"\rpredict: {done}/{total} images")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+class _ProgressLine:
+    """``predict: done/total images``: one updating line on a terminal; in a log (not a TTY), a line per quarter
+    of the work and one at the end, so that logs do not run the updates together."""
+
+    def __init__(self) -> None:
+        self.last_quarter = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\rpredict: {done}/{total} images" + ("\n" if done == total else ""))
+        else:
+            quarter = 4 * done // max(total, 1)
+            if quarter > self.last_quarter or done == total:
+                self.last_quarter = max(quarter, self.last_quarter)
+                sys.stderr.write(f"predict: {done}/{total} images\n")
+        sys.stderr.flush()
 
 
 def predict_files(checkpoint: str | Path, instances: str | Path, images: str | Path, out_results: str | Path,
@@ -112,7 +123,7 @@ def predict_files(checkpoint: str | Path, instances: str | Path, images: str | P
     dataset.source = str(instances)
     shard = list(range(info.rank, len(dataset), info.world_size))
     results, count_images = predict(model, dataset, categories, batch_size=batch_size, device=dev, indices=shard,
-                                    progress=_progress_line if progress and info.rank == 0 else None)
+                                    progress=_ProgressLine() if progress and info.rank == 0 else None)
     results, count_images = gather_lists(results, info), gather_lists(count_images, info)
     if info.rank == 0:
         counts = {"count_classes": categories.count_classes,
