@@ -122,6 +122,7 @@ def pct(v) -> str:
               show_default=True, help="A finished `make demo` folder (its kd/loop.toml and rounds).")
 def main(demo: Path) -> None:
     """Run the random-selection and extra-steps controls of a demo's distillation loop and tabulate all three."""
+    demo = demo.resolve()  # kd-loop resolves relative paths against its config's folder
     loop_path = demo / "kd" / "loop.toml"
     if not loop_path.is_file():
         raise click.UsageError(f"{loop_path} not found: run `make demo` first (or pass --demo)")

@@ -92,7 +92,7 @@ def test_other_settings_in_the_same_folder_exit_2(quick_demo):
 @pytest.mark.slow
 def test_kd_controls_on_the_quick_demo(quick_demo):
     out, _ = quick_demo
-    done = run_example("kd_controls.py", "--demo", str(out))
+    done = run_example("kd_controls.py", "--demo", out.name, cwd=out.parent)  # relative, as in the README
     assert done.returncode == 0, done.stderr[-4000:]
     report = (out / "controls" / "controls.md").read_text()
     for r in range(4):
