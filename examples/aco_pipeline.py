@@ -276,12 +276,11 @@ class Pipeline:
         """``render/measure.json``: both methods' measures against the checkout pixels (no labels read)."""
         from rpc_synth.render.measure import measure_render
 
-        synth_images = self.p.dataset("synth")[1]
+        synth_images, source = self.p.dataset("synth")[1], self.render_source()
         measures = {}
         for method, folder in (("histogram", "histogram"), ("translator", "render")):
             click.echo(f"  measuring {folder}/render2019 against {target.name}", err=True)
-            measures[method] = measure_render(synth_images, self.render_source(), target,
-                                              self.p.out / folder / "render2019")
+            measures[method] = measure_render(synth_images, source, target, self.p.out / folder / "render2019")
         write_json(measures, self.p.out / "render" / "measure.json", indent=2)
 
     def render_source(self) -> Path:

@@ -16,52 +16,21 @@ the `oracle` cAcc. Test labels are read only to measure.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 import tomllib
 from pathlib import Path
 
 import click
+from aco_pipeline import to_toml, toml_value
+from aco_stages import run_command, tool
 
 from rpc_metrics import evaluate
 from rpc_metrics.io import atomic_output, load_json, write_json
 
-BIN = Path(sys.executable).parent
-
-
-def tool(name: str) -> str:
-    """The console script of this environment (the demo's tools), else the name on PATH."""
-    return str(BIN / name) if (BIN / name).exists() else name
-
 
 def run(args: list) -> None:
-    click.echo("  $ " + " ".join(str(a) for a in args), err=True)
-    done = subprocess.run([str(a) for a in args], stdout=sys.stderr, check=False)
-    if done.returncode:
-        raise click.ClickException(f"{Path(str(args[0])).name} failed with exit status {done.returncode}")
-
-
-def toml_value(value) -> str:
-    return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
-
-
-def write_toml(config: dict, path: Path) -> None:
-    """kd-loop's config shape: top-level scalars, then tables of scalars, lists and inline tables."""
-    def inline(value):
-        if isinstance(value, dict):
-            return "{ " + ", ".join(f"{json.dumps(k)} = {inline(v)}" for k, v in value.items()) + " }"
-        if isinstance(value, list):
-            return "[" + ", ".join(inline(v) for v in value) + "]"
-        return toml_value(value)
-
-    lines = [f"{k} = {inline(v)}" for k, v in config.items() if not isinstance(v, dict)]
-    for key, table in config.items():
-        if isinstance(table, dict):
-            lines += ["", f"[{key}]", *(f"{k} = {inline(v)}" for k, v in table.items())]
-    with atomic_output(path) as tmp:
-        Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    """A toolkit command on every core (the demo's setting), stopping here when it fails."""
+    run_command(args, threads=0)
 
 
 def kd_rows(workdir: Path, rounds: int) -> list[dict]:
@@ -138,7 +107,8 @@ def main(demo: Path) -> None:
     # The demo gives kd-loop its selection overrides on the command line: the control gets the same ones.
     stage = demo / "stages" / "kd.json"
     kd_set = list(load_json(stage).get("settings", {}).get("set", [])) if stage.is_file() else []
-    write_toml({**loop, "workdir": str(out / "random")}, out / "random.toml")
+    with atomic_output(out / "random.toml") as tmp:
+        Path(tmp).write_text(to_toml({**loop, "workdir": str(out / "random")}), encoding="utf-8")
     click.echo("[1/2] control: random pseudo-labelled images (kd-loop, policy random)", err=True)
     run([tool("kd-loop"), "run", out / "random.toml", *kd_set, 'selection.policy="random"'])
     timings["random"] = time.perf_counter() - started
@@ -167,7 +137,8 @@ def main(demo: Path) -> None:
     gain = loop_rows[-1]["cacc"] - best_control
     lines += ["", f"Round {rounds} minus the better control: {100 * gain:+.2f} points of cAcc (target: +15).",
               f"Loop rounds took {kd_seconds:.0f} s (the demo's kd stage)." if kd_seconds else "",
-              f"Controls took {timings['random']:.0f} s (random) and {timings['steps']:.0f} s (steps) here."]
+              f"This invocation took {timings['random']:.0f} s (random control) and {timings['steps']:.0f} s (steps "
+              "control); a resumed one skips what is done."]
     report = "\n".join(lines).rstrip() + "\n"
     with atomic_output(out / "controls.md") as tmp:
         Path(tmp).write_text(report, encoding="utf-8")

@@ -68,8 +68,7 @@ class SoftDistiller:
         proposals = student.roi_heads.recorded_proposals
         if logits is None or proposals is None:
             raise RuntimeError("SoftDistiller.loss: call attach(student) and a training forward first")
-        flags = torch.as_tensor(list(distill_images) if not isinstance(distill_images, Tensor) else distill_images,
-                                dtype=torch.float32, device=logits.device)
+        flags = torch.as_tensor(distill_images, dtype=torch.float32, device=logits.device)
         rows = torch.repeat_interleave(flags, torch.tensor([len(p) for p in proposals], device=logits.device))
         if float(rows.sum()) == 0:
             return logits.sum() * 0.0

@@ -130,10 +130,11 @@ def train_datasets(config: Mapping[str, Any]) -> tuple[list[InstancesDataset], C
 
 
 def soft_distiller(config: Mapping[str, Any], categories: CategoryMap, num_datasets: int,
-                   device: torch.device) -> SoftDistiller | None:
-    """The config's :class:`SoftDistiller` (``train.distill_weight > 0``), or None."""
+                   device: torch.device) -> tuple[SoftDistiller | None, set[int]]:
+    """The config's :class:`SoftDistiller` (``train.distill_weight > 0``, else None) and the indices of the
+    training datasets whose images it applies to."""
     if config["train.distill_weight"] <= 0:
-        return None
+        return None, set()
     flags = config["data.train_distill"]
     if len(flags) not in (1, num_datasets):
         raise ValueError(f"data.train_distill should hold one true/false per training JSON ({num_datasets}), "
@@ -142,8 +143,9 @@ def soft_distiller(config: Mapping[str, Any], categories: CategoryMap, num_datas
     if not teacher:
         raise ValueError("train.distill_weight > 0 needs a teacher: set train.distill_checkpoint "
                          "(or train.init_checkpoint)")
-    return SoftDistiller(teacher, categories, weight=config["train.distill_weight"],
-                         temperature=config["train.distill_temperature"], device=device)
+    distiller = SoftDistiller(teacher, categories, weight=config["train.distill_weight"],
+                              temperature=config["train.distill_temperature"], device=device)
+    return distiller, {i for i in range(num_datasets) if (flags[0] if len(flags) == 1 else flags[i])}
 
 
 class _Keys:
@@ -235,11 +237,9 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
         raise ValueError(f"an epoch holds {len(sampler)} samples per process, fewer than train.batch_size="
                          f"{config['train.batch_size']}; raise data.epoch_size or lower the batch size")
 
-    distiller = soft_distiller(config, categories, len(datasets), device)
+    distiller, distill_sets = soft_distiller(config, categories, len(datasets), device)
     if distiller is not None:
         distiller.attach(model)
-    flags = config["data.train_distill"]
-    distill_sets = {i for i in range(len(datasets)) if (flags[0] if len(flags) == 1 else flags[i])}
 
     step, epoch, position, best = 0, 0, 0, -math.inf
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
