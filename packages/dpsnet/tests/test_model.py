@@ -7,7 +7,7 @@ import torch
 
 from dpsnet import dpsnet_model
 from dpsnet.backbone import build_backbone
-from dpsnet.detection import box_ioa, mark_ignored
+from dpsnet.detection import agnostic_nms, box_ioa, mark_ignored
 from dpsnet.model import split_ignore
 
 TINY = dict(backbone="small", small_channels=(8, 16, 16, 32), fpn_channels=16, min_size=96, max_size=96,
@@ -61,6 +61,80 @@ def test_eval_outputs_per_image():
             assert float(det["boxes"][:, 2].max()) <= img.shape[2] + 1e-3
             assert float(det["boxes"][:, 3].max()) <= img.shape[1] + 1e-3
     assert all((det["labels"] >= 1).all() for det in out)
+
+
+def slow_agnostic_nms(boxes, scores, labels, thresh, decay=0.0):
+    """Greedy NMS written out: visit by decreasing score, keep what overlaps no kept box above ``thresh``; the
+    rest dropped, or (``decay > 0``) listed after with scores times ``decay``, everything by decreasing score."""
+    kept = []
+    for i in sorted(range(len(scores)), key=lambda k: -float(scores[k])):
+        x1, y1, x2, y2 = (float(v) for v in boxes[i])
+        ok = True
+        for j in kept:
+            a1, b1, a2, b2 = (float(v) for v in boxes[j])
+            inter = max(0.0, min(x2, a2) - max(x1, a1)) * max(0.0, min(y2, b2) - max(y1, b1))
+            union = (x2 - x1) * (y2 - y1) + (a2 - a1) * (b2 - b1) - inter
+            if inter / union > thresh:
+                ok = False
+                break
+        if ok:
+            kept.append(i)
+    if not decay:
+        return boxes[kept], scores[kept], labels[kept]
+    rest = [i for i in range(len(scores)) if i not in kept]
+    entries = [(float(scores[i]), i) for i in kept] + [(float(scores[i] * decay), i) for i in rest]
+    entries = sorted(entries, key=lambda e: -e[0])
+    idx = [i for _, i in entries]
+    return boxes[idx], torch.tensor([e[0] for e in entries]), labels[idx]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("thresh", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("decay", [0.0, 0.01])
+def test_agnostic_nms_matches_greedy_reference(seed, thresh, decay):
+    g = torch.Generator().manual_seed(seed)
+    n = 60
+    xy = torch.rand(n, 2, generator=g) * 80
+    wh = 5 + torch.rand(n, 2, generator=g) * 30
+    boxes = torch.cat([xy, xy + wh], 1)
+    boxes[n // 2:] = boxes[: n - n // 2] + torch.rand(n - n // 2, 4, generator=g) * 4  # near-duplicates
+    scores = (1 + torch.randperm(n, generator=g).float()) / n  # distinct scores: one greedy order
+    labels = torch.randint(1, 5, (n,), generator=g)
+    got = agnostic_nms(boxes, scores, labels, thresh, decay)
+    want = slow_agnostic_nms(boxes, scores, labels, thresh, decay)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    kept = len(slow_agnostic_nms(boxes, scores, labels, thresh)[0])
+    assert kept < n  # the near-duplicates were suppressed across labels
+    assert len(got[0]) == (n if decay else kept)
+
+
+def test_agnostic_nms_empty_and_bad_threshold():
+    empty = agnostic_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5)
+    assert all(t.shape[0] == 0 for t in empty)
+    assert agnostic_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5, 0.01)[0].shape \
+        == (0, 4)
+    with pytest.raises(ValueError, match="agnostic_nms_thresh"):
+        tiny_model(box_agnostic_nms_thresh=1.5)
+    with pytest.raises(ValueError, match="agnostic_nms_decay"):
+        tiny_model(box_agnostic_nms_decay=1.0)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.01])
+def test_model_agnostic_nms_is_the_reference_on_its_per_class_output(decay):
+    images, _ = batch()
+    plain = tiny_model(box_score_thresh=0.0).eval()
+    agnostic = tiny_model(box_score_thresh=0.0, box_agnostic_nms_thresh=0.4, box_agnostic_nms_decay=decay).eval()
+    agnostic.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        out_plain, out_agn = plain(images), agnostic(images)
+    suppressed = 0
+    for p, a in zip(out_plain, out_agn, strict=True):
+        want = slow_agnostic_nms(p["boxes"], p["scores"], p["labels"], 0.4, decay)
+        assert torch.equal(a["boxes"], want[0]) and torch.equal(a["scores"], want[1])
+        assert torch.equal(a["labels"], want[2]) and torch.equal(a["counts"], p["counts"])
+        suppressed += int((a["scores"] < p["scores"].min()).sum()) if decay else len(p["boxes"]) - len(a["boxes"])
+    assert suppressed > 0  # random weights give overlapping boxes of several classes
 
 
 def test_training_needs_targets():

@@ -39,6 +39,46 @@ def test_predict_writes_valid_results_and_counts(world, checkpoint, tmp_path):
     assert len(results) > 0 and {r["category_id"] for r in results} <= {3, 5, 9}
 
 
+def test_predict_agnostic_nms_option(world, checkpoint, tmp_path):
+    """--agnostic-nms overrides the checkpoint's model.box_agnostic_nms_thresh (0: off). With it, the detections
+    that keep their score overlap no other kept one above the IoU, whatever their SKUs; the suppressed ones stay
+    with 1% of their score (the preset's model.box_agnostic_nms_decay); off, the same checkpoint had such pairs."""
+    from torchvision.ops import box_iou
+
+    def by_image(path):
+        out = {}
+        for r in read_results(path):
+            out.setdefault(r["image_id"], []).append(r)
+        return out
+
+    def max_iou(results):
+        b = torch.tensor([r["bbox"] for r in results]).reshape(-1, 4)
+        b[:, 2:] += b[:, :2]
+        return float(box_iou(b, b).fill_diagonal_(0).max()) if len(b) > 1 else 0.0
+
+    for name, iou in (("plain", 0), ("agnostic", 0.3)):
+        res = invoke("predict", "--checkpoint", checkpoint, "--instances", world / "pool.json", "--images",
+                     world / "images", "--out-results", tmp_path / f"{name}.json", "--out-counts",
+                     tmp_path / f"{name}_c.json", "--device", "cpu", "--quiet", "--agnostic-nms", iou)
+        assert res.exit_code == 0, res.output
+    plain, agnostic = by_image(tmp_path / "plain.json"), by_image(tmp_path / "agnostic.json")
+    assert max(max_iou(rs) for rs in plain.values()) > 0.3
+    decayed = 0
+    for image_id, rs in agnostic.items():
+        assert len(rs) == len(plain[image_id])
+        scores = {(r["category_id"], tuple(r["bbox"])): r["score"] for r in plain[image_id]}
+        kept = [r for r in rs if abs(r["score"] - scores[r["category_id"], tuple(r["bbox"])]) <= 1e-5]
+        others = [r for r in rs if r not in kept]
+        assert all(abs(r["score"] - 0.01 * scores[r["category_id"], tuple(r["bbox"])]) <= 1e-5 for r in others)
+        assert max_iou(kept) <= 0.3 + 1e-4  # boxes are rounded to 0.01 px in the file
+        decayed += len(others)
+    assert decayed > 0
+    bad = invoke("predict", "--checkpoint", checkpoint, "--instances", world / "pool.json", "--images",
+                 world / "images", "--out-results", tmp_path / "x.json", "--out-counts", tmp_path / "y.json",
+                 "--agnostic-nms", 2)
+    assert bad.exit_code == 2 and "agnostic-nms" in bad.output
+
+
 def test_evaluate_prints_rpc_table_and_count_accuracy(world, checkpoint, tmp_path):
     assert invoke("predict", "--checkpoint", checkpoint, "--instances", world / "instances.json", "--images",
                   world / "images", "--out-results", tmp_path / "r.json", "--out-counts", tmp_path / "c.json",

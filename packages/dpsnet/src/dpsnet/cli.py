@@ -86,15 +86,17 @@ def config_command(config_name, overrides) -> None:
 @click.option("--batch-size", default=4, show_default=True, help="Images per batch.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--score-thresh", type=float, default=None, help="Drop detections below this score (default: the model's).")
+@click.option("--agnostic-nms", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Class-agnostic NMS IoU (model.box_agnostic_nms_thresh; 0: off; default: the model's).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def predict_command(checkpoint, instances, images, out_results, out_counts, batch_size, device, score_thresh,
-                    quiet) -> None:
+                    agnostic_nms, quiet) -> None:
     """Detect and count every image of a pool; write COCO results and the counts file. Works under torchrun."""
     from .distributed import shutdown_distributed
     from .inference import predict_files
 
     _run(predict_files, checkpoint, instances, images, out_results, out_counts, batch_size=batch_size,
-         device=device, score_thresh=score_thresh, progress=not quiet)
+         device=device, score_thresh=score_thresh, agnostic_nms=agnostic_nms, progress=not quiet)
     shutdown_distributed()
 
 

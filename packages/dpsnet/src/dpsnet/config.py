@@ -34,6 +34,8 @@ SCHEMA: list[tuple[str, Any, str]] = [
     ("model.box_representation_size", 1024, "Width of the box head's two fully connected layers."),
     ("model.box_batch_size_per_image", 512, "Proposals sampled per image for the box head loss."),
     ("model.box_score_thresh", 0.05, "Detections below this score are dropped at inference."),
+    ("model.box_agnostic_nms_thresh", 0.0, "Class-agnostic NMS IoU after the per-class one: one detection per place, the most confident SKU (look-alikes are otherwise counted twice); 0: off, as torchvision."),
+    ("model.box_agnostic_nms_decay", 0.0, "Detections that class-agnostic NMS suppresses are dropped (0) or kept with their score times this (e.g. 0.01: below counting thresholds, still second hypotheses for mAP)."),
     ("model.box_detections_per_img", 100, "Most detections kept per image."),
     ("model.ignore_ioa", 0.5, "An anchor/proposal this much inside an ignore region (iscrowd=1) is not background."),
     ("model.roi_pool", "auto", "Box RoI pooler: auto (aco_kernels where its kernel path runs, e.g. CUDA; torchvision's compiled RoIAlign on CPU), aco or torchvision."),

@@ -3,6 +3,11 @@
 Ignore regions (``iscrowd: 1`` annotations) reach these modules as ``targets[i]["ignore_boxes"]``; an anchor or
 proposal that would be background but lies mostly inside an ignore region (intersection over its own area
 ``>= ignore_ioa``) is neither foreground nor background: it gets label -1, which the samplers skip.
+
+torchvision's box head suppresses overlapping detections per class only, so one product often comes out twice
+under two look-alike SKUs, which double-counts it. ``agnostic_nms_thresh`` adds a class-agnostic NMS after it
+(:func:`agnostic_nms`): one detection per place, the most confident class; the others can stay, with scores
+decayed below any counting threshold, as second hypotheses for mAP.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign, nms
 
 import aco_kernels
 
@@ -50,9 +55,16 @@ def mark_ignored(labels: Tensor, boxes: Tensor, ignore_boxes: Tensor | None, ign
 class IgnoreAwareRPN(RegionProposalNetwork):
     """torchvision's RPN whose background anchors inside ignore regions are left out of the loss."""
 
-    def __init__(self, *args, ignore_ioa: float = 0.5, **kwargs):
+    def __init__(self, *args, ignore_ioa: float = 0.5, agnostic_nms_thresh: float = 0.0,
+                 agnostic_nms_decay: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
+        if not 0.0 <= agnostic_nms_thresh <= 1.0:
+            raise ValueError(f"agnostic_nms_thresh should be in [0, 1] (0: off), got {agnostic_nms_thresh}")
+        if not 0.0 <= agnostic_nms_decay < 1.0:
+            raise ValueError(f"agnostic_nms_decay should be in [0, 1) (0: drop), got {agnostic_nms_decay}")
         self.ignore_ioa = ignore_ioa
+        self.agnostic_nms_thresh = agnostic_nms_thresh
+        self.agnostic_nms_decay = agnostic_nms_decay
 
     def assign_targets_to_anchors(self, anchors, targets):
         labels, matched = super().assign_targets_to_anchors(anchors, targets)
@@ -61,16 +73,43 @@ class IgnoreAwareRPN(RegionProposalNetwork):
         return labels, matched
 
 
+def agnostic_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thresh: float, decay: float = 0.0
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """Greedy NMS over all classes together: a detection overlapping a higher-scored kept one (of any class) with
+    an IoU above ``iou_thresh`` is suppressed. Suppressed detections are dropped (``decay = 0``) or kept with
+    their score times ``decay``, below the kept ones' in practice: a counting threshold no longer sees them,
+    while mAP still ranks them as second hypotheses. Returns ``(boxes, scores, labels)`` by decreasing score
+    (stable: kept ones in greedy order first, then suppressed ones by index)."""
+    keep = nms(boxes, scores, iou_thresh)
+    if decay <= 0:
+        return boxes[keep], scores[keep], labels[keep]
+    suppressed = torch.ones(len(scores), dtype=torch.bool, device=scores.device)
+    suppressed[keep] = False
+    order = torch.cat([keep, suppressed.nonzero().flatten()])
+    new_scores = torch.cat([scores[keep], scores[suppressed] * decay])
+    new_scores, rank = new_scores.sort(descending=True, stable=True)
+    order = order[rank]
+    return boxes[order], new_scores, labels[order]
+
+
 class IgnoreAwareRoIHeads(RoIHeads):
     """torchvision's RoI box head whose background proposals inside ignore regions are not sampled.
 
+    With ``agnostic_nms_thresh > 0``, inference ends with a class-agnostic NMS at that IoU (:func:`agnostic_nms`).
     With ``record = True``, a training forward keeps its sampled proposals (``recorded_proposals``, per image)
     and their class logits (``recorded_logits``) for soft distillation (:mod:`dpsnet.distill`).
     """
 
-    def __init__(self, *args, ignore_ioa: float = 0.5, **kwargs):
+    def __init__(self, *args, ignore_ioa: float = 0.5, agnostic_nms_thresh: float = 0.0,
+                 agnostic_nms_decay: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
+        if not 0.0 <= agnostic_nms_thresh <= 1.0:
+            raise ValueError(f"agnostic_nms_thresh should be in [0, 1] (0: off), got {agnostic_nms_thresh}")
+        if not 0.0 <= agnostic_nms_decay < 1.0:
+            raise ValueError(f"agnostic_nms_decay should be in [0, 1) (0: drop), got {agnostic_nms_decay}")
         self.ignore_ioa = ignore_ioa
+        self.agnostic_nms_thresh = agnostic_nms_thresh
+        self.agnostic_nms_decay = agnostic_nms_decay
         self._ignore_boxes: list[Tensor | None] | None = None
         self.record = False
         self.recorded_proposals: list[Tensor] | None = None
@@ -80,6 +119,14 @@ class IgnoreAwareRoIHeads(RoIHeads):
     def _record_logits(self, _module, _inputs, output) -> None:
         if self.record and self.training:
             self.recorded_logits = output[0]
+
+    def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
+        boxes, scores, labels = super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        if self.agnostic_nms_thresh > 0:
+            kept = [agnostic_nms(b, s, lab, self.agnostic_nms_thresh, self.agnostic_nms_decay)
+                    for b, s, lab in zip(boxes, scores, labels, strict=True)]
+            boxes, scores, labels = (list(part) for part in zip(*kept, strict=True)) if kept else ([], [], [])
+        return boxes, scores, labels
 
     def select_training_samples(self, proposals, targets):
         # assign_targets_to_proposals does not see the targets; hand it the ignore regions for this call.

@@ -69,6 +69,8 @@ class DPSNet(nn.Module):
         box_representation_size: int = 1024,
         box_score_thresh: float = 0.05,
         box_nms_thresh: float = 0.5,
+        box_agnostic_nms_thresh: float = 0.0,
+        box_agnostic_nms_decay: float = 0.0,
         box_detections_per_img: int = 100,
         box_batch_size_per_image: int = 512,
         ignore_ioa: float = 0.5,
@@ -112,7 +114,8 @@ class DPSNet(nn.Module):
         self.roi_heads = IgnoreAwareRoIHeads(
             pool, TwoMLPHead(channels * 7 * 7, box_representation_size),
             FastRCNNPredictor(box_representation_size, num_classes), 0.5, 0.5, box_batch_size_per_image, 0.25,
-            None, box_score_thresh, box_nms_thresh, box_detections_per_img, ignore_ioa=ignore_ioa)
+            None, box_score_thresh, box_nms_thresh, box_detections_per_img, ignore_ioa=ignore_ioa,
+            agnostic_nms_thresh=box_agnostic_nms_thresh, agnostic_nms_decay=box_agnostic_nms_decay)
         self.counting_view = CountingView(channels, num_count_classes, levels=count_levels, stride=count_stride,
                                           channels=count_channels, num_convs=count_convs)
 
