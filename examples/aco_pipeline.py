@@ -50,13 +50,13 @@ class Recipe:
     backbone_weights: Path | None = None
     # DPSNet source models: the same steps and time limit each (None: the preset's).
     preset: str = "cpu-small"
-    source_steps: int | None = 600
+    source_steps: int | None = 740
     source_minutes: float | None = 4.5
     dpsnet_set: tuple[str, ...] = ()
     nproc: int = 1
     # kd-loop.
     kd_rounds: int = 3
-    kd_steps: int | None = 250
+    kd_steps: int | None = 300
     kd_minutes: float | None = 2.2
     kd_lr: float | None = 0.005  # students fine-tune their teacher: a quarter of the preset's peak rate, short warmup
     # The instance policy (confident detections become labels, uncertain ones ignore regions) by default: with the
@@ -71,7 +71,7 @@ class Recipe:
         "world": 20, "masks": 20, "poses": 2, "synth": 20, "synth_heldout": 5, "pretrain": 60,
         "checkout_unlabeled": 2, "render_train": 120, "render_apply": 40, "histogram": 10, "render_measure": 30,
         "startup": 5,
-        "train_step": 0.4, "predict_per_model": 20, "kd_predict_per_round": 15, "visualize": 15})
+        "train_step": 0.33, "predict_per_model": 20, "kd_predict_per_round": 15, "visualize": 15})
 
 
 QUICK = Recipe(
@@ -86,7 +86,7 @@ QUICK = Recipe(
     budgets={"world": 2, "masks": 2, "poses": 1, "synth": 1, "synth_heldout": 1, "pretrain": 4,
              "checkout_unlabeled": 1, "render_train": 4, "render_apply": 5, "histogram": 1, "render_measure": 2,
              "startup": 5,
-             "train_step": 0.4, "predict_per_model": 3, "kd_predict_per_round": 1, "visualize": 6},
+             "train_step": 0.33, "predict_per_model": 3, "kd_predict_per_round": 1, "visualize": 6},
 )
 
 SOURCE_MODELS = (("syn", "Syn", ("synth",)), ("hist", "Syn+histogram", ("synth", "histogram")),
@@ -467,10 +467,10 @@ def check_overrides(items: Sequence[str], option: str) -> None:
 @click.option("--workers", type=int, default=None, help="Processes for world, masks and synthesis (default 2; quick 1).")
 @click.option("--synth-images", type=int, default=None, help="Synthesized training images (default 800).")
 @click.option("--render-iters", type=int, default=None, help="Translator training iterations (default 400).")
-@click.option("--source-steps", type=int, default=None, help="Training steps of each source model (default 600).")
+@click.option("--source-steps", type=int, default=None, help="Training steps of each source model (default 740).")
 @click.option("--source-minutes", type=float, default=None, help="Time limit of each source model (default 4.5).")
 @click.option("--kd-rounds", type=int, default=None, help="Distillation rounds (default 3).")
-@click.option("--kd-steps", type=int, default=None, help="Student training steps per round (default 250).")
+@click.option("--kd-steps", type=int, default=None, help="Student training steps per round (default 300).")
 @click.option("--kd-minutes", type=float, default=None, help="Time limit of each student (default 2.2).")
 @overrides_option("--dpsnet-set", "A dpsnet config override for every training run (repeatable; see `dpsnet config`).")
 @overrides_option("--kd-set", "A kd-loop config override (repeatable; see `kd-loop keys`), e.g. selection.min_boxes=2.")

@@ -1,8 +1,8 @@
 """Counting-view overhead: a DPSNet training step against plain torchvision FasterRCNN, same backbone and size.
 
 Run with ``make bench`` (or ``pytest packages/dpsnet/benchmarks --benchmark-enable``). Both models use the
-``cpu-small`` preset's backbone (small body + 64-channel FPN), anchors, RPN and box-head sizes and RoIAlign
-sampling ratio, at the preset's input size (384 px) with 4 images of about 12 boxes each. The baseline uses
+``cpu-small`` preset's backbone (small body + 64-channel FPN, channels-last), anchors, RPN levels and sizes,
+box-head sizes and RoIAlign sampling ratio, at the preset's input size (384 px) with 4 images of about 12 boxes each. The baseline uses
 torchvision's own ``MultiScaleRoIAlign`` and RPN; DPSNet adds
 the counting view (projections, pyramid_fuse, head, density targets and losses), the ignore-aware samplers and
 the aco_kernels RoI pooler. The summary line prints the overhead; set ``DPSNET_BENCH_THREADS`` to pin threads.
@@ -11,9 +11,11 @@ the aco_kernels RoI pooler. The summary line prints the overhead; set ``DPSNET_B
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 
 import pytest
 import torch
+from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -48,21 +50,49 @@ def dpsnet():
     return dpsnet_model(NUM_CLASSES, **_kwargs()).train()
 
 
+class _ChannelsLast(nn.Module):
+    """The preset's ``model.channels_last``: the backbone sees a channels-last batch."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone, self.out_channels = backbone, backbone.out_channels
+
+    def forward(self, x):
+        return self.backbone(x.contiguous(memory_format=torch.channels_last))
+
+
+class _RPNLevels(nn.Module):
+    """The preset's ``model.rpn_levels``: torchvision's RPN shown only those pyramid levels."""
+
+    def __init__(self, rpn: nn.Module, levels):
+        super().__init__()
+        self.rpn, self.levels = rpn, tuple(levels)
+
+    def forward(self, images, features, targets=None):
+        return self.rpn(images, OrderedDict((k, features[k]) for k in self.levels), targets)
+
+
 def torchvision_faster_rcnn():
     torch.manual_seed(0)
     kw = _kwargs()
     backbone = build_backbone("small", out_channels=kw["fpn_channels"], small_channels=tuple(kw["small_channels"]),
                               norm=kw["norm"])
-    sizes = kw["anchor_sizes"]
-    anchors = AnchorGenerator(tuple((s,) for s in sizes), (tuple(kw["aspect_ratios"]),) * len(sizes))
+    if kw["channels_last"]:
+        backbone = _ChannelsLast(backbone)
+    sizes, levels = kw["anchor_sizes"], kw["rpn_levels"]
+    per_level = len(sizes) // len(levels)
+    anchors = AnchorGenerator(tuple(tuple(sizes[i * per_level:(i + 1) * per_level]) for i in range(len(levels))),
+                              (tuple(kw["aspect_ratios"]),) * len(levels))
     rep = kw["box_representation_size"]
-    return FasterRCNN(
+    model = FasterRCNN(
         backbone, None, min_size=kw["min_size"], max_size=kw["max_size"], rpn_anchor_generator=anchors,
         rpn_pre_nms_top_n_train=kw["rpn_pre_nms_top_n_train"], rpn_post_nms_top_n_train=kw["rpn_post_nms_top_n_train"],
         rpn_batch_size_per_image=kw["rpn_batch_size_per_image"], box_batch_size_per_image=kw["box_batch_size_per_image"],
         box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, sampling_ratio=kw["roi_sampling_ratio"]),
         box_head=TwoMLPHead(backbone.out_channels * 49, rep), box_predictor=FastRCNNPredictor(rep, NUM_CLASSES),
-    ).train()
+    )
+    model.rpn = _RPNLevels(model.rpn, levels)
+    return model.train()
 
 
 def _step(model, optimizer, images, targets):

@@ -70,7 +70,7 @@ def tiny_overrides(world: Path, **extra) -> dict:
     """Config values for a tiny, fast model on a ``make_world`` folder."""
     values = {
         "model.small_channels": [8, 16, 16, 32], "model.fpn_channels": 16, "model.min_size": [96],
-        "model.max_size": 96, "model.anchor_sizes": [16, 32, 64, 128, 256],
+        "model.max_size": 96, "model.anchor_sizes": [16, 32, 64, 128], "model.rpn_levels": ["1", "2", "3", "pool"],
         "model.rpn_pre_nms_top_n_train": 100, "model.rpn_post_nms_top_n_train": 50,
         "model.rpn_pre_nms_top_n_test": 100, "model.rpn_post_nms_top_n_test": 50,
         "model.rpn_batch_size_per_image": 32, "model.box_batch_size_per_image": 32,

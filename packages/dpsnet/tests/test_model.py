@@ -137,6 +137,51 @@ def test_model_agnostic_nms_is_the_reference_on_its_per_class_output(decay):
     assert suppressed > 0  # random weights give overlapping boxes of several classes
 
 
+def test_rpn_levels_and_anchor_sizes_per_level():
+    """The RPN sees only model.rpn_levels, with the anchor sizes split evenly over them; the box head and the
+    counting view still get every level."""
+    model = tiny_model(rpn_levels=["1", "2", "3", "pool"], anchor_sizes=[16, 32, 64, 96, 128, 192, 256, 384])
+    assert model.rpn.anchor_generator.sizes == ((16, 32), (64, 96), (128, 192), (256, 384))
+    assert model.rpn.anchor_generator.num_anchors_per_location() == [6, 6, 6, 6]
+    seen = {}
+
+    def rpn_head_inputs(_module, inputs, _output):
+        seen["shapes"] = [tuple(x.shape[-2:]) for x in inputs[0]]
+
+    def backbone_outputs(_module, _inputs, output):
+        seen["levels"] = {k: tuple(v.shape[-2:]) for k, v in output.items()}
+
+    model.rpn.head.register_forward_hook(rpn_head_inputs)
+    model.backbone.register_forward_hook(backbone_outputs)
+    images, targets = batch()
+    losses = model.train()(images, targets)
+    assert all(math.isfinite(v.item()) for v in losses.values())
+    assert seen["shapes"] == [seen["levels"][k] for k in ("1", "2", "3", "pool")]
+    with pytest.raises(ValueError, match="split evenly"):
+        tiny_model(rpn_levels=["1", "2", "3", "pool"], anchor_sizes=[16, 32, 64, 128, 256])
+    with pytest.raises(ValueError, match="rpn_levels"):
+        tiny_model(rpn_levels=["1", "9"], anchor_sizes=[16, 32])
+
+
+def test_channels_last_gives_the_same_outputs():
+    images, targets = batch()
+    plain = tiny_model(box_score_thresh=0.0).eval()
+    fast = tiny_model(box_score_thresh=0.0, channels_last=True).eval()
+    fast.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        for a, b in zip(plain(images), fast(images), strict=True):
+            assert a["boxes"].shape == b["boxes"].shape
+            torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-3, rtol=1e-4)
+            torch.testing.assert_close(a["scores"], b["scores"], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(a["counts"], b["counts"], atol=1e-4, rtol=1e-4)
+    torch.manual_seed(3)
+    loss_plain = plain.train()(images, targets)
+    torch.manual_seed(3)
+    loss_fast = fast.train()(images, targets)
+    for key, value in loss_plain.items():
+        torch.testing.assert_close(value, loss_fast[key], atol=1e-4, rtol=1e-4)
+
+
 def test_training_needs_targets():
     with pytest.raises(ValueError, match="targets"):
         tiny_model().train()([torch.rand(3, 64, 64)])

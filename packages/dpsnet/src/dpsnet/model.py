@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -23,6 +24,8 @@ def split_ignore(targets: Sequence[dict[str, Tensor]]) -> list[dict[str, Tensor]
         crowd = t["iscrowd"].bool() if "iscrowd" in t else torch.zeros_like(t["labels"], dtype=torch.bool)
         out.append({"boxes": t["boxes"][~crowd], "labels": t["labels"][~crowd], "ignore_boxes": t["boxes"][crowd]})
     return out
+
+PYRAMID_LEVELS = ("0", "1", "2", "3", "pool")  # P2-P5 and the max-pooled P6, as every backbone returns them
 
 
 class DPSNet(nn.Module):
@@ -52,6 +55,7 @@ class DPSNet(nn.Module):
         num_count_classes: int | None = None,
         *,
         # input transform
+        channels_last: bool = False,
         min_size: int | tuple[int, ...] = 800,
         max_size: int = 1333,
         image_mean: Sequence[float] = (0.485, 0.456, 0.406),
@@ -59,6 +63,7 @@ class DPSNet(nn.Module):
         # RPN
         anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        rpn_levels: Sequence[str] = ("0", "1", "2", "3", "pool"),
         rpn_pre_nms_top_n_train: int = 2000,
         rpn_pre_nms_top_n_test: int = 1000,
         rpn_post_nms_top_n_train: int = 2000,
@@ -103,7 +108,19 @@ class DPSNet(nn.Module):
         channels = backbone.out_channels
         self.transform = GeneralizedRCNNTransform(min_size, max_size, list(image_mean), list(image_std))
         self.backbone = backbone
-        anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), (tuple(aspect_ratios),) * len(anchor_sizes))
+        self.channels_last = channels_last
+        self.rpn_levels = tuple(str(lv) for lv in rpn_levels)
+        unknown = sorted(set(self.rpn_levels) - set(PYRAMID_LEVELS))
+        if unknown or not self.rpn_levels or len(set(self.rpn_levels)) != len(self.rpn_levels):
+            raise ValueError(f"rpn_levels should be distinct pyramid levels among {PYRAMID_LEVELS}, got "
+                             f"{list(rpn_levels)}")
+        if len(anchor_sizes) % len(self.rpn_levels):
+            raise ValueError(f"anchor_sizes ({len(anchor_sizes)} sizes) should split evenly over the "
+                             f"{len(self.rpn_levels)} rpn_levels {list(self.rpn_levels)}")
+        per_level = len(anchor_sizes) // len(self.rpn_levels)
+        anchors = AnchorGenerator(
+            tuple(tuple(anchor_sizes[i * per_level:(i + 1) * per_level]) for i in range(len(self.rpn_levels))),
+            (tuple(aspect_ratios),) * len(self.rpn_levels))
         self.rpn = IgnoreAwareRPN(
             anchors, RPNHead(channels, anchors.num_anchors_per_location()[0]), 0.7, 0.3, rpn_batch_size_per_image,
             0.5, {"training": rpn_pre_nms_top_n_train, "testing": rpn_pre_nms_top_n_test},
@@ -127,8 +144,11 @@ class DPSNet(nn.Module):
         det_targets = split_ignore(targets) if targets is not None else None
         if self.training and self.roi_heads.record:
             self.recorded_batch = batch  # the resized, normalised batch, for a teacher to see the same input
-        features = self.backbone(batch.tensors)
-        proposals, rpn_losses = self.rpn(batch, features, det_targets)
+        pixels = batch.tensors.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.tensors
+        features = self.backbone(pixels)
+        rpn_features = features if tuple(features) == self.rpn_levels else \
+            OrderedDict((lv, features[lv]) for lv in self.rpn_levels)
+        proposals, rpn_losses = self.rpn(batch, rpn_features, det_targets)
         detections, box_losses = self.roi_heads(features, proposals, batch.image_sizes, det_targets)
         density = self.counting_view(features, tuple(batch.tensors.shape[-2:]))
         if self.training:
