@@ -46,6 +46,7 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "val.images": ("", "image folder of the validation split"),
     "selection.policy": ("image+instance", "'image', 'instance', 'image+instance', or 'random' (the control)"),
     "selection.thresholds": ([0.80, 0.85, 0.90, 0.95], "score threshold per round (the last one repeats)"),
+    "selection.target_precision": (0.0, "when > 0: each round's threshold is the lowest score at which the teacher's detections on the labelled val split are right this often (needs [val]; replaces selection.thresholds); 0: the fixed schedule"),
     "selection.count_classes": ("category", "granularity of the count agreement: category, supercategory or object (a per-category counts file is summed into the coarser classes)"),
     "selection.min_boxes": (1, "an image is selected only with at least this many kept boxes"),
     "selection.ignore_threshold": (0.5, "instance level: detections scoring in [this, threshold) become ignore regions"),
@@ -153,6 +154,12 @@ def _check_values(values: dict[str, Any]) -> None:
     thresholds = values["selection.thresholds"]
     if not isinstance(thresholds, list) or not thresholds or not all(isinstance(t, (int, float)) for t in thresholds):
         raise ConfigError("selection.thresholds should be a non-empty list of numbers, e.g. [0.8, 0.85, 0.9, 0.95]")
+    target = values["selection.target_precision"]
+    if not isinstance(target, (int, float)) or not 0.0 <= target <= 1.0:
+        raise ConfigError(f"selection.target_precision should be a number in [0, 1] (0: off), got {target!r}")
+    if target > 0 and not values["val.instances"]:
+        raise ConfigError("selection.target_precision calibrates on the labelled val split: set val.instances and "
+                          "val.images, or set selection.target_precision=0 to use selection.thresholds")
     if not isinstance(values["rounds"], int) or values["rounds"] < 0:
         raise ConfigError("rounds should be a non-negative integer")
     datasets = values["source.datasets"]

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from kd_loop import report
+from kd_loop.calibration import precision_threshold
 from kd_loop.config import ConfigError, LoopConfig
 from kd_loop.protocols import Learner, Prediction, TrainingSet
 from kd_loop.selection import SelectionPolicy, select_pseudo_labels
@@ -120,17 +121,27 @@ class Run:
             results = read_results(teacher / "predictions.json")
             counts_path = teacher / "counts.json"
             counts = read_counts(counts_path) if counts_path.exists() else None
+            threshold, calibrated = self.config.threshold(r), None
+            target = float(self.config["selection.target_precision"])
+            if target > 0:  # the labelled val split sets it, never the pool's labels
+                calibrated = {"target_precision": target, **precision_threshold(
+                    read_results(teacher / "val_predictions.json"),
+                    read_instances(self.config.path("val.instances")), target)}
+                threshold = calibrated["threshold"]
             policy = SelectionPolicy(
-                policy=self.config["selection.policy"], threshold=self.config.threshold(r),
-                ignore_threshold=min(float(self.config["selection.ignore_threshold"]), self.config.threshold(r)),
+                policy=self.config["selection.policy"], threshold=threshold,
+                ignore_threshold=min(float(self.config["selection.ignore_threshold"]), threshold),
                 count_classes=self.config["selection.count_classes"], min_boxes=int(self.config["selection.min_boxes"]),
                 seed=self.seed * 1000 + r,
             )
             dataset, stats = select_pseudo_labels(self.pool, results, counts, policy)
+            if calibrated is not None:
+                stats["calibration"] = calibrated
             write_json(dataset, out / "pseudo_labels.json")
             write_json(stats, out / "selection.json", indent=2)
             return (f"{stats['selected_images']} of {stats['pool_images']} images, {stats['boxes']} boxes, "
-                    f"{stats['ignore_regions']} ignore regions (threshold {stats['threshold']:.2f})")
+                    f"{stats['ignore_regions']} ignore regions (threshold {stats['threshold']:.2f}"
+                    + (f", calibrated on val for precision {target:.2f})" if calibrated is not None else ")"))
 
         self._step(r, "select", out / "selection.json", action)
 

@@ -1,7 +1,8 @@
 """Reporting only: how good the selection and the models are, measured against ground truth when given.
 
-This is the one module of kd-loop that reads ground truth, and nothing it computes flows back into the
-selection: the loop calls it after a round's selection and training are written.
+This is the one module of kd-loop that reads the pool's ground truth, and nothing it computes flows back into
+the selection: the loop calls it after a round's selection and training are written. (The selection may use
+the labelled validation split, through :mod:`kd_loop.calibration`; never the pool's labels.)
 """
 
 from __future__ import annotations
@@ -13,19 +14,7 @@ import numpy as np
 from rpc_metrics import evaluate
 from rpc_metrics.cocoeval import BoxSet, match
 
-
-def _box_set(dataset: Mapping, image_ids: np.ndarray, cat_ids: np.ndarray, *, detections: bool) -> BoxSet:
-    anns = [a for a in dataset["annotations"] if not a.get("iscrowd", 0)] if detections else dataset["annotations"]
-    n = len(anns)
-    boxes = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(n, 4)
-    image_index = np.searchsorted(image_ids, np.fromiter((a["image_id"] for a in anns), np.int64, n))
-    category_index = np.searchsorted(cat_ids, np.fromiter((a["category_id"] for a in anns), np.int64, n))
-    if detections:
-        scores = np.fromiter((a.get("score", 1.0) for a in anns), np.float64, n)
-        return BoxSet(image_index, category_index, boxes, scores=scores)
-    return BoxSet(image_index, category_index, boxes,
-                  iscrowd=np.fromiter((a.get("iscrowd", 0) for a in anns), np.int64, n),
-                  area=boxes[:, 2] * boxes[:, 3], ids=np.arange(1, n + 1))
+from .calibration import box_set as _box_set
 
 
 def selection_quality(pseudo: Mapping, pool_gt: Mapping) -> dict:

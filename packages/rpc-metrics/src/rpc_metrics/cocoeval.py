@@ -43,7 +43,7 @@ class Matching:
 
     Detections are the kept ones (top ``max_dets`` per image and category), in the order used by
     pycocotools' accumulation: category, then descending score, then image, then rank in the group.
-    ``tp`` and ``ignored`` are ``bool[T, D]`` over IoU thresholds.
+    ``tp`` and ``ignored`` are ``bool[T, D]`` over IoU thresholds; ``det_score`` their scores.
     """
 
     det_image: np.ndarray
@@ -53,6 +53,7 @@ class Matching:
     gt_image: np.ndarray
     gt_category: np.ndarray
     gt_ignored: np.ndarray
+    det_score: np.ndarray | None = None
 
 
 def box_iou_coco(det: np.ndarray, gt: np.ndarray, gt_crowd: np.ndarray) -> np.ndarray:
@@ -164,6 +165,7 @@ def match(gt: BoxSet, dt: BoxSet, n_categories: int, *, max_dets: int = 100,
     return Matching(
         det_image=dt_image[acc], det_category=dt_category[acc], tp=tp[:, acc], ignored=ignored[:, acc],
         gt_image=gt.image_index[gt_order], gt_category=gt.category_index[gt_order], gt_ignored=gt_ignore,
+        det_score=dt_scores[acc],
     )
 
 
