@@ -1,7 +1,9 @@
 """kd-loop against its two controls, same compute, on a finished `make demo` run (kd-loop's acceptance).
 
-- `random`: the same loop, but each round's pseudo-labelled images are drawn at random (as many as the
-  label-free selection keeps; kd-loop's `random` policy), labelled like the loop's.
+- `random`: the same loop, but each round's pseudo-labels are drawn at random: for an image-level loop, as many
+  images as the label-free selection keeps (kd-loop's `random` policy), labelled like the loop's; for an
+  `instance` loop (which labels every image), as many labels as it keeps, drawn among all its candidate
+  detections (`random-instance`).
 - `steps`: the source model trained on its own (synthesized) data for as many extra steps as the rounds'
   students take together, from the same checkpoint, with the students' settings.
 
@@ -107,10 +109,16 @@ def main(demo: Path) -> None:
     # The demo gives kd-loop its selection overrides on the command line: the control gets the same ones.
     stage = demo / "stages" / "kd.json"
     kd_set = list(load_json(stage).get("settings", {}).get("set", [])) if stage.is_file() else []
+    policy = loop.get("selection", {}).get("policy", "image+instance")
+    for item in kd_set:
+        key, _, value = item.partition("=")
+        if key.strip() == "selection.policy":
+            policy = value.strip().strip('"')
+    control = "random-instance" if policy == "instance" else "random"
     with atomic_output(out / "random.toml") as tmp:
         Path(tmp).write_text(to_toml({**loop, "workdir": str(out / "random")}), encoding="utf-8")
-    click.echo("[1/2] control: random pseudo-labelled images (kd-loop, policy random)", err=True)
-    run([tool("kd-loop"), "run", out / "random.toml", *kd_set, 'selection.policy="random"'])
+    click.echo(f"[1/2] control: random pseudo-labels (kd-loop, policy {control})", err=True)
+    run([tool("kd-loop"), "run", out / "random.toml", *kd_set, f'selection.policy="{control}"'])
     timings["random"] = time.perf_counter() - started
 
     started = time.perf_counter()

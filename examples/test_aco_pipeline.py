@@ -102,7 +102,7 @@ def test_kd_controls_on_the_quick_demo(quick_demo):
     for row in [*data["loop"], *data["random"], data["steps"]]:
         assert all(math.isfinite(row[k]) for k in ("cacc", "acd", "cacc_oracle"))
     # The random control reads the same pool and selection settings: its round 1 drew from the same teacher.
-    assert json.loads((out / "controls" / "random" / "round_001" / "selection.json").read_text())["policy"] == "random"
+    assert json.loads((out / "controls" / "random" / "round_001" / "selection.json").read_text())["policy"] == "random-instance"
 
 
 def test_bad_override_exits_2(tmp_path):

@@ -107,6 +107,24 @@ def test_random_control_picks_as_many_images_deterministically():
     assert len(chosen) > 1 and all(len(c) == 2 and set(c) <= {1, 2, 3} for c in chosen)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_instance_control_draws_as_many_labels_among_the_candidates(seed):
+    loop = SelectionPolicy("instance", threshold=0.8, ignore_threshold=0.3)
+    control = SelectionPolicy("random-instance", threshold=0.8, ignore_threshold=0.3, seed=seed)
+    _, want = select_pseudo_labels(pool(), RESULTS, COUNTS, loop)
+    data, stats = select_pseudo_labels(pool(), RESULTS, COUNTS, control)
+    assert (stats["boxes"], stats["ignore_regions"]) == (want["boxes"], want["ignore_regions"])
+    candidates = {(r["image_id"], r["category_id"], tuple(r["bbox"]), r["score"]) for r in RESULTS if r["score"] >= 0.3}
+    labelled = [a for a in data["annotations"] if not a["iscrowd"]]
+    assert {(a["image_id"], a["category_id"], tuple(a["bbox"]), a["score"]) for a in data["annotations"]} \
+        == candidates  # every candidate is a label or an ignore region, once
+    assert data == select_pseudo_labels(pool(), RESULTS, COUNTS, control)[0]  # seeded
+    draws = {tuple(sorted(a["score"] for a in select_pseudo_labels(
+        pool(), RESULTS, COUNTS, SelectionPolicy("random-instance", threshold=0.8, ignore_threshold=0.3, seed=s)
+    )[0]["annotations"] if not a["iscrowd"])) for s in range(20)}
+    assert len(draws) > 1 and len(labelled) == want["boxes"]
+
+
 def test_the_selector_refuses_ground_truth_and_bad_inputs():
     labelled = pool()
     labelled["annotations"] = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}]

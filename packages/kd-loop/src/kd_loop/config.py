@@ -44,7 +44,7 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "pool.gt": ("", "ground truth of the pool, for reporting only (never seen by the selection)"),
     "val.instances": ("", "instances JSON with ground truth of a validation split (transfer protocol threshold)"),
     "val.images": ("", "image folder of the validation split"),
-    "selection.policy": ("image+instance", "'image', 'instance', 'image+instance', or 'random' (the control)"),
+    "selection.policy": ("image+instance", "'image', 'instance', 'image+instance', or the controls 'random' (of image) and 'random-instance' (of instance)"),
     "selection.thresholds": ([0.80, 0.85, 0.90, 0.95], "score threshold per round (the last one repeats)"),
     "selection.target_precision": (0.0, "when > 0: each round's threshold is the lowest score at which the teacher's detections on the labelled val split are right this often (needs [val]; replaces selection.thresholds); 0: the fixed schedule"),
     "selection.count_classes": ("category", "granularity of the count agreement: category, supercategory or object (a per-category counts file is summed into the coarser classes)"),
@@ -55,7 +55,7 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "evaluate.search": ("exact", "threshold search of the reporting metrics: exact or grid"),
 }
 REQUIRED = ("learner.path", "source.datasets", "pool.instances", "pool.images")
-POLICIES = ("image", "instance", "image+instance", "random")
+POLICIES = ("image", "instance", "image+instance", "random", "random-instance")
 
 
 class ConfigError(ValueError):

@@ -10,8 +10,10 @@ Policies (composable):
 - ``instance``: in every image, detections scoring ``>= threshold`` become labels and those scoring in
   ``[ignore_threshold, threshold)`` become ignore regions (``iscrowd: 1``: neither object nor background).
 - ``image+instance``: images chosen by ``image``, labelled by ``instance``.
-- ``random``: the control: as many images as ``image`` would choose, drawn at random (seeded), labelled by
-  ``instance``.
+- ``random``: the control of ``image``: as many images as ``image`` would choose, drawn at random (seeded),
+  labelled by ``instance``.
+- ``random-instance``: the control of ``instance``: as many labels as ``instance`` would keep, drawn at random
+  (seeded) among the detections scoring ``>= ignore_threshold``; the other ones of those become ignore regions.
 
 An image needs at least ``min_boxes`` labels to be selected.
 """
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from rpc_metrics.io import results_to_arrays
+
+POLICIES = ("image", "instance", "image+instance", "random", "random-instance")
 
 
 @dataclass(frozen=True)
@@ -38,8 +42,8 @@ class SelectionPolicy:
     seed: int = 0
 
     def __post_init__(self):
-        if self.policy not in ("image", "instance", "image+instance", "random"):
-            raise ValueError(f"policy should be image, instance, image+instance or random, got {self.policy!r}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy should be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if not self.ignore_threshold <= self.threshold:
             raise ValueError("ignore_threshold should be <= threshold")
 
@@ -112,12 +116,20 @@ def select_pseudo_labels(pool: Mapping, results: list, counts: Mapping | None,
     cls = np.array([class_of[c] for c in cat_ids.tolist()], dtype=np.int64)[np.searchsorted(cat_ids, det.category_ids)]
     confident = det.scores >= policy.threshold
     uncertain = (det.scores >= policy.ignore_threshold) & ~confident
+    if policy.policy == "random-instance":  # the same number of labels, drawn among every candidate
+        candidates = np.flatnonzero(confident | uncertain)
+        drawn = np.random.default_rng(policy.seed).choice(candidates, size=int(confident.sum()), replace=False)
+        confident = np.zeros_like(confident)
+        confident[drawn] = True
+        uncertain = np.zeros_like(uncertain)
+        uncertain[candidates] = True
+        uncertain &= ~confident
     n_images, n_classes = len(image_ids), len(keys)
     detected = np.bincount(row[confident] * n_classes + cls[confident], minlength=n_images * n_classes)
     detected = detected.reshape(n_images, n_classes)
     enough = detected.sum(axis=1) >= policy.min_boxes
 
-    if policy.policy == "instance":
+    if policy.policy in ("instance", "random-instance"):
         selected = enough
     else:
         if counts is None:
