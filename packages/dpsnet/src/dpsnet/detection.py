@@ -55,16 +55,9 @@ def mark_ignored(labels: Tensor, boxes: Tensor, ignore_boxes: Tensor | None, ign
 class IgnoreAwareRPN(RegionProposalNetwork):
     """torchvision's RPN whose background anchors inside ignore regions are left out of the loss."""
 
-    def __init__(self, *args, ignore_ioa: float = 0.5, agnostic_nms_thresh: float = 0.0,
-                 agnostic_nms_decay: float = 0.0, **kwargs):
+    def __init__(self, *args, ignore_ioa: float = 0.5, **kwargs):
         super().__init__(*args, **kwargs)
-        if not 0.0 <= agnostic_nms_thresh <= 1.0:
-            raise ValueError(f"agnostic_nms_thresh should be in [0, 1] (0: off), got {agnostic_nms_thresh}")
-        if not 0.0 <= agnostic_nms_decay < 1.0:
-            raise ValueError(f"agnostic_nms_decay should be in [0, 1) (0: drop), got {agnostic_nms_decay}")
         self.ignore_ioa = ignore_ioa
-        self.agnostic_nms_thresh = agnostic_nms_thresh
-        self.agnostic_nms_decay = agnostic_nms_decay
 
     def assign_targets_to_anchors(self, anchors, targets):
         labels, matched = super().assign_targets_to_anchors(anchors, targets)

@@ -117,13 +117,12 @@ def select_pseudo_labels(pool: Mapping, results: list, counts: Mapping | None,
     confident = det.scores >= policy.threshold
     uncertain = (det.scores >= policy.ignore_threshold) & ~confident
     if policy.policy == "random-instance":  # the same number of labels, drawn among every candidate
-        candidates = np.flatnonzero(confident | uncertain)
-        drawn = np.random.default_rng(policy.seed).choice(candidates, size=int(confident.sum()), replace=False)
+        candidate = confident | uncertain
+        drawn = np.random.default_rng(policy.seed).choice(np.flatnonzero(candidate), size=int(confident.sum()),
+                                                          replace=False)
         confident = np.zeros_like(confident)
         confident[drawn] = True
-        uncertain = np.zeros_like(uncertain)
-        uncertain[candidates] = True
-        uncertain &= ~confident
+        uncertain = candidate & ~confident
     n_images, n_classes = len(image_ids), len(keys)
     detected = np.bincount(row[confident] * n_classes + cls[confident], minlength=n_images * n_classes)
     detected = detected.reshape(n_images, n_classes)
