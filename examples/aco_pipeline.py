@@ -45,7 +45,7 @@ class Recipe:
     render_crop: int = 96
     render_images: int | None = None  # translate only the first N synthesized images (None: all)
     # Backbone: `dpsnet pretrain` steps (0: none) or a weights file (ImageNet for the ResNets).
-    pretrain_steps: int = 1000
+    pretrain_steps: int = 3000
     pretrain_batch: int = 64
     backbone_weights: Path | None = None
     # DPSNet source models: the same steps and time limit each (None: the preset's).
@@ -72,7 +72,7 @@ class Recipe:
     # Stage budgets in seconds, for the progress/ETA lines and the report (measured on a 2-core CPU, one thread);
     # a training stage's budget is startup + steps x train_step, at most its time limit.
     budgets: dict[str, float] = field(default_factory=lambda: {
-        "world": 20, "masks": 20, "poses": 2, "synth": 20, "synth_heldout": 5, "pretrain": 60,
+        "world": 20, "masks": 20, "poses": 2, "synth": 20, "synth_heldout": 5, "pretrain": 190,
         "checkout_unlabeled": 2, "render_train": 120, "render_apply": 40, "histogram": 10, "render_measure": 30,
         "startup": 5,
         "train_step": 0.33, "predict_per_model": 20, "kd_predict_per_round": 15, "visualize": 15})

@@ -206,12 +206,13 @@ def write_report(layout, recipe, records: dict[str, dict], models: Sequence[tupl
     metrics = {"title": title, "source_model": choice, "stages": rows, "heldout_synth": heldout,
                "timings": {name: r["seconds"] for name, r in records.items()}}
     measure_path = layout.out / "render" / "measure.json"
-    render_lines = ["| images | domain gap to the checkout images (before -> after) | products kept | new blobs per image |",
-                    "| --- | ---: | ---: | ---: |"]
+    render_lines = ["| images | domain gap to the checkout images (before -> after) | products kept | new blobs per image "
+                    "| new soft foreground regions per image |", "| --- | ---: | ---: | ---: | ---: |"]
     if measure_path.is_file():
         for method, m in load_json(measure_path).items():
             render_lines.append(f"| {method} | {m['domain_gap_before']:.1f} -> {m['domain_gap_after']:.1f} | "
-                                f"{_fmt(m.get('products_kept_share'), 'pct')} | {m.get('new_blobs_per_image', 0):.2f} |")
+                                f"{_fmt(m.get('products_kept_share'), 'pct')} | {m.get('new_blobs_per_image', 0):.2f} | "
+                                f"{m.get('new_foreground_regions_per_image', 0):.2f} |")
         metrics["render"] = load_json(measure_path)
     bad = [(row["method"], k) for row in rows for p in ("transfer", "oracle") for r in row[p]["rows"]
            for k, v in r.items() if not _finite(v)]
@@ -247,7 +248,8 @@ def write_report(layout, recipe, records: dict[str, dict], models: Sequence[tupl
         "Domain gap: the Fréchet distance between colour and texture feature statistics of the synthesized (or "
         "translated) images and the checkout images' pixels (rpc-synth's README defines it); products kept: "
         "foreground inside each box still there after translation (IoU >= 0.5); new blobs: product-like "
-        "foreground that appeared outside every box.",
+        "(as crisp-edged as the image's products) foreground that appeared outside every box; new soft foreground "
+        "regions: all foreground that appeared outside every box, soft-edged tray texture included.",
         "\n".join(render_lines),
         "## In-domain check: source models on held-out synthesized images (oracle threshold)",
         "\n".join(heldout_lines),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The cpu-small recipe on rpc-synth's mini world, end to end (about 12 minutes on a free 2-core CPU):
+# The cpu-small recipe on rpc-synth's mini world, end to end (about 14 minutes on a free 2-core CPU):
 # world -> masks -> poses -> synthesized training + held-out images -> backbone pretraining on the synthesized product crops
 # -> 8-minute detector training -> predict + evaluate (held-out synthesized; checkout test with transfer/oracle).
 # Usage: scripts/mini_world_recipe.sh OUT_DIR [extra dpsnet train key=value ...]
@@ -17,7 +17,7 @@ cd "$OUT"
 
 # The stand-in for ImageNet weights: the small body as a 24-way SKU classifier on the product crops of the
 # synthesized images (~1 minute; made from exemplars only, they show products as the checkout camera does).
-[ -f pretrain_synth.pt ] || dpsnet pretrain --instances synth/instances_synth2019.json --images synth/synth2019 --out pretrain_synth.pt --steps 1000
+[ -f pretrain_synth.pt ] || dpsnet pretrain --instances synth/instances_synth2019.json --images synth/synth2019 --out pretrain_synth.pt --steps 3000
 
 dpsnet train --config cpu-small --out run \
   data.train_instances=synth/instances_synth2019.json data.train_images=synth/synth2019 \

@@ -297,4 +297,23 @@ def test_product_changes():
     changed[20:36, 50:71] = (90, 130, 160)  # second product erased
     cv2.circle(changed, (40, 75), 10, (30, 30, 220), -1)  # a blob on the tray
     result = product_changes(image, changed, boxes, min_blob_area=20)
-    assert result["kept"] == 1 and result["new_blobs"] == 1
+    assert result["kept"] == 1 and result["new_blobs"] == 1 and result["new_regions"] == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_soft_tray_texture_is_a_region_not_a_blob(seed):
+    """A soft-edged patch of tray texture (what pooled histogram matching makes of a cloudy tray) is a new
+    foreground region but not a product-like blob; a crisp patch of the same colour and size is both."""
+    rng = np.random.default_rng(seed)
+    image, boxes = _tray_with_products()
+    image = np.pad(image, ((0, 64), (0, 64), (0, 0)), mode="edge")
+    cx, cy, radius = int(rng.integers(25, 70)), int(rng.integers(115, 130)), int(rng.integers(10, 14))
+    colour = np.array([(30, 30, 220), (220, 40, 200), (20, 200, 220)][seed])
+    patch = np.zeros(image.shape[:2], np.float32)
+    cv2.circle(patch, (cx, cy), radius, 1.0, -1)
+    for name, weight in (("crisp", patch), ("soft", cv2.GaussianBlur(patch, (0, 0), 6) * 2)):
+        weight = np.clip(weight, 0, 1)[..., None]
+        after = np.clip(image * (1 - weight) + colour * weight, 0, 255).astype(np.uint8)
+        result = product_changes(image, after, boxes, min_blob_area=40)
+        assert result["kept"] == 2 and result["new_regions"] == 1, (name, result)
+        assert result["new_blobs"] == (1 if name == "crisp" else 0), (name, result)

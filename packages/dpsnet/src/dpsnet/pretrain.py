@@ -91,7 +91,7 @@ class CropClassifier(nn.Module):
 
 
 def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path, *, size: int = 64,
-                      channels: tuple[int, ...] = (32, 64, 128, 256), norm: str = "batch", steps: int = 600,
+                      channels: tuple[int, ...] = (32, 64, 128, 256), norm: str = "batch", steps: int = 3000,
                       batch_size: int = 64, lr: float = 0.05, seed: int = 0, holdout: float = 0.1,
                       time_limit_min: float = 0.0, echo: bool = True) -> dict:
     """Train the small body to classify exemplar crops into SKUs; write its weights to ``out`` (a checkpoint
