@@ -248,8 +248,8 @@ def write_report(layout, recipe, records: dict[str, dict], models: Sequence[tupl
         "Domain gap: the Fréchet distance between colour and texture feature statistics of the synthesized (or "
         "translated) images and the checkout images' pixels (rpc-synth's README defines it); products kept: "
         "foreground inside each box still there after translation (IoU >= 0.5); new blobs: product-like "
-        "(as crisp-edged as the image's products) foreground that appeared outside every box; new soft foreground "
-        "regions: all foreground that appeared outside every box, soft-edged tray texture included.",
+        "(crisp-edged: boundary gradient / contrast >= 0.15) foreground that appeared outside every box; new soft "
+        "foreground regions: all foreground that appeared outside every box, soft-edged tray texture included.",
         "\n".join(render_lines),
         "## In-domain check: source models on held-out synthesized images (oracle threshold)",
         "\n".join(heldout_lines),
