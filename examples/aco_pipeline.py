@@ -75,7 +75,7 @@ class Recipe:
         "world": 20, "masks": 20, "poses": 2, "synth": 20, "synth_heldout": 5, "pretrain": 190,
         "checkout_unlabeled": 2, "render_train": 120, "render_apply": 40, "histogram": 10, "render_measure": 30,
         "startup": 5,
-        "train_step": 0.33, "predict_per_model": 20, "kd_predict_per_round": 15, "visualize": 15})
+        "train_step": 0.33, "predict_per_model": 40, "kd_predict_per_round": 30, "visualize": 20})
 
 
 QUICK = Recipe(

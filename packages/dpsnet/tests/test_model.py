@@ -7,8 +7,8 @@ import torch
 
 from dpsnet import dpsnet_model
 from dpsnet.backbone import build_backbone
-from dpsnet.detection import agnostic_nms, box_ioa, mark_ignored
-from dpsnet.model import split_ignore
+from dpsnet.detection import agnostic_nms, box_ioa, fuse_views, mark_ignored
+from dpsnet.model import parse_test_flips, split_ignore
 
 TINY = dict(backbone="small", small_channels=(8, 16, 16, 32), fpn_channels=16, min_size=96, max_size=96,
             anchor_sizes=(16, 32, 64, 128, 256), rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
@@ -135,6 +135,131 @@ def test_model_agnostic_nms_is_the_reference_on_its_per_class_output(decay):
         assert torch.equal(a["labels"], want[2]) and torch.equal(a["counts"], p["counts"])
         suppressed += int((a["scores"] < p["scores"].min()).sum()) if decay else len(p["boxes"]) - len(a["boxes"])
     assert suppressed > 0  # random weights give overlapping boxes of several classes
+
+
+def _iou(a, b):
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def slow_fuse_views(boxes, scores, labels, views, num_views, thresh, decay, max_detections):
+    """fuse_views written out: greedy heads by decreasing score, each detection in the group of the head it
+    overlaps most, per group and class the mean over views of the view's best score, score-weighted boxes."""
+    b = boxes.tolist()
+    heads = []
+    for i in sorted(range(len(b)), key=lambda k: -float(scores[k])):
+        if all(_iou(b[i], b[h]) <= thresh for h in heads):
+            heads.append(i)
+    groups = {h: [] for h in heads}
+    for i in range(len(b)):
+        groups[max(heads, key=lambda h: (_iou(b[i], b[h]), -heads.index(h)))].append(i)
+    out = []
+    for h in heads:
+        members = groups[h]
+        total = sum(float(scores[i]) for i in members)
+        box = [sum(b[i][j] * float(scores[i]) for i in members) / total for j in range(4)]
+        per_class = {}
+        for lab in sorted({int(labels[i]) for i in members}):
+            best = [max([float(scores[i]) for i in members if int(labels[i]) == lab and int(views[i]) == v],
+                        default=0.0) for v in range(num_views)]
+            per_class[lab] = sum(best) / num_views
+        top = max(per_class, key=lambda lab: (per_class[lab], -lab))
+        for lab, score in per_class.items():
+            if lab == top:
+                out.append((score, box, lab))
+            elif decay > 0:
+                out.append((score * decay, box, lab))
+    out = sorted(out, key=lambda e: -e[0])[:max_detections]
+    return [e[1] for e in out], [e[0] for e in out], [e[2] for e in out]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("decay", [0.0, 0.01])
+def test_fuse_views_matches_slow_reference(seed, decay):
+    g = torch.Generator().manual_seed(seed)
+    n_objects, num_views = 12, 3
+    xy = torch.rand(n_objects, 2, generator=g) * 150
+    wh = 10 + torch.rand(n_objects, 2, generator=g) * 30
+    objects = torch.cat([xy, xy + wh], 1)
+    boxes, views = [], []
+    for v in range(num_views):  # each view sees most objects, jittered, some twice (look-alike labels)
+        seen = torch.rand(n_objects, generator=g) < 0.8
+        twice = torch.rand(n_objects, generator=g) < 0.3
+        for rows in (seen, seen & twice):
+            boxes.append(objects[rows] + torch.randn(int(rows.sum()), 4, generator=g))
+            views.append(torch.full((int(rows.sum()),), v))
+    boxes, views = torch.cat(boxes), torch.cat(views)
+    scores = torch.rand(len(boxes), generator=g) * 0.95 + 0.05
+    labels = torch.randint(1, 4, (len(boxes),), generator=g)
+    got = fuse_views(boxes, scores, labels, views, num_views, 0.5, decay, max_detections=30)
+    want = slow_fuse_views(boxes, scores, labels, views, num_views, 0.5, decay, 30)
+    assert len(got[0]) == len(want[0]) <= 30
+    assert torch.allclose(got[0], torch.tensor(want[0]).reshape(-1, 4), atol=1e-4)
+    assert torch.allclose(got[1], torch.tensor(want[1]), atol=1e-6)
+    assert got[2].tolist() == want[2]
+    assert float(got[1].max()) <= float(scores.max())
+
+
+def test_fuse_views_single_view_and_empty():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]])
+    scores, labels = torch.tensor([0.9, 0.6, 0.7]), torch.tensor([1, 2, 1])
+    b, s, lab = fuse_views(boxes, scores, labels, torch.zeros(3, dtype=torch.int64), 1, 0.5, 0.0)
+    assert s.tolist() == pytest.approx([0.9, 0.7]) and lab.tolist() == [1, 1]
+    assert torch.allclose(b[0], (boxes[0] * 0.9 + boxes[1] * 0.6) / 1.5)  # the look-alike's box joins the group
+    b, s, lab = fuse_views(boxes, scores, labels, torch.tensor([0, 1, 1]), 2, 0.5, 0.01)
+    assert s.tolist() == pytest.approx([0.45, 0.35, 0.003])  # each view's best, halved; the look-alike decayed
+    empty = fuse_views(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64),
+                       torch.zeros(0, dtype=torch.int64), 2, 0.5)
+    assert [t.shape[0] for t in empty] == [0, 0, 0] and empty[0].shape == (0, 4)
+
+
+@pytest.mark.parametrize("flips", ["hv", "h,v"])
+def test_model_test_flips_fuse_the_flipped_views(flips):
+    """With test_flips, eval is fuse_views over the plain model's outputs on the flipped images, boxes mapped
+    back by hand; counts and density maps are the views' means (maps flipped back)."""
+    images, _ = batch()
+    plain = tiny_model(box_score_thresh=0.0, box_agnostic_nms_thresh=0.4, box_agnostic_nms_decay=0.01).eval()
+    flipped = tiny_model(box_score_thresh=0.0, box_agnostic_nms_thresh=0.4, box_agnostic_nms_decay=0.01,
+                         test_flips=flips, test_flip_iou=0.5).eval()
+    flipped.load_state_dict(plain.state_dict())
+    plain.return_density = flipped.return_density = True
+    names = parse_test_flips(flips)
+    dims = {"h": [2], "v": [1], "hv": [1, 2]}
+    with torch.no_grad():
+        got = flipped(images)
+        for img, det in zip(images, got, strict=True):
+            height, width = img.shape[1:]
+            views = [plain([img])[0]] + [plain([torch.flip(img, dims[n])])[0] for n in names]
+            boxes, counts, density = [views[0]["boxes"]], [views[0]["counts"]], [views[0]["density"]]
+            for name, view in zip(names, views[1:], strict=True):
+                x1, y1, x2, y2 = view["boxes"].unbind(1)
+                if "h" in name:
+                    x1, x2 = width - x2, width - x1
+                if "v" in name:
+                    y1, y2 = height - y2, height - y1
+                boxes.append(torch.stack([x1, y1, x2, y2], 1))
+                counts.append(view["counts"])
+                density.append(torch.flip(view["density"], [d - 1 for d in dims[name]]))
+            want = fuse_views(torch.cat(boxes), torch.cat([v["scores"] for v in views]),
+                              torch.cat([v["labels"] for v in views]),
+                              torch.cat([torch.full((len(v["scores"]),), i) for i, v in enumerate(views)]),
+                              len(views), 0.5, 0.01, 100)
+            assert len(det["boxes"]) > 0
+            assert torch.allclose(det["boxes"], want[0], atol=1e-3) and torch.allclose(det["scores"], want[1])
+            assert torch.equal(det["labels"], want[2])
+            assert torch.allclose(det["counts"], torch.stack(counts).mean(0), atol=1e-5)
+            assert torch.allclose(det["density"], torch.stack(density).mean(0), atol=1e-6)
+            assert float(det["boxes"][:, 2].max()) <= width + 1e-3 and float(det["boxes"][:, 0].min()) >= -1e-3
+
+
+def test_test_flips_errors():
+    assert parse_test_flips("") == () and parse_test_flips(" hv , h") == ("hv", "h") and parse_test_flips(["v"]) == ("v",)
+    with pytest.raises(ValueError, match="test_flips"):
+        tiny_model(test_flips="x")
+    with pytest.raises(ValueError, match="test_flips"):
+        tiny_model(test_flips="h,h")
+    with pytest.raises(ValueError, match="test_flip_iou"):
+        tiny_model(test_flip_iou=0.0)
 
 
 def test_rpn_levels_and_anchor_sizes_per_level():

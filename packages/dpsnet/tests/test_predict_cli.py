@@ -2,6 +2,7 @@
 
 import json
 
+import cv2
 import pytest
 import torch
 from click.testing import CliRunner
@@ -59,7 +60,8 @@ def test_predict_agnostic_nms_option(world, checkpoint, tmp_path):
     for name, iou in (("plain", 0), ("agnostic", 0.3)):
         res = invoke("predict", "--checkpoint", checkpoint, "--instances", world / "pool.json", "--images",
                      world / "images", "--out-results", tmp_path / f"{name}.json", "--out-counts",
-                     tmp_path / f"{name}_c.json", "--device", "cpu", "--quiet", "--agnostic-nms", iou)
+                     tmp_path / f"{name}_c.json", "--device", "cpu", "--quiet", "--agnostic-nms", iou,
+                     "--test-flips", "")  # the preset's fused views would move the boxes
         assert res.exit_code == 0, res.output
     plain, agnostic = by_image(tmp_path / "plain.json"), by_image(tmp_path / "agnostic.json")
     assert max(max_iou(rs) for rs in plain.values()) > 0.3
@@ -77,6 +79,37 @@ def test_predict_agnostic_nms_option(world, checkpoint, tmp_path):
                  world / "images", "--out-results", tmp_path / "x.json", "--out-counts", tmp_path / "y.json",
                  "--agnostic-nms", 2)
     assert bad.exit_code == 2 and "agnostic-nms" in bad.output
+
+
+def test_predict_test_flips_option(world, checkpoint, tmp_path):
+    """--test-flips fuses the flipped views: the files stay valid for the pool, the detections change, the counts
+    are the views' mean (for the 180-degree view: the mean of the plain and the turned images' counts); a bad
+    view name exits 2 naming the option's key."""
+    def run(name, *extra, images="images"):
+        res = invoke("predict", "--checkpoint", checkpoint, "--instances", world / "pool.json", "--images",
+                     world / images, "--out-results", tmp_path / f"{name}.json", "--out-counts",
+                     tmp_path / f"{name}_c.json", "--device", "cpu", "--quiet", *extra)
+        assert res.exit_code == 0, res.output
+        pool = read_pool(world / "pool.json")
+        return read_results(tmp_path / f"{name}.json", gt=pool), read_counts(tmp_path / f"{name}_c.json", pool=pool)
+
+    plain, plain_counts = run("plain", "--test-flips", "")
+    fused, fused_counts = run("fused", "--test-flips", "hv", "--test-flip-iou", "0.5")
+    assert len(fused) > 0 and sorted(map(str, fused)) != sorted(map(str, plain))
+    turned_dir = world / "turned"
+    turned_dir.mkdir(exist_ok=True)
+    for path in (world / "images").iterdir():
+        cv2.imwrite(str(turned_dir / path.name), cv2.rotate(cv2.imread(str(path)), cv2.ROTATE_180))
+    _, turned_counts = run("turned", "--test-flips", "", images="turned")
+    for entries in zip(plain_counts["images"], turned_counts["images"], fused_counts["images"], strict=True):
+        p, t, f = (e["counts"] for e in entries)
+        for key in set(p) | set(t):
+            want = (p.get(key, 0.0) + t.get(key, 0.0)) / 2
+            assert abs(f.get(key, 0.0) - want) <= 2e-3, (key, p, t, f)
+    bad = invoke("predict", "--checkpoint", checkpoint, "--instances", world / "pool.json", "--images",
+                 world / "images", "--out-results", tmp_path / "x.json", "--out-counts", tmp_path / "y.json",
+                 "--test-flips", "diagonal")
+    assert bad.exit_code == 2 and "test_flips" in bad.output
 
 
 def test_evaluate_prints_rpc_table_and_count_accuracy(world, checkpoint, tmp_path):

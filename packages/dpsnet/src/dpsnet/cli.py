@@ -88,15 +88,20 @@ def config_command(config_name, overrides) -> None:
 @click.option("--score-thresh", type=float, default=None, help="Drop detections below this score (default: the model's).")
 @click.option("--agnostic-nms", type=click.FloatRange(0.0, 1.0), default=None,
               help="Class-agnostic NMS IoU (model.box_agnostic_nms_thresh; 0: off; default: the model's).")
+@click.option("--test-flips", default=None,
+              help="Test-time views fused with the plain one, e.g. hv or h,v,hv (model.test_flips; '': none; default: the model's).")
+@click.option("--test-flip-iou", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
+              help="IoU grouping the views' detections (model.test_flip_iou; default: the model's).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def predict_command(checkpoint, instances, images, out_results, out_counts, batch_size, device, score_thresh,
-                    agnostic_nms, quiet) -> None:
+                    agnostic_nms, test_flips, test_flip_iou, quiet) -> None:
     """Detect and count every image of a pool; write COCO results and the counts file. Works under torchrun."""
     from .distributed import shutdown_distributed
     from .inference import predict_files
 
     _run(predict_files, checkpoint, instances, images, out_results, out_counts, batch_size=batch_size,
-         device=device, score_thresh=score_thresh, agnostic_nms=agnostic_nms, progress=not quiet)
+         device=device, score_thresh=score_thresh, agnostic_nms=agnostic_nms, test_flips=test_flips,
+         test_flip_iou=test_flip_iou, progress=not quiet)
     shutdown_distributed()
 
 

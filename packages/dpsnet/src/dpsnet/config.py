@@ -39,6 +39,8 @@ SCHEMA: list[tuple[str, Any, str]] = [
     ("model.box_agnostic_nms_thresh", 0.0, "Class-agnostic NMS IoU after the per-class one: one detection per place, the most confident SKU (look-alikes are otherwise counted twice); 0: off, as torchvision."),
     ("model.box_agnostic_nms_decay", 0.0, "Detections that class-agnostic NMS suppresses are dropped (0) or kept with their score times this (e.g. 0.01: below counting thresholds, still second hypotheses for mAP)."),
     ("model.box_detections_per_img", 100, "Most detections kept per image."),
+    ("model.test_flips", "", "Test-time views fused with the plain one at inference: comma-separated among h, v, hv (hv: the image turned 180 degrees; each view costs one more forward); empty: none."),
+    ("model.test_flip_iou", 0.5, "IoU at which detections of the test-time views are grouped as one object (dpsnet.detection.fuse_views)."),
     ("model.ignore_ioa", 0.5, "An anchor/proposal this much inside an ignore region (iscrowd=1) is not background."),
     ("model.roi_pool", "auto", "Box RoI pooler: auto (aco_kernels where its kernel path runs, e.g. CUDA; torchvision's compiled RoIAlign on CPU), aco or torchvision."),
     ("model.roi_sampling_ratio", 2, "RoIAlign samples per bin side for the box head (torchvision's 2; 1 makes a CPU step faster)."),

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
-from torchvision.ops import MultiScaleRoIAlign, nms
+from torchvision.ops import MultiScaleRoIAlign, box_iou, nms
 
 import aco_kernels
 
@@ -83,6 +83,47 @@ def agnostic_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thresh: floa
     new_scores, rank = new_scores.sort(descending=True, stable=True)
     order = order[rank]
     return boxes[order], new_scores, labels[order]
+
+
+def fuse_views(boxes: Tensor, scores: Tensor, labels: Tensor, views: Tensor, num_views: int, iou_thresh: float,
+               decay: float = 0.0, max_detections: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Fuse the detections of one image seen in ``num_views`` views (test-time flips, boxes already mapped back).
+
+    Detections are grouped around the heads a class-agnostic NMS at ``iou_thresh`` keeps (each detection joins
+    the head it overlaps most). A group's score for a class is the mean over the views of that view's best
+    score for the class in the group (0 where a view missed it): an object seen in one view of two keeps half
+    its score. Its box is the score-weighted mean of the group's boxes. The group's best class keeps its score;
+    the others are dropped (``decay = 0``) or kept with their score times ``decay``, like :func:`agnostic_nms`.
+
+    Args:
+        boxes (Tensor[N, 4]), scores (Tensor[N]), labels (Tensor[N] int64): every view's detections.
+        views (Tensor[N] int64): the view in ``[0, num_views)`` each detection comes from.
+
+    Returns ``(boxes, scores, labels)`` by decreasing score, at most ``max_detections``.
+    """
+    if boxes.numel() == 0:
+        return boxes.reshape(0, 4), scores.reshape(0), labels.reshape(0)
+    heads = nms(boxes, scores, iou_thresh)
+    group = box_iou(boxes, boxes[heads]).argmax(dim=1)  # every detection overlaps its suppressor above iou_thresh
+    classes, class_index = labels.unique(return_inverse=True)
+    k, c = len(heads), len(classes)
+    slot = (group * c + class_index) * num_views + views
+    best = scores.new_zeros(k * c * num_views).scatter_reduce(0, slot, scores, reduce="amax", include_self=True)
+    fused = best.view(k, c, num_views).sum(dim=2) / num_views  # [K, C]
+    weight = scores.new_zeros(k).index_add(0, group, scores).clamp(min=1e-12)
+    fused_boxes = boxes.new_zeros(k, 4).index_add(0, group, boxes * scores[:, None]) / weight[:, None]
+    top = fused.argmax(dim=1)
+    g, cls = (fused > 0).nonzero(as_tuple=True)
+    out_scores = fused[g, cls]
+    secondary = cls != top[g]
+    if decay <= 0:
+        g, cls, out_scores = g[~secondary], cls[~secondary], out_scores[~secondary]
+    else:
+        out_scores = torch.where(secondary, out_scores * decay, out_scores)
+    out_scores, order = out_scores.sort(descending=True, stable=True)
+    if max_detections is not None:
+        out_scores, order = out_scores[:max_detections], order[:max_detections]
+    return fused_boxes[g[order]], out_scores, classes[cls[order]]
 
 
 class IgnoreAwareRoIHeads(RoIHeads):

@@ -108,10 +108,12 @@ class _ProgressLine:
 
 def predict_files(checkpoint: str | Path, instances: str | Path, images: str | Path, out_results: str | Path,
                   out_counts: str | Path, *, batch_size: int = 4, device: str = "auto", score_thresh: float | None = None,
-                  agnostic_nms: float | None = None, progress: bool = True) -> tuple[Path, Path]:
+                  agnostic_nms: float | None = None, test_flips: str | None = None,
+                  test_flip_iou: float | None = None, progress: bool = True) -> tuple[Path, Path]:
     """Predict every image of a pool (or instances) JSON and write the COCO results and the counts file.
 
-    ``score_thresh`` and ``agnostic_nms`` (``model.box_agnostic_nms_thresh``) replace the checkpoint's values.
+    ``score_thresh``, ``agnostic_nms`` (``model.box_agnostic_nms_thresh``), ``test_flips`` and ``test_flip_iou``
+    (``model.test_flips``, ``model.test_flip_iou``) replace the checkpoint's values.
     Under ``torchrun`` each rank predicts its share and rank 0 writes. Both files are validated with
     ``rpc_metrics.io`` against the pool before they are (atomically) written.
     """
@@ -120,6 +122,10 @@ def predict_files(checkpoint: str | Path, instances: str | Path, images: str | P
     overrides = {} if score_thresh is None else {"box_score_thresh": score_thresh}
     if agnostic_nms is not None:
         overrides["box_agnostic_nms_thresh"] = agnostic_nms
+    if test_flips is not None:
+        overrides["test_flips"] = test_flips
+    if test_flip_iou is not None:
+        overrides["test_flip_iou"] = test_flip_iou
     model, categories = model_from_checkpoint(checkpoint, dev, **overrides)
     pool = read_pool(instances)
     dataset = InstancesDataset(pool, images, categories)

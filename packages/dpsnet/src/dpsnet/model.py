@@ -14,7 +14,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from .backbone import build_backbone
 from .counting import CountingView, crop_counts, density_loss, density_targets, ignore_mask
-from .detection import IgnoreAwareRoIHeads, IgnoreAwareRPN, KernelRoIPool
+from .detection import IgnoreAwareRoIHeads, IgnoreAwareRPN, KernelRoIPool, fuse_views
 
 
 def split_ignore(targets: Sequence[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
@@ -26,6 +26,17 @@ def split_ignore(targets: Sequence[dict[str, Tensor]]) -> list[dict[str, Tensor]
     return out
 
 PYRAMID_LEVELS = ("0", "1", "2", "3", "pool")  # P2-P5 and the max-pooled P6, as every backbone returns them
+TEST_FLIPS = {"h": (-1,), "v": (-2,), "hv": (-2, -1)}  # test-time views: image dims flipped (hv: a 180-degree turn)
+
+
+def parse_test_flips(flips: str | Sequence[str]) -> tuple[str, ...]:
+    """``"h,hv"`` or ``["h", "hv"]`` -> ``("h", "hv")``; empty: no test-time flips."""
+    names = flips.split(",") if isinstance(flips, str) else list(flips)
+    names = [str(n).strip() for n in names if str(n).strip()]
+    if any(n not in TEST_FLIPS for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"test_flips should be distinct names among {sorted(TEST_FLIPS)} (empty: none), "
+                         f"got {flips!r}")
+    return tuple(names)
 
 
 class DPSNet(nn.Module):
@@ -37,6 +48,10 @@ class DPSNet(nn.Module):
     In eval it returns one dict per image: ``boxes``, ``labels``, ``scores`` and ``counts (Tensor[C])``, the
     integral of each counting class's density map (plus ``density (Tensor[C, h, w])`` when
     ``return_density`` is set).
+
+    With ``test_flips`` (e.g. ``"hv"``), eval also runs each image flipped (``h``, ``v`` or ``hv``, a checkout
+    camera's view being symmetric), maps the detections back and fuses them with
+    :func:`dpsnet.detection.fuse_views` at IoU ``test_flip_iou``; counts and density maps are the views' means.
 
     Args:
         backbone: a module mapping images to an ``OrderedDict`` of pyramid levels ``"0"``-``"3"``, ``"pool"``
@@ -78,6 +93,8 @@ class DPSNet(nn.Module):
         box_agnostic_nms_decay: float = 0.0,
         box_detections_per_img: int = 100,
         box_batch_size_per_image: int = 512,
+        test_flips: str | Sequence[str] = "",
+        test_flip_iou: float = 0.5,
         ignore_ioa: float = 0.5,
         roi_pool: str = "auto",
         roi_sampling_ratio: int = 2,
@@ -104,6 +121,11 @@ class DPSNet(nn.Module):
         self.density_scale, self.sigma_scale, self.min_sigma = density_scale, sigma_scale, min_sigma
         self.density_loss_weight, self.count_loss_weight = density_loss_weight, count_loss_weight
         self.return_density = False
+        self.test_flips = parse_test_flips(test_flips)
+        if not 0.0 < test_flip_iou <= 1.0:
+            raise ValueError(f"test_flip_iou should be in (0, 1], got {test_flip_iou}")
+        self.test_flip_iou = test_flip_iou
+        self.fuse_decay, self.fuse_max = box_agnostic_nms_decay, box_detections_per_img
 
         channels = backbone.out_channels
         self.transform = GeneralizedRCNNTransform(min_size, max_size, list(image_mean), list(image_std))
@@ -139,6 +161,41 @@ class DPSNet(nn.Module):
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         if self.training and targets is None:
             raise ValueError("targets should be given in training mode")
+        if not self.training and self.test_flips:
+            return self._forward_flips(images)
+        return self._forward(images, targets)
+
+    def _forward_flips(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """Eval on every image and its ``test_flips`` views in one batch, mapped back and fused per image."""
+        dims = [None] + [TEST_FLIPS[name] for name in self.test_flips]
+        views = [img if d is None else torch.flip(img, d) for d in dims for img in images]
+        outputs = self._forward(views, None)
+        fused = []
+        for i, img in enumerate(images):
+            height, width = img.shape[-2:]
+            parts = []
+            for v, d in enumerate(dims):
+                det = dict(outputs[v * len(images) + i])
+                boxes = det["boxes"].clone()
+                if d is not None and -1 in d:
+                    boxes[:, [0, 2]] = width - det["boxes"][:, [2, 0]]
+                if d is not None and -2 in d:
+                    boxes[:, [1, 3]] = height - det["boxes"][:, [3, 1]]
+                if d is not None and "density" in det:
+                    det["density"] = torch.flip(det["density"], d)
+                parts.append({**det, "boxes": boxes, "view": torch.full_like(det["labels"], v)})
+            boxes, scores, labels = fuse_views(
+                torch.cat([p["boxes"] for p in parts]), torch.cat([p["scores"] for p in parts]),
+                torch.cat([p["labels"] for p in parts]), torch.cat([p["view"] for p in parts]), len(dims),
+                self.test_flip_iou, self.fuse_decay, self.fuse_max)
+            out = {"boxes": boxes, "labels": labels, "scores": scores,
+                   "counts": torch.stack([p["counts"] for p in parts]).mean(dim=0)}
+            if "density" in parts[0]:
+                out["density"] = torch.stack([p["density"] for p in parts]).mean(dim=0)
+            fused.append(out)
+        return fused
+
+    def _forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None):
         original_sizes = [tuple(img.shape[-2:]) for img in images]
         batch, targets = self.transform(images, targets)
         det_targets = split_ignore(targets) if targets is not None else None
