@@ -73,9 +73,9 @@ class Recipe:
     # a training stage's budget is startup + steps x train_step, at most its time limit.
     budgets: dict[str, float] = field(default_factory=lambda: {
         "world": 20, "masks": 20, "poses": 2, "synth": 20, "synth_heldout": 5, "pretrain": 190,
-        "checkout_unlabeled": 2, "render_train": 120, "render_apply": 40, "histogram": 10, "render_measure": 30,
+        "checkout_unlabeled": 2, "render_train": 120, "render_apply": 75, "histogram": 10, "render_measure": 80,
         "startup": 5,
-        "train_step": 0.33, "predict_per_model": 40, "kd_predict_per_round": 30, "visualize": 20})
+        "train_step": 0.30, "predict_per_model": 30, "kd_predict_per_round": 20, "visualize": 15})
 
 
 QUICK = Recipe(
