@@ -26,7 +26,7 @@ import click
 from aco_pipeline import to_toml, toml_value
 from aco_stages import run_command, tool
 
-from kd_loop.config import parse_overrides
+from kd_loop.config import SCHEMA, parse_overrides
 from rpc_metrics import evaluate
 from rpc_metrics.io import atomic_output, load_json, write_json
 
@@ -110,7 +110,7 @@ def main(demo: Path) -> None:
     # The demo gives kd-loop its selection overrides on the command line: the control gets the same ones.
     stage = demo / "stages" / "kd.json"
     kd_set = list(load_json(stage).get("settings", {}).get("set", [])) if stage.is_file() else []
-    policy = parse_overrides(kd_set).get("selection.policy", loop.get("selection", {}).get("policy", "image+instance"))
+    policy = parse_overrides(kd_set).get("selection.policy", loop.get("selection", {}).get("policy", SCHEMA["selection.policy"][0]))
     control = "random-instance" if policy == "instance" else "random"
     with atomic_output(out / "random.toml") as tmp:
         Path(tmp).write_text(to_toml({**loop, "workdir": str(out / "random")}), encoding="utf-8")

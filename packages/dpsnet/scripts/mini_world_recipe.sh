@@ -16,7 +16,7 @@ cd "$OUT"
 [ -f synth_heldout/instances_synth2019.json ] || rpc-synth generate --exemplars poses.json --images world/train2019 --out synth_heldout --num-images 100 --seed 1 --quiet
 
 # The stand-in for ImageNet weights: the small body as a 24-way SKU classifier on the product crops of the
-# synthesized images (~1 minute; made from exemplars only, they show products as the checkout camera does).
+# synthesized images (~3 minutes; made from exemplars only, they show products as the checkout camera does).
 [ -f pretrain_synth.pt ] || dpsnet pretrain --instances synth/instances_synth2019.json --images synth/synth2019 --out pretrain_synth.pt --steps 3000
 
 dpsnet train --config cpu-small --out run \

@@ -125,7 +125,6 @@ class DPSNet(nn.Module):
         if not 0.0 < test_flip_iou <= 1.0:
             raise ValueError(f"test_flip_iou should be in (0, 1], got {test_flip_iou}")
         self.test_flip_iou = test_flip_iou
-        self.fuse_decay, self.fuse_max = box_agnostic_nms_decay, box_detections_per_img
 
         channels = backbone.out_channels
         self.transform = GeneralizedRCNNTransform(min_size, max_size, list(image_mean), list(image_std))
@@ -187,7 +186,7 @@ class DPSNet(nn.Module):
             boxes, scores, labels = fuse_views(
                 torch.cat([p["boxes"] for p in parts]), torch.cat([p["scores"] for p in parts]),
                 torch.cat([p["labels"] for p in parts]), torch.cat([p["view"] for p in parts]), len(dims),
-                self.test_flip_iou, self.fuse_decay, self.fuse_max)
+                self.test_flip_iou, self.roi_heads.agnostic_nms_decay, self.roi_heads.detections_per_img)
             out = {"boxes": boxes, "labels": labels, "scores": scores,
                    "counts": torch.stack([p["counts"] for p in parts]).mean(dim=0)}
             if "density" in parts[0]:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kd_loop.selection import POLICIES
+
 # key -> (default, help). A default of None means "required" for the keys in REQUIRED.
 SCHEMA: dict[str, tuple[Any, str]] = {
     "rounds": (3, "number of distillation rounds after the source model"),
@@ -55,7 +57,6 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "evaluate.search": ("exact", "threshold search of the reporting metrics: exact or grid"),
 }
 REQUIRED = ("learner.path", "source.datasets", "pool.instances", "pool.images")
-POLICIES = ("image", "instance", "image+instance", "random", "random-instance")
 
 
 class ConfigError(ValueError):

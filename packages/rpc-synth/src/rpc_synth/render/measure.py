@@ -109,10 +109,9 @@ def _blurred_lab(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(cv2.GaussianBlur(image, (5, 5), 0), cv2.COLOR_BGR2LAB).astype(np.float32)
 
 
-def gradient_magnitude(image: np.ndarray) -> np.ndarray:
-    """``float32[H, W]``: Lab gradient magnitude per pixel (Sobel on the 5x5-blurred image, the three channels'
-    squared gradients summed), in Lab units (OpenCV 8-bit scale) per pixel."""
-    lab = _blurred_lab(image)
+def gradient_magnitude(lab: np.ndarray) -> np.ndarray:
+    """``float32[H, W]``: gradient magnitude per pixel of a Lab image (``_blurred_lab``: the 5x5-blurred image),
+    Sobel, the three channels' squared gradients summed, in Lab units (OpenCV 8-bit scale) per pixel."""
     gx = cv2.Sobel(lab, cv2.CV_32F, 1, 0, ksize=3) / 8
     gy = cv2.Sobel(lab, cv2.CV_32F, 0, 1, ksize=3) / 8
     return np.sqrt((gx * gx + gy * gy).sum(axis=2))
@@ -143,8 +142,9 @@ def product_changes(before: np.ndarray, after: np.ndarray, boxes: list, min_blob
             regions.append(region)
     new_blobs = 0
     if regions:
-        gradient, lab = gradient_magnitude(after), _blurred_lab(after)
-        tray = np.median(lab[~(in_boxes | fg_after)], axis=0) if (~(in_boxes | fg_after)).any() else lab.mean((0, 1))
+        lab = _blurred_lab(after)
+        gradient, tray_pixels = gradient_magnitude(lab), ~(in_boxes | fg_after)
+        tray = np.median(lab[tray_pixels], axis=0) if tray_pixels.any() else lab.mean((0, 1))
         for region in regions:
             contrast = float(np.linalg.norm(np.median(lab[region], axis=0) - tray))
             crispness = float(np.percentile(gradient[_boundary(region)], 75)) / max(contrast, 1.0)
