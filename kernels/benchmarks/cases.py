@@ -167,7 +167,17 @@ def roi_align_case(dtype=torch.float32) -> Case:
     def ref(feats):
         return reference.multiscale_roi_align_reference(feats, rois, scales, (7, 7), 2, aligned=False)
 
-    impls = {"kernel": _kernel(ours), "eager reference": _eager(ours), "compiled reference": _compiled(ref)}
+    def ours_planes(feats):  # the backward's atomics into [N, C, H, W] gradients, bins fastest (the former layout)
+        from aco_kernels.ops import roi_align
+
+        roi_align.GRAD_CHANNELS_LAST = False  # read by the forward, kept for its backward
+        try:
+            return ours(feats)
+        finally:
+            roi_align.GRAD_CHANNELS_LAST = True
+
+    impls = {"kernel": _kernel(ours), "kernel, [N, C, H, W] atomics": _kernel(ours_planes),
+             "eager reference": _eager(ours), "compiled reference": _compiled(ref)}
     try:
         import torchvision
 

@@ -56,17 +56,20 @@ JOBS = [
     *[(pyramid_fuse._interp_transpose_kernel.fn, PYRAMID_T, {"LAST_AXIS": last, "ACC": tl.float32, "BLOCK_A": 16,
                                                           "BLOCK_B": 32})
       for last in (True, False)],
-    (density_render._density_render_kernel.fn, DENSITY, {"KB": 16, "NORM_BLOCK": 128, "BLOCK_H": 32, "BLOCK_W": 64}),
+    (density_render._density_render_kernel.fn, DENSITY, {"KB": 16, "NORM_BLOCK": 128, "SCAN": 256, "BLOCK_H": 16, "BLOCK_W": 128,
+                                                       "TILES_H": 2}),
     # triton turns an int argument equal to 1 into a constant: a 1x1 map must compile too (failed on the H100)
     (density_render._density_render_kernel.fn, {k: v for k, v in DENSITY.items() if k not in ("height", "width")},
-     {"height": 1, "width": 1, "KB": 16, "NORM_BLOCK": 16, "BLOCK_H": 32, "BLOCK_W": 32}),
+     {"height": 1, "width": 1, "KB": 16, "NORM_BLOCK": 16, "SCAN": 16, "BLOCK_H": 32, "BLOCK_W": 32,
+      "TILES_H": 1}),
     (pyramid_fuse._pyramid_fuse_fwd_kernel.fn, {k: v for k, v in PYRAMID.items() if k not in ("h4", "w4")},
      {"h4": 1, "w4": 1, "NUM_LEVELS": 5, "IDENTITY": -1, "ACC": tl.float32, "BLOCK_H": 16, "BLOCK_W": 32}),
     *[(roi_align._roi_align_kernel, _roi("*fp32" if backward else "*bf16"),
        {"POOLED_H": 7, "POOLED_W": 7, "SAMPLING": sr, "ALIGNED": sr > 0, "NUM_LEVELS": levels, "DTYPE": tl.bfloat16,
-        "ACC": tl.float32, "BACKWARD": backward, "BINS_FAST": bins_fast, "BLOCK_P": 64, "BLOCK_C": 64})
+        "ACC": tl.float32, "BACKWARD": backward, "BINS_FAST": bins_fast, "BLOCK_P": 64, "BLOCK_C": 64,
+        "CHANNELS_LAST": backward and not bins_fast})
       for sr, levels, backward, bins_fast in [(2, 4, False, False), (2, 4, False, True), (0, 1, True, True),
-                                              (2, 5, True, True)]],
+                                              (2, 5, True, True), (2, 4, True, False)]],
 ]
 
 failures = []

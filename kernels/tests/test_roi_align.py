@@ -62,8 +62,13 @@ def test_aligned_matches_torchvision_level_mapper_and_roi_align(kernel_path):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last_grad", [True, False])
 @pytest.mark.parametrize("sizes,sampling_ratio", [(LEVEL_SIZES, 2), (LEVEL_SIZES, 0), (LEVEL_SIZES[:1], 1)])
-def test_forward_and_gradients_match_reference(kernel_path, sizes, sampling_ratio):
+def test_forward_and_gradients_match_reference(kernel_path, monkeypatch, sizes, sampling_ratio, channels_last_grad):
+    from aco_kernels.ops import roi_align
+
+    # both layouts of the backward's atomics: [N, H, W, C] buffers (the default) and [N, C, H, W] gradients
+    monkeypatch.setattr(roi_align, "GRAD_CHANNELS_LAST", channels_last_grad)
     features = _pyramid(3, sizes=sizes)
     boxes = _boxes(3)
     kwargs = {"output_size": (3, 4), "sampling_ratio": sampling_ratio, "canonical_scale": 32, "canonical_level": 3}

@@ -1,8 +1,10 @@
 """Fused density-target rendering: per-class truncated Gaussians, each instance summing to 1 on the map.
 
-One launch, nothing computed beforehand: one program per (image x class plane, 2-D tile of map pixels)
-scans the instances in chunks of ``KB``, keeps those of its plane and, when a chunk holds any, evaluates
-their 1-D Gaussians along the tile's rows and columns (the Gaussian and its square window are separable)
+One launch, nothing computed beforehand: one program per (image x class plane, group of ``TILES_H`` row
+tiles) first asks, in one wide pass over the instances, whether its plane holds any. Most planes hold none
+(20 products among 200 classes): those programs only store zeros, many rows each. Otherwise, for each 2-D
+tile of its rows, it scans the instances in chunks of ``KB``, keeps those of its plane and, when a chunk
+holds any, evaluates their 1-D Gaussians along the tile's rows and columns (the Gaussian and its square window are separable)
 and adds ``gy^T @ gx`` (a [BLOCK_H, KB] x [KB, BLOCK_W] product in full fp32) to the tile. Each output pixel
 is written once, in a fixed order: deterministic, no atomics, no sort, no host sync.
 
@@ -41,10 +43,13 @@ def _gaussians(pos, center, radius, inv_two_var, scale):
     return g * scale[:, None]
 
 
-_CONFIGS = autotune_configs([
-    triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw)
-    for bh, bw, nw in [(32, 32, 4), (16, 64, 4), (32, 64, 4), (64, 64, 8), (16, 128, 4)]
-])
+_CONFIGS = autotune_configs(
+    [triton.Config({"BLOCK_H": bh, "BLOCK_W": bw, "TILES_H": th}, num_warps=nw)
+     for bh, bw, th, nw in [(16, 128, 2, 4), (16, 128, 4, 4), (32, 128, 1, 4), (16, 128, 4, 8), (32, 64, 2, 4),
+                            (16, 64, 4, 4), (64, 128, 1, 8), (32, 32, 1, 4)]],  # tl.dot: tiles >= 16 x 16
+    # the interpreter: small tiles, so that the CPU tests also walk the tile loops of a program
+    triton.Config({"BLOCK_H": 16, "BLOCK_W": 16, "TILES_H": 2}, num_warps=4),
+)
 
 
 @triton.autotune(configs=_CONFIGS, key=["height", "width", "num_classes"])
@@ -52,41 +57,61 @@ _CONFIGS = autotune_configs([
 def _density_render_kernel(
     centers_ptr, sizes_ptr, labels_ptr, batch_ptr, out_ptr,
     num, num_classes, height, width, inv_stride, sigma_scale, min_sigma, truncate,
-    KB: tl.constexpr, NORM_BLOCK: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    KB: tl.constexpr, NORM_BLOCK: tl.constexpr, SCAN: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, TILES_H: tl.constexpr,
 ):
     plane = tl.program_id(0).to(tl.int64)
-    tile = tl.program_id(1)
     image = plane // num_classes
     cls = plane % num_classes
-    tiles_w = tl.cdiv(width, BLOCK_W)
-    y = (tile // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)
-    x = (tile % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
-    acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
-    for start in range(0, num, KB):
-        k = start + tl.arange(0, KB)
+    # Most planes hold no instance: one wide pass over the instances says so, and such a program only
+    # stores zeros (its TILES_H x full-width rows, so that many bytes are in flight per scan).
+    found = 0
+    for start in range(0, num, SCAN):
+        k = start + tl.arange(0, SCAN)
         kmask = k < num
         lab = tl.load(labels_ptr + k, mask=kmask, other=-1).to(tl.int64)
         img = tl.load(batch_ptr + k, mask=kmask, other=-1).to(tl.int64)
-        match = kmask & (lab == cls) & (img == image)
-        if tl.max(match.to(tl.int32), axis=0) > 0:
-            # reference.density_params: centre / stride clamped into the map, sigma from the box area
-            cx = tl.load(centers_ptr + 2 * k, mask=match, other=0.0).to(tl.float32) * inv_stride
-            cy = tl.load(centers_ptr + 2 * k + 1, mask=match, other=0.0).to(tl.float32) * inv_stride
-            cx = tl.minimum(tl.maximum(cx, 0.0), width * 1.0)  # width may be the constant 1 (specialised)
-            cy = tl.minimum(tl.maximum(cy, 0.0), height * 1.0)
-            bw = tl.maximum(tl.load(sizes_ptr + 2 * k, mask=match, other=0.0).to(tl.float32), 0.0)
-            bh = tl.maximum(tl.load(sizes_ptr + 2 * k + 1, mask=match, other=0.0).to(tl.float32), 0.0)
-            sigma = tl.maximum(sigma_scale * tl.sqrt(bw * bh) * inv_stride, min_sigma)
-            radius = truncate * sigma
-            inv_two_var = 1.0 / (2.0 * sigma * sigma)
-            norm = (_axis_sums(cx, radius, inv_two_var, width, KB, NORM_BLOCK)
-                    * _axis_sums(cy, radius, inv_two_var, height, KB, NORM_BLOCK))
-            scale = tl.where(match, 1.0 / norm, 0.0)
-            gx = _gaussians(x, cx, radius, inv_two_var, scale)  # [KB, BLOCK_W], normalised
-            gy = _gaussians(y, cy, radius, inv_two_var, tl.where(match, 1.0, 0.0))  # [KB, BLOCK_H]
-            acc += tl.dot(tl.trans(gy), gx, input_precision="ieee")
-    mask = (y < height)[:, None] & (x < width)[None, :]
-    tl.store(out_ptr + plane * height * width + y[:, None] * width + x[None, :], acc, mask=mask)
+        found += tl.sum((kmask & (lab == cls) & (img == image)).to(tl.int32), axis=0)
+    out_plane = out_ptr + plane * height * width
+    for ty in range(0, TILES_H):
+        y = (tl.program_id(1) * TILES_H + ty) * BLOCK_H + tl.arange(0, BLOCK_H)
+        for x_start in range(0, width, BLOCK_W):
+            x = x_start + tl.arange(0, BLOCK_W)
+            acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+            if found > 0:
+                for start in range(0, num, KB):
+                    k = start + tl.arange(0, KB)
+                    kmask = k < num
+                    lab = tl.load(labels_ptr + k, mask=kmask, other=-1).to(tl.int64)
+                    img = tl.load(batch_ptr + k, mask=kmask, other=-1).to(tl.int64)
+                    match = kmask & (lab == cls) & (img == image)
+                    if tl.max(match.to(tl.int32), axis=0) > 0:
+                        acc += _instances_tile(centers_ptr, sizes_ptr, k, match, x, y, height, width, inv_stride,
+                                               sigma_scale, min_sigma, truncate, KB, NORM_BLOCK)
+            mask = (y < height)[:, None] & (x < width)[None, :]
+            tl.store(out_plane + y[:, None] * width + x[None, :], acc, mask=mask)
+
+
+@triton.jit
+def _instances_tile(centers_ptr, sizes_ptr, k, match, x, y, height, width, inv_stride, sigma_scale, min_sigma,
+                    truncate, KB: tl.constexpr, NORM_BLOCK: tl.constexpr):
+    """The [BLOCK_H, BLOCK_W] tile of the normalised Gaussians of the instances ``k`` where ``match``."""
+    # reference.density_params: centre / stride clamped into the map, sigma from the box area
+    cx = tl.load(centers_ptr + 2 * k, mask=match, other=0.0).to(tl.float32) * inv_stride
+    cy = tl.load(centers_ptr + 2 * k + 1, mask=match, other=0.0).to(tl.float32) * inv_stride
+    cx = tl.minimum(tl.maximum(cx, 0.0), width * 1.0)  # width may be the constant 1 (specialised)
+    cy = tl.minimum(tl.maximum(cy, 0.0), height * 1.0)
+    bw = tl.maximum(tl.load(sizes_ptr + 2 * k, mask=match, other=0.0).to(tl.float32), 0.0)
+    bh = tl.maximum(tl.load(sizes_ptr + 2 * k + 1, mask=match, other=0.0).to(tl.float32), 0.0)
+    sigma = tl.maximum(sigma_scale * tl.sqrt(bw * bh) * inv_stride, min_sigma)
+    radius = truncate * sigma
+    inv_two_var = 1.0 / (2.0 * sigma * sigma)
+    norm = (_axis_sums(cx, radius, inv_two_var, width, KB, NORM_BLOCK)
+            * _axis_sums(cy, radius, inv_two_var, height, KB, NORM_BLOCK))
+    scale = tl.where(match, 1.0 / norm, 0.0)
+    gx = _gaussians(x, cx, radius, inv_two_var, scale)  # [KB, BLOCK_W], normalised
+    gy = _gaussians(y, cy, radius, inv_two_var, tl.where(match, 1.0, 0.0))  # [KB, BLOCK_H]
+    return tl.dot(tl.trans(gy), gx, input_precision="ieee")
 
 
 def density_render_triton(
@@ -103,11 +128,12 @@ def density_render_triton(
         return out.zero_()
 
     def grid(meta):
-        return (num_images * num_classes, triton.cdiv(height, meta["BLOCK_H"]) * triton.cdiv(width, meta["BLOCK_W"]))
+        return (num_images * num_classes, triton.cdiv(height, meta["BLOCK_H"] * meta["TILES_H"]))
 
     _density_render_kernel[grid](
         centers.contiguous(), sizes.contiguous(), labels.contiguous(), batch_index.contiguous(), out,
         centers.shape[0], num_classes, height, width, 1.0 / stride, float(sigma_scale), float(min_sigma),
         float(truncate), KB=16, NORM_BLOCK=min(256, max(16, triton.next_power_of_2(max(height, width)))),
+        SCAN=min(1024, max(16, triton.next_power_of_2(centers.shape[0]))),
     )
     return out

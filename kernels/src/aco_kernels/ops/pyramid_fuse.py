@@ -6,8 +6,9 @@ already at the output size) and writes the sum once.
 
 Backward, without atomics (so deterministic): the gradient of a level is the transpose of its separable
 interpolation, ``grad_l = w_l * A_h^T G A_w`` with ``A`` the per-axis bilinear matrices (two non-zeros per
-row). Two gather passes per level apply it: along x (``G A_w``, into a float32 buffer), then along y, each
-output element summing the few target rows/columns that sample it with the forward's own weights.
+row). Two gather passes per level apply it: along y (``A_h^T G``, into a float32 buffer: whole rows,
+coalesced), then along x on that smaller array, each output element summing the few target rows/columns
+that sample it with the forward's own weights.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def _source_index(dst, scale, size):
 
 _FWD_CONFIGS = autotune_configs([
     triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw)
-    for bh, bw, nw in [(16, 32, 4), (8, 64, 4), (16, 64, 4), (32, 64, 8), (8, 128, 4), (16, 128, 8), (4, 256, 4)]
+    for bh, bw, nw in [(16, 32, 4), (8, 64, 4), (16, 64, 4), (32, 64, 8), (8, 128, 4), (16, 128, 8), (4, 256, 4),
+                       (32, 128, 8), (64, 64, 8), (8, 256, 8), (32, 32, 4)]
 ])
 
 
@@ -84,7 +86,8 @@ def _pyramid_fuse_fwd_kernel(
 
 _T_CONFIGS = autotune_configs([
     triton.Config({"BLOCK_A": ba, "BLOCK_B": bb}, num_warps=nw)
-    for ba, bb, nw in [(16, 32, 4), (8, 64, 4), (16, 64, 4), (32, 64, 8), (8, 128, 4)]
+    for ba, bb, nw in [(16, 32, 4), (8, 64, 4), (16, 64, 4), (32, 64, 8), (8, 128, 4), (32, 32, 4), (16, 128, 8),
+                       (4, 256, 4)]
 ])
 
 
@@ -213,14 +216,17 @@ class PyramidFuseFunction(torch.autograd.Function):
                 grads.append((grad_out.to(acc_torch) * weight).to(ctx.dtype))
                 continue
             planes = grad_out.view(batch * channels, out_h, out_w)
-            if w != out_w:  # along x: [P, out_h, out_w] -> [P, out_h, w]
-                rows = torch.empty(batch * channels, out_h, w, dtype=acc_torch, device=grad_out.device)
-                _transpose_resize(planes, rows, out_w, w, out_h, True, 1.0, acc)
+            # Along y first ([P, out_h, out_w] -> [P, h, out_w]): its loads are whole rows, coalesced, and it
+            # reads the full-size gradient once; the x pass's loads are strided gathers, and it runs second, on
+            # the smaller array.
+            if h != out_h:
+                rows = torch.empty(batch * channels, h, out_w, dtype=acc_torch, device=grad_out.device)
+                _transpose_resize(planes, rows, out_h, h, out_w, False, 1.0, acc)
             else:
                 rows = planes
             grad = torch.empty(shape, dtype=ctx.dtype, device=grad_out.device)
-            if h != out_h:  # along y: [P, out_h, w] -> [P, h, w]
-                _transpose_resize(rows, grad, out_h, h, w, False, weight, acc)
+            if w != out_w:  # along x: [P, h, out_w] -> [P, h, w]
+                _transpose_resize(rows, grad, out_w, w, h, True, weight, acc)
             else:
                 grad.copy_(rows.view(shape).to(acc_torch) * weight)
             grads.append(grad)

@@ -3,7 +3,8 @@
 One program per (box, channel block) computes the box's level (torchvision's LevelMapper formula), picks
 that level's feature map from a pointer table and pools all output bins for its channels. The backward
 walks the same samples and scatters into each level's gradient with atomics (float32 buffers, float64
-for float64 inputs).
+for float64 inputs), laid out [N, H, W, C] so that the lanes of a warp add to one memory line (the gradients
+come back as channels-last views).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def _roi_align_kernel(
     channels, k_min, k_max, canonical_level, log2_canonical_scale,
     POOLED_H: tl.constexpr, POOLED_W: tl.constexpr, SAMPLING: tl.constexpr, ALIGNED: tl.constexpr,
     NUM_LEVELS: tl.constexpr, DTYPE: tl.constexpr, ACC: tl.constexpr, BACKWARD: tl.constexpr,
-    BINS_FAST: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    BINS_FAST: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, CHANNELS_LAST: tl.constexpr = False,
 ):
     box = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -105,7 +106,11 @@ def _roi_align_kernel(
     pmask = p < POOLED_H * POOLED_W
     ph = (p // POOLED_W).to(ACC)
     pw = (p % POOLED_W).to(ACC)
-    plane = (batch * channels + c.to(tl.int64)) * height * width  # [BLOCK_C]
+    if CHANNELS_LAST:  # the level is [N, H, W, C] (the backward's gradient buffers): pixel o, channel c
+        pixels = batch * height * width
+        plane = c.to(tl.int64)
+    else:
+        plane = (batch * channels + c.to(tl.int64)) * height * width  # [BLOCK_C]
     c64 = c.to(tl.int64) * (POOLED_H * POOLED_W)
     # BINS_FAST: [BLOCK_C, BLOCK_P] tiles with the bins fastest (neighbouring lanes sample neighbouring pixels of
     # one channel plane: coalesced atomics); else [BLOCK_P, BLOCK_C] tiles with the channels fastest.
@@ -140,6 +145,16 @@ def _roi_align_kernel(
                 u3 = f3[None, :]
                 u4 = f4[None, :]
                 m = mask & ~outside[None, :]
+            elif CHANNELS_LAST:  # neighbouring lanes: neighbouring channels of one pixel, one memory line
+                q1 = plane[None, :] + (pixels + o1.to(tl.int64))[:, None] * channels
+                q2 = plane[None, :] + (pixels + o2.to(tl.int64))[:, None] * channels
+                q3 = plane[None, :] + (pixels + o3.to(tl.int64))[:, None] * channels
+                q4 = plane[None, :] + (pixels + o4.to(tl.int64))[:, None] * channels
+                u1 = f1[:, None]
+                u2 = f2[:, None]
+                u3 = f3[:, None]
+                u4 = f4[:, None]
+                m = mask & ~outside[:, None]
             else:
                 q1 = plane[None, :] + o1[:, None]
                 q2 = plane[None, :] + o2[:, None]
@@ -166,6 +181,10 @@ def _roi_align_kernel(
         tl.store(out_ptr + out_offs, (acc / count).to(DTYPE), mask=mask)
 
 
+# The backward's atomics: into [N, H, W, C] buffers with the channels fastest across lanes (each warp adds to
+# one 128-byte line per sample corner), or into the [N, C, H, W] gradients with the bins fastest.
+GRAD_CHANNELS_LAST = True
+
 _FWD_CONFIGS = autotune_configs(
     [triton.Config({"BINS_FAST": bins_fast, "BLOCK_C": block_c}, num_warps=nw)
      for bins_fast in (False, True) for block_c in (32, 64, 128) for nw in (4, 8)],
@@ -176,7 +195,7 @@ _FWD_CONFIGS = autotune_configs(
 _roi_align_fwd = triton.autotune(configs=_FWD_CONFIGS, key=["channels", "NUM_LEVELS", "SAMPLING"])(_roi_align_kernel)
 
 
-def _launch(levels, rois, grad_out, out, channels, num_boxes, config, dtype, acc, backward):
+def _launch(levels, rois, grad_out, out, channels, num_boxes, config, dtype, acc, backward, channels_last=False):
     output_size, sampling_ratio, aligned, k_min, k_max, canonical_level, log2_scale, scales = config
     args = (*level_args(levels), *pad_levels([f.shape[2] for f in levels], 1), *pad_levels([f.shape[3] for f in levels], 1),
             *pad_levels([float(x) for x in scales], 1.0), rois, grad_out, out,
@@ -188,7 +207,8 @@ def _launch(levels, rois, grad_out, out, channels, num_boxes, config, dtype, acc
         # Small channel blocks give the GPU more programs; the CPU interpreter pays per program: wide ones.
         block_c = min(64 if rois.is_cuda else 256, max(16, triton.next_power_of_2(channels)))
         _roi_align_kernel[(num_boxes, triton.cdiv(channels, block_c))](
-            *args, **constexprs, BINS_FAST=True, BLOCK_C=block_c, num_warps=4)
+            *args, **constexprs, BINS_FAST=not channels_last, BLOCK_C=block_c, CHANNELS_LAST=channels_last,
+            num_warps=4)
     else:
         _roi_align_fwd[lambda meta: (num_boxes, triton.cdiv(channels, meta["BLOCK_C"]))](*args, **constexprs)
 
@@ -213,16 +233,22 @@ class MultiScaleRoIAlignFunction(torch.autograd.Function):
         ctx.config = config
         ctx.shapes = [f.shape for f in features]
         ctx.dtype = dtype
+        ctx.channels_last = GRAD_CHANNELS_LAST  # the backward's layout, chosen when the graph is built
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         (rois,) = ctx.saved_tensors
         acc, acc_torch = acc_dtypes(ctx.dtype)
-        grads = [torch.zeros(shape, dtype=acc_torch, device=grad_out.device) for shape in ctx.shapes]
+        if ctx.channels_last:  # [N, H, W, C] buffers, returned as channels-last views of [N, C, H, W]
+            # (the kernel takes the views: their shapes give H and W, their data pointers the buffers)
+            grads = [torch.zeros(n, h, w, c, dtype=acc_torch, device=grad_out.device).permute(0, 3, 1, 2)
+                     for n, c, h, w in ctx.shapes]
+        else:
+            grads = [torch.zeros(shape, dtype=acc_torch, device=grad_out.device) for shape in ctx.shapes]
         if grad_out.numel() > 0:
             _launch(grads, rois, grad_out.contiguous(), grad_out, grad_out.shape[1], grad_out.shape[0], ctx.config,
-                    ctx.dtype, acc, True)
+                    ctx.dtype, acc, True, ctx.channels_last)
         return (None, None, None, None, None, None, None, *(g.to(ctx.dtype) for g in grads))
 
 
