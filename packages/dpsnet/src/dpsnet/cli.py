@@ -92,16 +92,21 @@ def config_command(config_name, overrides) -> None:
               help="Test-time views fused with the plain one, e.g. hv or h,v,hv (model.test_flips; '': none; default: the model's).")
 @click.option("--test-flip-iou", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="IoU grouping the views' detections (model.test_flip_iou; default: the model's).")
+@click.option("--reclassifier", type=click.Path(dir_okay=False), default=None,
+              help="A `dpsnet pretrain` file: its crop classifier re-scores each detection (dpsnet.reclassify).")
+@click.option("--reclassifier-power", type=click.FloatRange(0.0), default=0.5, show_default=True,
+              help="New score = score x p(SKU) ** power.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def predict_command(checkpoint, instances, images, out_results, out_counts, batch_size, device, score_thresh,
-                    agnostic_nms, test_flips, test_flip_iou, quiet) -> None:
+                    agnostic_nms, test_flips, test_flip_iou, reclassifier, reclassifier_power, quiet) -> None:
     """Detect and count every image of a pool; write COCO results and the counts file. Works under torchrun."""
     from .distributed import shutdown_distributed
     from .inference import predict_files
 
     _run(predict_files, checkpoint, instances, images, out_results, out_counts, batch_size=batch_size,
          device=device, score_thresh=score_thresh, agnostic_nms=agnostic_nms, test_flips=test_flips,
-         test_flip_iou=test_flip_iou, progress=not quiet)
+         test_flip_iou=test_flip_iou, reclassifier=reclassifier, reclassifier_power=reclassifier_power,
+         progress=not quiet)
     shutdown_distributed()
 
 

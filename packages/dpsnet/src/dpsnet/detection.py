@@ -129,7 +129,9 @@ def fuse_views(boxes: Tensor, scores: Tensor, labels: Tensor, views: Tensor, num
 class IgnoreAwareRoIHeads(RoIHeads):
     """torchvision's RoI box head whose background proposals inside ignore regions are not sampled.
 
-    With ``agnostic_nms_thresh > 0``, inference ends with a class-agnostic NMS at that IoU (:func:`agnostic_nms`).
+    With ``agnostic_nms_thresh > 0``, inference ends with a class-agnostic NMS at that IoU (:func:`agnostic_nms`);
+    with a ``rescorer`` (:class:`dpsnet.reclassify.CropRescorer`, set by :meth:`DPSNet.set_rescorer`), the
+    detections are re-scored by the crop classifier before it.
     With ``record = True``, a training forward keeps its sampled proposals (``recorded_proposals``, per image)
     and their class logits (``recorded_logits``) for soft distillation (:mod:`dpsnet.distill`).
     """
@@ -145,6 +147,10 @@ class IgnoreAwareRoIHeads(RoIHeads):
         self.agnostic_nms_thresh = agnostic_nms_thresh
         self.agnostic_nms_decay = agnostic_nms_decay
         self._ignore_boxes: list[Tensor | None] | None = None
+        # A dpsnet.reclassify.CropRescorer and its input for this call (DPSNet.set_rescorer): kept out of the
+        # module tree, so that it is neither in the state dict nor in checkpoints.
+        self.__dict__["rescorer"] = None
+        self._rescore_input: tuple[Tensor, list[tuple[int, int]]] | None = None
         self.record = False
         self.recorded_proposals: list[Tensor] | None = None
         self.recorded_logits: Tensor | None = None
@@ -156,6 +162,11 @@ class IgnoreAwareRoIHeads(RoIHeads):
 
     def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
         boxes, scores, labels = super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        if self.rescorer is not None and self._rescore_input is not None:
+            images, sizes = self._rescore_input
+            scores = self.rescorer(images, boxes, scores, labels, sizes)
+            order = [s.argsort(descending=True, stable=True) for s in scores]
+            boxes, scores, labels = ([b[o] for b, o in zip(part, order, strict=True)] for part in (boxes, scores, labels))
         if self.agnostic_nms_thresh > 0:
             kept = [agnostic_nms(b, s, lab, self.agnostic_nms_thresh, self.agnostic_nms_decay)
                     for b, s, lab in zip(boxes, scores, labels, strict=True)]

@@ -109,11 +109,14 @@ class _ProgressLine:
 def predict_files(checkpoint: str | Path, instances: str | Path, images: str | Path, out_results: str | Path,
                   out_counts: str | Path, *, batch_size: int = 4, device: str = "auto", score_thresh: float | None = None,
                   agnostic_nms: float | None = None, test_flips: str | None = None,
-                  test_flip_iou: float | None = None, progress: bool = True) -> tuple[Path, Path]:
+                  test_flip_iou: float | None = None, reclassifier: str | Path | None = None,
+                  reclassifier_power: float = 0.5, progress: bool = True) -> tuple[Path, Path]:
     """Predict every image of a pool (or instances) JSON and write the COCO results and the counts file.
 
     ``score_thresh``, ``agnostic_nms`` (``model.box_agnostic_nms_thresh``), ``test_flips`` and ``test_flip_iou``
-    (``model.test_flips``, ``model.test_flip_iou``) replace the checkpoint's values.
+    (``model.test_flips``, ``model.test_flip_iou``) replace the checkpoint's values. ``reclassifier``: a
+    ``dpsnet pretrain`` file whose crop classifier re-scores the detections (:mod:`dpsnet.reclassify`, with
+    ``reclassifier_power``).
     Under ``torchrun`` each rank predicts its share and rank 0 writes. Both files are validated with
     ``rpc_metrics.io`` against the pool before they are (atomically) written.
     """
@@ -127,6 +130,10 @@ def predict_files(checkpoint: str | Path, instances: str | Path, images: str | P
     if test_flip_iou is not None:
         overrides["test_flip_iou"] = test_flip_iou
     model, categories = model_from_checkpoint(checkpoint, dev, **overrides)
+    if reclassifier is not None:
+        from .reclassify import CropRescorer
+
+        model.set_rescorer(CropRescorer.from_file(reclassifier, categories.category_ids, power=reclassifier_power))
     pool = read_pool(instances)
     dataset = InstancesDataset(pool, images, categories)
     dataset.source = str(instances)

@@ -157,6 +157,13 @@ class DPSNet(nn.Module):
         self.counting_view = CountingView(channels, num_count_classes, levels=count_levels, stride=count_stride,
                                           channels=count_channels, num_convs=count_convs)
 
+    def set_rescorer(self, rescorer: nn.Module | None) -> None:
+        """Re-score the box head's detections at inference with a crop classifier
+        (:class:`dpsnet.reclassify.CropRescorer`; ``None``: off). It is not part of the model's state dict."""
+        if rescorer is not None:
+            rescorer = rescorer.to(next(self.parameters()).device).eval()
+        self.roi_heads.__dict__["rescorer"] = rescorer
+
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
         if self.training and targets is None:
             raise ValueError("targets should be given in training mode")
@@ -205,7 +212,14 @@ class DPSNet(nn.Module):
         rpn_features = features if tuple(features) == self.rpn_levels else \
             OrderedDict((lv, features[lv]) for lv in self.rpn_levels)
         proposals, rpn_losses = self.rpn(batch, rpn_features, det_targets)
-        detections, box_losses = self.roi_heads(features, proposals, batch.image_sizes, det_targets)
+        if not self.training and self.roi_heads.rescorer is not None:  # the crops come from the resized images
+            mean = batch.tensors.new_tensor(self.transform.image_mean)[:, None, None]
+            std = batch.tensors.new_tensor(self.transform.image_std)[:, None, None]
+            self.roi_heads._rescore_input = (batch.tensors * std + mean, batch.image_sizes)
+        try:
+            detections, box_losses = self.roi_heads(features, proposals, batch.image_sizes, det_targets)
+        finally:
+            self.roi_heads._rescore_input = None
         density = self.counting_view(features, tuple(batch.tensors.shape[-2:]))
         if self.training:
             return {**rpn_losses, **box_losses, **self.counting_losses(density, det_targets)}

@@ -134,6 +134,8 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
                           == torch.from_numpy(labels[hold])).float().mean()) if n_hold else float("nan")
     summary = {"steps": step, "seconds": time.monotonic() - started, "train_acc": train_acc,
                "holdout_acc": hold_acc, "classes": len(category_ids), "crops": len(crops), "size": size}
-    save_checkpoint({"model": model.body.state_dict(), "channels": list(channels), "summary": summary}, out)
+    # ``fc`` and ``category_ids`` make the file a whole crop classifier too (see load_crop_classifier)
+    save_checkpoint({"model": model.body.state_dict(), "fc": model.fc.state_dict(), "category_ids": list(category_ids),
+                     "channels": list(channels), "norm": norm, "size": size, "summary": summary}, out)
     Path(str(out) + ".json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary

@@ -1,0 +1,102 @@
+"""A second opinion on each detection's SKU: the pretrained crop classifier re-scores the box head's detections.
+
+``dpsnet pretrain`` trains the small body plus a linear layer to name product crops (square, a 10% margin,
+64 px, the way :func:`dpsnet.pretrain.exemplar_crops` cuts them); its file keeps the whole classifier. At
+inference, :class:`CropRescorer` cuts the same crop around every detection of the box head (after the per-class
+NMS, before the class-agnostic one), classifies it in its four 90-degree rotations (a top view has no up) and
+multiplies the detection's score by ``p(its SKU) ** power``. The class-agnostic NMS that follows then keeps, at
+each place, the SKU that both opinions favour. All crops of a batch are cut with one ``roi_align`` call.
+
+Measured on the mini world (``runs/recipe4``'s model on the checkout test images, classifier pretrained 6000
+steps, power 0.5, no test-time flips): mAP50 84.9% -> 87.8%, ACD 3.19 -> 2.46, transfer cAcc 17.5% -> 17.5%.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+from .pretrain import CropClassifier
+
+
+def crop_boxes(boxes: Tensor, height: int, width: int, margin: float = 0.1) -> Tensor:
+    """[N, 4] (x1, y1, x2, y2) -> the squares of side ``max(w, h) * (1 + 2 margin)`` around their centres,
+    clipped to the image (as :func:`dpsnet.pretrain.exemplar_crops` cuts its training crops)."""
+    side = (boxes[:, 2:] - boxes[:, :2]).max(dim=1).values * (1 + 2 * margin)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (side / 2)[:, None]
+    low = (centre - half).clamp(min=0)
+    high = torch.minimum(centre + half, torch.tensor([float(width), float(height)], device=boxes.device))
+    return torch.cat([low, torch.maximum(high, low + 1)], dim=1)
+
+
+class CropRescorer(nn.Module):
+    """Re-score detections with a crop classifier (see the module docstring).
+
+    Args:
+        classifier: a :class:`dpsnet.pretrain.CropClassifier` (eval mode is set here).
+        class_of_label: Tensor[num_labels], the classifier's class index for each detection label (-1: a label
+            the classifier does not know, whose scores stay as they are).
+        power: exponent of the classifier's probability in the new score (0: no change).
+        size: crop side in pixels (the classifier's training size); margin: crop margin on each side.
+    """
+
+    def __init__(self, classifier: CropClassifier, class_of_label: Tensor, *, power: float = 0.5, size: int = 64,
+                 margin: float = 0.1):
+        super().__init__()
+        if power < 0:
+            raise ValueError(f"power should be >= 0, got {power}")
+        self.classifier = classifier.eval()
+        self.register_buffer("class_of_label", torch.as_tensor(class_of_label, dtype=torch.int64))
+        self.power, self.size, self.margin = float(power), int(size), float(margin)
+
+    @classmethod
+    def from_file(cls, path: str | Path, category_ids: Sequence[int], **kwargs) -> CropRescorer:
+        """From a ``dpsnet pretrain`` file; ``category_ids[l - 1]`` is detection label ``l``'s category."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"reclassifier file not found: {path}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if "fc" not in ckpt or "category_ids" not in ckpt:
+            raise ValueError(f"{path}: no classifier layer in this file (written by an older `dpsnet pretrain`, or "
+                             "not by it); run `dpsnet pretrain` again to get a file that can re-classify")
+        classifier = CropClassifier(len(ckpt["category_ids"]), tuple(ckpt["channels"]), ckpt.get("norm", "batch"))
+        classifier.body.load_state_dict(ckpt["model"])
+        classifier.fc.load_state_dict(ckpt["fc"])
+        index = {int(c): i for i, c in enumerate(ckpt["category_ids"])}
+        known = [index.get(int(c), -1) for c in category_ids]
+        if all(k < 0 for k in known):
+            raise ValueError(f"{path}: the classifier knows none of the model's categories "
+                             f"(its ids {sorted(index)[:10]}..., the model's {list(category_ids)[:10]}...)")
+        return cls(classifier, torch.tensor([-1, *known]), size=int(ckpt.get("size", 64)), **kwargs)
+
+    @torch.no_grad()
+    def probabilities(self, images: Tensor, boxes: Sequence[Tensor], image_sizes: Sequence[tuple[int, int]]) -> Tensor:
+        """Class probabilities [sum N_i, classes] of the crops around ``boxes`` (per image, in the coordinates of
+        ``images``, a [B, 3, H, W] batch of 0-1 RGB), averaged over the four rotations of each crop."""
+        rois = [crop_boxes(b.float(), h, w, self.margin) for b, (h, w) in zip(boxes, image_sizes, strict=True)]
+        if sum(len(r) for r in rois) == 0:
+            return images.new_zeros(0, self.classifier.fc.out_features)
+        crops = roi_align(images.float(), rois, (self.size, self.size), spatial_scale=1.0, sampling_ratio=0,
+                          aligned=True)
+        views = torch.cat([torch.rot90(crops, k, (2, 3)) for k in range(4)])
+        probs = torch.softmax(self.classifier(views).float(), dim=1)
+        return probs.view(4, len(crops), -1).mean(dim=0)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor, boxes: list[Tensor], scores: list[Tensor], labels: list[Tensor],
+                image_sizes: Sequence[tuple[int, int]]) -> list[Tensor]:
+        """New scores per image: ``score * p(label) ** power`` (unchanged for labels the classifier lacks)."""
+        if self.power == 0:
+            return scores
+        probs = self.probabilities(images, boxes, image_sizes)
+        label = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
+        cls = self.class_of_label[label]
+        p = probs.gather(1, cls.clamp(min=0)[:, None]).squeeze(1) if len(cls) else probs.new_zeros(0)
+        factor = torch.where(cls >= 0, p.clamp(min=1e-12) ** self.power, torch.ones_like(p))
+        return list((torch.cat(scores) * factor.to(scores[0].dtype)).split([len(s) for s in scores])) \
+            if scores else scores

@@ -1,0 +1,139 @@
+"""The crop classifier's second opinion: crops, the score rule, the model hook and the predict option."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dpsnet.cli import main
+from dpsnet.config import make_config
+from dpsnet.engine import train
+from dpsnet.inference import model_from_checkpoint
+from dpsnet.pretrain import CropClassifier
+from dpsnet.reclassify import CropRescorer, crop_boxes
+from rpc_metrics.io import read_pool, read_results
+
+from .conftest import tiny_overrides
+
+
+def _slow_crop_box(box, height, width, margin=0.1):
+    """exemplar_crops' square, written out for one box (without its int truncation)."""
+    x1, y1, x2, y2 = box
+    side = max(x2 - x1, y2 - y1) * (1 + 2 * margin)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    lx, ly = max(0.0, cx - side / 2), max(0.0, cy - side / 2)
+    return [lx, ly, max(min(width, cx + side / 2), lx + 1), max(min(height, cy + side / 2), ly + 1)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_crop_boxes_match_the_training_crops_geometry(seed):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(20, 2, generator=g) * 120 - 10  # some beyond the borders
+    boxes = torch.cat([xy, xy + 1 + torch.rand(20, 2, generator=g) * 60], 1)
+    got = crop_boxes(boxes, 90, 110)
+    want = torch.tensor([_slow_crop_box(b.tolist(), 90, 110) for b in boxes])
+    torch.testing.assert_close(got, want)
+
+
+def _rescorer(num_classes=3, power=0.5, size=16):
+    torch.manual_seed(0)
+    return CropRescorer(CropClassifier(num_classes, (4, 8, 8, 8)), torch.tensor([-1, 0, 1, 2]), power=power,
+                        size=size)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_crops_are_bilinear_resizes_of_the_cut_squares(seed, monkeypatch):
+    """Upsampled crops of integer squares equal OpenCV's bilinear resize of the cut region (pixel centres at
+    +0.5 in both), away from the crop's border, where OpenCV replicates the cut's edge."""
+    rng = np.random.default_rng(seed)
+    image = cv2.GaussianBlur(rng.random((60, 70, 3)).astype(np.float32), (5, 5), 2)
+    rescorer = _rescorer(size=16)
+    seen = {}
+    monkeypatch.setattr(rescorer.classifier, "forward", lambda x: seen.setdefault("x", x)[:, :3, 0, 0])
+    boxes = torch.tensor([[10.0, 12.0, 20.0, 22.0], [30.0, 5.0, 40.0, 15.0]])
+    rescorer.probabilities(torch.from_numpy(image).permute(2, 0, 1)[None], [boxes], [(60, 70)])
+    crops = seen["x"][:2]  # rotation 0 of both
+    for crop, box in zip(crops, crop_boxes(boxes, 60, 70), strict=True):
+        x1, y1, x2, y2 = (round(float(v)) for v in box)
+        assert torch.allclose(box, torch.tensor([x1, y1, x2, y2], dtype=box.dtype))  # integer squares here
+        want = cv2.resize(image[y1:y2, x1:x2], (16, 16), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(crop.permute(1, 2, 0).numpy()[2:-2, 2:-2], want[2:-2, 2:-2], atol=1e-5)
+
+
+def test_score_rule_power_and_unknown_labels(monkeypatch):
+    rescorer = _rescorer(power=0.5)
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]])
+    monkeypatch.setattr(rescorer, "probabilities", lambda *a: probs)
+    rescorer.class_of_label = torch.tensor([-1, 0, 1, -1])  # label 3: unknown to the classifier
+    scores = [torch.tensor([0.9, 0.5]), torch.tensor([0.6])]
+    labels = [torch.tensor([1, 2]), torch.tensor([3])]
+    out = rescorer(torch.zeros(2, 3, 8, 8), [torch.zeros(2, 4), torch.zeros(1, 4)], scores, labels, [(8, 8)] * 2)
+    torch.testing.assert_close(out[0], torch.tensor([0.9 * 0.7 ** 0.5, 0.5 * 0.1 ** 0.5]))
+    torch.testing.assert_close(out[1], torch.tensor([0.6]))
+    rescorer.power = 0.0
+    assert rescorer(torch.zeros(2, 3, 8, 8), [torch.zeros(2, 4), torch.zeros(1, 4)], scores, labels,
+                    [(8, 8)] * 2) is scores
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    train(make_config("cpu-small", tiny_overrides(world, **{"model.box_score_thresh": 0.0,
+                                                             "model.box_agnostic_nms_thresh": 0.0,
+                                                             "model.test_flips": ""})), out, echo=False)
+    res = CliRunner().invoke(main, ["pretrain", "--instances", str(world / "instances.json"), "--images",
+                                    str(world / "images"), "--out", str(out / "crops.pt"), "--size", "16",
+                                    "--channels", "4,8,8,8", "--steps", "2", "--batch-size", "4"])
+    assert res.exit_code == 0, res.output
+    return out / "last.pt", out / "crops.pt"
+
+
+def test_model_hook_rescales_the_box_heads_scores(world, trained):
+    checkpoint, crops = trained
+    model, categories = model_from_checkpoint(checkpoint)
+    keys = set(model.state_dict())
+    images = [torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    plain = model(images)
+    rescorer = CropRescorer.from_file(crops, categories.category_ids, power=1.0)
+    model.set_rescorer(rescorer)
+    assert set(model.state_dict()) == keys  # not part of the model's state
+    rescored = model(images)
+    for p, r, img in zip(plain, rescored, images, strict=True):
+        # no agnostic NMS here: the same detections, each score times its crop's probability of its label
+        assert len(p["scores"]) == len(r["scores"]) > 0
+        probs = rescorer.probabilities(img[None], [p["boxes"]], [(96, 96)])
+        want = p["scores"] * probs.gather(1, rescorer.class_of_label[p["labels"]][:, None]).squeeze(1)
+        order = want.argsort(descending=True, stable=True)
+        torch.testing.assert_close(r["scores"], want[order], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(r["boxes"], p["boxes"][order])
+    model.set_rescorer(None)
+    torch.testing.assert_close(model(images)[0]["scores"], plain[0]["scores"])
+
+
+def test_predict_option_and_its_errors(world, trained, tmp_path):
+    checkpoint, crops = trained
+
+    def predict(*extra):
+        return CliRunner().invoke(main, ["predict", "--checkpoint", str(checkpoint), "--instances",
+                                         str(world / "pool.json"), "--images", str(world / "images"),
+                                         "--out-results", str(tmp_path / "r.json"), "--out-counts",
+                                         str(tmp_path / "c.json"), "--quiet", *extra])
+
+    assert predict("--reclassifier-power", "0").exit_code == 0  # the option alone: no classifier, no change
+    plain = read_results(tmp_path / "r.json", gt=read_pool(world / "pool.json"))
+    res = predict("--reclassifier", str(crops))
+    assert res.exit_code == 0, res.output
+    rescored = read_results(tmp_path / "r.json", gt=read_pool(world / "pool.json"))
+    assert len(rescored) == len(plain) and sum(r["score"] for r in rescored) < sum(r["score"] for r in plain)
+    old = tmp_path / "old.pt"  # a body-only weights file, as older `dpsnet pretrain` wrote
+    saved = torch.load(crops, weights_only=True)
+    torch.save({"model": saved["model"], "channels": saved["channels"]}, old)
+    res = predict("--reclassifier", str(old))
+    assert res.exit_code == 2 and "run `dpsnet pretrain` again" in res.output and str(old) in res.output
+    res = predict("--reclassifier", str(tmp_path / "missing.pt"))
+    assert res.exit_code == 2 and "missing.pt" in res.output
+    summary = json.loads(crops.with_name("crops.pt.json").read_text())
+    assert summary["size"] == 16
