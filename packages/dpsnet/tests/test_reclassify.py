@@ -137,3 +137,19 @@ def test_predict_option_and_its_errors(world, trained, tmp_path):
     assert res.exit_code == 2 and "missing.pt" in res.output
     summary = json.loads(crops.with_name("crops.pt.json").read_text())
     assert summary["size"] == 16
+
+
+def test_kd_learner_predicts_with_the_reclassifier(world, trained, tmp_path):
+    from dpsnet.kd import Learner
+
+    checkpoint, crops = trained
+    with pytest.raises(FileNotFoundError, match=r"nope\.pt"):
+        Learner("cpu-small", reclassifier=str(tmp_path / "nope.pt"))
+    learner = Learner("cpu-small", batch_size=2, device="cpu", reclassifier=str(crops), reclassifier_power=0.7)
+    got = learner.predict(checkpoint, world / "pool.json", world / "images", out_dir=tmp_path / "kd")
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(checkpoint), "--instances", str(world / "pool.json"),
+                                    "--images", str(world / "images"), "--out-results", str(tmp_path / "r.json"),
+                                    "--out-counts", str(tmp_path / "c.json"), "--batch-size", "2", "--device", "cpu",
+                                    "--reclassifier", str(crops), "--reclassifier-power", "0.7", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(got.results.read_text()) == json.loads((tmp_path / "r.json").read_text())

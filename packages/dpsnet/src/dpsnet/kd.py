@@ -41,11 +41,14 @@ class Learner:
         soft_distillation: on the pseudo-labelled sets (those with a ``teacher``), the student's box classifier
             also matches the teacher's class distributions (``aco_kernels.kd_loss``, see :mod:`dpsnet.distill`)
             with weight ``distill_weight`` at ``distill_temperature``.
+        reclassifier: a ``dpsnet pretrain`` file whose crop classifier re-scores the teacher's detections when it
+            predicts the pool (:mod:`dpsnet.reclassify`, ``reclassifier_power``); None: off.
     """
 
     def __init__(self, preset: str = "cpu-small", overrides: Mapping[str, Any] | None = None, *,
                  batch_size: int = 4, device: str = "auto", echo: bool = False, soft_distillation: bool = False,
-                 distill_weight: float = 1.0, distill_temperature: float = 2.0):
+                 distill_weight: float = 1.0, distill_temperature: float = 2.0, reclassifier: str | None = None,
+                 reclassifier_power: float = 0.5):
         self.preset = preset
         self.overrides = dict(overrides or {})
         if soft_distillation and (distill_weight <= 0 or distill_temperature <= 0):
@@ -56,6 +59,11 @@ class Learner:
         self.batch_size = batch_size
         self.device = device
         self.echo = echo
+        if reclassifier is not None and not Path(reclassifier).is_file():
+            raise FileNotFoundError(f"reclassifier file not found: {reclassifier}")
+        if reclassifier_power < 0:
+            raise ValueError(f"reclassifier_power should be >= 0, got {reclassifier_power}")
+        self.reclassifier, self.reclassifier_power = reclassifier, float(reclassifier_power)
         make_config(preset, self.overrides)  # fail at construction on a bad key or value
 
     def fit(self, datasets: Sequence[Any], *, init: Path | None, out_dir: Path, seed: int) -> Path:
@@ -100,5 +108,6 @@ class Learner:
         """Detect and count every pool image; return the results and counts files."""
         out_dir = Path(out_dir)
         results, counts = predict_files(checkpoint, pool, images, out_dir / "results.json", out_dir / "counts.json",
-                                        batch_size=self.batch_size, device=self.device, progress=self.echo)
+                                        batch_size=self.batch_size, device=self.device, progress=self.echo,
+                                        reclassifier=self.reclassifier, reclassifier_power=self.reclassifier_power)
         return PoolPrediction(results=results, counts=counts)
