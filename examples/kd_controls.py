@@ -71,12 +71,15 @@ def steps_control(loop: dict, out: Path) -> dict:
         run([tool("dpsnet"), "train", "--config", learner.get("preset", "cpu-small"), "--out", model, *resume,
              *(f"{k}={toml_value(v)}" for k, v in overrides.items())])
         write_json({"steps": overrides["train.max_steps"]}, model / "done.json")
+    # predicted as the loop's learner predicts (its crop-classifier re-scoring, if any)
+    rescore = ["--reclassifier", learner["reclassifier"], "--reclassifier-power", learner.get("reclassifier_power", 0.5)] \
+        if learner.get("reclassifier") else []
     for split in ("pool", "val"):
         results = out / f"{split}_results.json"
         if not results.is_file():
             run([tool("dpsnet"), "predict", "--checkpoint", model / "last.pt", "--instances", loop[split]["instances"],
                  "--images", loop[split]["images"], "--out-results", results,
-                 "--out-counts", out / f"{split}_counts.json", "--quiet"])
+                 "--out-counts", out / f"{split}_counts.json", "--quiet", *rescore])
     transfer = evaluate(out / "pool_results.json", loop["pool"]["gt"], protocol="transfer",
                         val_results=out / "val_results.json", val_gt=loop["val"]["instances"])
     oracle = evaluate(out / "pool_results.json", loop["pool"]["gt"], protocol="oracle")

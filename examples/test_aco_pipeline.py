@@ -56,6 +56,9 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(quick_demo):
         assert path.stat().st_size > 1000 and f"(figures/{name}.png)" in report
     for r in range(4):
         assert (out / "kd" / f"round_{r:03d}" / "metrics.json").is_file()
+    # the pretrained crop classifier re-scores the predictions, the kd learner's too
+    assert '"reclassifier" = "' in (out / "kd" / "loop.toml").read_text()
+    assert json.loads((out / "stages" / "source_syn.json").read_text())["settings"]["reclassify_power"] == 0.5
 
 
 @pytest.mark.slow
