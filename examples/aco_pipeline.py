@@ -203,6 +203,10 @@ class Pipeline:
             return self.backbone_weights()
         return None
 
+    def reclassify_setting(self) -> float | None:
+        """The re-scoring power a stage records in its settings (None: no re-scoring)."""
+        return self.r.reclassify_power if self.reclassifier() else None
+
     def train_budget(self, steps: int | None, minutes: float | None) -> float:
         """Expected seconds of a training run: startup + steps x seconds per step, at most the time limit."""
         b = self.r.budgets
@@ -324,7 +328,7 @@ class Pipeline:
 
         return Stage(f"source_{key}", f"source model {title} (dpsnet train --config {r.preset}, predict)", budget,
                      {"preset": r.preset, "data": list(names), "overrides": self.train_overrides(names),
-                      "nproc": r.nproc, "reclassify_power": r.reclassify_power if self.reclassifier() else None},
+                      "nproc": r.nproc, "reclassify_power": self.reclassify_setting()},
                      action)
 
     def predict(self, checkpoint: Path, instances: Path, images: Path, results: Path, counts: Path) -> None:
@@ -367,8 +371,9 @@ class Pipeline:
         # kd-loop resolves relative paths against its config's folder: give it absolute ones.
         test_json, test_images, val_json, val_images = (Path(x).resolve() for x in (*p.split("test"), *p.split("val")))
         learner = {"preset": r.preset, "overrides": overrides, "echo": True}
-        if self.reclassifier():
-            learner.update({"reclassifier": str(self.reclassifier().resolve()), "reclassifier_power": r.reclassify_power})
+        reclassifier = self.reclassifier()
+        if reclassifier:
+            learner.update({"reclassifier": str(reclassifier.resolve()), "reclassifier_power": r.reclassify_power})
         return {
             "rounds": r.kd_rounds, "seed": r.seed, "workdir": str((p.out / "kd").resolve()),
             "learner": {"path": "dpsnet.kd:Learner", "kwargs": learner},
@@ -395,7 +400,7 @@ class Pipeline:
 
         settings = {"rounds": r.kd_rounds, "steps": r.kd_steps, "minutes": r.kd_minutes, "lr": r.kd_lr, "set": list(r.kd_set),
                     "dpsnet_set": list(r.dpsnet_set), "preset": r.preset,
-                    "reclassify_power": r.reclassify_power if self.reclassifier() else None}
+                    "reclassify_power": self.reclassify_setting()}
         return Stage("kd", f"kd-loop: {r.kd_rounds} distillation round(s) on the unlabeled test images",
                      r.budgets["kd_predict_per_round"] + r.kd_rounds * per_round, settings, action)
 

@@ -73,6 +73,9 @@ def test_score_rule_power_and_unknown_labels(monkeypatch):
     out = rescorer(torch.zeros(2, 3, 8, 8), [torch.zeros(2, 4), torch.zeros(1, 4)], scores, labels, [(8, 8)] * 2)
     torch.testing.assert_close(out[0], torch.tensor([0.9 * 0.7 ** 0.5, 0.5 * 0.1 ** 0.5]))
     torch.testing.assert_close(out[1], torch.tensor([0.6]))
+    empty = _rescorer()(torch.zeros(1, 3, 8, 8), [torch.zeros(0, 4)], [torch.zeros(0)],
+                        [torch.zeros(0, dtype=torch.int64)], [(8, 8)])  # no detections: no crops, no scores
+    assert len(empty) == 1 and empty[0].shape == (0,)
     rescorer.power = 0.0
     assert rescorer(torch.zeros(2, 3, 8, 8), [torch.zeros(2, 4), torch.zeros(1, 4)], scores, labels,
                     [(8, 8)] * 2) is scores

@@ -91,12 +91,10 @@ class CropRescorer(nn.Module):
     def forward(self, images: Tensor, boxes: list[Tensor], scores: list[Tensor], labels: list[Tensor],
                 image_sizes: Sequence[tuple[int, int]]) -> list[Tensor]:
         """New scores per image: ``score * p(label) ** power`` (unchanged for labels the classifier lacks)."""
-        if self.power == 0:
+        if self.power == 0 or not scores:
             return scores
         probs = self.probabilities(images, boxes, image_sizes)
-        label = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
-        cls = self.class_of_label[label]
-        p = probs.gather(1, cls.clamp(min=0)[:, None]).squeeze(1) if len(cls) else probs.new_zeros(0)
+        cls = self.class_of_label[torch.cat(labels)]
+        p = probs.gather(1, cls.clamp(min=0)[:, None]).squeeze(1)
         factor = torch.where(cls >= 0, p.clamp(min=1e-12) ** self.power, torch.ones_like(p))
-        return list((torch.cat(scores) * factor.to(scores[0].dtype)).split([len(s) for s in scores])) \
-            if scores else scores
+        return list((torch.cat(scores) * factor.to(scores[0].dtype)).split([len(s) for s in scores]))
