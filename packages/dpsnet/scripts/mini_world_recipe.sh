@@ -17,7 +17,7 @@ cd "$OUT"
 
 # The stand-in for ImageNet weights: the small body as a 24-way SKU classifier on the product crops of the
 # synthesized images (~3 minutes; made from exemplars only, they show products as the checkout camera does).
-[ -f pretrain_synth.pt ] || dpsnet pretrain --instances synth/instances_synth2019.json --images synth/synth2019 --out pretrain_synth.pt --steps 3000
+[ -f pretrain_synth.pt ] || dpsnet pretrain --instances synth/instances_synth2019.json --images synth/synth2019 --out pretrain_synth.pt --steps 3000 --camera 0.5
 
 dpsnet train --config cpu-small --out run \
   data.train_instances=synth/instances_synth2019.json data.train_images=synth/synth2019 \

@@ -67,6 +67,7 @@ SCHEMA: list[tuple[str, Any, str]] = [
     ("data.brightness", 0.0, "Colour jitter: brightness factor range 1 +- this."),
     ("data.contrast", 0.0, "Colour jitter: contrast factor range 1 +- this."),
     ("data.saturation", 0.0, "Colour jitter: saturation factor range 1 +- this."),
+    ("data.camera", 0.0, "Share of training images that also get camera effects (colour cast, blur, noise, JPEG; dpsnet.data.camera_effects)."),
     ("data.min_box_size", 1.0, "Boxes narrower or lower than this (px, after augmentation) are dropped."),
     ("data.num_workers", 0, "DataLoader worker processes per training process."),
     # train

@@ -64,7 +64,8 @@ class CategoryMap:
 
 @dataclass
 class Augment:
-    """Training augmentation: flips, scale jitter (image resized by a factor in ``scale``), colour jitter."""
+    """Training augmentation: flips, scale jitter (image resized by a factor in ``scale``), colour jitter, and
+    with probability ``camera`` :func:`camera_effects` (cast, blur, noise, JPEG)."""
 
     hflip: float = 0.5
     vflip: float = 0.5
@@ -72,6 +73,7 @@ class Augment:
     brightness: float = 0.0
     contrast: float = 0.0
     saturation: float = 0.0
+    camera: float = 0.0
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``image`` float32 [H, W, 3] RGB in [0, 1], ``boxes`` float32 [K, 4] (x1, y1, x2, y2) -> both augmented."""
@@ -89,6 +91,8 @@ class Augment:
             image = image[::-1]
             boxes = np.stack([boxes[:, 0], h - boxes[:, 3], boxes[:, 2], h - boxes[:, 1]], axis=1)
         image = colour_jitter(image, rng, self.brightness, self.contrast, self.saturation)
+        if self.camera and rng.random() < self.camera:
+            image = camera_effects(np.ascontiguousarray(image), rng)
         return np.ascontiguousarray(image), boxes.astype(np.float32)
 
 
@@ -105,6 +109,22 @@ def colour_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float
         grey = image.mean(axis=2, keepdims=True)
         image = (image - grey) * rng.uniform(1 - saturation, 1 + saturation) + grey
     return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+def camera_effects(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What a checkout camera does to a clean render, at random strengths: a colour cast (per-channel gain in
+    [0.85, 1.15]), defocus (Gaussian blur, sigma up to 1.2 px), sensor noise (sigma up to 6 grey levels) and JPEG
+    compression (quality 60-95). ``image``: float32 RGB [S, S, 3] in [0, 1]; returns the same."""
+    image = image * rng.uniform(0.85, 1.15, size=3).astype(np.float32)
+    sigma = rng.uniform(0.0, 1.2)
+    if sigma > 0.3:
+        image = cv2.GaussianBlur(image, (0, 0), sigma)
+    image = image + rng.normal(0.0, rng.uniform(0.0, 6.0) / 255.0, size=image.shape).astype(np.float32)
+    encoded = (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
+    ok, buffer = cv2.imencode(".jpg", encoded, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 96))])
+    if ok:
+        encoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    return encoded.astype(np.float32) / 255.0
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -119,7 +119,7 @@ def train_datasets(config: Mapping[str, Any]) -> tuple[list[InstancesDataset], C
     augment = Augment(hflip=config["data.hflip"], vflip=config["data.vflip"],
                       scale=(config["data.scale_min"], config["data.scale_max"]),
                       brightness=config["data.brightness"], contrast=config["data.contrast"],
-                      saturation=config["data.saturation"])
+                      saturation=config["data.saturation"], camera=config["data.camera"])
     datasets = []
     for path, folder in zip(paths, folders, strict=True):
         ds = InstancesDataset(first if path == paths[0] else path, folder, categories, augment=augment,

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from rpc_metrics.io import image_path, read_instances
 
 from .backbone import SmallBody
-from .data import colour_jitter, read_image
+from .data import camera_effects, colour_jitter, read_image
 from .engine import lr_factor, save_checkpoint
 
 
@@ -57,8 +57,10 @@ def exemplar_crops(instances: str | Path, images: str | Path, size: int, margin:
     return np.stack(crops), np.array(labels, dtype=np.int64), category_ids
 
 
-def augment_crops(crops: np.ndarray, rng: np.random.Generator, scale: tuple[float, float] = (0.6, 1.0)) -> Tensor:
-    """A batch of uint8 crops [B, S, S, 3] -> float Tensor[B, 3, S, S]: random zoom-out, flips, rot90, colour."""
+def augment_crops(crops: np.ndarray, rng: np.random.Generator, scale: tuple[float, float] = (0.6, 1.0),
+                  camera: float = 0.0) -> Tensor:
+    """A batch of uint8 crops [B, S, S, 3] -> float Tensor[B, 3, S, S]: random zoom-out, flips, rot90, colour;
+    with probability ``camera`` each crop also gets :func:`camera_effects`."""
     out = []
     size = crops.shape[1]
     for crop in crops:
@@ -72,6 +74,8 @@ def augment_crops(crops: np.ndarray, rng: np.random.Generator, scale: tuple[floa
         if rng.random() < 0.5:
             image = image[:, ::-1]
         image = colour_jitter(np.ascontiguousarray(image), rng, 0.3, 0.3, 0.3)
+        if camera and rng.random() < camera:
+            image = camera_effects(image, rng)
         out.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
     return torch.stack(out)
 
@@ -93,7 +97,7 @@ class CropClassifier(nn.Module):
 def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path, *, size: int = 64,
                       channels: tuple[int, ...] = (32, 64, 128, 256), norm: str = "batch", steps: int = 3000,
                       batch_size: int = 64, lr: float = 0.05, seed: int = 0, holdout: float = 0.1,
-                      time_limit_min: float = 0.0, echo: bool = True) -> dict:
+                      camera: float = 0.5, time_limit_min: float = 0.0, echo: bool = True) -> dict:
     """Train the small body to classify exemplar crops into SKUs; write its weights to ``out`` (a checkpoint
     with ``model`` = the body's state dict, loadable as ``model.backbone_weights``) and ``out``.json (accuracy).
 
@@ -112,7 +116,7 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
     model.train()
     while step < steps:
         idx = rng.choice(train_idx, size=batch_size, replace=len(train_idx) < batch_size)
-        x, y = augment_crops(crops[idx], rng), torch.from_numpy(labels[idx])
+        x, y = augment_crops(crops[idx], rng, camera=camera), torch.from_numpy(labels[idx])
         for group in optimizer.param_groups:
             group["lr"] = lr * lr_factor(step, max_steps=steps, warmup_steps=min(50, steps // 10), schedule="cosine")
         logits = model(x)
@@ -133,7 +137,8 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
         hold_acc = float((model(torch.from_numpy(crops[hold]).permute(0, 3, 1, 2).float() / 255).argmax(1)
                           == torch.from_numpy(labels[hold])).float().mean()) if n_hold else float("nan")
     summary = {"steps": step, "seconds": time.monotonic() - started, "train_acc": train_acc,
-               "holdout_acc": hold_acc, "classes": len(category_ids), "crops": len(crops), "size": size}
+               "holdout_acc": hold_acc, "classes": len(category_ids), "crops": len(crops), "size": size,
+               "camera": camera}
     # ``fc`` and ``category_ids`` make the file a whole crop classifier too (see load_crop_classifier)
     save_checkpoint({"model": model.body.state_dict(), "fc": model.fc.state_dict(), "category_ids": list(category_ids),
                      "channels": list(channels), "norm": norm, "size": size, "summary": summary}, out)
