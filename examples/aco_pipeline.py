@@ -81,7 +81,7 @@ class Recipe:
     # Stage budgets in seconds, for the progress/ETA lines and the report (measured on a 2-core CPU, one thread);
     # a training stage's budget is startup + steps x train_step, at most its time limit.
     budgets: dict[str, float] = field(default_factory=lambda: {
-        "world": 20, "masks": 20, "poses": 2, "synth": 20, "synth_heldout": 5, "pretrain": 190,
+        "world": 20, "masks": 20, "poses": 2, "synth": 20, "synth_heldout": 5, "pretrain": 245,
         "checkout_unlabeled": 2, "render_train": 120, "render_apply": 75, "histogram": 10, "render_measure": 80,
         "startup": 5,
         "train_step": 0.30, "predict_per_model": 40, "kd_predict_per_round": 26, "visualize": 15})
