@@ -156,3 +156,47 @@ def test_kd_learner_predicts_with_the_reclassifier(world, trained, tmp_path):
                                     "--reclassifier", str(crops), "--reclassifier-power", "0.7", "--quiet"])
     assert res.exit_code == 0, res.output
     assert json.loads(got.results.read_text()) == json.loads((tmp_path / "r.json").read_text())
+
+
+def test_crop_accuracy_matches_a_box_by_box_reference(world, trained, tmp_path):
+    from dpsnet.data import read_image
+    from dpsnet.reclassify import crop_accuracy
+
+    _, crops = trained
+    gt = json.loads((world / "instances.json").read_text())
+    cats = sorted(c["id"] for c in gt["categories"])
+    rescorer = CropRescorer.from_file(crops, cats)
+    files = {im["id"]: im["file_name"] for im in gt["images"]}
+    want = {}
+    for ann in gt["annotations"]:
+        if ann["iscrowd"]:
+            continue
+        image = torch.from_numpy(read_image(world / "images" / files[ann["image_id"]])).permute(2, 0, 1)[None]
+        x, y, w, h = ann["bbox"]
+        probs = rescorer.probabilities(image, [torch.tensor([[x, y, x + w, y + h]])], [tuple(image.shape[2:])])
+        named = cats[int(probs.argmax())]
+        want[(ann["category_id"], named)] = want.get((ann["category_id"], named), 0) + 1
+    got = crop_accuracy(crops, world / "instances.json", world / "images")
+    products = sum(want.values())
+    right = sum(n for (t, p), n in want.items() if t == p)
+    assert got["products"] == products and got["right"] == right
+    assert got["accuracy"] == pytest.approx(right / products)
+    assert {(t, p): n for t, p, n in got["confusions"]} == {k: n for k, n in want.items() if k[0] != k[1]}
+    counts = [n for _, _, n in got["confusions"]]
+    assert counts == sorted(counts, reverse=True)
+
+    def cli(*args):
+        return CliRunner().invoke(main, ["crop-accuracy", *args])
+
+    res = cli("--classifier", str(crops), "--instances", str(world / "instances.json"), "--images",
+              str(world / "images"), "--json-out", str(tmp_path / "acc.json"))
+    assert res.exit_code == 0, res.output
+    assert f"{right} of {products} products named right" in res.output
+    assert json.loads((tmp_path / "acc.json").read_text())["right"] == right
+    res = cli("--classifier", str(tmp_path / "none.pt"), "--instances", str(world / "instances.json"),
+              "--images", str(world / "images"))
+    assert res.exit_code == 2 and "none.pt" in res.output
+    bad = dict(gt, images=[dict(gt["images"][0], file_name="../escape.jpg"), *gt["images"][1:]])
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    res = cli("--classifier", str(crops), "--instances", str(tmp_path / "bad.json"), "--images", str(world / "images"))
+    assert res.exit_code == 2 and "leaves the image folder" in res.output

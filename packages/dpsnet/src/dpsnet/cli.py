@@ -172,6 +172,28 @@ def pretrain_command(instances, images, out, size, channels, steps, batch_size, 
     click.echo(json.dumps(summary))
 
 
+@main.command("crop-accuracy")
+@click.option("--classifier", required=True, type=click.Path(), help="A `dpsnet pretrain` file (its crop classifier).")
+@click.option("--instances", required=True, type=click.Path(), help="Instances JSON with the products' true boxes.")
+@click.option("--images", required=True, type=click.Path(), help="Folder of its images.")
+@click.option("--top", default=10, show_default=True, help="Confusions listed.")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the result as JSON.")
+def crop_accuracy_command(classifier, instances, images, top, json_out) -> None:
+    """How often the crop classifier (the re-scorer of `predict --reclassifier`) names each product's SKU from
+    its true box, and its most frequent confusions."""
+    from .reclassify import crop_accuracy
+
+    for name, path in (("--classifier", classifier), ("--instances", instances), ("--images", images)):
+        if not Path(path).exists():
+            _fail(f"{name}: not found: {path}")
+    result = _run(crop_accuracy, classifier, instances, images)
+    click.echo(f"{result['right']} of {result['products']} products named right: {result['accuracy']:.2%}")
+    for true, named, n in result["confusions"][:top]:
+        click.echo(f"  SKU {true} named {named}: {n}")
+    if json_out:
+        write_json(result, json_out, indent=2)
+
+
 @main.command("visualize")
 @click.option("--checkpoint", required=True, type=click.Path(), help="Checkpoint written by `dpsnet train`.")
 @click.option("--instances", required=True, type=click.Path(), help="Pool or instances JSON listing the images.")

@@ -98,3 +98,44 @@ class CropRescorer(nn.Module):
         p = probs.gather(1, cls.clamp(min=0)[:, None]).squeeze(1)
         factor = torch.where(cls >= 0, p.clamp(min=1e-12) ** self.power, torch.ones_like(p))
         return list((torch.cat(scores) * factor.to(scores[0].dtype)).split([len(s) for s in scores]))
+
+
+def crop_accuracy(classifier: str | Path, instances: str | Path, images: str | Path) -> dict:
+    """How often a ``dpsnet pretrain`` classifier names the SKU of each annotated product from its true box.
+
+    The crops are cut as :class:`CropRescorer` cuts them at inference (four rotations averaged); crowd regions
+    are skipped. Returns ``{"accuracy", "products", "right", "confusions"}`` where ``confusions`` lists
+    ``[true category, named category, n]``, most frequent first. Images are read one at a time.
+    """
+    from rpc_metrics.io import image_path, read_instances
+
+    from .data import read_image
+
+    dataset = read_instances(instances)
+    category_ids = sorted(c["id"] for c in dataset["categories"])
+    rescorer = CropRescorer.from_file(classifier, category_ids)
+    label_of_class = {int(k): category_ids[i] for i, k in enumerate(rescorer.class_of_label[1:].tolist()) if k >= 0}
+    boxes: dict[int, list[dict]] = {}
+    for ann in dataset["annotations"]:
+        if not ann.get("iscrowd", 0):
+            boxes.setdefault(ann["image_id"], []).append(ann)
+    truth, named = [], []
+    for im in sorted(dataset["images"], key=lambda im: im["id"]):
+        anns = boxes.get(im["id"])
+        if not anns:
+            continue
+        image = torch.from_numpy(read_image(image_path(images, im["file_name"], source=str(instances))))
+        xyxy = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                             for a in anns], dtype=torch.float32)
+        probs = rescorer.probabilities(image.permute(2, 0, 1)[None], [xyxy], [tuple(image.shape[:2])])
+        truth += [a["category_id"] for a in anns]
+        named += [label_of_class.get(int(k), -1) for k in probs.argmax(dim=1).tolist()]
+    if not truth:
+        raise ValueError(f"{instances}: no product annotations to classify")
+    pairs: dict[tuple[int, int], int] = {}
+    for t, n in zip(truth, named, strict=True):
+        if t != n:
+            pairs[(t, n)] = pairs.get((t, n), 0) + 1
+    right = len(truth) - sum(pairs.values())
+    confusions = [[t, n, c] for (t, n), c in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return {"accuracy": right / len(truth), "products": len(truth), "right": right, "confusions": confusions}
