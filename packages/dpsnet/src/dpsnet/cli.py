@@ -154,7 +154,7 @@ def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, coun
 @click.option("--steps", default=3000, show_default=True, help="Optimiser steps (3000 x 64 crops: about 3 minutes on 2 cores).")
 @click.option("--batch-size", default=64, show_default=True, help="Crops per step.")
 @click.option("--lr", default=0.05, show_default=True, help="Peak learning rate (SGD, cosine).")
-@click.option("--camera", default=0.5, show_default=True,
+@click.option("--camera", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="Share of crops that also get camera effects (colour cast, blur, noise, JPEG), 0-1.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 def pretrain_command(instances, images, out, size, channels, steps, batch_size, lr, camera, seed) -> None:
@@ -165,8 +165,6 @@ def pretrain_command(instances, images, out, size, channels, steps, batch_size, 
         if not Path(path).exists():
             _fail(f"{name}: not found: {path}")
     widths = _run(lambda: tuple(int(c) for c in channels.split(",")))
-    if not 0.0 <= camera <= 1.0:
-        _fail(f"--camera: a share between 0 and 1, got {camera}")
     summary = _run(pretrain_backbone, instances, images, out, size=size, channels=widths, steps=steps,
                    batch_size=batch_size, lr=lr, camera=camera, seed=seed)
     click.echo(json.dumps(summary))

@@ -139,7 +139,7 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
     summary = {"steps": step, "seconds": time.monotonic() - started, "train_acc": train_acc,
                "holdout_acc": hold_acc, "classes": len(category_ids), "crops": len(crops), "size": size,
                "camera": camera}
-    # ``fc`` and ``category_ids`` make the file a whole crop classifier too (see load_crop_classifier)
+    # ``fc`` and ``category_ids`` make the file a whole crop classifier too (see dpsnet.reclassify.CropRescorer.from_file)
     save_checkpoint({"model": model.body.state_dict(), "fc": model.fc.state_dict(), "category_ids": list(category_ids),
                      "channels": list(channels), "norm": norm, "size": size, "summary": summary}, out)
     Path(str(out) + ".json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
