@@ -7,6 +7,7 @@ least (for achieved bandwidth).
 
 from __future__ import annotations
 
+import importlib
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,6 +93,19 @@ def _kernel(fn):
     return run
 
 
+def _with_setting(module_name: str, name: str, value, fn):
+    """``fn`` run with ``aco_kernels.ops.<module_name>.<name> = value`` (a kernel variant), restored after."""
+    def run(*args, **kwargs):
+        module = importlib.import_module(f"aco_kernels.ops.{module_name}")
+        old = getattr(module, name)
+        setattr(module, name, value)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            setattr(module, name, old)
+    return run
+
+
 def _compiled(fn):
     return torch.compile(fn, dynamic=False)
 
@@ -111,6 +125,8 @@ def pyramid_fuse_case(dtype=torch.float32) -> Case:
     case = Case(f"pyramid_fuse P2-P6 -> {P2}x{P2}, B={BATCH}, C={CHANNELS}, {str(dtype)[6:]}")
     impls = {
         "kernel": _kernel(lambda lv, s, w: aco_kernels.pyramid_fuse(lv, s, w)),
+        "kernel, 2-D tiles forward": _kernel(_with_setting("pyramid_fuse", "FORWARD", "tiles",
+                                                            lambda lv, s, w: aco_kernels.pyramid_fuse(lv, s, w))),
         "eager reference": _eager(lambda lv, s, w: aco_kernels.pyramid_fuse(lv, s, w)),
         "compiled reference": _compiled(reference.pyramid_fuse_reference),
     }
@@ -210,7 +226,9 @@ def kd_loss_case(dtype=torch.float32) -> Case:
     def ref(s):
         return reference.kd_loss_reference(s[0], teacher, **kwargs)
 
-    impls = {"kernel": _kernel(ours), "eager reference": _eager(ours), "compiled reference": _compiled(ref)}
+    impls = {"kernel": _kernel(ours),
+             "kernel, backward kernel": _kernel(_with_setting("kd_loss", "GRAD_IN_FORWARD", False, ours)),
+             "eager reference": _eager(ours), "compiled reference": _compiled(ref)}
     for name, fn in impls.items():
         case.impls[name] = {"fwd": (lambda fn=fn: fn([student])), "fwd+bwd": _fwd_bwd(fn, [student])}
     nbytes = student.numel() * student.element_size()

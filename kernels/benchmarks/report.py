@@ -85,6 +85,17 @@ def run(only: list[str] | None = None, output: Path | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _print_tuned_configs() -> None:
+    """The config autotuning chose for each kernel and shape key (into the log, for the README)."""
+    import importlib
+
+    for module_name in ("density_render", "pyramid_fuse", "roi_align", "kd_loss"):
+        module = importlib.import_module(f"aco_kernels.ops.{module_name}")
+        for name, obj in vars(module).items():
+            for key, config in getattr(obj, "cache", {}).items():
+                print(f"report.py: tuned {module_name}.{name} {key}: {config}", file=sys.stderr, flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, help="markdown file to write (default: stdout)")
@@ -94,6 +105,7 @@ def main() -> int:
         print("report.py needs a CUDA GPU", file=sys.stderr)
         return 2
     table = run(args.only, args.output)
+    _print_tuned_configs()
     if not args.output:
         sys.stdout.write(table)
     return 0

@@ -18,8 +18,9 @@ from aco_kernels.ops import density_render, kd_loss, pyramid_fuse, roi_align
 
 TARGET = GPUTarget("cuda", 90, 32)
 KD_FWD = {"s_ptr": "*bf16", "t_ptr": "*bf16", "y_ptr": "*i64", "w_ptr": "*fp32", "loss_ptr": "*fp32",
-          "stats_ptr": "*fp32", "n_cols": "i32", "stride_s": "i32", "stride_t": "i32", "inv_temp": "fp32",
-          "temp_sq": "fp32", "alpha": "fp32", "ignore_index": "i32"}
+          "stats_ptr": "*fp32", "grad_s_ptr": "*bf16", "n_cols": "i32", "stride_s": "i32", "stride_t": "i32",
+          "stride_g": "i32", "inv_temp": "fp32", "temp_sq": "fp32", "kl_coef": "fp32", "alpha": "fp32",
+          "ignore_index": "i32", "grad_scale": "fp32"}
 KD_BWD = {"s_ptr": "*fp16", "t_ptr": "*fp16", "y_ptr": "*i64", "w_ptr": "*fp32", "stats_ptr": "*fp32",
           "grad_out_ptr": "*fp32", "grad_s_ptr": "*fp16", "n_cols": "i32", "stride_s": "i32", "stride_t": "i32",
           "stride_g": "i32", "inv_temp": "fp32", "kl_coef": "fp32", "alpha": "fp32", "ignore_index": "i32",
@@ -47,20 +48,27 @@ def _roi(kind):
 
 
 JOBS = [
-    (kd_loss._kd_fwd_kernel, KD_FWD, {"HAS_LABELS": True, "HAS_WEIGHTS": True, "BLOCK": 256, "ACC": tl.float32}),
+    *[(kd_loss._kd_fwd_kernel, KD_FWD, {"HAS_LABELS": labels, "HAS_WEIGHTS": True, "WRITE_GRAD": write_grad,
+                                         "BLOCK": 256, "ACC": tl.float32})
+      for labels, write_grad in ((True, True), (True, False), (False, True))],
     (kd_loss._kd_bwd_kernel, KD_BWD, {"HAS_LABELS": True, "HAS_WEIGHTS": True, "ROW_GRAD": True, "BLOCK": 256,
                                       "ACC": tl.float32}),
     *[(pyramid_fuse._pyramid_fuse_fwd_kernel.fn, PYRAMID, {"NUM_LEVELS": 5, "IDENTITY": identity,
                                                            "ACC": tl.float32, "BLOCK_H": 16, "BLOCK_W": 32})
       for identity in (-1, 1)],
+    *[(pyramid_fuse._pyramid_fuse_rows_kernel.fn, PYRAMID, {"NUM_LEVELS": n, "IDENTITY": identity,
+                                                            "ACC": tl.float32, "BLOCK_H": 16, "BLOCK_W": 128})
+      for n, identity in ((5, 0), (5, -1), (6, 2), (1, 0))],
+    (pyramid_fuse._pyramid_fuse_rows_kernel.fn, {k: v for k, v in PYRAMID.items() if k not in ("h4", "w4")},
+     {"h4": 1, "w4": 1, "NUM_LEVELS": 5, "IDENTITY": 0, "ACC": tl.float32, "BLOCK_H": 16, "BLOCK_W": 128}),
     *[(pyramid_fuse._interp_transpose_kernel.fn, PYRAMID_T, {"LAST_AXIS": last, "ACC": tl.float32, "BLOCK_A": 16,
                                                           "BLOCK_B": 32})
       for last in (True, False)],
-    (density_render._density_render_kernel.fn, DENSITY, {"KB": 16, "NORM_BLOCK": 128, "SCAN": 256, "BLOCK_H": 16, "BLOCK_W": 128,
+    (density_render._density_render_kernel.fn, DENSITY, {"NORM_BLOCK": 128, "SCAN": 256, "BLOCK_H": 16, "BLOCK_W": 128,
                                                        "TILES_H": 2}),
     # triton turns an int argument equal to 1 into a constant: a 1x1 map must compile too (failed on the H100)
     (density_render._density_render_kernel.fn, {k: v for k, v in DENSITY.items() if k not in ("height", "width")},
-     {"height": 1, "width": 1, "KB": 16, "NORM_BLOCK": 16, "SCAN": 16, "BLOCK_H": 32, "BLOCK_W": 32,
+     {"height": 1, "width": 1, "NORM_BLOCK": 16, "SCAN": 16, "BLOCK_H": 32, "BLOCK_W": 32,
       "TILES_H": 1}),
     (pyramid_fuse._pyramid_fuse_fwd_kernel.fn, {k: v for k, v in PYRAMID.items() if k not in ("h4", "w4")},
      {"h4": 1, "w4": 1, "NUM_LEVELS": 5, "IDENTITY": -1, "ACC": tl.float32, "BLOCK_H": 16, "BLOCK_W": 32}),

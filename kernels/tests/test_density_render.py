@@ -41,6 +41,19 @@ def test_density_render_many_instances_several_tiles(kernel_path):
                                atol=1e-6)
 
 
+def test_density_render_more_instances_than_one_scan(kernel_path, monkeypatch):
+    # More instances than one wide load holds (1024 on GPU, 16 here): the kernel walks them in several, and
+    # the planes hold many instances each (taken one by one, in index order, from the match mask).
+    from aco_kernels.ops import density_render as module
+
+    monkeypatch.setattr(module, "MAX_SCAN", 16)
+    args = _instances(45, 2, 2, (6 * 4, 5 * 4), seed=7)
+    kwargs = {"num_images": 2, "num_classes": 2, "map_size": (6, 5), "stride": 4}
+    out = _render(args, **kwargs)
+    torch.testing.assert_close(out, density_render_reference(*args, **kwargs), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.sum(), torch.tensor(45.0), rtol=1e-5, atol=1e-4)
+
+
 def test_density_render_each_instance_sums_to_one_at_borders(kernel_path):
     centers = torch.tensor([[0.0, 0.0], [104.0, 72.0], [-30.0, 40.0], [52.0, 36.0], [104.0, 0.0]])
     sizes = torch.tensor([[40.0, 40.0], [300.0, 10.0], [8.0, 8.0], [1.0, 1.0], [0.0, 0.0]])

@@ -33,9 +33,16 @@ def _close(actual, expected, dtype, scale=1.0):
     torch.testing.assert_close(actual.float(), expected.float(), rtol=rtol, atol=atol * scale)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+# (dtype, the other code path): every dtype on the default path, float32 on the other one
+PATHS = [(dtype, False) for dtype in DTYPES] + [(torch.float32, True)]
+
+
+@pytest.mark.parametrize("dtype,other_path", PATHS)
 @pytest.mark.parametrize("shape", [(7, 3), (333, 201), (4096, 201), (5, 70001)])
-def test_kd_loss_gpu(dtype, shape):
+def test_kd_loss_gpu(dtype, other_path, shape, monkeypatch):
+    from aco_kernels.ops import kd_loss as module
+
+    monkeypatch.setattr(module, "GRAD_IN_FORWARD", not other_path)  # other path: a separate backward kernel
     g = _gen(0)
     student = (torch.randn(*shape, device="cuda", generator=g) * 4).to(dtype)
     teacher = (torch.randn(*shape, device="cuda", generator=g) * 4).to(dtype)
@@ -53,13 +60,17 @@ def test_kd_loss_gpu(dtype, shape):
     _close(s_ker.grad, s_ref.grad, dtype, scale=1e-2)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype,other_path", PATHS)
 @pytest.mark.parametrize("sizes,target", [
     ([(200, 200), (100, 100), (50, 50), (25, 25), (13, 13)], (200, 200)),  # DPSNet P2-P6
     ([(37, 29), (19, 15), (10, 8)], (37, 29)),  # odd
     ([(3, 3)], (64, 65)),  # one level, upsampled
+    ([(40, 40), (100, 100), (50, 50), (13, 13)], (50, 50)),  # down- and upsampled, no level at stride 8 first
 ])
-def test_pyramid_fuse_gpu(dtype, sizes, target):
+def test_pyramid_fuse_gpu(dtype, other_path, sizes, target, monkeypatch):
+    from aco_kernels.ops import pyramid_fuse as module
+
+    monkeypatch.setattr(module, "FORWARD", "tiles" if other_path else "rows")
     g = _gen(1)
     levels = [torch.randn(2, 19, h, w, device="cuda", generator=g).to(dtype) for h, w in sizes]
     weights = [0.5 + 0.25 * i for i in range(len(sizes))]

@@ -15,6 +15,15 @@ def _inputs(n, c, seed, dtype=torch.float32):
     return student, teacher, labels, weights
 
 
+@pytest.fixture(params=[True, False], ids=["grad-in-forward", "backward-kernel"])
+def grad_mode(request, monkeypatch):
+    """Both gradient paths: written by the forward kernel (the default) or by a separate backward kernel."""
+    from aco_kernels.ops import kd_loss as module
+
+    monkeypatch.setattr(module, "GRAD_IN_FORWARD", request.param)
+    return request.param
+
+
 def _both(student, teacher, **kwargs):
     s_ref = student.clone().requires_grad_(True)
     s_ker = student.clone().requires_grad_(True)
@@ -26,7 +35,7 @@ def _both(student, teacher, **kwargs):
 
 @pytest.mark.parametrize("n,c", [(1, 1), (5, 7), (13, 201), (3, 4500)])
 @pytest.mark.parametrize("mixed", [False, True])
-def test_kd_loss_matches_reference(kernel_path, n, c, mixed):
+def test_kd_loss_matches_reference(kernel_path, grad_mode, n, c, mixed):
     for seed in (0, 1):
         student, teacher, labels, weights = _inputs(n, c, seed)
         kwargs = {"temperature": 2.5}
@@ -40,8 +49,8 @@ def test_kd_loss_matches_reference(kernel_path, n, c, mixed):
         torch.testing.assert_close(s_ker.grad, s_ref.grad, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("reduction", ["sum", "none"])
-def test_kd_loss_reductions(kernel_path, reduction):
+@pytest.mark.parametrize("reduction", ["sum", "none", "mean"])
+def test_kd_loss_reductions(kernel_path, grad_mode, reduction):
     student, teacher, labels, weights = _inputs(6, 11, 3)
     ref, out, s_ref, s_ker = _both(student, teacher, temperature=1.0, labels=labels, alpha=0.7, weights=weights,
                                    reduction=reduction)
@@ -66,7 +75,7 @@ def test_kd_loss_equal_logits_is_zero(kernel_path):
     assert abs(out.item()) < 1e-5
 
 
-def test_kd_loss_gradcheck_fp64(kernel_path):
+def test_kd_loss_gradcheck_fp64(kernel_path, grad_mode):
     student, teacher, labels, weights = _inputs(3, 5, 7, torch.float64)
     student.requires_grad_(True)
 

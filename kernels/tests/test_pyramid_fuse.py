@@ -41,6 +41,19 @@ def test_pyramid_fuse_matches_interpolate(kernel_path, sizes, target):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("sizes,target", CASES[1:])
+def test_pyramid_fuse_tiles_forward_matches_interpolate(kernel_path, monkeypatch, sizes, target):
+    """The other forward kernel (2-D tiles, gathers per pixel; the benchmarks time it beside the default)."""
+    from aco_kernels.ops import pyramid_fuse as module
+
+    monkeypatch.setattr(module, "FORWARD", "tiles")
+    g = torch.Generator().manual_seed(4)
+    levels = [torch.randn(1, 2, h, w, generator=g) for h, w in sizes]
+    weights = [float(x) for x in torch.rand(len(sizes), generator=g) + 0.5]
+    torch.testing.assert_close(aco_kernels.pyramid_fuse(levels, target, weights), _expected(levels, target, weights),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_pyramid_fuse_default_weights_and_reference_path(kernel_path):
     levels = [torch.randn(1, 2, 6, 5), torch.randn(1, 2, 3, 3)]
     out = aco_kernels.pyramid_fuse(levels, (6, 5))

@@ -23,6 +23,11 @@ from torch import Tensor
 
 from ._common import acc_dtypes, autotune_configs, level_args, pad_levels, pick
 
+# The forward kernel: "rows" (each program walks its output rows and keeps, per coarser level, the two
+# x-interpolated source rows it is between: about 3 loads per output pixel) or "tiles" (2-D tiles, 4 gathered
+# loads per coarser level and pixel: 17 with P2-P6). Both are tested; the benchmarks time both.
+FORWARD = "rows"
+
 
 @triton.jit
 def _source_index(dst, scale, size):
@@ -82,6 +87,112 @@ def _pyramid_fuse_fwd_kernel(
             acc += weight * (top + (bottom - top) * ly)
     tl.store(out_ptr + plane * out_h * out_w + oy[:, None] * out_w + ox[None, :],
              acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _x_row(base, row, ox, xmask, sw, w, ACC: tl.constexpr):
+    """Source row ``row`` of one level, interpolated along x at the output columns ``ox``: [BLOCK_W]."""
+    x0, x1, lx = _source_index(ox, sw, w)
+    v0 = tl.load(base + row * w + x0, mask=xmask, other=0.0).to(ACC)
+    v1 = tl.load(base + row * w + x1, mask=xmask, other=0.0).to(ACC)
+    return v0 + (v1 - v0) * lx.to(ACC)
+
+
+@triton.jit
+def _level_row(lvl: tl.constexpr, acc, cached, top, bottom, oy, ox, xmask, plane,
+               p0, p1, p2, p3, p4, p5, h0, h1, h2, h3, h4, h5, w0, w1, w2, w3, w4, w5,
+               sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1, sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5,
+               NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr):
+    """Add level ``lvl``'s contribution to output row ``oy``. A coarser level keeps its two x-interpolated
+    source rows (``top``: row ``cached``, ``bottom``: the next) from one output row to the next and loads a
+    new source row only when the output row moves onto it: once per 2^l output rows."""
+    if lvl < NUM_LEVELS:
+        h = pick(lvl, h0, h1, h2, h3, h4, h5)
+        w = pick(lvl, w0, w1, w2, w3, w4, w5)
+        weight = pick(lvl, k0, k1, k2, k3, k4, k5).to(ACC)
+        base = pick(lvl, p0, p1, p2, p3, p4, p5) + plane * h * w
+        if lvl == IDENTITY:  # already at the output size: one plain row load
+            acc += weight * tl.load(base + oy * w + ox, mask=xmask, other=0.0).to(ACC)
+        else:
+            y0, y1, ly = _source_index(oy, pick(lvl, sh0, sh1, sh2, sh3, sh4, sh5), h)
+            if y0 != cached:
+                sw = pick(lvl, sw0, sw1, sw2, sw3, sw4, sw5)
+                if y0 == cached + 1:  # moved down one source row: the old bottom row is the new top
+                    top = bottom
+                else:
+                    top = _x_row(base, y0, ox, xmask, sw, w, ACC)
+                bottom = _x_row(base, y1, ox, xmask, sw, w, ACC)
+                cached = y0
+            acc += weight * (top + (bottom - top) * ly.to(ACC))
+    return acc, cached, top, bottom
+
+
+_ROW_CONFIGS = autotune_configs([
+    triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw)
+    for bh, bw, nw in [(16, 128, 4), (8, 128, 4), (32, 128, 4), (16, 256, 4), (16, 64, 2), (32, 64, 2),
+                       (8, 256, 8), (64, 128, 4), (16, 128, 2), (32, 256, 8), (8, 64, 1)]
+])
+
+
+@triton.autotune(configs=_ROW_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS"])
+@triton.jit
+def _pyramid_fuse_rows_kernel(
+    p0, p1, p2, p3, p4, p5, out_ptr,
+    h0, h1, h2, h3, h4, h5, w0, w1, w2, w3, w4, w5,
+    sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1, sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5,
+    out_h, out_w,
+    NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """One program per (plane, strip of BLOCK_H output rows x BLOCK_W columns), walking its rows in order."""
+    plane = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(1)
+    tiles_w = tl.cdiv(out_w, BLOCK_W)
+    y_start = (tile // tiles_w) * BLOCK_H
+    ox = (tile % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
+    xmask = ox < out_w
+    # per coarser level: the source row held in `top` (-2: none yet) and the two rows
+    c0 = tl.full((), -2, tl.int32)
+    c1 = c0
+    c2 = c0
+    c3 = c0
+    c4 = c0
+    c5 = c0
+    t0 = tl.zeros([BLOCK_W], dtype=ACC)
+    b0 = t0
+    t1 = t0
+    b1 = t0
+    t2 = t0
+    b2 = t0
+    t3 = t0
+    b3 = t0
+    t4 = t0
+    b4 = t0
+    t5 = t0
+    b5 = t0
+    out_plane = out_ptr + plane * out_h * out_w
+    for r in range(0, tl.minimum(BLOCK_H, out_h - y_start)):
+        oy = y_start + r
+        acc = tl.zeros([BLOCK_W], dtype=ACC)
+        acc, c0, t0, b0 = _level_row(0, acc, c0, t0, b0, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
+                                     h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
+        acc, c1, t1, b1 = _level_row(1, acc, c1, t1, b1, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
+                                     h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
+        acc, c2, t2, b2 = _level_row(2, acc, c2, t2, b2, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
+                                     h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
+        acc, c3, t3, b3 = _level_row(3, acc, c3, t3, b3, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
+                                     h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
+        acc, c4, t4, b4 = _level_row(4, acc, c4, t4, b4, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
+                                     h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
+        acc, c5, t5, b5 = _level_row(5, acc, c5, t5, b5, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
+                                     h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
+        tl.store(out_plane + oy * out_w + ox, acc.to(out_ptr.dtype.element_ty), mask=xmask)
 
 
 _T_CONFIGS = autotune_configs([
@@ -183,7 +294,8 @@ class PyramidFuseFunction(torch.autograd.Function):
             def grid(meta):
                 return (batch * channels, triton.cdiv(size[0], meta["BLOCK_H"]) * triton.cdiv(size[1], meta["BLOCK_W"]))
 
-            _pyramid_fuse_fwd_kernel[grid](
+            kernel = _pyramid_fuse_rows_kernel if FORWARD == "rows" else _pyramid_fuse_fwd_kernel
+            kernel[grid](
                 *level_args(levels), out,
                 *pad_levels([lv.shape[2] for lv in levels], 1), *pad_levels([lv.shape[3] for lv in levels], 1),
                 *pad_levels([lv.shape[2] / size[0] for lv in levels], 1.0),
