@@ -129,8 +129,9 @@ def _level_row(lvl: tl.constexpr, acc, cached, top, bottom, oy, ox, xmask, plane
 
 _ROW_CONFIGS = autotune_configs([
     triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw)
-    for bh, bw, nw in [(16, 128, 4), (8, 128, 4), (32, 128, 4), (16, 256, 4), (16, 64, 2), (32, 64, 2),
-                       (8, 256, 8), (64, 128, 4), (16, 128, 2), (32, 256, 8), (8, 64, 1)]
+    for bh, bw, nw in [(16, 128, 4), (8, 128, 4), (32, 128, 4), (16, 64, 2), (32, 64, 2), (16, 128, 2),
+                       (8, 64, 1), (4, 64, 1), (16, 64, 1), (8, 128, 1), (4, 128, 1), (8, 32, 1), (4, 32, 1),
+                       (2, 64, 1)]
 ])
 
 
