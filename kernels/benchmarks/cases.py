@@ -93,16 +93,19 @@ def _kernel(fn):
     return run
 
 
-def _with_setting(module_name: str, name: str, value, fn):
-    """``fn`` run with ``aco_kernels.ops.<module_name>.<name> = value`` (a kernel variant), restored after."""
+def _with_setting(module_name: str, settings: dict, fn):
+    """``fn`` run with ``aco_kernels.ops.<module_name>.<name> = value`` for each of ``settings`` (a kernel
+    variant), restored after. The ops read them in the forward (the backward's choice is made there too)."""
     def run(*args, **kwargs):
         module = importlib.import_module(f"aco_kernels.ops.{module_name}")
-        old = getattr(module, name)
-        setattr(module, name, value)
+        old = {name: getattr(module, name) for name in settings}
+        for name, value in settings.items():
+            setattr(module, name, value)
         try:
             return fn(*args, **kwargs)
         finally:
-            setattr(module, name, old)
+            for name, value in old.items():
+                setattr(module, name, value)
     return run
 
 
@@ -125,8 +128,13 @@ def pyramid_fuse_case(dtype=torch.float32) -> Case:
     case = Case(f"pyramid_fuse P2-P6 -> {P2}x{P2}, B={BATCH}, C={CHANNELS}, {str(dtype)[6:]}")
     impls = {
         "kernel": _kernel(lambda lv, s, w: aco_kernels.pyramid_fuse(lv, s, w)),
-        "kernel, 2-D tiles forward": _kernel(_with_setting("pyramid_fuse", "FORWARD", "tiles",
-                                                            lambda lv, s, w: aco_kernels.pyramid_fuse(lv, s, w))),
+        **{name: _kernel(_with_setting("pyramid_fuse", settings, lambda lv, s, w: aco_kernels.pyramid_fuse(lv, s, w)))
+           for name, settings in [
+               ("kernel, rows forward with branches", {"FORWARD": "rows-branch"}),
+               ("kernel, one y pass per level in the backward", {"FUSED_BACKWARD": False}),
+               ("kernel, 2-D tiles forward, y pass per level (the former kernels)",
+                {"FORWARD": "tiles", "FUSED_BACKWARD": False}),
+           ]},
         "eager reference": _eager(lambda lv, s, w: aco_kernels.pyramid_fuse(lv, s, w)),
         "compiled reference": _compiled(reference.pyramid_fuse_reference),
     }
@@ -227,7 +235,7 @@ def kd_loss_case(dtype=torch.float32) -> Case:
         return reference.kd_loss_reference(s[0], teacher, **kwargs)
 
     impls = {"kernel": _kernel(ours),
-             "kernel, backward kernel": _kernel(_with_setting("kd_loss", "GRAD_IN_FORWARD", False, ours)),
+             "kernel, backward kernel": _kernel(_with_setting("kd_loss", {"GRAD_IN_FORWARD": False}, ours)),
              "eager reference": _eager(ours), "compiled reference": _compiled(ref)}
     for name, fn in impls.items():
         case.impls[name] = {"fwd": (lambda fn=fn: fn([student])), "fwd+bwd": _fwd_bwd(fn, [student])}

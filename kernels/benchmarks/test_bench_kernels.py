@@ -1,6 +1,7 @@
 """pytest-benchmark runs of every case in cases.py (skipped without CUDA). `make bench` / `make bench-gpu`."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ if not torch.cuda.is_available():
 
 _spec = importlib.util.spec_from_file_location("aco_kernels_bench_cases", Path(__file__).with_name("cases.py"))
 cases = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = cases  # dataclasses resolve the string annotations through sys.modules
 _spec.loader.exec_module(cases)
 
 _built = {}

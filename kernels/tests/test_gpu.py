@@ -66,11 +66,14 @@ def test_kd_loss_gpu(dtype, other_path, shape, monkeypatch):
     ([(37, 29), (19, 15), (10, 8)], (37, 29)),  # odd
     ([(3, 3)], (64, 65)),  # one level, upsampled
     ([(40, 40), (100, 100), (50, 50), (13, 13)], (50, 50)),  # down- and upsampled, no level at stride 8 first
+    ([(300, 37), (150, 19), (3, 3), (300, 20)], (300, 37)),  # many strips, 200-row halos, one level equal in y
 ])
 def test_pyramid_fuse_gpu(dtype, other_path, sizes, target, monkeypatch):
     from aco_kernels.ops import pyramid_fuse as module
 
-    monkeypatch.setattr(module, "FORWARD", "tiles" if other_path else "rows")
+    # other path: the forward with branches and one y pass per level in the backward
+    monkeypatch.setattr(module, "FORWARD", "rows-branch" if other_path else "rows")
+    monkeypatch.setattr(module, "FUSED_BACKWARD", not other_path)
     g = _gen(1)
     levels = [torch.randn(2, 19, h, w, device="cuda", generator=g).to(dtype) for h, w in sizes]
     weights = [0.5 + 0.25 * i for i in range(len(sizes))]

@@ -41,6 +41,44 @@ def test_pyramid_fuse_matches_interpolate(kernel_path, sizes, target):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("sizes,target", [*CASES, ([(9, 7), (40, 11), (5, 3), (3, 2)], (40, 11))])
+def test_pyramid_fuse_other_paths_match_interpolate(kernel_path, monkeypatch, sizes, target):
+    """The forward with branches instead of predicated loads, and the backward with one y pass per level."""
+    from aco_kernels.ops import pyramid_fuse as module
+
+    monkeypatch.setattr(module, "FORWARD", "rows-branch")
+    monkeypatch.setattr(module, "FUSED_BACKWARD", False)
+    g = torch.Generator().manual_seed(5)
+    levels = [torch.randn(1, 2, h, w, generator=g) for h, w in sizes]
+    weights = [float(x) for x in torch.rand(len(sizes), generator=g) + 0.5]
+    ref_levels = [lv.clone().requires_grad_(True) for lv in levels]
+    ker_levels = [lv.clone().requires_grad_(True) for lv in levels]
+    ref = _expected(ref_levels, target, weights)
+    out = aco_kernels.pyramid_fuse(ker_levels, target, weights)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(ref.shape, generator=g)
+    ref.backward(grad)
+    out.backward(grad)
+    for a, b in zip(ker_levels, ref_levels, strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_pyramid_fuse_fused_backward_strips_and_halos(kernel_path):
+    """The one-pass y backward over many strips (8 rows each here): strong upsampling (a 3-row level under
+    a 40-row output: halos of 30 rows), a level equal in y but not in x, and no level at the output size."""
+    g = torch.Generator().manual_seed(6)
+    for sizes, target in [([(40, 11), (9, 7), (3, 2), (40, 5)], (40, 11)), ([(17, 6), (5, 5), (2, 9)], (41, 6))]:
+        levels = [torch.randn(2, 1, h, w, generator=g, requires_grad=True) for h, w in sizes]
+        weights = [0.5, 1.5, 2.0, 0.75][:len(sizes)]
+        out = aco_kernels.pyramid_fuse(levels, target, weights)
+        grad = torch.randn(out.shape, generator=g)
+        ker = torch.autograd.grad(out, levels, grad)
+        ref_levels = [lv.detach().clone().requires_grad_(True) for lv in levels]
+        ref = torch.autograd.grad(_expected(ref_levels, target, weights), ref_levels, grad)
+        for a, b in zip(ker, ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("sizes,target", CASES[1:])
 def test_pyramid_fuse_tiles_forward_matches_interpolate(kernel_path, monkeypatch, sizes, target):
     """The other forward kernel (2-D tiles, gathers per pixel; the benchmarks time it beside the default)."""

@@ -1,14 +1,17 @@
 """Fused pyramid fusion: bilinear resize (align_corners=False) of every level to one size + weighted sum.
 
-Forward: one program per (batch x channel plane, 2-D tile of output pixels) computes the source rows and
-columns of every level once per tile axis, gathers the 4 neighbours per level (one plain load for a level
-already at the output size) and writes the sum once.
+Forward: one program per (batch x channel plane, strip of output rows x columns) walks its rows in order; a
+level at the output size is one plain row load, each coarser level keeps the two x-interpolated source rows
+the output row lies between and loads a new one when the output row moves onto it (``FORWARD``; the former
+2-D tile kernel, 4 gathered loads per coarser level and pixel, is kept as ``"tiles"``).
 
 Backward, without atomics (so deterministic): the gradient of a level is the transpose of its separable
 interpolation, ``grad_l = w_l * A_h^T G A_w`` with ``A`` the per-axis bilinear matrices (two non-zeros per
-row). Two gather passes per level apply it: along y (``A_h^T G``, into a float32 buffer: whole rows,
-coalesced), then along x on that smaller array, each output element summing the few target rows/columns
-that sample it with the forward's own weights.
+row). The y pass (``A_h^T G``, into float32 rows) runs first, the x pass on that smaller array. When every
+level is upsampled or equal in y (a feature pyramid), one kernel does the y pass of all levels in one read
+of ``G``, each program walking a strip of ``G``'s rows (plus a halo) and storing the source rows it owns;
+otherwise one gather pass per level and axis, each output element summing the few target rows/columns that
+sample it with the forward's own weights.
 """
 
 from __future__ import annotations
@@ -24,9 +27,13 @@ from torch import Tensor
 from ._common import acc_dtypes, autotune_configs, level_args, pad_levels, pick
 
 # The forward kernel: "rows" (each program walks its output rows and keeps, per coarser level, the two
-# x-interpolated source rows it is between: about 3 loads per output pixel) or "tiles" (2-D tiles, 4 gathered
-# loads per coarser level and pixel: 17 with P2-P6). Both are tested; the benchmarks time both.
+# x-interpolated source rows it is between: about 3 loads per output pixel; new rows loaded with predicated
+# loads, no branch), "rows-branch" (the same, the new rows loaded in branches) or "tiles" (2-D tiles, 4
+# gathered loads per coarser level and pixel: 17 with P2-P6). All are tested; the benchmarks time them.
 FORWARD = "rows"
+# The backward: True, one y pass over the output gradient for every level (when every level is upsampled
+# or equal in y, as in a feature pyramid), else one y pass per level; each level's x pass follows.
+FUSED_BACKWARD = True
 
 
 @triton.jit
@@ -102,7 +109,7 @@ def _x_row(base, row, ox, xmask, sw, w, ACC: tl.constexpr):
 def _level_row(lvl: tl.constexpr, acc, cached, top, bottom, oy, ox, xmask, plane,
                p0, p1, p2, p3, p4, p5, h0, h1, h2, h3, h4, h5, w0, w1, w2, w3, w4, w5,
                sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1, sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5,
-               NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr):
+               NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr, BRANCHLESS: tl.constexpr):
     """Add level ``lvl``'s contribution to output row ``oy``. A coarser level keeps its two x-interpolated
     source rows (``top``: row ``cached``, ``bottom``: the next) from one output row to the next and loads a
     new source row only when the output row moves onto it: once per 2^l output rows."""
@@ -115,8 +122,18 @@ def _level_row(lvl: tl.constexpr, acc, cached, top, bottom, oy, ox, xmask, plane
             acc += weight * tl.load(base + oy * w + ox, mask=xmask, other=0.0).to(ACC)
         else:
             y0, y1, ly = _source_index(oy, pick(lvl, sh0, sh1, sh2, sh3, sh4, sh5), h)
-            if y0 != cached:
-                sw = pick(lvl, sw0, sw1, sw2, sw3, sw4, sw5)
+            sw = pick(lvl, sw0, sw1, sw2, sw3, sw4, sw5)
+            if BRANCHLESS:
+                # The same rule with predicated loads (a false predicate moves no data): no branch, so the loads
+                # of every level and the plain row load are in flight together, one round trip per row.
+                moved = y0 != cached
+                fresh = moved & (y0 != cached + 1)
+                new_top = _x_row(base, y0, ox, xmask & fresh, sw, w, ACC)
+                new_bottom = _x_row(base, y1, ox, xmask & moved, sw, w, ACC)
+                top = tl.where(fresh, new_top, tl.where(moved, bottom, top))
+                bottom = tl.where(moved, new_bottom, bottom)
+                cached = y0
+            elif y0 != cached:
                 if y0 == cached + 1:  # moved down one source row: the old bottom row is the new top
                     top = bottom
                 else:
@@ -135,14 +152,14 @@ _ROW_CONFIGS = autotune_configs([
 ])
 
 
-@triton.autotune(configs=_ROW_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS"])
+@triton.autotune(configs=_ROW_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS", "BRANCHLESS"])
 @triton.jit
 def _pyramid_fuse_rows_kernel(
     p0, p1, p2, p3, p4, p5, out_ptr,
     h0, h1, h2, h3, h4, h5, w0, w1, w2, w3, w4, w5,
     sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1, sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5,
     out_h, out_w,
-    NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr,
+    NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr, BRANCHLESS: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """One program per (plane, strip of BLOCK_H output rows x BLOCK_W columns), walking its rows in order."""
@@ -177,22 +194,28 @@ def _pyramid_fuse_rows_kernel(
         acc = tl.zeros([BLOCK_W], dtype=ACC)
         acc, c0, t0, b0 = _level_row(0, acc, c0, t0, b0, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC,
+                                     BRANCHLESS)
         acc, c1, t1, b1 = _level_row(1, acc, c1, t1, b1, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC,
+                                     BRANCHLESS)
         acc, c2, t2, b2 = _level_row(2, acc, c2, t2, b2, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC,
+                                     BRANCHLESS)
         acc, c3, t3, b3 = _level_row(3, acc, c3, t3, b3, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC,
+                                     BRANCHLESS)
         acc, c4, t4, b4 = _level_row(4, acc, c4, t4, b4, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC,
+                                     BRANCHLESS)
         acc, c5, t5, b5 = _level_row(5, acc, c5, t5, b5, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC,
+                                     BRANCHLESS)
         tl.store(out_plane + oy * out_w + ox, acc.to(out_ptr.dtype.element_ty), mask=xmask)
 
 
@@ -259,6 +282,155 @@ def _interp_transpose_kernel(
     tl.store(dst_ptr + offs, acc.to(dst_ptr.dtype.element_ty), mask=m)
 
 
+@triton.jit
+def _level_rows_bwd(lvl: tl.constexpr, g, t, c, a0, a1, lo, hi, plane, ox, xmask, out_h, out_w,
+                    r0, r1, r2, r3, r4, r5, h0, h1, h2, h3, h4, h5, sh0, sh1, sh2, sh3, sh4, sh5,
+                    NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr):
+    """Fold gradient row ``t`` into level ``lvl``'s y pass: ``a0`` accumulates source row ``c``, ``a1`` row
+    ``c + 1``; when ``t`` moves on to row ``c + 1`` (upsampling: one row at a time), row ``c`` is complete and
+    is stored if this program owns it (``lo < c <= hi``)."""
+    if lvl < NUM_LEVELS:
+        if lvl != IDENTITY:
+            h = pick(lvl, h0, h1, h2, h3, h4, h5)
+            rows = pick(lvl, r0, r1, r2, r3, r4, r5) + plane * h * out_w
+            y0, y1, ly = _source_index(t, pick(lvl, sh0, sh1, sh2, sh3, sh4, sh5), h)
+            moved = y0 != c
+            tl.store(rows + c * out_w + ox, a0, mask=xmask & moved & (c > lo) & (c <= hi))
+            a0 = tl.where(moved, a1, a0)
+            a1 = tl.where(moved, 0.0, a1)
+            c = y0
+            ly = ly.to(ACC)
+            both = y1 == y0  # the last source row: both weights go to it
+            a0 += g * tl.where(both, 1.0, 1.0 - ly)
+            a1 += g * tl.where(both, 0.0, ly)
+    return c, a0, a1
+
+
+@triton.jit
+def _level_rows_flush(lvl: tl.constexpr, c, a0, a1, lo, hi, plane, ox, xmask, out_w,
+                      r0, r1, r2, r3, r4, r5, h0, h1, h2, h3, h4, h5,
+                      NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr):
+    """At the end of the walk: store the two rows still held, where owned."""
+    if lvl < NUM_LEVELS:
+        if lvl != IDENTITY:
+            h = pick(lvl, h0, h1, h2, h3, h4, h5)
+            rows = pick(lvl, r0, r1, r2, r3, r4, r5) + plane * h * out_w
+            tl.store(rows + c * out_w + ox, a0, mask=xmask & (c > lo) & (c <= hi))
+            tl.store(rows + (c + 1) * out_w + ox, a1, mask=xmask & (c + 1 > lo) & (c + 1 <= hi) & (c + 1 < h))
+
+
+@triton.jit
+def _owned(lvl: tl.constexpr, t_start, t_stop, h0, h1, h2, h3, h4, h5, sh0, sh1, sh2, sh3, sh4, sh5,
+           NUM_LEVELS: tl.constexpr):
+    """Source rows whose first gradient row lies in [t_start, t_stop): ``lo < s <= hi`` (``y1`` of the rows
+    before the strip and of its last row)."""
+    lo = -1
+    hi = -1
+    if lvl < NUM_LEVELS:
+        h = pick(lvl, h0, h1, h2, h3, h4, h5)
+        scale = pick(lvl, sh0, sh1, sh2, sh3, sh4, sh5)
+        _, hi, _ = _source_index(t_stop - 1, scale, h)
+        _, before, _ = _source_index(tl.maximum(t_start - 1, 0), scale, h)
+        lo = tl.where(t_start > 0, before, -1)
+    return lo, hi
+
+
+_BWD_ROW_CONFIGS = autotune_configs([
+    triton.Config({"BLOCK_T": bt, "BLOCK_W": bw}, num_warps=nw)
+    for bt, bw, nw in [(64, 64, 1), (128, 64, 1), (32, 64, 1), (64, 128, 2), (128, 128, 2), (64, 128, 4),
+                       (256, 64, 1), (64, 32, 1), (128, 256, 4)]
+], triton.Config({"BLOCK_T": 8, "BLOCK_W": 32}, num_warps=1))  # interpreter: several strips, halos walked
+
+
+@triton.autotune(configs=_BWD_ROW_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS"])
+@triton.jit
+def _pyramid_fuse_bwd_rows_kernel(
+    g_ptr, r0, r1, r2, r3, r4, r5,
+    h0, h1, h2, h3, h4, h5, sh0, sh1, sh2, sh3, sh4, sh5, identity_weight,
+    out_h, out_w, halo,
+    NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    """The y pass of every level's backward in one read of the gradient (every level upsampled or equal in y).
+
+    One program per (plane, strip of BLOCK_T gradient rows x BLOCK_W columns) walks the strip's rows, and
+    ``halo`` rows past it, once: the identity level's gradient row is written right away (``weight * g``);
+    each coarser level accumulates its source rows ``A_h^T g`` in two registers rows and stores each row it owns
+    (the source rows whose first gradient row lies in the strip) when the walk has moved past it. Every source
+    row is stored once by one program: no atomics, deterministic.
+    """
+    plane = tl.program_id(0).to(tl.int64)
+    tile = tl.program_id(1)
+    tiles_w = tl.cdiv(out_w, BLOCK_W)
+    t_start = (tile // tiles_w) * BLOCK_T
+    t_stop = tl.minimum(t_start + BLOCK_T, out_h)
+    ox = (tile % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
+    xmask = ox < out_w
+    g_plane = g_ptr + plane * out_h * out_w
+    lo0, hi0 = _owned(0, t_start, t_stop, h0, h1, h2, h3, h4, h5, sh0, sh1, sh2, sh3, sh4, sh5, NUM_LEVELS)
+    lo1, hi1 = _owned(1, t_start, t_stop, h0, h1, h2, h3, h4, h5, sh0, sh1, sh2, sh3, sh4, sh5, NUM_LEVELS)
+    lo2, hi2 = _owned(2, t_start, t_stop, h0, h1, h2, h3, h4, h5, sh0, sh1, sh2, sh3, sh4, sh5, NUM_LEVELS)
+    lo3, hi3 = _owned(3, t_start, t_stop, h0, h1, h2, h3, h4, h5, sh0, sh1, sh2, sh3, sh4, sh5, NUM_LEVELS)
+    lo4, hi4 = _owned(4, t_start, t_stop, h0, h1, h2, h3, h4, h5, sh0, sh1, sh2, sh3, sh4, sh5, NUM_LEVELS)
+    lo5, hi5 = _owned(5, t_start, t_stop, h0, h1, h2, h3, h4, h5, sh0, sh1, sh2, sh3, sh4, sh5, NUM_LEVELS)
+    c0 = tl.full((), -1, tl.int32)  # the source row in a0 (-1: none yet; the first row moves onto its own)
+    c1 = c0
+    c2 = c0
+    c3 = c0
+    c4 = c0
+    c5 = c0
+    z = tl.zeros([BLOCK_W], dtype=ACC)
+    a00 = z
+    a01 = z
+    a10 = z
+    a11 = z
+    a20 = z
+    a21 = z
+    a30 = z
+    a31 = z
+    a40 = z
+    a41 = z
+    a50 = z
+    a51 = z
+    for i in range(0, tl.minimum(t_stop + halo, out_h) - t_start):
+        t = t_start + i
+        g = tl.load(g_plane + t * out_w + ox, mask=xmask, other=0.0).to(ACC)
+        if IDENTITY >= 0:
+            ident = pick(IDENTITY, r0, r1, r2, r3, r4, r5) + plane * out_h * out_w
+            tl.store(ident + t * out_w + ox, (g * identity_weight).to(ident.dtype.element_ty),
+                     mask=xmask & (t < t_stop))
+        c0, a00, a01 = _level_rows_bwd(0, g, t, c0, a00, a01, lo0, hi0, plane, ox, xmask, out_h, out_w,
+                                       r0, r1, r2, r3, r4, r5, h0, h1, h2, h3, h4, h5,
+                                       sh0, sh1, sh2, sh3, sh4, sh5, NUM_LEVELS, IDENTITY, ACC)
+        c1, a10, a11 = _level_rows_bwd(1, g, t, c1, a10, a11, lo1, hi1, plane, ox, xmask, out_h, out_w,
+                                       r0, r1, r2, r3, r4, r5, h0, h1, h2, h3, h4, h5,
+                                       sh0, sh1, sh2, sh3, sh4, sh5, NUM_LEVELS, IDENTITY, ACC)
+        c2, a20, a21 = _level_rows_bwd(2, g, t, c2, a20, a21, lo2, hi2, plane, ox, xmask, out_h, out_w,
+                                       r0, r1, r2, r3, r4, r5, h0, h1, h2, h3, h4, h5,
+                                       sh0, sh1, sh2, sh3, sh4, sh5, NUM_LEVELS, IDENTITY, ACC)
+        c3, a30, a31 = _level_rows_bwd(3, g, t, c3, a30, a31, lo3, hi3, plane, ox, xmask, out_h, out_w,
+                                       r0, r1, r2, r3, r4, r5, h0, h1, h2, h3, h4, h5,
+                                       sh0, sh1, sh2, sh3, sh4, sh5, NUM_LEVELS, IDENTITY, ACC)
+        c4, a40, a41 = _level_rows_bwd(4, g, t, c4, a40, a41, lo4, hi4, plane, ox, xmask, out_h, out_w,
+                                       r0, r1, r2, r3, r4, r5, h0, h1, h2, h3, h4, h5,
+                                       sh0, sh1, sh2, sh3, sh4, sh5, NUM_LEVELS, IDENTITY, ACC)
+        c5, a50, a51 = _level_rows_bwd(5, g, t, c5, a50, a51, lo5, hi5, plane, ox, xmask, out_h, out_w,
+                                       r0, r1, r2, r3, r4, r5, h0, h1, h2, h3, h4, h5,
+                                       sh0, sh1, sh2, sh3, sh4, sh5, NUM_LEVELS, IDENTITY, ACC)
+    _level_rows_flush(0, c0, a00, a01, lo0, hi0, plane, ox, xmask, out_w, r0, r1, r2, r3, r4, r5,
+                      h0, h1, h2, h3, h4, h5, NUM_LEVELS, IDENTITY)
+    _level_rows_flush(1, c1, a10, a11, lo1, hi1, plane, ox, xmask, out_w, r0, r1, r2, r3, r4, r5,
+                      h0, h1, h2, h3, h4, h5, NUM_LEVELS, IDENTITY)
+    _level_rows_flush(2, c2, a20, a21, lo2, hi2, plane, ox, xmask, out_w, r0, r1, r2, r3, r4, r5,
+                      h0, h1, h2, h3, h4, h5, NUM_LEVELS, IDENTITY)
+    _level_rows_flush(3, c3, a30, a31, lo3, hi3, plane, ox, xmask, out_w, r0, r1, r2, r3, r4, r5,
+                      h0, h1, h2, h3, h4, h5, NUM_LEVELS, IDENTITY)
+    _level_rows_flush(4, c4, a40, a41, lo4, hi4, plane, ox, xmask, out_w, r0, r1, r2, r3, r4, r5,
+                      h0, h1, h2, h3, h4, h5, NUM_LEVELS, IDENTITY)
+    _level_rows_flush(5, c5, a50, a51, lo5, hi5, plane, ox, xmask, out_w, r0, r1, r2, r3, r4, r5,
+                      h0, h1, h2, h3, h4, h5, NUM_LEVELS, IDENTITY)
+
+
 def _identity_level(shapes, size) -> int:
     """Index of the first level already at the output size (-1 if none): the forward loads it directly."""
     return next((i for i, shape in enumerate(shapes) if tuple(shape[2:]) == tuple(size)), -1)
@@ -280,6 +452,42 @@ def _transpose_resize(src: Tensor, dst: Tensor, t_len: int, s_len: int, n_keep: 
                                    LAST_AXIS=last_axis, ACC=acc)
 
 
+def _fused_backward(grad_out: Tensor, shapes, weights, size, dtype) -> list[Tensor]:
+    """Every level's gradient with one y pass over ``grad_out`` (all levels upsampled or equal in y), then
+    each level's x pass on its [P, h, out_w] rows."""
+    acc, acc_torch = acc_dtypes(dtype)
+    out_h, out_w = size
+    batch, channels = shapes[0][:2]
+    identity = _identity_level(shapes, size)
+    grads = [torch.empty(shape, dtype=dtype, device=grad_out.device) for shape in shapes]
+    # the y pass's output per level: the identity level's gradient itself, else [P, h, out_w] rows
+    rows = [grads[i] if i == identity else
+            torch.empty(batch * channels, shape[2], out_w, dtype=acc_torch, device=grad_out.device)
+            for i, shape in enumerate(shapes)]
+    coarsest = max((out_h / shape[2] for i, shape in enumerate(shapes) if i != identity), default=1.0)
+    # walked past a strip so that its last owned source rows are complete (see the kernel)
+    halo = math.ceil(2.0 * coarsest) + 2
+
+    def grid(meta):
+        return (batch * channels, triton.cdiv(out_h, meta["BLOCK_T"]) * triton.cdiv(out_w, meta["BLOCK_W"]))
+
+    _pyramid_fuse_bwd_rows_kernel[grid](
+        grad_out, *level_args(rows), *pad_levels([shape[2] for shape in shapes], 1),
+        *pad_levels([shape[2] / out_h for shape in shapes], 1.0),
+        float(weights[identity]) if identity >= 0 else 0.0, out_h, out_w, halo,
+        NUM_LEVELS=len(shapes), IDENTITY=identity, ACC=acc,
+    )
+    for i, (shape, weight) in enumerate(zip(shapes, weights, strict=True)):
+        if i == identity:
+            continue
+        h, w = shape[2], shape[3]
+        if w != out_w:  # along x: [P, h, out_w] -> [P, h, w]
+            _transpose_resize(rows[i], grads[i], out_w, w, h, True, weight, acc)
+        else:
+            grads[i].copy_(rows[i].view(shape) * weight)
+    return grads
+
+
 class PyramidFuseFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, size, weights, *levels):
@@ -295,7 +503,11 @@ class PyramidFuseFunction(torch.autograd.Function):
             def grid(meta):
                 return (batch * channels, triton.cdiv(size[0], meta["BLOCK_H"]) * triton.cdiv(size[1], meta["BLOCK_W"]))
 
-            kernel = _pyramid_fuse_rows_kernel if FORWARD == "rows" else _pyramid_fuse_fwd_kernel
+            if FORWARD not in ("rows", "rows-branch", "tiles"):
+                raise ValueError(f"aco_kernels.ops.pyramid_fuse.FORWARD should be 'rows', 'rows-branch' or 'tiles', "
+                                 f"got {FORWARD!r}")
+            kernel = _pyramid_fuse_fwd_kernel if FORWARD == "tiles" else _pyramid_fuse_rows_kernel
+            extra = {} if FORWARD == "tiles" else {"BRANCHLESS": FORWARD == "rows"}
             kernel[grid](
                 *level_args(levels), out,
                 *pad_levels([lv.shape[2] for lv in levels], 1), *pad_levels([lv.shape[3] for lv in levels], 1),
@@ -304,11 +516,12 @@ class PyramidFuseFunction(torch.autograd.Function):
                 *pad_levels([float(w) for w in weights], 0.0),
                 size[0], size[1],
                 NUM_LEVELS=n, IDENTITY=_identity_level([lv.shape for lv in levels], size),
-                ACC=acc_dtypes(dtype)[0],
+                ACC=acc_dtypes(dtype)[0], **extra,
             )
         elif out.numel() > 0:
             raise ValueError("levels should not be empty when the output is not")
         ctx.size = size
+        ctx.fused_backward = FUSED_BACKWARD  # chosen with the forward (a setting changed in between has no say)
         ctx.weights = list(weights)
         ctx.shapes = [lv.shape for lv in levels]
         ctx.dtype = dtype
@@ -319,6 +532,9 @@ class PyramidFuseFunction(torch.autograd.Function):
         acc, acc_torch = acc_dtypes(ctx.dtype)
         grad_out = grad_out.contiguous()
         out_h, out_w = ctx.size
+        if (ctx.fused_backward and grad_out.numel() > 0 and all(shape[2] * shape[3] > 0 for shape in ctx.shapes)
+                and all(shape[2] <= out_h for shape in ctx.shapes)):
+            return (None, None, *_fused_backward(grad_out, ctx.shapes, ctx.weights, ctx.size, ctx.dtype))
         grads = []
         for shape, weight in zip(ctx.shapes, ctx.weights, strict=True):
             batch, channels, h, w = shape
