@@ -130,7 +130,6 @@ def pyramid_fuse_case(dtype=torch.float32) -> Case:
         "kernel": _kernel(lambda lv, s, w: aco_kernels.pyramid_fuse(lv, s, w)),
         **{name: _kernel(_with_setting("pyramid_fuse", settings, lambda lv, s, w: aco_kernels.pyramid_fuse(lv, s, w)))
            for name, settings in [
-               ("kernel, rows forward with branches", {"FORWARD": "rows-branch"}),
                ("kernel, one y pass per level in the backward", {"FUSED_BACKWARD": False}),
                ("kernel, 2-D tiles forward, y pass per level (the former kernels)",
                 {"FORWARD": "tiles", "FUSED_BACKWARD": False}),

@@ -59,12 +59,10 @@ JOBS = [
                                                            "ACC": tl.float32, "BLOCK_H": 16, "BLOCK_W": 32})
       for identity in (-1, 1)],
     *[(pyramid_fuse._pyramid_fuse_rows_kernel.fn, PYRAMID, {"NUM_LEVELS": n, "IDENTITY": identity,
-                                                            "ACC": tl.float32, "BRANCHLESS": branchless,
-                                                            "BLOCK_H": 16, "BLOCK_W": 128})
-      for n, identity, branchless in ((5, 0, True), (5, -1, True), (6, 2, True), (1, 0, True), (5, 0, False))],
+                                                            "ACC": tl.float32, "BLOCK_H": 16, "BLOCK_W": 128})
+      for n, identity in ((5, 0), (5, -1), (6, 2), (1, 0))],
     (pyramid_fuse._pyramid_fuse_rows_kernel.fn, {k: v for k, v in PYRAMID.items() if k not in ("h4", "w4")},
-     {"h4": 1, "w4": 1, "NUM_LEVELS": 5, "IDENTITY": 0, "ACC": tl.float32, "BRANCHLESS": True, "BLOCK_H": 16,
-      "BLOCK_W": 128}),
+     {"h4": 1, "w4": 1, "NUM_LEVELS": 5, "IDENTITY": 0, "ACC": tl.float32, "BLOCK_H": 16, "BLOCK_W": 128}),
     *[(pyramid_fuse._pyramid_fuse_bwd_rows_kernel.fn, {**PYRAMID_BWD, **{f"r{i}": rows for i in range(6)}},
        {"NUM_LEVELS": n, "IDENTITY": identity, "ACC": tl.float32, "BLOCK_T": 64, "BLOCK_W": 64})
       for n, identity, rows in ((5, 0, "*fp32"), (5, -1, "*fp32"), (6, 3, "*fp32"), (1, 0, "*bf16"))],

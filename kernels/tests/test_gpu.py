@@ -71,8 +71,8 @@ def test_kd_loss_gpu(dtype, other_path, shape, monkeypatch):
 def test_pyramid_fuse_gpu(dtype, other_path, sizes, target, monkeypatch):
     from aco_kernels.ops import pyramid_fuse as module
 
-    # other path: the forward with branches and one y pass per level in the backward
-    monkeypatch.setattr(module, "FORWARD", "rows-branch" if other_path else "rows")
+    # other path: the 2-D tile forward and one y pass per level in the backward
+    monkeypatch.setattr(module, "FORWARD", "tiles" if other_path else "rows")
     monkeypatch.setattr(module, "FUSED_BACKWARD", not other_path)
     g = _gen(1)
     levels = [torch.randn(2, 19, h, w, device="cuda", generator=g).to(dtype) for h, w in sizes]

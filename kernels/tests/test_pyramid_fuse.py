@@ -43,10 +43,10 @@ def test_pyramid_fuse_matches_interpolate(kernel_path, sizes, target):
 
 @pytest.mark.parametrize("sizes,target", [*CASES, ([(9, 7), (40, 11), (5, 3), (3, 2)], (40, 11))])
 def test_pyramid_fuse_other_paths_match_interpolate(kernel_path, monkeypatch, sizes, target):
-    """The forward with branches instead of predicated loads, and the backward with one y pass per level."""
+    """The backward with one y pass per level, and the 2-D tile forward."""
     from aco_kernels.ops import pyramid_fuse as module
 
-    monkeypatch.setattr(module, "FORWARD", "rows-branch")
+    monkeypatch.setattr(module, "FORWARD", "tiles")
     monkeypatch.setattr(module, "FUSED_BACKWARD", False)
     g = torch.Generator().manual_seed(5)
     levels = [torch.randn(1, 2, h, w, generator=g) for h, w in sizes]
@@ -79,19 +79,6 @@ def test_pyramid_fuse_fused_backward_strips_and_halos(kernel_path):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("sizes,target", CASES[1:])
-def test_pyramid_fuse_tiles_forward_matches_interpolate(kernel_path, monkeypatch, sizes, target):
-    """The other forward kernel (2-D tiles, gathers per pixel; the benchmarks time it beside the default)."""
-    from aco_kernels.ops import pyramid_fuse as module
-
-    monkeypatch.setattr(module, "FORWARD", "tiles")
-    g = torch.Generator().manual_seed(4)
-    levels = [torch.randn(1, 2, h, w, generator=g) for h, w in sizes]
-    weights = [float(x) for x in torch.rand(len(sizes), generator=g) + 0.5]
-    torch.testing.assert_close(aco_kernels.pyramid_fuse(levels, target, weights), _expected(levels, target, weights),
-                               rtol=1e-5, atol=1e-5)
-
-
 def test_pyramid_fuse_default_weights_and_reference_path(kernel_path):
     levels = [torch.randn(1, 2, 6, 5), torch.randn(1, 2, 3, 3)]
     out = aco_kernels.pyramid_fuse(levels, (6, 5))
@@ -119,3 +106,12 @@ def test_pyramid_fuse_gradcheck_fp64(kernel_path):
 def test_pyramid_fuse_rejects_mismatched_levels():
     with pytest.raises(ValueError, match="levels"):
         aco_kernels.pyramid_fuse([torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3, 3)], (3, 3))
+
+
+def test_pyramid_fuse_rejects_unknown_forward(monkeypatch):
+    pytest.importorskip("triton")
+    from aco_kernels.ops import pyramid_fuse as module
+
+    monkeypatch.setattr(module, "FORWARD", "spiral")
+    with pytest.raises(ValueError, match="FORWARD"), aco_kernels.dispatch_mode("triton"):
+        module.pyramid_fuse_triton([torch.zeros(1, 1, 2, 2)], (2, 2), [1.0])

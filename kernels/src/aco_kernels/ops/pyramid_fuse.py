@@ -27,9 +27,9 @@ from torch import Tensor
 from ._common import acc_dtypes, autotune_configs, level_args, pad_levels, pick
 
 # The forward kernel: "rows" (each program walks its output rows and keeps, per coarser level, the two
-# x-interpolated source rows it is between: about 3 loads per output pixel; new rows loaded with predicated
-# loads, no branch), "rows-branch" (the same, the new rows loaded in branches) or "tiles" (2-D tiles, 4
-# gathered loads per coarser level and pixel: 17 with P2-P6). All are tested; the benchmarks time them.
+# x-interpolated source rows it is between: about 3 loads per output pixel) or "tiles" (2-D tiles, 4 gathered
+# loads per coarser level and pixel: 17 with P2-P6). Both are tested; the benchmarks time both. (Loading the
+# new rows with predicated loads instead of branches was measured 13% slower on an H100 and not kept.)
 FORWARD = "rows"
 # The backward: True, one y pass over the output gradient for every level (when every level is upsampled
 # or equal in y, as in a feature pyramid), else one y pass per level; each level's x pass follows.
@@ -109,7 +109,7 @@ def _x_row(base, row, ox, xmask, sw, w, ACC: tl.constexpr):
 def _level_row(lvl: tl.constexpr, acc, cached, top, bottom, oy, ox, xmask, plane,
                p0, p1, p2, p3, p4, p5, h0, h1, h2, h3, h4, h5, w0, w1, w2, w3, w4, w5,
                sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1, sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5,
-               NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr, BRANCHLESS: tl.constexpr):
+               NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr):
     """Add level ``lvl``'s contribution to output row ``oy``. A coarser level keeps its two x-interpolated
     source rows (``top``: row ``cached``, ``bottom``: the next) from one output row to the next and loads a
     new source row only when the output row moves onto it: once per 2^l output rows."""
@@ -122,18 +122,8 @@ def _level_row(lvl: tl.constexpr, acc, cached, top, bottom, oy, ox, xmask, plane
             acc += weight * tl.load(base + oy * w + ox, mask=xmask, other=0.0).to(ACC)
         else:
             y0, y1, ly = _source_index(oy, pick(lvl, sh0, sh1, sh2, sh3, sh4, sh5), h)
-            sw = pick(lvl, sw0, sw1, sw2, sw3, sw4, sw5)
-            if BRANCHLESS:
-                # The same rule with predicated loads (a false predicate moves no data): no branch, so the loads
-                # of every level and the plain row load are in flight together, one round trip per row.
-                moved = y0 != cached
-                fresh = moved & (y0 != cached + 1)
-                new_top = _x_row(base, y0, ox, xmask & fresh, sw, w, ACC)
-                new_bottom = _x_row(base, y1, ox, xmask & moved, sw, w, ACC)
-                top = tl.where(fresh, new_top, tl.where(moved, bottom, top))
-                bottom = tl.where(moved, new_bottom, bottom)
-                cached = y0
-            elif y0 != cached:
+            if y0 != cached:
+                sw = pick(lvl, sw0, sw1, sw2, sw3, sw4, sw5)
                 if y0 == cached + 1:  # moved down one source row: the old bottom row is the new top
                     top = bottom
                 else:
@@ -152,14 +142,14 @@ _ROW_CONFIGS = autotune_configs([
 ])
 
 
-@triton.autotune(configs=_ROW_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS", "BRANCHLESS"])
+@triton.autotune(configs=_ROW_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS"])
 @triton.jit
 def _pyramid_fuse_rows_kernel(
     p0, p1, p2, p3, p4, p5, out_ptr,
     h0, h1, h2, h3, h4, h5, w0, w1, w2, w3, w4, w5,
     sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1, sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5,
     out_h, out_w,
-    NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr, BRANCHLESS: tl.constexpr,
+    NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """One program per (plane, strip of BLOCK_H output rows x BLOCK_W columns), walking its rows in order."""
@@ -194,28 +184,22 @@ def _pyramid_fuse_rows_kernel(
         acc = tl.zeros([BLOCK_W], dtype=ACC)
         acc, c0, t0, b0 = _level_row(0, acc, c0, t0, b0, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC,
-                                     BRANCHLESS)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
         acc, c1, t1, b1 = _level_row(1, acc, c1, t1, b1, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC,
-                                     BRANCHLESS)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
         acc, c2, t2, b2 = _level_row(2, acc, c2, t2, b2, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC,
-                                     BRANCHLESS)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
         acc, c3, t3, b3 = _level_row(3, acc, c3, t3, b3, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC,
-                                     BRANCHLESS)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
         acc, c4, t4, b4 = _level_row(4, acc, c4, t4, b4, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC,
-                                     BRANCHLESS)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
         acc, c5, t5, b5 = _level_row(5, acc, c5, t5, b5, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC,
-                                     BRANCHLESS)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
         tl.store(out_plane + oy * out_w + ox, acc.to(out_ptr.dtype.element_ty), mask=xmask)
 
 
@@ -503,11 +487,9 @@ class PyramidFuseFunction(torch.autograd.Function):
             def grid(meta):
                 return (batch * channels, triton.cdiv(size[0], meta["BLOCK_H"]) * triton.cdiv(size[1], meta["BLOCK_W"]))
 
-            if FORWARD not in ("rows", "rows-branch", "tiles"):
-                raise ValueError(f"aco_kernels.ops.pyramid_fuse.FORWARD should be 'rows', 'rows-branch' or 'tiles', "
-                                 f"got {FORWARD!r}")
+            if FORWARD not in ("rows", "tiles"):
+                raise ValueError(f"aco_kernels.ops.pyramid_fuse.FORWARD should be 'rows' or 'tiles', got {FORWARD!r}")
             kernel = _pyramid_fuse_fwd_kernel if FORWARD == "tiles" else _pyramid_fuse_rows_kernel
-            extra = {} if FORWARD == "tiles" else {"BRANCHLESS": FORWARD == "rows"}
             kernel[grid](
                 *level_args(levels), out,
                 *pad_levels([lv.shape[2] for lv in levels], 1), *pad_levels([lv.shape[3] for lv in levels], 1),
@@ -516,7 +498,7 @@ class PyramidFuseFunction(torch.autograd.Function):
                 *pad_levels([float(w) for w in weights], 0.0),
                 size[0], size[1],
                 NUM_LEVELS=n, IDENTITY=_identity_level([lv.shape for lv in levels], size),
-                ACC=acc_dtypes(dtype)[0], **extra,
+                ACC=acc_dtypes(dtype)[0],
             )
         elif out.numel() > 0:
             raise ValueError("levels should not be empty when the output is not")
