@@ -80,6 +80,19 @@ def test_density_sigma_rule():
     torch.testing.assert_close(cy, torch.tensor([1.0, 10.0]))
 
 
+def test_density_render_unchecked_drops_out_of_range_instances_on_the_kernel_path(kernel_path):
+    # check=False (no host sync): an instance whose label or image is out of range matches no plane
+    centers = torch.tensor([[10.0, 10.0], [20.0, 12.0], [5.0, 5.0], [12.0, 3.0]])
+    sizes = torch.full((4, 2), 8.0)
+    labels, batch_index = torch.tensor([1, 3, 0, -1]), torch.tensor([0, 0, 2, 1])
+    kwargs = {"num_images": 2, "num_classes": 3, "map_size": (4, 6), "stride": 4}
+    out = aco_kernels.density_render(centers, sizes, labels, batch_index, check=False, **kwargs)
+    expected = density_render_reference(centers[:1], sizes[:1], labels[:1], batch_index[:1], **kwargs)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="labels"):
+        aco_kernels.density_render(centers, sizes, labels, batch_index, **kwargs)
+
+
 def test_density_render_rejects_bad_labels():
     with pytest.raises(ValueError, match="labels"):
         aco_kernels.density_render(torch.zeros(1, 2), torch.ones(1, 2), torch.tensor([3]), torch.tensor([0]),

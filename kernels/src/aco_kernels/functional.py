@@ -27,6 +27,7 @@ def density_render(
     sigma_scale: float = 0.15,
     min_sigma: float = 1.0,
     truncate: float = 3.0,
+    check: bool = True,
 ) -> Tensor:
     """Render per-class Gaussian density maps, each instance summing to exactly 1 on the map.
 
@@ -38,6 +39,10 @@ def density_render(
         map_size ((H, W)): size of the density map; ``stride`` is image pixels per map pixel.
         sigma_scale, min_sigma, truncate: ``sigma = max(min_sigma, sigma_scale * sqrt(w * h) / stride)`` in map
             pixels; the Gaussian is cut at ``truncate * sigma`` (square window) and renormalised inside the map.
+        check: verify that labels and batch indices are in range (a ``ValueError`` if not). It costs one host
+            sync on CUDA; ``False`` skips it, for callers whose indices are in range by construction (DPSNet's
+            training step): the kernel then draws no instance whose plane is out of range, and the reference
+            path raises from ``index_add_``.
 
     Returns:
         Tensor[num_images, num_classes, H, W] float32. Forward only (targets carry no gradient).
@@ -50,7 +55,7 @@ def density_render(
         raise ValueError(f"stride should be > 0, got {stride}")
     # One host sync for all four range checks; none while a CUDA graph is being captured (syncs are illegal
     # there): the kernel path then relies on the caller, and an out-of-range index fails on the device.
-    if num > 0 and not (centers.is_cuda and torch.cuda.is_current_stream_capturing()):
+    if check and num > 0 and not (centers.is_cuda and torch.cuda.is_current_stream_capturing()):
         lo_label, hi_label, lo_image, hi_image = torch.stack(
             [labels.min(), labels.max(), batch_index.min(), batch_index.max()]).tolist()
         if lo_label < 0 or hi_label >= num_classes:

@@ -317,6 +317,14 @@ def test_count_class_mapping_length_checked():
         tiny_model(count_class_of_label=[0, 1])
 
 
+def test_count_class_mapping_range_checked():
+    # checked once at construction: the training step renders its targets without a per-step range check
+    with pytest.raises(ValueError, match=r"num_count_classes=2\)"):
+        tiny_model(count_class_of_label=[0, 0, 1, 2], num_count_classes=2)
+    with pytest.raises(ValueError, match="count_class_of_label should be in"):
+        tiny_model(count_class_of_label=[0, -1, 0, 1])
+
+
 @pytest.mark.parametrize("name", ["resnet18"])
 def test_resnet_fpn_builds_and_loads_local_weights(tmp_path, name):
     from torchvision.models import resnet18

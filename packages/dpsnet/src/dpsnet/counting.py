@@ -26,6 +26,7 @@ def density_targets(
     stride: float,
     sigma_scale: float = 0.15,
     min_sigma: float = 1.0,
+    check: bool = True,
 ) -> Tensor:
     """Ground-truth density maps Tensor[B, num_classes, H, W]; each box adds exactly 1 to its class map.
 
@@ -33,6 +34,7 @@ def density_targets(
         boxes (list[Tensor[K_i, 4]]): (x1, y1, x2, y2) in (resized) image pixels, one tensor per image.
         classes (list[Tensor[K_i] int]): counting class in ``[0, num_classes)`` per box.
         map_size ((H, W)): density map size; ``stride`` image pixels per map pixel.
+        check: verify the classes' range (one host sync on CUDA; see ``aco_kernels.density_render``).
     """
     device = boxes[0].device if len(boxes) else torch.device("cpu")
     all_boxes = torch.cat([b.reshape(-1, 4) for b in boxes]).float() if len(boxes) else torch.zeros(0, 4)
@@ -42,7 +44,7 @@ def density_targets(
     batch_index = torch.cat([torch.full((len(b),), i, dtype=torch.int64, device=device) for i, b in enumerate(boxes)])
     return aco_kernels.density_render(centers, sizes, labels.to(torch.int64), batch_index, num_images=len(boxes),
                                       num_classes=num_classes, map_size=map_size, stride=stride,
-                                      sigma_scale=sigma_scale, min_sigma=min_sigma)
+                                      sigma_scale=sigma_scale, min_sigma=min_sigma, check=check)
 
 
 def ignore_mask(ignore_boxes: Sequence[Tensor], map_size: tuple[int, int], stride: float) -> Tensor:

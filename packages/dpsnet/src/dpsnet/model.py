@@ -116,6 +116,10 @@ class DPSNet(nn.Module):
             raise ValueError(f"count_class_of_label should have num_classes={num_classes} entries, "
                              f"got {len(count_class_of_label)}")
         num_count_classes = num_count_classes or max(count_class_of_label) + 1
+        if min(count_class_of_label) < 0 or max(count_class_of_label) >= num_count_classes:
+            # checked once here, so that the training step renders its density targets without a range check
+            raise ValueError(f"count_class_of_label should be in [0, num_count_classes={num_count_classes}), got "
+                             f"[{min(count_class_of_label)}, {max(count_class_of_label)}]")
         self.register_buffer("count_class_of_label", torch.as_tensor(list(count_class_of_label), dtype=torch.int64))
         self.num_count_classes = num_count_classes
         self.density_scale, self.sigma_scale, self.min_sigma = density_scale, sigma_scale, min_sigma
@@ -241,7 +245,7 @@ class DPSNet(nn.Module):
         target = density_targets([t["boxes"] for t in targets],
                                  [self.count_class_of_label[t["labels"]] for t in targets], map_size,
                                  num_classes=self.num_count_classes, stride=stride, sigma_scale=self.sigma_scale,
-                                 min_sigma=self.min_sigma)
+                                 min_sigma=self.min_sigma, check=False)  # in range: count_class_of_label's values
         mask = ignore_mask([t["ignore_boxes"] for t in targets], map_size, stride)
         return density_loss(density, target, mask, density_scale=self.density_scale,
                             pixel_weight=self.density_loss_weight, count_weight=self.count_loss_weight)
