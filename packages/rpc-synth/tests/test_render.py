@@ -60,13 +60,24 @@ def test_generator_keeps_shape_and_range(residual):
     assert y.shape == (2, 3, 32, 48) and y.min() >= -1 and y.max() <= 1
 
 
-def test_noise_injection_is_learned_scaled_and_seeded():
+def test_noise_level_is_fixed_by_default_or_learned():
+    fixed = ResnetGenerator(channels=4, blocks=1, noise=True, noise_init=2.0)
+    learned = ResnetGenerator(channels=4, blocks=1, noise=True, noise_init=2.0, noise_learned=True)
+    assert "noise_scale" in dict(fixed.named_buffers()) and "noise_scale" not in dict(fixed.named_parameters())
+    assert "noise_scale" in dict(learned.named_parameters())
+    # the same state-dict key either way: a checkpoint of one loads into the other
+    fixed.load_state_dict(learned.state_dict())
+    torch.testing.assert_close(fixed.noise_scale, torch.full((1, 3, 1, 1), 2.0 / 127.5))
+
+
+@pytest.mark.parametrize("learned", [False, True])
+def test_noise_injection_is_scaled_and_seeded(learned):
     torch.manual_seed(0)
-    net = ResnetGenerator(channels=4, blocks=1, noise=True)
+    net = ResnetGenerator(channels=4, blocks=1, noise=True, noise_learned=learned)
     quiet = ResnetGenerator(channels=4, blocks=1)
     quiet.load_state_dict({k: v for k, v in net.state_dict().items() if k != "noise_scale"})
     x = torch.rand(1, 3, 64, 64) * 0.5 - 0.25  # away from the clamp
-    torch.testing.assert_close(net(x), quiet(x))  # the scale starts at 0: no noise until it is learned
+    torch.testing.assert_close(net(x), quiet(x))  # a level of 0: no noise
     with torch.no_grad():
         net.noise_scale.copy_(torch.tensor([0.0, 0.1, 0.2]).view(1, 3, 1, 1))
     a = net(x, torch.Generator().manual_seed(5))
@@ -176,6 +187,13 @@ def test_prematching_stores_the_target_histograms(tiny_world, tiny_model, tmp_pa
     torch.save(state, tmp_path / "old.pt")
     old, no_counts = load_translator(tmp_path / "old.pt")
     assert no_counts is None and old.noise_scale is None
+    # One from before the fixed noise level had learned it: it loads with a learned (parameter) level.
+    state = torch.load(tiny_model, weights_only=True)
+    state["config"].pop("noise_learned")
+    torch.save(state, tmp_path / "learned.pt")
+    learned, _ = load_translator(tmp_path / "learned.pt")
+    assert isinstance(learned.noise_scale, torch.nn.Parameter)
+    assert not isinstance(load_translator(tiny_model)[0].noise_scale, torch.nn.Parameter)
 
 
 def test_cyclegan_apply_is_deterministic_and_prematches(tiny_world, tiny_generate, tiny_model, tmp_path):

@@ -184,15 +184,18 @@ def render() -> None:
 @click.option("--prematch/--no-prematch", default=True, show_default=True,
               help="Histogram-match the source images to the target first; the translator learns what matching cannot.")
 @click.option("--noise/--no-noise", default=True, show_default=True,
-              help="Noise injection in the generators (learned scale), for sensor noise.")
-@click.option("--noise-init", default=2.0, show_default=True, help="Starting noise level, grey levels.")
+              help="Noise injection in the generators, for sensor noise.")
+@click.option("--noise-init", default=2.0, show_default=True,
+              help="Noise level, grey levels (the starting level with --learn-noise).")
+@click.option("--learn-noise/--fixed-noise", default=False, show_default=True,
+              help="Learn the noise level (the adversarial loss drove it down to 0.1-0.5 grey levels here).")
 @click.option("--checkpoint-every", default=100, show_default=True, help="Iterations between checkpoints.")
 @click.option("--threads", default=1, show_default=True, help="CPU threads for torch (0: torch's default).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @_fail_cleanly
 def render_train(source, source_ann, target, out, size, iters, batch, seed, gen_channels, gen_blocks, disc_channels,
                  preserve_weight, background_weight, colour_weight, cycle_weight, identity_weight, lr, prematch, noise,
-                 noise_init, checkpoint_every, threads, quiet):
+                 noise_init, learn_noise, checkpoint_every, threads, quiet):
     """Train the synthesized -> checkout translator on unpaired random crops (resumable)."""
     from .render import require_torch
 
@@ -203,7 +206,7 @@ def render_train(source, source_ann, target, out, size, iters, batch, seed, gen_
                               gen_blocks=gen_blocks, disc_channels=disc_channels, preserve_weight=preserve_weight,
                               background_weight=background_weight, colour_weight=colour_weight,
                               cycle_weight=cycle_weight, identity_weight=identity_weight, lr=lr,
-                              prematch=prematch, noise=noise, noise_init=noise_init,
+                              prematch=prematch, noise=noise, noise_init=noise_init, noise_learned=learn_noise,
                               checkpoint_every=checkpoint_every)
     result = train_translator(source, source_ann, target, out, config, threads=threads or None, progress=not quiet)
     click.echo(f"trained to iteration {result['iteration']}; wrote {out}")

@@ -29,8 +29,8 @@ class ResnetGenerator(nn.Module):
 
     Input and output: ``Tensor[N, 3, H, W]`` in [-1, 1], with H and W multiples of ``2 ** downsamplings``
     (``translate_image`` pads). Upsampling is nearest + 3x3 conv (no transposed-conv checkerboards).
-    With ``noise=True`` Gaussian noise of a learned scale (``noise_init`` grey levels at the start) is added to the
-    output (see ``noise_scale``).
+    With ``noise=True`` Gaussian noise of ``noise_init`` grey levels is added to the output (see ``noise_scale``):
+    a fixed scale, or with ``noise_learned=True`` a learned one starting there.
     With ``residual=True`` the network predicts a change added to its input (clamped to [-1, 1]): it starts
     near the identity, which keeps products in place from the first iteration on.
     A per-pixel colour branch (two 1x1 convolutions on the raw input) is added before the output
@@ -40,7 +40,7 @@ class ResnetGenerator(nn.Module):
     """
 
     def __init__(self, channels: int = 16, blocks: int = 4, downsamplings: int = 2, residual: bool = True,
-                 noise: bool = False, noise_init: float = 0.0):
+                 noise: bool = False, noise_init: float = 0.0, noise_learned: bool = False):
         super().__init__()
         if channels < 1 or blocks < 0 or downsamplings < 0:
             raise ValueError(f"generator sizes should be positive, got channels={channels}, blocks={blocks}, "
@@ -60,9 +60,15 @@ class ResnetGenerator(nn.Module):
         self.colour = nn.Sequential(nn.Conv2d(3, channels, 1), nn.LeakyReLU(0.2, inplace=True),
                                     nn.Conv2d(channels, 3, 1))
         # Noise injection: a convolutional generator is deterministic, so it cannot add sensor noise (a large part
-        # of what tells checkout photos from clean composites) without a random input; one learned scale per
-        # channel, starting at ``noise_init`` grey levels, multiplies standard normal noise added to the output.
-        self.noise_scale = nn.Parameter(torch.full((1, 3, 1, 1), noise_init / 127.5)) if noise else None
+        # of what tells checkout photos from clean composites) without a random input; one scale per channel,
+        # ``noise_init`` grey levels, multiplies standard normal noise added to the output. Learned, the adversarial
+        # loss drove it down to 0.1-0.5 grey levels although the checkout images carry about 2 (rpc-synth README):
+        # by default it is a fixed buffer (same state-dict key either way).
+        scale = torch.full((1, 3, 1, 1), noise_init / 127.5)
+        if noise and noise_learned:
+            self.noise_scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("noise_scale", scale if noise else None)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, add_noise: bool = True
                 ) -> torch.Tensor:

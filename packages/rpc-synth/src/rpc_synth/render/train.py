@@ -43,8 +43,9 @@ class TranslatorConfig:
     gen_blocks: int = 4         # residual blocks at the lowest resolution
     downsamplings: int = 2      # stride-2 steps in the generator
     residual: bool = True       # the generator predicts a change added to its input
-    noise: bool = True          # learned-scale noise injection in the generators (sensor noise needs a random input)
-    noise_init: float = 2.0     # its starting level in grey levels (about what the mini world's JPEG checkout keeps)
+    noise: bool = True          # noise injection in the generators (sensor noise needs a random input)
+    noise_init: float = 2.0     # its level in grey levels (about what the mini world's JPEG checkout keeps)
+    noise_learned: bool = False  # learn the level from noise_init (the adversarial loss drove it to 0.1-0.5)
     prematch: bool = True       # histogram-match source images to the target first; the translator learns the rest
     disc_channels: int = 32     # discriminator width of the first layer
     disc_layers: int = 3        # stride-2 layers of the PatchGAN (3: 70 px patches)
@@ -70,7 +71,8 @@ def build_networks(config: TranslatorConfig) -> dict[str, nn.Module]:
     """The four networks, initialised from ``config.seed``: ``g_ab`` (synth -> checkout), ``g_ba``, ``d_a``, ``d_b``."""
     torch.manual_seed(config.seed)
     generator = dict(channels=config.gen_channels, blocks=config.gen_blocks, downsamplings=config.downsamplings,
-                     residual=config.residual, noise=config.noise, noise_init=config.noise_init)
+                     residual=config.residual, noise=config.noise, noise_init=config.noise_init,
+                     noise_learned=config.noise_learned)
     disc = dict(channels=config.disc_channels, layers=config.disc_layers)
     return {"g_ab": ResnetGenerator(**generator), "g_ba": ResnetGenerator(**generator),
             "d_a": PatchDiscriminator(**disc), "d_b": PatchDiscriminator(**disc)}
@@ -164,8 +166,9 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def config_from_checkpoint(state: dict, source: str = "<checkpoint>") -> TranslatorConfig:
-    # Checkpoints from before noise injection and pre-matching were trained without them.
-    saved = {"noise": False, "prematch": False, **state["config"]}
+    # Checkpoints from before noise injection and pre-matching were trained without them, and those from before
+    # the fixed noise level learned it.
+    saved = {"noise": False, "prematch": False, "noise_learned": True, **state["config"]}
     try:
         return TranslatorConfig(**saved)
     except (TypeError, ValueError) as err:
