@@ -23,33 +23,9 @@ def _expected(levels, size, weights):
                for lv, w in zip(levels, weights, strict=True))
 
 
-@pytest.mark.parametrize("sizes,target", CASES)
-def test_pyramid_fuse_matches_interpolate(kernel_path, sizes, target):
-    for seed in (0, 1):
-        g = torch.Generator().manual_seed(seed)
-        levels = [torch.randn(2, 3, h, w, generator=g) for h, w in sizes]
-        weights = [float(x) for x in torch.rand(len(sizes), generator=g) + 0.5]
-        ref_levels = [lv.clone().requires_grad_(True) for lv in levels]
-        ker_levels = [lv.clone().requires_grad_(True) for lv in levels]
-        ref = _expected(ref_levels, target, weights)
-        out = aco_kernels.pyramid_fuse(ker_levels, target, weights)
-        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-        grad = torch.randn(ref.shape, generator=g)
-        ref.backward(grad)
-        out.backward(grad)
-        for a, b in zip(ker_levels, ref_levels, strict=True):
-            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("sizes,target", [*CASES, ([(9, 7), (40, 11), (5, 3), (3, 2)], (40, 11))])
-def test_pyramid_fuse_other_paths_match_interpolate(kernel_path, monkeypatch, sizes, target):
-    """The backward with one y pass per level, and the 2-D tile forward."""
-    from aco_kernels.ops import pyramid_fuse as module
-
-    monkeypatch.setattr(module, "FORWARD", "tiles")
-    monkeypatch.setattr(module, "FUSED_BACKWARD", False)
-    g = torch.Generator().manual_seed(5)
-    levels = [torch.randn(1, 2, h, w, generator=g) for h, w in sizes]
+def _check_against_interpolate(sizes, target, g, batch=2, channels=3):
+    """Forward and every level's gradient of the op against ``F.interpolate``, on random levels from ``g``."""
+    levels = [torch.randn(batch, channels, h, w, generator=g) for h, w in sizes]
     weights = [float(x) for x in torch.rand(len(sizes), generator=g) + 0.5]
     ref_levels = [lv.clone().requires_grad_(True) for lv in levels]
     ker_levels = [lv.clone().requires_grad_(True) for lv in levels]
@@ -63,20 +39,28 @@ def test_pyramid_fuse_other_paths_match_interpolate(kernel_path, monkeypatch, si
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("sizes,target", CASES)
+def test_pyramid_fuse_matches_interpolate(kernel_path, sizes, target):
+    for seed in (0, 1):
+        _check_against_interpolate(sizes, target, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("sizes,target", [*CASES, ([(9, 7), (40, 11), (5, 3), (3, 2)], (40, 11))])
+def test_pyramid_fuse_other_paths_match_interpolate(kernel_path, monkeypatch, sizes, target):
+    """The backward with one y pass per level, and the 2-D tile forward."""
+    from aco_kernels.ops import pyramid_fuse as module
+
+    monkeypatch.setattr(module, "FORWARD", "tiles")
+    monkeypatch.setattr(module, "FUSED_BACKWARD", False)
+    _check_against_interpolate(sizes, target, torch.Generator().manual_seed(5), batch=1, channels=2)
+
+
 def test_pyramid_fuse_fused_backward_strips_and_halos(kernel_path):
     """The one-pass y backward over many strips (8 rows each here): strong upsampling (a 3-row level under
     a 40-row output: halos of 30 rows), a level equal in y but not in x, and no level at the output size."""
     g = torch.Generator().manual_seed(6)
     for sizes, target in [([(40, 11), (9, 7), (3, 2), (40, 5)], (40, 11)), ([(17, 6), (5, 5), (2, 9)], (41, 6))]:
-        levels = [torch.randn(2, 1, h, w, generator=g, requires_grad=True) for h, w in sizes]
-        weights = [0.5, 1.5, 2.0, 0.75][:len(sizes)]
-        out = aco_kernels.pyramid_fuse(levels, target, weights)
-        grad = torch.randn(out.shape, generator=g)
-        ker = torch.autograd.grad(out, levels, grad)
-        ref_levels = [lv.detach().clone().requires_grad_(True) for lv in levels]
-        ref = torch.autograd.grad(_expected(ref_levels, target, weights), ref_levels, grad)
-        for a, b in zip(ker, ref, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        _check_against_interpolate(sizes, target, g, batch=2, channels=1)
 
 
 def test_pyramid_fuse_default_weights_and_reference_path(kernel_path):

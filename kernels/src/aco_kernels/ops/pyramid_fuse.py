@@ -436,6 +436,15 @@ def _transpose_resize(src: Tensor, dst: Tensor, t_len: int, s_len: int, n_keep: 
                                    LAST_AXIS=last_axis, ACC=acc)
 
 
+def _x_pass(rows: Tensor, grad: Tensor, out_w: int, weight: float, acc) -> None:
+    """``grad`` [B, C, h, w] = ``weight`` times the x pass of the y pass's ``rows`` [B * C, h, out_w]."""
+    h, w = grad.shape[2], grad.shape[3]
+    if w != out_w:  # along x: [P, h, out_w] -> [P, h, w]
+        _transpose_resize(rows, grad, out_w, w, h, True, weight, acc)
+    else:
+        grad.copy_(rows.view(grad.shape).to(acc_dtypes(grad.dtype)[1]) * weight)
+
+
 def _fused_backward(grad_out: Tensor, shapes, weights, size, dtype) -> list[Tensor]:
     """Every level's gradient with one y pass over ``grad_out`` (all levels upsampled or equal in y), then
     each level's x pass on its [P, h, out_w] rows."""
@@ -461,20 +470,17 @@ def _fused_backward(grad_out: Tensor, shapes, weights, size, dtype) -> list[Tens
         float(weights[identity]) if identity >= 0 else 0.0, out_h, out_w, halo,
         NUM_LEVELS=len(shapes), IDENTITY=identity, ACC=acc,
     )
-    for i, (shape, weight) in enumerate(zip(shapes, weights, strict=True)):
-        if i == identity:
-            continue
-        h, w = shape[2], shape[3]
-        if w != out_w:  # along x: [P, h, out_w] -> [P, h, w]
-            _transpose_resize(rows[i], grads[i], out_w, w, h, True, weight, acc)
-        else:
-            grads[i].copy_(rows[i].view(shape) * weight)
+    for i, weight in enumerate(weights):
+        if i != identity:
+            _x_pass(rows[i], grads[i], out_w, weight, acc)
     return grads
 
 
 class PyramidFuseFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, size, weights, *levels):
+        if FORWARD not in ("rows", "tiles"):
+            raise ValueError(f"aco_kernels.ops.pyramid_fuse.FORWARD should be 'rows' or 'tiles', got {FORWARD!r}")
         levels = [lv.contiguous() for lv in levels]
         dtype = levels[0].dtype
         if any(lv.dtype != dtype or lv.device != levels[0].device for lv in levels):
@@ -487,8 +493,6 @@ class PyramidFuseFunction(torch.autograd.Function):
             def grid(meta):
                 return (batch * channels, triton.cdiv(size[0], meta["BLOCK_H"]) * triton.cdiv(size[1], meta["BLOCK_W"]))
 
-            if FORWARD not in ("rows", "tiles"):
-                raise ValueError(f"aco_kernels.ops.pyramid_fuse.FORWARD should be 'rows' or 'tiles', got {FORWARD!r}")
             kernel = _pyramid_fuse_fwd_kernel if FORWARD == "tiles" else _pyramid_fuse_rows_kernel
             kernel[grid](
                 *level_args(levels), out,
@@ -536,10 +540,7 @@ class PyramidFuseFunction(torch.autograd.Function):
             else:
                 rows = planes
             grad = torch.empty(shape, dtype=ctx.dtype, device=grad_out.device)
-            if w != out_w:  # along x: [P, h, out_w] -> [P, h, w]
-                _transpose_resize(rows, grad, out_w, w, h, True, weight, acc)
-            else:
-                grad.copy_(rows.view(shape).to(acc_torch) * weight)
+            _x_pass(rows, grad, out_w, weight, acc)
             grads.append(grad)
         return (None, None, *grads)
 
