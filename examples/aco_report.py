@@ -187,6 +187,13 @@ def _or_preset(value) -> str:
     return "the preset's" if value is None else str(value)
 
 
+def _time_limit(minutes) -> str:
+    """A training run's time limit as the report says it (0: none, the steps decide)."""
+    if minutes is None:
+        return "the preset's time limit"
+    return f"time limit {minutes} min" if minutes else "no time limit"
+
+
 def _short(method: str) -> str:
     return method.replace("+ distillation round ", "KD round ").replace("histogram", "hist")
 
@@ -225,10 +232,10 @@ def write_report(layout, recipe, records: dict[str, dict], models: Sequence[tupl
     sections = [
         f"# {title}",
         f"Seed {recipe.seed}; DPSNet preset `{recipe.preset}`; the three source models with the same budget each "
-        f"({_or_preset(recipe.source_steps)} steps, time limit {_or_preset(recipe.source_minutes)} min); "
+        f"({_or_preset(recipe.source_steps)} steps, {_time_limit(recipe.source_minutes)}); "
         f"{recipe.kd_rounds} distillation rounds with kd-loop starting from **{choice_title}** (the source model "
         f"with the best cAcc on the val split), {_or_preset(recipe.kd_steps)} student steps per round "
-        f"(time limit {_or_preset(recipe.kd_minutes)} min).",
+        f"({_time_limit(recipe.kd_minutes)}).",
         "## Ablation (test split, protocol `transfer`: the headline)",
         "The score threshold is the one maximising cAcc on the **val** split's averaged row, applied to every row "
         "of the test split (a store knows neither the test labels nor an image's level). Pseudo-labels are "

@@ -78,8 +78,17 @@ def _differences(old: dict, new: dict) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
+def eta(left_budget_s: float, ran_s: float, ran_budget_s: float, *, min_budget_s: float = 60.0) -> tuple[float, float]:
+    """``(seconds left, pace)``: the budgets left scaled by this machine's pace, the time the stages run so far
+    took over their budgets (1.0 until they were budgeted ``min_budget_s`` in all; the budgets were measured
+    on one 2-core machine and a slower one takes them all about as many times longer)."""
+    pace = ran_s / ran_budget_s if ran_budget_s >= min_budget_s else 1.0
+    return left_budget_s * pace, pace
+
+
 class StageRunner:
-    """Runs stages in order with progress, ETA (from the budgets of the stages left) and timing records."""
+    """Runs stages in order with progress, ETA (from the budgets of the stages left, at the pace of the stages
+    run so far) and timing records."""
 
     def __init__(self, out: Path, stages: Sequence[Stage]):
         self.out, self.stages = out, list(stages)
@@ -110,6 +119,7 @@ class StageRunner:
         self.check()
         started = time.monotonic()
         records = {}
+        ran_s = ran_budget_s = 0.0
         for index, stage in enumerate(self.stages, 1):
             head = f"[{index}/{len(self.stages)}] {stage.title}"
             path = self.record_path(stage)
@@ -118,12 +128,15 @@ class StageRunner:
                 click.echo(f"{head}: done earlier, skipped (outputs kept; took {clock(record['seconds'])})", err=True)
                 records[stage.name] = {**record, "skipped": True}
                 continue
-            left = sum(s.budget_s for s in self.stages[index - 1:] if not self.record_path(s).is_file())
-            click.echo(f"{head}: starting (budget {clock(stage.budget_s)}; ETA of the whole run {clock(left)}, "
+            left, pace = eta(sum(s.budget_s for s in self.stages[index - 1:] if not self.record_path(s).is_file()),
+                             ran_s, ran_budget_s)
+            paced = f" at {pace:.1f}x the budgets, this machine's pace so far" if abs(pace - 1.0) > 0.2 else ""
+            click.echo(f"{head}: starting (budget {clock(stage.budget_s)}; ETA of the whole run {clock(left)}{paced}, "
                        f"{clock(time.monotonic() - started)} elapsed)", err=True)
             t0 = time.monotonic()
             stage.action()
             seconds = time.monotonic() - t0
+            ran_s, ran_budget_s = ran_s + seconds, ran_budget_s + stage.budget_s
             record = {"name": stage.name, "title": stage.title, "seconds": seconds, "budget_s": stage.budget_s,
                       "settings": stage.settings, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
             write_json(record, path, indent=2)  # atomic: the stage counts as done only now

@@ -59,6 +59,10 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(quick_demo):
     # the pretrained crop classifier re-scores the predictions, the kd learner's too
     assert '"reclassifier" = "' in (out / "kd" / "loop.toml").read_text()
     assert json.loads((out / "stages" / "source_syn.json").read_text())["settings"]["reclassify_power"] == 0.5
+    # the steps decide, not the clock: no training run has a time limit (the results would depend on the machine)
+    assert done.stderr.count("train.time_limit_min=0.0") >= 3  # the three source models
+    assert '"train.time_limit_min" = 0.0' in (out / "kd" / "loop.toml").read_text()
+    assert "steps, no time limit)" in report and "student steps per round (no time limit)" in report
 
 
 @pytest.mark.slow
@@ -139,3 +143,16 @@ def test_rpc_paper_on_the_demo_world(quick_demo, tmp_path):
     assert "# DPSNet flow on RPC" in report and "| averaged | + distillation round 1 | " in report
     assert "train --config rpc-paper" in done.stderr
     assert not (tmp_path / "rpc" / "stages" / "world.json").exists()
+
+
+def test_eta_scales_the_budgets_left_by_the_pace_so_far():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from aco_stages import eta
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    assert eta(600.0, 0.0, 0.0) == (600.0, 1.0)  # nothing run yet: the budgets as they are
+    assert eta(600.0, 50.0, 20.0) == (600.0, 1.0)  # under a minute of budgets run: too little to judge
+    assert eta(600.0, 525.0, 245.0) == pytest.approx((600.0 * 525 / 245, 525 / 245))  # a machine 2.1x slower
+    assert eta(600.0, 60.0, 120.0) == (300.0, 0.5)  # a faster one
+    assert eta(0.0, 525.0, 245.0)[0] == 0.0
