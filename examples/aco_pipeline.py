@@ -61,7 +61,7 @@ class Recipe:
     # the preset's): a time limit makes the results depend on the machine. On a 2-core AMD EPYC (AVX2) that trains
     # at 5 images/s instead of 13, the former 4.5-minute limit stopped the source models at 357 of 740 steps, mid
     # cosine schedule (transfer cAcc Syn / Syn+histogram / Syn+Render 10.83 / 12.50 / 4.17%, against
-    # 13.33 / 10.83 / 9.17% at 740 steps: runs/demo10 vs runs/demo9).
+    # 15.00 / 16.67 / 17.50% at 740 steps on the same machine: runs/demo10 vs runs/demo11).
     preset: str = "cpu-small"
     source_steps: int | None = 740
     source_minutes: float | None = 0.0
@@ -507,10 +507,10 @@ def check_overrides(items: Sequence[str], option: str) -> None:
 @click.option("--synth-images", type=int, default=None, help="Synthesized training images (default 800).")
 @click.option("--render-iters", type=int, default=None, help="Translator training iterations (default 400).")
 @click.option("--source-steps", type=int, default=None, help="Training steps of each source model (default 740).")
-@click.option("--source-minutes", type=float, default=None, help="Time limit of each source model in minutes (default 0: none, the steps decide).")
+@click.option("--source-minutes", type=click.FloatRange(0.0), default=None, help="Time limit of each source model in minutes (default 0: none, the steps decide).")
 @click.option("--kd-rounds", type=int, default=None, help="Distillation rounds (default 3).")
 @click.option("--kd-steps", type=int, default=None, help="Student training steps per round (default 300).")
-@click.option("--kd-minutes", type=float, default=None, help="Time limit of each student in minutes (default 0: none, the steps decide).")
+@click.option("--kd-minutes", type=click.FloatRange(0.0), default=None, help="Time limit of each student in minutes (default 0: none, the steps decide).")
 @click.option("--reclassify-power", type=click.FloatRange(0.0), default=None,
               help="Power of the crop classifier's re-scoring of every prediction (default 0.5; 0: off).")
 @overrides_option("--dpsnet-set", "A dpsnet config override for every training run (repeatable; see `dpsnet config`).")

@@ -115,6 +115,8 @@ def test_kd_controls_on_the_quick_demo(quick_demo):
 def test_bad_override_exits_2(tmp_path):
     done = run_example("aco_pipeline.py", "--quick", "--out", str(tmp_path), "--dpsnet-set", "train.lr")
     assert done.returncode == 2 and "--dpsnet-set 'train.lr'" in done.stderr
+    done = run_example("aco_pipeline.py", "--quick", "--out", str(tmp_path), "--source-minutes", "-1")
+    assert done.returncode == 2 and "--source-minutes" in done.stderr and not any(tmp_path.iterdir())
 
 
 def test_rpc_paper_names_a_missing_split(tmp_path):
