@@ -58,7 +58,10 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(quick_demo):
         assert (out / "kd" / f"round_{r:03d}" / "metrics.json").is_file()
     # the pretrained crop classifier re-scores the predictions, the kd learner's too
     assert '"reclassifier" = "' in (out / "kd" / "loop.toml").read_text()
-    assert json.loads((out / "stages" / "source_syn.json").read_text())["settings"]["reclassify_power"] == 0.5
+    assert json.loads((out / "stages" / "source_syn.json").read_text())["settings"]["reclassify_power"] == 2.0
+    # with its pair specialists (the quick world has two look-alike pairs)
+    assert json.loads((out / "stages" / "pretrain.json").read_text())["settings"]["specialist_steps"] == 4
+    assert json.loads((out / "pretrain" / "backbone.pt.json").read_text())["specialist_steps"] == 4
     # the steps decide, not the clock: no training run has a time limit (the results would depend on the machine)
     assert done.stderr.count("train.time_limit_min=0.0") >= 3  # the three source models
     assert '"train.time_limit_min" = 0.0' in (out / "kd" / "loop.toml").read_text()
@@ -158,3 +161,15 @@ def test_eta_scales_the_budgets_left_by_the_pace_so_far():
     assert eta(600.0, 525.0, 245.0) == pytest.approx((600.0 * 525 / 245, 525 / 245))  # a machine 2.1x slower
     assert eta(600.0, 60.0, 120.0) == (300.0, 0.5)  # a faster one
     assert eta(0.0, 525.0, 245.0)[0] == 0.0
+
+
+def test_lookalike_ceiling_table():
+    done = run_example("lookalike_ceiling.py", "--split", "val", "--images", "3", "--contrast", "40",
+                       "--contrast", "255", "--min-px", "1")
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "%" in line]
+    assert len(rows) == 2 and rows[0].startswith("| 40 | 1 | ")
+    # nothing differs by more than 255 grey levels: every look-alike product is blind, the ceiling drops
+    blind, of = rows[1].split("|")[3].split(" of ")
+    assert int(blind) == int(of) > 0 and float(rows[1].split("|")[4].strip(" %")) < 100
+    assert run_example("lookalike_ceiling.py", "--images", "0").returncode == 2

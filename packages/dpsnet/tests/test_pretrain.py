@@ -3,13 +3,16 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
+from dpsnet import pretrain as pretrain_module
 from dpsnet.backbone import build_backbone
 from dpsnet.cli import main
 from dpsnet.data import camera_effects
-from dpsnet.pretrain import augment_crops, exemplar_crops
+from dpsnet.pretrain import CropClassifier, augment_crops, confusable_pairs, exemplar_crops, train_specialist
+from dpsnet.reclassify import CropRescorer
 
 
 def test_exemplar_crops_and_augmentation(world):
@@ -56,3 +59,81 @@ def test_pretrain_cli_writes_loadable_weights(world, tmp_path):
     backbone = build_backbone("small", weights=tmp_path / "w.pt", small_channels=(8, 16, 16, 32), out_channels=16)
     saved = torch.load(tmp_path / "w.pt", weights_only=True)["model"]
     assert torch.equal(backbone.body.stem[0][0].weight, saved["stem.0.0.weight"])
+
+
+def _slow_confusable_pairs(truth, named, num_classes, min_rate, min_errors, max_pairs):
+    """The rule written out: every pair's mutual errors over its support, most confused first, classes once."""
+    found = []
+    for a in range(num_classes):
+        for b in range(a + 1, num_classes):
+            errors = sum(1 for t, n in zip(truth, named, strict=True) if (t, n) in ((a, b), (b, a)))
+            support = sum(1 for t in truth if t in (a, b))
+            if support and errors >= min_errors and errors / support >= min_rate:
+                found.append((-errors / support, a, b))
+    pairs, used = [], set()
+    for neg_rate, a, b in sorted(found):
+        if a not in used and b not in used and len(pairs) < max_pairs:
+            used.update((a, b))
+            pairs.append((a, b, -neg_rate))
+    return pairs
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_confusable_pairs_match_the_rule_written_out(seed):
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 7, 300)
+    named = truth.copy()
+    flip = rng.random(300) < 0.3
+    named[flip] = rng.integers(0, 7, int(flip.sum()))  # random confusions, some pairs more than others
+    swap = (truth == 2) & (rng.random(300) < 0.5)
+    named[swap] = 5  # a look-alike pair
+    for min_rate, min_errors, max_pairs in ((0.05, 2, 8), (0.02, 1, 2), (0.5, 2, 8)):
+        got = confusable_pairs(truth, named, 7, min_rate=min_rate, min_errors=min_errors, max_pairs=max_pairs)
+        want = _slow_confusable_pairs(truth.tolist(), named.tolist(), 7, min_rate, min_errors, max_pairs)
+        assert [(a, b) for a, b, _ in got] == [(a, b) for a, b, _ in want]
+        np.testing.assert_allclose([r for *_, r in got], [r for *_, r in want])
+    assert confusable_pairs(truth, named, 7)[0][:2] == (2, 5)
+    assert confusable_pairs(truth, truth, 7) == []  # a perfect classifier confuses nothing
+
+
+def test_specialist_sees_its_pair_balanced_and_is_deterministic(monkeypatch):
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 255, size=(30, 16, 16, 3), dtype=np.uint8)
+    labels = np.repeat([0, 1, 2], [20, 6, 4])
+    crops[:, 0, 0, 0] = labels  # each crop says its class in one pixel
+    body = CropClassifier(3, (4, 8, 8, 8)).body.state_dict()
+    seen = []
+    real = pretrain_module.augment_crops
+    monkeypatch.setattr(pretrain_module, "augment_crops",
+                        lambda c, r, **kw: (seen.append(c[:, 0, 0, 0].copy()), real(c, r, **kw))[1])
+    kwargs = dict(channels=(4, 8, 8, 8), norm="batch", steps=3, batch_size=8, lr=0.05, camera=0.5)
+    a = train_specialist(crops, labels, (0, 2), body, seed=4, **kwargs)
+    assert a.fc.out_features == 2 and not a.training
+    for batch in seen:  # only the pair's crops, as many of each (the rarer class drawn again)
+        assert sorted(batch.tolist()) == [0, 0, 0, 0, 2, 2, 2, 2]
+    b = train_specialist(crops, labels, (0, 2), body, seed=4, **kwargs)
+    c = train_specialist(crops, labels, (0, 2), body, seed=5, **kwargs)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert not torch.equal(a.fc.weight, c.fc.weight)
+    with pytest.raises(ValueError, match="no crops of class"):
+        train_specialist(crops, labels, (0, 3), body, seed=4, **kwargs)
+
+
+def test_pretrain_cli_writes_specialists_the_rescorer_loads(world, tmp_path):
+    res = CliRunner().invoke(main, ["pretrain", "--instances", str(world / "instances.json"), "--images",
+                                    str(world / "images"), "--out", str(tmp_path / "w.pt"), "--size", "16",
+                                    "--channels", "4,8,8,8", "--steps", "2", "--batch-size", "4",
+                                    "--specialist-steps", "2", "--specialist-min-rate", "0.0001"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "w.pt.json").read_text())
+    saved = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert summary["specialist_steps"] == 2 and len(saved["specialists"]) == len(summary["specialists"])
+    for row, spec in zip(summary["specialists"], saved["specialists"], strict=True):
+        assert row["categories"] == [saved["category_ids"][c] for c in spec["classes"]]
+        assert 0 <= row["holdout_specialist"] <= 1 and row["confusion_rate"] >= 0.0001
+    rescorer = CropRescorer.from_file(tmp_path / "w.pt", saved["category_ids"])
+    assert len(rescorer.specialists) == len(saved["specialists"])
+    res = CliRunner().invoke(main, ["pretrain", "--instances", str(world / "instances.json"), "--images",
+                                    str(world / "images"), "--out", str(tmp_path / "x.pt"),
+                                    "--specialist-steps", "-1"])
+    assert res.exit_code == 2 and "--specialist-steps" in res.output and not (tmp_path / "x.pt").exists()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from torchvision.ops import roi_align
 
 from dpsnet.cli import main
 from dpsnet.config import make_config
@@ -200,3 +201,43 @@ def test_crop_accuracy_matches_a_box_by_box_reference(world, trained, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     res = cli("--classifier", str(crops), "--instances", str(tmp_path / "bad.json"), "--images", str(world / "images"))
     assert res.exit_code == 2 and "leaves the image folder" in res.output
+
+
+def test_specialists_split_their_pairs_probability(monkeypatch):
+    """The generalist's probability of a pair is shared out as the specialist sees the crop (four rotations
+    averaged); crops that give the pair under 1% and classes outside it keep the generalist's numbers."""
+    torch.manual_seed(0)
+    general = CropClassifier(4, (4, 8, 8, 8))
+    special = CropClassifier(2, (4, 8, 8, 8))
+    rescorer = CropRescorer(general, torch.tensor([-1, 0, 1, 2, 3]), size=8, specialists=[([1, 3], special)])
+    # Logits from the crops' pixel values, so that each crop and rotation gets its own numbers.
+    base = torch.tensor([[2.0, 0.5, 0.0, 1.0], [0.0, -9.0, 3.0, -9.0], [0.2, 1.0, 0.1, 1.5]])
+    monkeypatch.setattr(general, "forward", lambda x: base.repeat(4, 1)[: len(x)] + x[:, :1, 0, 0])
+    spec_calls = []
+
+    def spec_forward(x):
+        spec_calls.append(len(x))
+        return torch.stack([x[:, 0, 0, 0] * 3, x[:, 0, -1, -1] * 3], dim=1)
+
+    monkeypatch.setattr(special, "forward", spec_forward)
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(1, 3, 40, 40, generator=g)
+    boxes = [torch.tensor([[2.0, 2.0, 12.0, 12.0], [15.0, 3.0, 30.0, 18.0], [5.0, 20.0, 25.0, 38.0]])]
+    got = rescorer.probabilities(images, boxes, [(40, 40)])
+    # The same numbers by hand: the generalist's average, then the pair's mass split by the specialist's average.
+    rescorer.specialists, rescorer.specialist_classes = torch.nn.ModuleList(), []
+    plain = rescorer.probabilities(images, boxes, [(40, 40)])
+    crops = roi_align(images, [crop_boxes(boxes[0], 40, 40)], (8, 8), spatial_scale=1.0, sampling_ratio=0,
+                      aligned=True)
+    want = plain.clone()
+    for i in range(3):
+        mass = float(plain[i, 1] + plain[i, 3])
+        if mass < 0.01:
+            continue
+        views = torch.stack([torch.rot90(crops[i], k, (1, 2)) for k in range(4)])
+        split = torch.softmax(spec_forward(views), dim=1).mean(dim=0)
+        want[i, 1], want[i, 3] = mass * split[0], mass * split[1]
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got.sum(dim=1), torch.ones(3))
+    assert float(plain[1, 1] + plain[1, 3]) < 0.01 and spec_calls[0] == 4 * 2  # crop 1 skipped
+    torch.testing.assert_close(got[:, [0, 2]], plain[:, [0, 2]])

@@ -13,7 +13,16 @@ import pytest
 from rpc_metrics.io import LEVELS, read_instances
 from rpc_synth.baskets import LEVEL_RANGES
 from rpc_synth.compose import box_iou
-from rpc_synth.world import TRUE_MASKS, WorldConfig, build_world, catalog, render_checkout, render_exemplar
+from rpc_synth.world import (
+    TRUE_MASKS,
+    WorldConfig,
+    build_world,
+    catalog,
+    lookalike_ceiling,
+    lookalike_evidence,
+    render_checkout,
+    render_exemplar,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[3].parent / "shared" / "rpc-format"
 
@@ -169,3 +178,44 @@ def test_default_checkout_products_smaller_and_occluded(default_samples):
         assert n_lo <= len(anns) <= n_hi and c_lo <= len({a["category_id"] for a in anns}) <= c_hi
     assert np.median(full_sizes) / ex_size < 0.8
     assert overlaps > 0
+
+
+def test_lookalike_evidence_rows_follow_the_annotations(default_samples):
+    _, checkouts = default_samples
+    twins = {s.id: s.twin_of for s in catalog(DEFAULT) if s.twin_of is not None}
+    twins.update({b: a for a, b in twins.items()})
+    seen_twins = 0
+    for i, (_, level, anns) in enumerate(checkouts[:4]):
+        got_level, rows = lookalike_evidence(DEFAULT, "val", i)
+        assert got_level == level
+        assert [r["category_id"] for r in rows] == [a["category_id"] for a in anns]
+        for r, a in zip(rows, anns, strict=True):
+            assert r["visible_px"] == a["area"]
+            assert r["twin"] == twins.get(r["category_id"])
+            if r["twin"] is None:
+                assert r["evidence_px"] is None
+            else:
+                seen_twins += 1
+                assert 0 <= r["evidence_px"] <= r["visible_px"]
+        # No channel differs by more than 255 grey levels: nothing tells the twins apart at that contrast.
+        _, blind = lookalike_evidence(DEFAULT, "val", i, contrast=255)
+        assert all(r["evidence_px"] in (None, 0) for r in blind)
+    assert seen_twins > 0
+
+
+def test_lookalike_ceiling_by_hand():
+    def row(cid, twin, px):
+        return {"category_id": cid, "twin": twin, "evidence_px": px, "visible_px": 100}
+
+    plain = [row(5, None, None), row(6, None, None)]
+    assert lookalike_ceiling([plain]) == 1.0
+    # Two blind products of one pair: AA, AB, BA, BB equally likely; guessing one of each is right half the time.
+    assert lookalike_ceiling([[row(1, 21, 0), row(21, 1, 3)]], min_px=10) == 0.5
+    assert lookalike_ceiling([[row(1, 21, 0), row(21, 1, 3)]], min_px=3) == 1.0 / 2  # only the first is blind
+    assert lookalike_ceiling([[row(1, 21, 0), row(1, 21, 0), row(21, 1, 0)]]) == 3 / 8
+    # Blind products of two pairs multiply; images average.
+    two_pairs = [row(1, 21, 0), row(2, 22, 0), row(3, None, None)]
+    assert lookalike_ceiling([two_pairs, plain]) == (0.25 + 1.0) / 2
+    assert lookalike_ceiling([[row(1, 21, 50)]]) == 1.0
+    with pytest.raises(ValueError):
+        lookalike_ceiling([])

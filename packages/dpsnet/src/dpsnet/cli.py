@@ -156,8 +156,15 @@ def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, coun
 @click.option("--lr", default=0.05, show_default=True, help="Peak learning rate (SGD, cosine).")
 @click.option("--camera", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="Share of crops that also get camera effects (colour cast, blur, noise, JPEG), 0-1.")
+@click.option("--specialist-steps", type=click.IntRange(0), default=0, show_default=True,
+              help="Steps of each pair specialist (0: none): the SKU pairs the classifier confuses on its held-out "
+                   "crops each get a two-class classifier, which `predict --reclassifier` uses too.")
+@click.option("--specialist-min-rate", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.05,
+              show_default=True, help="A pair gets a specialist when this share of its held-out crops is confused.")
+@click.option("--max-specialists", type=click.IntRange(0), default=8, show_default=True, help="At most this many.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
-def pretrain_command(instances, images, out, size, channels, steps, batch_size, lr, camera, seed) -> None:
+def pretrain_command(instances, images, out, size, channels, steps, batch_size, lr, camera, specialist_steps,
+                     specialist_min_rate, max_specialists, seed) -> None:
     """Pretrain the small backbone as an SKU classifier on exemplar crops (the stand-in for ImageNet weights)."""
     from .pretrain import pretrain_backbone
 
@@ -166,7 +173,8 @@ def pretrain_command(instances, images, out, size, channels, steps, batch_size, 
             _fail(f"{name}: not found: {path}")
     widths = _run(lambda: tuple(int(c) for c in channels.split(",")))
     summary = _run(pretrain_backbone, instances, images, out, size=size, channels=widths, steps=steps,
-                   batch_size=batch_size, lr=lr, camera=camera, seed=seed)
+                   batch_size=batch_size, lr=lr, camera=camera, seed=seed, specialist_steps=specialist_steps,
+                   specialist_min_rate=specialist_min_rate, max_specialists=max_specialists)
     click.echo(json.dumps(summary))
 
 

@@ -97,12 +97,24 @@ class CropClassifier(nn.Module):
 def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path, *, size: int = 64,
                       channels: tuple[int, ...] = (32, 64, 128, 256), norm: str = "batch", steps: int = 3000,
                       batch_size: int = 64, lr: float = 0.05, seed: int = 0, holdout: float = 0.1,
-                      camera: float = 0.5, time_limit_min: float = 0.0, echo: bool = True) -> dict:
+                      camera: float = 0.5, time_limit_min: float = 0.0, specialist_steps: int = 0,
+                      specialist_min_rate: float = 0.05, max_specialists: int = 8, echo: bool = True) -> dict:
     """Train the small body to classify exemplar crops into SKUs; write its weights to ``out`` (a checkpoint
     with ``model`` = the body's state dict, loadable as ``model.backbone_weights``) and ``out``.json (accuracy).
 
-    Returns ``{"steps", "seconds", "train_acc", "holdout_acc", "classes"}``.
+    With ``specialist_steps`` > 0, the pairs of SKUs that the classifier mixes up on the held-out crops
+    (:func:`confusable_pairs` with ``specialist_min_rate``, at most ``max_specialists``) each get a specialist: a
+    two-class classifier started from the trained body and trained on that pair's crops only (balanced), which
+    learns the detail that tells them apart (look-alike SKUs) where the generalist, spread over every class,
+    learned colours first. They go to the same file, and :class:`dpsnet.reclassify.CropRescorer` splits the
+    generalist's probability of a pair between its two SKUs by its specialist's opinion.
+
+    Returns ``{"steps", "seconds", "train_acc", "holdout_acc", "classes", ...}`` (with ``specialists``: each
+    pair's categories, confusion rate and held-out accuracy within the pair, generalist vs specialist).
     """
+    if specialist_steps < 0 or max_specialists < 0 or not 0 < specialist_min_rate <= 1:
+        raise ValueError("specialist_steps and max_specialists should be >= 0 and specialist_min_rate in (0, 1], got "
+                         f"{specialist_steps}, {max_specialists}, {specialist_min_rate}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     crops, labels, category_ids = exemplar_crops(instances, images, size)
@@ -133,14 +145,107 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
             break
     train_acc = correct / max(seen, 1)
     model.eval()
-    with torch.no_grad():
-        hold_acc = float((model(torch.from_numpy(crops[hold]).permute(0, 3, 1, 2).float() / 255).argmax(1)
-                          == torch.from_numpy(labels[hold])).float().mean()) if n_hold else float("nan")
+    hold_probs = rotation_probs(model, crops[hold])
+    hold_named = hold_probs.argmax(1).numpy()
+    hold_acc = float((hold_named == labels[hold]).mean()) if n_hold else float("nan")
     summary = {"steps": step, "seconds": time.monotonic() - started, "train_acc": train_acc,
                "holdout_acc": hold_acc, "classes": len(category_ids), "crops": len(crops), "size": size,
                "camera": camera}
+    specialists, spec_summary = [], []
+    if specialist_steps and n_hold:
+        pairs = confusable_pairs(labels[hold], hold_named, len(category_ids), min_rate=specialist_min_rate,
+                                 max_pairs=max_specialists)
+        for k, (a, b, rate) in enumerate(pairs):
+            spec = train_specialist(crops[train_idx], labels[train_idx], (a, b), model.body.state_dict(),
+                                    channels=tuple(channels), norm=norm, steps=specialist_steps,
+                                    batch_size=batch_size, lr=lr, seed=seed + 1 + k, camera=camera)
+            in_pair = np.isin(labels[hold], (a, b))
+            pair_labels = labels[hold][in_pair]
+            within = hold_probs[in_pair][:, [a, b]].argmax(1).numpy()
+            spec_named = rotation_probs(spec, crops[hold][in_pair]).argmax(1).numpy()
+            row = {"categories": [category_ids[a], category_ids[b]], "confusion_rate": rate,
+                   "holdout_crops": int(in_pair.sum()),
+                   "holdout_generalist": float((np.array([a, b])[within] == pair_labels).mean()),
+                   "holdout_specialist": float((np.array([a, b])[spec_named] == pair_labels).mean())}
+            spec_summary.append(row)
+            specialists.append({"classes": [int(a), int(b)], "model": spec.body.state_dict(),
+                                "fc": spec.fc.state_dict()})
+            if echo:
+                print(f"specialist {k + 1}/{len(pairs)}: SKUs {row['categories'][0]} / {row['categories'][1]} "
+                      f"(confused on {rate:.1%} of their held-out crops): right within the pair "
+                      f"{row['holdout_generalist']:.1%} -> {row['holdout_specialist']:.1%}", flush=True)
+        summary["specialist_steps"] = specialist_steps
+        summary["specialists"] = spec_summary
+        summary["seconds"] = time.monotonic() - started
     # ``fc`` and ``category_ids`` make the file a whole crop classifier too (see dpsnet.reclassify.CropRescorer.from_file)
     save_checkpoint({"model": model.body.state_dict(), "fc": model.fc.state_dict(), "category_ids": list(category_ids),
-                     "channels": list(channels), "norm": norm, "size": size, "summary": summary}, out)
+                     "channels": list(channels), "norm": norm, "size": size, "summary": summary,
+                     "specialists": specialists}, out)
     Path(str(out) + ".json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+@torch.no_grad()
+def rotation_probs(model: CropClassifier, crops: np.ndarray, batch: int = 256) -> Tensor:
+    """Class probabilities [N, classes] of uint8 crops [N, S, S, 3], averaged over their four 90-degree rotations
+    (as :class:`dpsnet.reclassify.CropRescorer` classifies detections)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(crops), batch):
+        x = torch.from_numpy(crops[i:i + batch]).permute(0, 3, 1, 2).float() / 255
+        out.append(torch.stack([torch.softmax(model(torch.rot90(x, k, (2, 3))), 1) for k in range(4)]).mean(0))
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, model.fc.out_features)
+
+
+def confusable_pairs(truth: np.ndarray, named: np.ndarray, num_classes: int, *, min_rate: float = 0.05,
+                     min_errors: int = 2, max_pairs: int = 8) -> list[tuple[int, int, float]]:
+    """The pairs of classes a classifier mixes up: ``[(a, b, rate)]`` with ``a < b``, most confused first, where
+    ``rate = (n(a named b) + n(b named a)) / (n(a) + n(b))`` >= ``min_rate`` over at least ``min_errors`` errors;
+    each class in one pair at most (the more confused one wins)."""
+    truth, named = np.asarray(truth, np.int64), np.asarray(named, np.int64)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(confusion, (truth, named), 1)
+    np.fill_diagonal(confusion, 0)
+    mutual = confusion + confusion.T
+    support = np.bincount(truth, minlength=num_classes)
+    rate = mutual / np.maximum(support[:, None] + support[None, :], 1)
+    a, b = np.triu_indices(num_classes, 1)
+    keep = (rate[a, b] >= min_rate) & (mutual[a, b] >= min_errors)
+    order = np.lexsort((b[keep], a[keep], -rate[a, b][keep]))
+    pairs, used = [], set()
+    for i, j in zip(a[keep][order].tolist(), b[keep][order].tolist(), strict=True):
+        if i in used or j in used or len(pairs) >= max_pairs:
+            continue
+        used.update((i, j))
+        pairs.append((i, j, float(rate[i, j])))
+    return pairs
+
+
+def train_specialist(crops: np.ndarray, labels: np.ndarray, classes: tuple[int, ...], body_state: dict, *,
+                     channels: tuple[int, ...], norm: str, steps: int, batch_size: int, lr: float, seed: int,
+                     camera: float) -> CropClassifier:
+    """A classifier of ``classes`` (output ``k`` = ``classes[k]``) started from ``body_state``, trained on those
+    classes' crops with equally many of each per batch (the same augmentation and schedule as the pretraining)."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    members = [np.flatnonzero(labels == c) for c in classes]
+    if any(len(m) == 0 for m in members):
+        raise ValueError(f"no crops of class {[c for c, m in zip(classes, members, strict=True) if not len(m)]}")
+    model = CropClassifier(len(classes), channels, norm)
+    model.body.load_state_dict(body_state)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    per_class = max(1, batch_size // len(classes))
+    target = torch.arange(len(classes)).repeat_interleave(per_class)
+    model.train()
+    for step in range(steps):
+        idx = np.concatenate([rng.choice(m, size=per_class) for m in members])
+        x = augment_crops(crops[idx], rng, camera=camera)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * lr_factor(step, max_steps=steps, warmup_steps=min(20, steps // 10), schedule="cosine")
+        loss = F.cross_entropy(model(x), target, label_smoothing=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model.eval()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,20 +128,38 @@ def render_exemplar(config: WorldConfig, index: int) -> tuple[np.ndarray, np.nda
     return np.clip(canvas, 0, 255).astype(np.uint8), labels == 1
 
 
-def _checkout_sprites(config: WorldConfig, basket: list[int], rng: np.random.Generator, shrink: float) -> list[Sprite]:
+@dataclass(frozen=True)
+class _Pose:
+    """How one checkout product was drawn: camera elevation and azimuth, px per unit, in-plane angle, fit scale."""
+
+    elevation: float
+    azimuth: float
+    px_per_unit: float
+    angle: float
+    fit: float = 1.0
+
+    def render(self, sku: Sku) -> Sprite:
+        sprite = transform_sprite(render_view(sku, self.elevation, self.azimuth, self.px_per_unit), 1.0, self.angle)
+        return transform_sprite(sprite, self.fit, 0.0) if self.fit != 1.0 else sprite
+
+
+def _checkout_sprites(config: WorldConfig, basket: list[int], rng: np.random.Generator, shrink: float
+                      ) -> tuple[list[Sprite], list[_Pose]]:
     skus = catalog(config)
     ppu = config.product_size * config.checkout_size * shrink
     limit = 0.9 * config.checkout_size
-    sprites = []
+    sprites, poses = [], []
     for category_id in basket:
         elevation, azimuth = rng.uniform(20, 75), rng.uniform(0, 360)
-        sprite = render_view(skus[category_id - 1], elevation, azimuth, ppu * rng.uniform(0.9, 1.1))
-        sprite = transform_sprite(sprite, 1.0, rng.uniform(0, 360))
+        pose = _Pose(elevation, azimuth, ppu * rng.uniform(0.9, 1.1), rng.uniform(0, 360))
+        sprite = pose.render(skus[category_id - 1])
         largest = max(sprite.alpha.shape)
         if largest > limit:
-            sprite = transform_sprite(sprite, limit / largest, 0.0)
+            pose = dataclasses.replace(pose, fit=limit / largest)
+            sprite = transform_sprite(sprite, pose.fit, 0.0)
         sprites.append(sprite)
-    return sprites
+        poses.append(pose)
+    return sprites, poses
 
 
 def _tray(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -178,20 +197,28 @@ def apply_domain_shift(canvas: np.ndarray, rng: np.random.Generator, domain: Dom
     return np.clip(canvas, 0, 255).astype(np.uint8)
 
 
-def render_checkout(config: WorldConfig, split: str, index: int) -> tuple[np.ndarray, str, list[dict]]:
-    """Checkout image ``index`` of ``split``: ``image``, its level and annotations (no ids) with visible boxes.
+@dataclass
+class _Tray:
+    """A composed checkout tray before the camera's domain shift."""
 
-    Trays whose instances end up hidden beyond ``min_visible`` are redrawn (smaller) so that every
-    image respects its level's category and instance ranges exactly.
-    """
-    rng = _rng(config, split, index)
+    level: str
+    canvas: np.ndarray  # float32[H, W, 3]
+    labels: np.ndarray  # int32[H, W], k + 1 where product k is on top
+    basket: list[int]
+    sprites: list[Sprite]
+    poses: list[_Pose]
+    corners: np.ndarray
+    visible: list
+
+
+def _compose_checkout(config: WorldConfig, rng: np.random.Generator, index: int, split: str) -> _Tray:
     level = LEVELS[index % len(LEVELS)]
     size = config.checkout_size
     category_ids = [s.id for s in catalog(config)]
     shrink = 1.0
     for _attempt in range(30):
         basket = sample_basket(level, category_ids, rng)
-        sprites = _checkout_sprites(config, basket, rng, shrink)
+        sprites, poses = _checkout_sprites(config, basket, rng, shrink)
         corners = place([s.alpha.shape for s in sprites], (size, size), rng, max_iou=0.2)
         canvas = _tray(rng, size)
         labels = np.zeros((size, size), np.int32)
@@ -203,17 +230,26 @@ def render_checkout(config: WorldConfig, split: str, index: int) -> tuple[np.nda
             paste(canvas, labels, sprite, x, y, k + 1)
         visible = visible_parts(labels, sprites, corners, config.min_visible)
         if len(visible) == len(sprites):
-            break
+            return _Tray(level, canvas, labels, basket, sprites, poses, corners, visible)
         shrink *= 0.93
-    else:
-        raise RuntimeError(f"could not fit a {level} tray for {split} image {index}; raise checkout_size")
-    image = apply_domain_shift(canvas, rng, config.domain)
+    raise RuntimeError(f"could not fit a {level} tray for {split} image {index}; raise checkout_size")
+
+
+def render_checkout(config: WorldConfig, split: str, index: int) -> tuple[np.ndarray, str, list[dict]]:
+    """Checkout image ``index`` of ``split``: ``image``, its level and annotations (no ids) with visible boxes.
+
+    Trays whose instances end up hidden beyond ``min_visible`` are redrawn (smaller) so that every
+    image respects its level's category and instance ranges exactly.
+    """
+    rng = _rng(config, split, index)
+    tray = _compose_checkout(config, rng, index, split)
+    image = apply_domain_shift(tray.canvas, rng, config.domain)
     annotations = []
-    for v in visible:
+    for v in tray.visible:
         x, y, w, h = v.bbox
         annotations.append(
             {
-                "category_id": basket[v.index],
+                "category_id": tray.basket[v.index],
                 "bbox": v.bbox,
                 "area": float(v.area),
                 "iscrowd": 0,
@@ -221,7 +257,63 @@ def render_checkout(config: WorldConfig, split: str, index: int) -> tuple[np.nda
                 "segmentation": encode_mask(v.mask),
             }
         )
-    return image, level, annotations
+    return image, tray.level, annotations
+
+
+def lookalike_evidence(config: WorldConfig, split: str, index: int, contrast: float = 40.0) -> tuple[str, list[dict]]:
+    """What tells each product of checkout image ``index`` from its look-alike, in the pixels the camera sees.
+
+    Every product of a look-alike pair is drawn again as its twin in the same pose, and its visible pixels
+    (not covered by products on top) are compared before the camera's effects: ``evidence_px`` counts those
+    where a channel differs by more than ``contrast`` grey levels (0: the two SKUs look the same here, and no
+    model can tell them apart). Returns the level and one row per annotation of :func:`render_checkout`, in its
+    order: ``{"category_id", "twin" (None for SKUs without one), "evidence_px", "visible_px"}``.
+    """
+    skus = catalog(config)
+    twin = {s.id: s.twin_of for s in skus if s.twin_of is not None}
+    twin.update({b: a for a, b in twin.items()})
+    tray = _compose_checkout(config, _rng(config, split, index), index, split)
+    rows = []
+    for v in tray.visible:
+        category_id = tray.basket[v.index]
+        sprite = tray.sprites[v.index]
+        x, y = (int(c) for c in tray.corners[v.index])
+        h, w = sprite.alpha.shape
+        seen = tray.labels[y : y + h, x : x + w] == v.index + 1
+        row = {"category_id": category_id, "twin": twin.get(category_id), "evidence_px": None,
+               "visible_px": int(seen.sum())}
+        if row["twin"] is not None:
+            other = tray.poses[v.index].render(skus[row["twin"] - 1])
+            if other.alpha.shape != sprite.alpha.shape:  # same shape and size by construction; guard anyway
+                raise RuntimeError(f"SKU {row['twin']} does not draw like its twin {category_id}")
+            diff = np.abs(sprite.image.astype(np.int16) - other.image.astype(np.int16)).max(axis=2)
+            row["evidence_px"] = int((diff[seen] > contrast).sum())
+        rows.append(row)
+    return tray.level, rows
+
+
+def lookalike_ceiling(images: list[list[dict]], min_px: int = 10) -> float:
+    """The best expected checkout accuracy on ``images`` (rows of :func:`lookalike_evidence` per image) of a model
+    that names every product right unless it shows fewer than ``min_px`` pixels of evidence against its twin.
+
+    Such products are a coin toss within their pair (the world draws either member alike), so an image with
+    ``k`` of them in one pair is right at best with probability ``max_j C(k, j) / 2**k`` (guessing the most
+    likely split of the counts); pairs multiply. Returns the mean over images, in [0, 1].
+    """
+    if not images:
+        raise ValueError("no images")
+    total = 0.0
+    for rows in images:
+        blind: dict[frozenset, int] = {}
+        for r in rows:
+            if r["twin"] is not None and r["evidence_px"] < min_px:
+                pair = frozenset((r["category_id"], r["twin"]))
+                blind[pair] = blind.get(pair, 0) + 1
+        p = 1.0
+        for k in blind.values():
+            p *= max(math.comb(k, j) for j in range(k + 1)) / 2**k
+        total += p
+    return total / len(images)
 
 
 def _write_image(path: Path, image: np.ndarray, quality: int) -> None:
