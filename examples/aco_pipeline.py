@@ -28,8 +28,8 @@ from rpc_metrics.io import as_pool, load_json, read_instances, write_json
 
 @dataclass(frozen=True)
 class Recipe:
-    """Sizes and budgets of a run (the defaults: the full demo, 28 minutes on the 2-core CPU of the budgets, 62 on a
-    2-core AVX2-only EPYC)."""
+    """Sizes and budgets of a run (the defaults: the full demo, 28 minutes on the 2-core CPU of the budgets before
+    the pair specialists, which add about 1.5 there; 62 on a 2-core AVX2-only EPYC, about 68 with them)."""
 
     seed: int = 0
     workers: int = 2
