@@ -113,7 +113,7 @@ class CropRescorer(nn.Module):
                 continue
             own = torch.softmax(specialist(views[:, active].flatten(0, 1)).float(), dim=1)
             own = own.view(4, len(active), -1).mean(dim=0)
-            probs[active[:, None], torch.tensor(classes)[None, :]] = pair[active, None] * own
+            probs[active[:, None], torch.tensor(classes, device=probs.device)[None, :]] = pair[active, None] * own
         return probs
 
     @torch.no_grad()
