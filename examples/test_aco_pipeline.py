@@ -59,9 +59,10 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(quick_demo):
     # the pretrained crop classifier re-scores the predictions, the kd learner's too
     assert '"reclassifier" = "' in (out / "kd" / "loop.toml").read_text()
     assert json.loads((out / "stages" / "source_syn.json").read_text())["settings"]["reclassify_power"] == 2.0
-    # with its pair specialists (the quick world has two look-alike pairs)
-    assert json.loads((out / "stages" / "pretrain.json").read_text())["settings"]["specialist_steps"] == 4
-    assert json.loads((out / "pretrain" / "backbone.pt.json").read_text())["specialist_steps"] == 4
+    # no pair specialists in the quick run (a 20-step classifier confuses every pair, and running them on every
+    # detection doubled the quick demo's time); `dpsnet pretrain`'s tests cover them
+    assert json.loads((out / "stages" / "pretrain.json").read_text())["settings"]["specialist_steps"] == 0
+    assert "specialists" not in json.loads((out / "pretrain" / "backbone.pt.json").read_text())
     # the steps decide, not the clock: no training run has a time limit (the results would depend on the machine)
     assert done.stderr.count("train.time_limit_min=0.0") >= 3  # the three source models
     assert '"train.time_limit_min" = 0.0' in (out / "kd" / "loop.toml").read_text()
