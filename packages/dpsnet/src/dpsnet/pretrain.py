@@ -155,6 +155,9 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
     if specialist_steps and n_hold:
         pairs = confusable_pairs(labels[hold], hold_named, len(category_ids), min_rate=specialist_min_rate,
                                  max_pairs=max_specialists)
+        if echo:
+            print(f"pair specialists: {len(pairs)} confused pair(s) on the held-out crops, {specialist_steps} steps "
+                  "each", flush=True)
         for k, (a, b, rate) in enumerate(pairs):
             spec = train_specialist(crops[train_idx], labels[train_idx], (a, b), model.body.state_dict(),
                                     channels=tuple(channels), norm=norm, steps=specialist_steps,
@@ -177,6 +180,8 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
         summary["specialist_steps"] = specialist_steps
         summary["specialists"] = spec_summary
         summary["seconds"] = time.monotonic() - started
+    elif specialist_steps and echo:
+        print("pair specialists: none trained (no held-out crops to find confused pairs on; raise holdout)", flush=True)
     # ``fc`` and ``category_ids`` make the file a whole crop classifier too (see dpsnet.reclassify.CropRescorer.from_file)
     save_checkpoint({"model": model.body.state_dict(), "fc": model.fc.state_dict(), "category_ids": list(category_ids),
                      "channels": list(channels), "norm": norm, "size": size, "summary": summary,

@@ -279,7 +279,7 @@ def lookalike_evidence(config: WorldConfig, split: str, index: int, contrast: fl
         sprite = tray.sprites[v.index]
         x, y = (int(c) for c in tray.corners[v.index])
         h, w = sprite.alpha.shape
-        seen = tray.labels[y : y + h, x : x + w] == v.index + 1
+        seen = v.mask[y : y + h, x : x + w]  # its visible pixels, in the sprite's frame
         row = {"category_id": category_id, "twin": twin.get(category_id), "evidence_px": None,
                "visible_px": int(seen.sum())}
         if row["twin"] is not None:
@@ -311,7 +311,7 @@ def lookalike_ceiling(images: list[list[dict]], min_px: int = 10) -> float:
                 blind[pair] = blind.get(pair, 0) + 1
         p = 1.0
         for k in blind.values():
-            p *= max(math.comb(k, j) for j in range(k + 1)) / 2**k
+            p *= math.comb(k, k // 2) / 2**k  # the most likely split of the counts
         total += p
     return total / len(images)
 
