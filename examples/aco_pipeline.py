@@ -110,7 +110,9 @@ QUICK = Recipe(
     pretrain_specialist_steps=0,
     # A 20-step model rarely scores 0.8: low thresholds so that every round selects and trains.
     kd_set=("selection.policy=\"instance\"", "selection.thresholds=[0.05]", "selection.ignore_threshold=0.05"),
-    dpsnet_set=("train.warmup_steps=5", "train.log_every=10", "data.epoch_size=16"),
+    # The quick world's images are 256 px: train and predict at that size, not the preset's 384.
+    dpsnet_set=("train.warmup_steps=5", "train.log_every=10", "data.epoch_size=16", "model.min_size=[256]",
+                "model.max_size=256"),
     vis_images=2,
     budgets={"world": 2, "masks": 2, "poses": 1, "synth": 1, "synth_heldout": 1, "pretrain": 4,
              "checkout_unlabeled": 1, "render_train": 4, "render_apply": 5, "histogram": 1, "render_measure": 2,
@@ -445,11 +447,18 @@ class Pipeline:
         before = (p.model(choice) / "last.pt", *p.predictions(choice, "val")[:1])
         after = (last, p.out / "kd" / f"round_{rounds:03d}" / "val_predictions.json")
         val_json = p.split("val")[0]
+        import torch
+
+        from dpsnet.inference import visualize_files
+
+        if self.r.threads > 0:
+            torch.set_num_threads(self.r.threads)
         for name, (checkpoint, val_results) in (("before", before), ("after", after)):
             threshold = transfer_threshold(val_results, val_json)
-            self.run([tool("dpsnet"), "visualize", "--checkpoint", checkpoint, "--instances", figures / "vis_pool.json",
-                         "--images", test_images, "--out", figures / f"vis_{name}", "--limit", len(picks),
-                         "--score-thresh", f"{threshold:.4f}"])
+            # What `dpsnet visualize` does, in this process (which has torch loaded already: a start saved).
+            click.echo(f"  visualize {checkpoint} -> figures/vis_{name} (score >= {threshold:.4f})", err=True)
+            visualize_files(checkpoint, figures / "vis_pool.json", test_images, figures / f"vis_{name}",
+                            limit=len(picks), score_thresh=threshold)
 
 
 def parse_toml_value(text: str):
@@ -512,7 +521,7 @@ def check_overrides(items: Sequence[str], option: str) -> None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report folder (default runs/demo, or runs/demo-quick with --quick); an existing run resumes.")
-@click.option("--quick", is_flag=True, help="Tiny sizes (a few images, ~20 training steps): about 2 minutes.")
+@click.option("--quick", is_flag=True, help="Tiny sizes (a few images, ~20 training steps): under 3 minutes.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every stage (same seed, same run).")
 @click.option("--workers", type=int, default=None, help="Processes for world, masks and synthesis (default 2; quick 1).")
 @click.option("--synth-images", type=int, default=None, help="Synthesized training images (default 800).")

@@ -1,6 +1,6 @@
 """`make demo QUICK=1` end to end, its resumption, and `rpc_paper.py` on the demo's world (RPC layout).
 
-The quick demo runs once per module (about 70 s on 2 cores); the other tests read its folder.
+The quick demo runs once per module (under 3 minutes on 2 cores); the other tests read its folder.
 """
 
 import json
@@ -67,6 +67,12 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(quick_demo):
     assert done.stderr.count("train.time_limit_min=0.0") >= 3  # the three source models
     assert '"train.time_limit_min" = 0.0' in (out / "kd" / "loop.toml").read_text()
     assert "steps, no time limit)" in report and "student steps per round (no time limit)" in report
+    # the quick world's 256 px images are not upsampled to the preset's 384 (half the pixels to train on)
+    assert done.stderr.count("model.min_size=[256] model.max_size=256") >= 3
+    assert '"model.min_size" = [256]' in (out / "kd" / "loop.toml").read_text()
+    # the figures come from this process (no `dpsnet visualize` start): one PNG per picked image and model
+    for name in ("vis_before", "vis_after"):
+        assert len(list((out / "figures" / name).glob("*.png"))) == 2
 
 
 @pytest.mark.slow
