@@ -323,7 +323,8 @@ class Pipeline:
         measures = {}
         for method, folder in (("histogram", "histogram"), ("translator", "render")):
             click.echo(f"  measuring {folder}/render2019 against {target.name}", err=True)
-            measures[method] = measure_render(synth_images, source, target, self.p.out / folder / "render2019")
+            measures[method] = measure_render(synth_images, source, target, self.p.out / folder / "render2019",
+                                              workers=self.r.workers)
         write_json(measures, self.p.out / "render" / "measure.json", indent=2)
 
     def render_source(self) -> Path:

@@ -16,7 +16,7 @@ from rpc_synth.render.apply import IMAGES_DIR, INSTANCES, render_dataset, transl
 from rpc_synth.render.data import SourceImages, training_batch  # noqa: E402
 from rpc_synth.render.histogram import channel_histograms, match_histograms  # noqa: E402
 from rpc_synth.render.losses import lsgan_loss, preservation_loss  # noqa: E402
-from rpc_synth.render.measure import frechet_distance, image_features, product_changes  # noqa: E402
+from rpc_synth.render.measure import frechet_distance, image_features, measure_render, product_changes  # noqa: E402
 from rpc_synth.render.networks import PatchDiscriminator, ResnetGenerator  # noqa: E402
 from rpc_synth.render.train import (  # noqa: E402
     TranslatorConfig,
@@ -335,3 +335,33 @@ def test_soft_tray_texture_is_a_region_not_a_blob(seed):
         result = product_changes(image, after, boxes, min_blob_area=40)
         assert result["kept"] == 2 and result["new_regions"] == 1, (name, result)
         assert result["new_blobs"] == (1 if name == "crisp" else 0), (name, result)
+
+
+def test_measure_render_same_with_workers_and_equal_to_per_image_sums(tiny_world, tiny_generate, tmp_path, helpers):
+    """Two worker processes give the same report as one; the report's sums are those of ``product_changes``
+    called image by image, and its gaps the Fréchet distance of ``image_features`` stacked by hand."""
+    ann = tiny_generate / "instances_synth2019.json"
+    render_dataset(tiny_generate / "synth2019", ann, tmp_path / "hist", method="histogram",
+                   target=tiny_world / "val2019", progress=False)
+    one = measure_render(tiny_generate / "synth2019", ann, tiny_world / "test2019", tmp_path / "hist" / IMAGES_DIR)
+    two = measure_render(tiny_generate / "synth2019", ann, tiny_world / "test2019", tmp_path / "hist" / IMAGES_DIR,
+                         workers=2)
+    assert one == two
+    data = helpers.load(ann)
+    areas = [a["area"] for a in data["annotations"]]
+    kept = blobs = 0
+    before, after = [], []
+    for im in data["images"]:
+        a = cv2.imread(str(tiny_generate / "synth2019" / im["file_name"]))
+        b = cv2.imread(str(tmp_path / "hist" / IMAGES_DIR / im["file_name"]))
+        boxes = [x["bbox"] for x in data["annotations"] if x["image_id"] == im["id"]]
+        changes = product_changes(a, b, boxes, 0.25 * float(np.median(areas)))
+        kept, blobs = kept + changes["kept"], blobs + changes["new_blobs"]
+        before.append(image_features(a))
+        after.append(image_features(b))
+    target = np.stack([image_features(cv2.imread(str(p))) for p in sorted((tiny_world / "test2019").iterdir())])
+    assert one["products"] == len(data["annotations"]) and one["products_kept"] == kept and one["new_blobs"] == blobs
+    assert one["domain_gap_before"] == pytest.approx(frechet_distance(np.stack(before), target))
+    assert one["domain_gap_after"] == pytest.approx(frechet_distance(np.stack(after), target))
+    alone = measure_render(tiny_generate / "synth2019", ann, tiny_world / "test2019", workers=2)
+    assert alone == {k: one[k] for k in ("images", "target_images", "domain_gap_before")}

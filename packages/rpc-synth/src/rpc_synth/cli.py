@@ -241,10 +241,11 @@ def render_apply(images, ann, out, method, model, target, jpeg_quality, threads,
 @click.option("--iou-threshold", default=0.5, show_default=True, help="A product is kept when its foreground IoU reaches this.")
 @click.option("--min-crispness", default=0.15, show_default=True,
               help="A new foreground region is a product-like blob when its boundary gradient / its contrast reaches this (a step edge: ~0.3).")
+@click.option("--workers", default=1, show_default=True, help="Worker processes (output does not depend on it).")
 @_fail_cleanly
-def render_measure(images, ann, target, rendered, iou_threshold, min_crispness):
+def render_measure(images, ann, target, rendered, iou_threshold, min_crispness, workers):
     """Domain gap to the checkout images; with --rendered also products kept and new blobs. Prints JSON."""
     from .render.measure import measure_render
 
     click.echo(json.dumps(measure_render(images, ann, target, rendered, iou_threshold=iou_threshold,
-                                         min_crispness=min_crispness), indent=1))
+                                         min_crispness=min_crispness, workers=workers), indent=1))

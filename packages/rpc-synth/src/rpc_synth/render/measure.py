@@ -31,6 +31,7 @@ import numpy as np
 
 from rpc_metrics.io import image_path, read_instances
 
+from ..parallel import map_ordered
 from .data import folder_images, read_image
 
 GRADIENT_BINS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, np.inf)
@@ -153,43 +154,65 @@ def product_changes(before: np.ndarray, after: np.ndarray, boxes: list, min_blob
             "new_regions": len(regions), "new_blobs": int(new_blobs)}
 
 
-def domain_gap(images: str | Path, target: str | Path, reference: str | Path | None = None) -> float:
+def _features_of(path: Path) -> np.ndarray:
+    return image_features(read_image(path))
+
+
+def _folder_features(folder: str | Path, workers: int) -> np.ndarray:
+    return np.stack(list(map_ordered(_features_of, folder_images(folder), workers)))
+
+
+def domain_gap(images: str | Path, target: str | Path, reference: str | Path | None = None, *,
+               workers: int = 1) -> float:
     """Fréchet distance between the features of two image folders (z-scored by ``reference``, default ``target``)."""
-    feats_a = set_features(read_image(p) for p in folder_images(images))
-    feats_b = set_features(read_image(p) for p in folder_images(target))
-    feats_r = feats_b if reference is None else set_features(read_image(p) for p in folder_images(reference))
+    feats_a, feats_b = _folder_features(images, workers), _folder_features(target, workers)
+    feats_r = feats_b if reference is None else _folder_features(reference, workers)
     return frechet_distance(feats_a, feats_b, feats_r)
 
 
+def _measure_image(job: tuple) -> tuple:
+    """One image's features before (and after) translation, and its ``product_changes`` (``None`` without after)."""
+    path, rendered_path, boxes, source, min_blob_area, iou_threshold, min_crispness = job
+    before = read_image(path, source)
+    if rendered_path is None:
+        return image_features(before), None, None
+    after = read_image(rendered_path, source)
+    changes = product_changes(before, after, boxes, min_blob_area, iou_threshold, min_crispness)
+    return image_features(before), image_features(after), changes
+
+
 def measure_render(images: str | Path, ann: str | Path, target: str | Path, rendered: str | Path | None = None,
-                   *, iou_threshold: float = 0.5, blob_fraction: float = 0.25, min_crispness: float = 0.15) -> dict:
+                   *, iou_threshold: float = 0.5, blob_fraction: float = 0.25, min_crispness: float = 0.15,
+                   workers: int = 1) -> dict:
     """Domain gap of ``images`` (listed in ``ann``) to ``target``; with ``rendered`` (the same file names
-    translated), also its gap, the share of products kept and the new blobs."""
+    translated), also its gap, the share of products kept and the new blobs. ``workers`` processes share the
+    images (the result does not depend on it)."""
     dataset = read_instances(ann)
     source = str(ann)
     paths = [image_path(images, im["file_name"], source=source) for im in dataset["images"]]
-    target_feats = set_features(read_image(p) for p in folder_images(target))
-    report = {"images": len(paths), "target_images": len(target_feats), "domain_gap_before":
-              frechet_distance(set_features(read_image(p, source) for p in paths), target_feats)}
-    if rendered is None:
-        return report
+    target_feats = _folder_features(target, workers)
     boxes: dict[int, list] = {}
     for a in dataset["annotations"]:
         if not a.get("iscrowd", 0):
             boxes.setdefault(a["image_id"], []).append(a["bbox"])
     areas = [a.get("area", a["bbox"][2] * a["bbox"][3]) for a in dataset["annotations"]]
     min_blob_area = blob_fraction * float(np.median(areas)) if areas else 0.0
-    after_feats, ious, kept, blobs, regions = [], [], 0, 0, 0
-    for im, path in zip(dataset["images"], paths, strict=True):
-        before = read_image(path, source)
-        after = read_image(image_path(rendered, im["file_name"], source=source), source)
-        after_feats.append(image_features(after))
-        changes = product_changes(before, after, boxes.get(im["id"], []), min_blob_area, iou_threshold,
-                                  min_crispness)
-        ious += changes["ious"]
-        kept += changes["kept"]
-        blobs += changes["new_blobs"]
-        regions += changes["new_regions"]
+    jobs = [(path, None if rendered is None else image_path(rendered, im["file_name"], source=source),
+             boxes.get(im["id"], []), source, min_blob_area, iou_threshold, min_crispness)
+            for im, path in zip(dataset["images"], paths, strict=True)]
+    before_feats, after_feats, ious, kept, blobs, regions = [], [], [], 0, 0, 0
+    for before, after, changes in map_ordered(_measure_image, jobs, workers):
+        before_feats.append(before)
+        if changes is not None:
+            after_feats.append(after)
+            ious += changes["ious"]
+            kept += changes["kept"]
+            blobs += changes["new_blobs"]
+            regions += changes["new_regions"]
+    report = {"images": len(paths), "target_images": len(target_feats),
+              "domain_gap_before": frechet_distance(np.stack(before_feats), target_feats)}
+    if rendered is None:
+        return report
     report.update({"domain_gap_after": frechet_distance(np.stack(after_feats), target_feats),
                    "products": len(ious), "products_kept": kept, "products_kept_share": kept / max(len(ious), 1),
                    "mean_foreground_iou": float(np.mean(ious)) if ious else 1.0,
