@@ -356,6 +356,13 @@ class Pipeline:
                       "nproc": r.nproc, "reclassify_power": self.reclassify_setting()},
                      action)
 
+    def torch_threads(self) -> None:
+        """The recipe's thread count for torch work done in this process (predictions, figures)."""
+        if self.r.threads > 0:
+            import torch
+
+            torch.set_num_threads(self.r.threads)
+
     def predict(self, checkpoint: Path, instances: Path, images: Path, results: Path, counts: Path) -> None:
         """`dpsnet predict`; in this process for one process (saves a torch start per split), else torchrun."""
         reclassifier = self.reclassifier()
@@ -365,13 +372,10 @@ class Pipeline:
             self.run([*self.launcher("dpsnet"), "predict", "--checkpoint", checkpoint, "--instances", instances,
                          "--images", images, "--out-results", results, "--out-counts", counts, "--quiet", *extra])
             return
-        import torch
-
         from dpsnet.inference import predict_files
         from rpc_metrics.io import FormatError
 
-        if self.r.threads > 0:
-            torch.set_num_threads(self.r.threads)
+        self.torch_threads()
         click.echo(f"  predict {instances} -> {results.name}", err=True)
         try:
             predict_files(checkpoint, instances, images, results, counts, progress=False, reclassifier=reclassifier,
@@ -448,12 +452,9 @@ class Pipeline:
         before = (p.model(choice) / "last.pt", *p.predictions(choice, "val")[:1])
         after = (last, p.out / "kd" / f"round_{rounds:03d}" / "val_predictions.json")
         val_json = p.split("val")[0]
-        import torch
-
         from dpsnet.inference import visualize_files
 
-        if self.r.threads > 0:
-            torch.set_num_threads(self.r.threads)
+        self.torch_threads()
         for name, (checkpoint, val_results) in (("before", before), ("after", after)):
             threshold = transfer_threshold(val_results, val_json)
             # What `dpsnet visualize` does, in this process (which has torch loaded already: a start saved).

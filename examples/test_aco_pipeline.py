@@ -71,6 +71,7 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(quick_demo):
     assert done.stderr.count("model.min_size=[256] model.max_size=256") >= 3
     assert '"model.min_size" = [256]' in (out / "kd" / "loop.toml").read_text()
     # the figures come from this process (no `dpsnet visualize` start): one PNG per picked image and model
+    assert " visualize --checkpoint" not in done.stderr
     for name in ("vis_before", "vis_after"):
         assert len(list((out / "figures" / name).glob("*.png"))) == 2
 

@@ -16,7 +16,13 @@ from rpc_synth.render.apply import IMAGES_DIR, INSTANCES, render_dataset, transl
 from rpc_synth.render.data import SourceImages, training_batch  # noqa: E402
 from rpc_synth.render.histogram import channel_histograms, match_histograms  # noqa: E402
 from rpc_synth.render.losses import lsgan_loss, preservation_loss  # noqa: E402
-from rpc_synth.render.measure import frechet_distance, image_features, measure_render, product_changes  # noqa: E402
+from rpc_synth.render.measure import (  # noqa: E402
+    domain_gap,
+    frechet_distance,
+    image_features,
+    measure_render,
+    product_changes,
+)
 from rpc_synth.render.networks import PatchDiscriminator, ResnetGenerator  # noqa: E402
 from rpc_synth.render.train import (  # noqa: E402
     TranslatorConfig,
@@ -363,5 +369,7 @@ def test_measure_render_same_with_workers_and_equal_to_per_image_sums(tiny_world
     assert one["products"] == len(data["annotations"]) and one["products_kept"] == kept and one["new_blobs"] == blobs
     assert one["domain_gap_before"] == pytest.approx(frechet_distance(np.stack(before), target))
     assert one["domain_gap_after"] == pytest.approx(frechet_distance(np.stack(after), target))
+    assert domain_gap(tiny_generate / "synth2019", tiny_world / "test2019", workers=2) == \
+        pytest.approx(one["domain_gap_before"])
     alone = measure_render(tiny_generate / "synth2019", ann, tiny_world / "test2019", workers=2)
     assert alone == {k: one[k] for k in ("images", "target_images", "domain_gap_before")}

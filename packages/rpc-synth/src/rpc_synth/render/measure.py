@@ -23,7 +23,6 @@ becomes a new foreground region, but not a blob.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -70,11 +69,6 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray, reference: 
     root_a = _sqrt_psd(cov_a)
     cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
-
-
-def set_features(images: Iterable[np.ndarray]) -> np.ndarray:
-    """``image_features`` of every image, stacked ``[N, 13]``."""
-    return np.stack([image_features(image) for image in images])
 
 
 def foreground(image: np.ndarray, boxes: list) -> np.ndarray:
@@ -159,6 +153,7 @@ def _features_of(path: Path) -> np.ndarray:
 
 
 def _folder_features(folder: str | Path, workers: int) -> np.ndarray:
+    """``image_features`` of every image of a folder, stacked ``[N, 13]``."""
     return np.stack(list(map_ordered(_features_of, folder_images(folder), workers)))
 
 
