@@ -45,6 +45,20 @@ def test_train_losses_finite_and_backward():
     assert any(p.grad.abs().sum().item() > 0 for p in model.counting_view.parameters())
 
 
+def test_factorized_counting_head_losses_and_counts():
+    model = tiny_model(count_head="factorized").train()
+    images, targets = batch()
+    losses = model(images, targets)
+    assert "loss_count_class" in losses and "loss_density" in losses and "loss_count" in losses
+    assert all(v.dim() == 0 and math.isfinite(v.item()) for v in losses.values())
+    losses["loss_count_class"].backward()
+    assert model.counting_view.predictor.weight.grad[1:].abs().sum() > 0  # the class logits learn from it
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert all(det["counts"].shape == (3,) and (det["counts"] >= 0).all() for det in out)
+
+
 def test_eval_outputs_per_image():
     model = tiny_model(count_class_of_label=[0, 0, 1, 0]).eval()
     model.return_density = True

@@ -13,7 +13,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from .backbone import build_backbone
-from .counting import CountingView, crop_counts, density_loss, density_targets, ignore_mask
+from .counting import CountingView, class_loss, crop_counts, density_loss, density_targets, ignore_mask
 from .detection import IgnoreAwareRoIHeads, IgnoreAwareRPN, KernelRoIPool, fuse_views
 
 
@@ -103,11 +103,13 @@ class DPSNet(nn.Module):
         count_stride: int = 8,
         count_channels: int = 64,
         count_convs: int = 2,
+        count_head: str = "direct",
         density_scale: float = 100.0,
         sigma_scale: float = 0.15,
         min_sigma: float = 1.0,
         density_loss_weight: float = 1.0,
         count_loss_weight: float = 1.0,
+        class_loss_weight: float = 1.0,
     ):
         super().__init__()
         if count_class_of_label is None:
@@ -124,6 +126,7 @@ class DPSNet(nn.Module):
         self.num_count_classes = num_count_classes
         self.density_scale, self.sigma_scale, self.min_sigma = density_scale, sigma_scale, min_sigma
         self.density_loss_weight, self.count_loss_weight = density_loss_weight, count_loss_weight
+        self.class_loss_weight = class_loss_weight
         self.return_density = False
         self.test_flips = parse_test_flips(test_flips)
         if not 0.0 < test_flip_iou <= 1.0:
@@ -159,7 +162,7 @@ class DPSNet(nn.Module):
             None, box_score_thresh, box_nms_thresh, box_detections_per_img, ignore_ioa=ignore_ioa,
             agnostic_nms_thresh=box_agnostic_nms_thresh, agnostic_nms_decay=box_agnostic_nms_decay)
         self.counting_view = CountingView(channels, num_count_classes, levels=count_levels, stride=count_stride,
-                                          channels=count_channels, num_convs=count_convs)
+                                          channels=count_channels, num_convs=count_convs, head=count_head)
 
     def set_rescorer(self, rescorer: nn.Module | None) -> None:
         """Re-score the box head's detections at inference with a crop classifier
@@ -224,9 +227,9 @@ class DPSNet(nn.Module):
             detections, box_losses = self.roi_heads(features, proposals, batch.image_sizes, det_targets)
         finally:
             self.roi_heads._rescore_input = None
-        density = self.counting_view(features, tuple(batch.tensors.shape[-2:]))
+        density, class_logits = self.counting_view.parts(features, tuple(batch.tensors.shape[-2:]))
         if self.training:
-            return {**rpn_losses, **box_losses, **self.counting_losses(density, det_targets)}
+            return {**rpn_losses, **box_losses, **self.counting_losses(density, det_targets, class_logits)}
         detections = self.transform.postprocess(detections, batch.image_sizes, original_sizes)
         counts = crop_counts(density, batch.image_sizes, self.counting_view.stride, self.density_scale)
         for i, det in enumerate(detections):
@@ -238,8 +241,10 @@ class DPSNet(nn.Module):
                     .clamp(min=0) / self.density_scale
         return detections
 
-    def counting_losses(self, density: Tensor, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """Density and count losses against maps rendered from the (resized) target boxes."""
+    def counting_losses(self, density: Tensor, targets: list[dict[str, Tensor]],
+                        class_logits: Tensor | None = None) -> dict[str, Tensor]:
+        """Density and count losses against maps rendered from the (resized) target boxes, plus the class
+        loss of the factorized head when its ``class_logits`` are given."""
         map_size = tuple(density.shape[-2:])
         stride = self.counting_view.stride
         target = density_targets([t["boxes"] for t in targets],
@@ -247,8 +252,11 @@ class DPSNet(nn.Module):
                                  num_classes=self.num_count_classes, stride=stride, sigma_scale=self.sigma_scale,
                                  min_sigma=self.min_sigma, check=False)  # in range: count_class_of_label's values
         mask = ignore_mask([t["ignore_boxes"] for t in targets], map_size, stride)
-        return density_loss(density, target, mask, density_scale=self.density_scale,
-                            pixel_weight=self.density_loss_weight, count_weight=self.count_loss_weight)
+        losses = density_loss(density, target, mask, density_scale=self.density_scale,
+                              pixel_weight=self.density_loss_weight, count_weight=self.count_loss_weight)
+        if class_logits is not None:
+            losses["loss_count_class"] = class_loss(class_logits, target, mask, weight=self.class_loss_weight)
+        return losses
 
 
 def dpsnet_model(
