@@ -138,12 +138,19 @@ class CountingView(nn.Module):
             (softplus) times per-pixel class probabilities (softmax over the classes), so that a class's map
             is the share of the objects' density that the pixel's class scores give it (trained with
             :func:`class_loss` on top of :func:`density_loss`).
+        norm: ``"batch"``: batch normalisation before each ReLU of the head (in eval its running statistics, so
+            an image's maps do not depend on the batch or its padding, as they would with group normalisation);
+            ``"none"``: plain conv + ReLU
+            (the first versions: the count loss's large early gradients (a map's sum over thousands of pixels)
+            could silence every ReLU, leaving a constant map; checkpoints without the setting load as "none").
     """
 
     HEADS = ("direct", "factorized")
+    NORMS = ("batch", "none")
 
     def __init__(self, in_channels: int, num_classes: int, *, levels: Sequence[str] = ("1", "2", "3"),
-                 stride: int = 8, channels: int = 64, num_convs: int = 2, head: str = "direct"):
+                 stride: int = 8, channels: int = 64, num_convs: int = 2, head: str = "direct",
+                 norm: str = "batch"):
         super().__init__()
         if head not in self.HEADS:
             raise ValueError(f"head should be one of {self.HEADS}, got {head!r}")
@@ -151,9 +158,15 @@ class CountingView(nn.Module):
         self.stride = stride
         self.head = head
         self.projections = nn.ModuleList(nn.Conv2d(in_channels, channels, 1) for _ in self.levels)
+        if norm not in self.NORMS:
+            raise ValueError(f"norm should be one of {self.NORMS}, got {norm!r}")
         convs = []
         for _ in range(num_convs):
-            convs += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
+            if norm == "batch":
+                convs += [nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)]
+            else:
+                convs.append(nn.Conv2d(channels, channels, 3, padding=1))
+            convs.append(nn.ReLU(inplace=True))
         self.convs = nn.Sequential(*convs)
         factorized = head == "factorized"
         self.predictor = nn.Conv2d(channels, num_classes + factorized, 1)

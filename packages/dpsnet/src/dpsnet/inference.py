@@ -37,7 +37,8 @@ def model_from_checkpoint(checkpoint: Mapping | str | Path, device: str | torch.
     """Rebuild the model a checkpoint was trained as (its ``model_kwargs``, ``overrides`` on top), in eval mode."""
     ckpt = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
     categories = CategoryMap(**ckpt["categories"])
-    kwargs = {**ckpt["model_kwargs"], "backbone_weights": None, **overrides}
+    # checkpoints from before `count_norm` existed have a plain conv + ReLU counting head
+    kwargs = {"count_norm": "none", **ckpt["model_kwargs"], "backbone_weights": None, **overrides}
     model = dpsnet_model(categories.num_classes, categories.count_class_of_label,
                          num_count_classes=len(categories.count_names), **kwargs)
     model.load_state_dict(ckpt["model"])

@@ -104,6 +104,7 @@ class DPSNet(nn.Module):
         count_channels: int = 64,
         count_convs: int = 2,
         count_head: str = "direct",
+        count_norm: str = "batch",
         density_scale: float = 100.0,
         sigma_scale: float = 0.15,
         min_sigma: float = 1.0,
@@ -162,7 +163,8 @@ class DPSNet(nn.Module):
             None, box_score_thresh, box_nms_thresh, box_detections_per_img, ignore_ioa=ignore_ioa,
             agnostic_nms_thresh=box_agnostic_nms_thresh, agnostic_nms_decay=box_agnostic_nms_decay)
         self.counting_view = CountingView(channels, num_count_classes, levels=count_levels, stride=count_stride,
-                                          channels=count_channels, num_convs=count_convs, head=count_head)
+                                          channels=count_channels, num_convs=count_convs, head=count_head,
+                                          norm=count_norm)
 
     def set_rescorer(self, rescorer: nn.Module | None) -> None:
         """Re-score the box head's detections at inference with a crop classifier
