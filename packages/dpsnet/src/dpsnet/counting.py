@@ -140,9 +140,9 @@ class CountingView(nn.Module):
             :func:`class_loss` on top of :func:`density_loss`).
         norm: ``"batch"``: batch normalisation before each ReLU of the head (in eval its running statistics, so
             an image's maps do not depend on the batch or its padding, as they would with group normalisation);
-            ``"none"``: plain conv + ReLU
-            (the first versions: the count loss's large early gradients (a map's sum over thousands of pixels)
-            could silence every ReLU, leaving a constant map; checkpoints without the setting load as "none").
+            ``"none"``: plain conv + ReLU, as in the first versions, whose ReLUs the count loss's large early
+            gradients (a map's sum over thousands of pixels) could all silence, leaving a constant map
+            (checkpoints saved without the setting load as ``"none"``).
     """
 
     HEADS = ("direct", "factorized")
