@@ -476,3 +476,10 @@ def test_counting_head_norm_and_legacy_checkpoints():
     loaded, _ = model_from_checkpoint(ckpt)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), legacy.state_dict().values(),
                                                  strict=True))
+    # a run saved before the key resumes with its own head; new configs get the normed one
+    from dpsnet.config import make_config
+
+    saved = {k: v for k, v in make_config("cpu-small").items() if k != "model.count_norm"}
+    assert make_config(saved)["model.count_norm"] == "none"
+    assert make_config({**saved, "model.count_norm": "batch"})["model.count_norm"] == "batch"
+    assert make_config("cpu-small")["model.count_norm"] == "batch"

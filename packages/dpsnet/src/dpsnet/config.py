@@ -115,6 +115,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.eval_metric": ("map50", "cacc", "count_acc"),
 }
 HELP: dict[str, str] = {key: text for key, _, text in SCHEMA}
+# Keys added after checkpoints existed, with the value that a saved config without them was trained with
+# (`make_config` of a saved config and `dpsnet.inference.model_from_checkpoint` apply them).
+LEGACY: dict[str, Any] = {"model.count_norm": "none"}
 PRESETS = ("cpu-small", "rpc-paper")
 
 
@@ -203,6 +206,8 @@ def make_config(base: str | Mapping[str, Any] | None = None,
     config = dict(DEFAULTS)
     if base:
         values, source = (dict(base), "saved config") if isinstance(base, Mapping) else load_toml(base)
+        if isinstance(base, Mapping):
+            config.update({key: value for key, value in LEGACY.items() if key not in values})
         for key, value in values.items():
             _check_key(key, source)
             config[key] = _coerce(key, value, source)

@@ -111,8 +111,9 @@ def class_loss(logits: Tensor, target: Tensor, mask: Tensor, *, weight: float = 
         ``weight * sum_pixels d(x) * CE(x) / sum_pixels d(x)`` with ``d`` the masked total density; 0 (with a
         gradient path) for a batch without objects.
     """
-    total = target.sum(dim=1, keepdim=True) * mask
-    shares = target / target.sum(dim=1, keepdim=True).clamp(min=1e-12)
+    objects = target.sum(dim=1, keepdim=True)
+    total = objects * mask
+    shares = target / objects.clamp(min=1e-12)
     ce = -(shares * logits.float().log_softmax(dim=1)).sum(dim=1, keepdim=True)
     return weight * (ce * total).sum() / total.sum().clamp(min=1e-6)
 
@@ -154,12 +155,12 @@ class CountingView(nn.Module):
         super().__init__()
         if head not in self.HEADS:
             raise ValueError(f"head should be one of {self.HEADS}, got {head!r}")
+        if norm not in self.NORMS:
+            raise ValueError(f"norm should be one of {self.NORMS}, got {norm!r}")
         self.levels = tuple(levels)
         self.stride = stride
         self.head = head
         self.projections = nn.ModuleList(nn.Conv2d(in_channels, channels, 1) for _ in self.levels)
-        if norm not in self.NORMS:
-            raise ValueError(f"norm should be one of {self.NORMS}, got {norm!r}")
         convs = []
         for _ in range(num_convs):
             if norm == "batch":

@@ -19,6 +19,7 @@ from rpc_metrics.io import (
     write_results,
 )
 
+from .config import LEGACY
 from .data import CategoryMap, InstancesDataset, collate
 from .distributed import DistInfo, dist_info, gather_lists, init_distributed
 from .model import DPSNet, dpsnet_model
@@ -37,8 +38,8 @@ def model_from_checkpoint(checkpoint: Mapping | str | Path, device: str | torch.
     """Rebuild the model a checkpoint was trained as (its ``model_kwargs``, ``overrides`` on top), in eval mode."""
     ckpt = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
     categories = CategoryMap(**ckpt["categories"])
-    # checkpoints from before `count_norm` existed have a plain conv + ReLU counting head
-    kwargs = {"count_norm": "none", **ckpt["model_kwargs"], "backbone_weights": None, **overrides}
+    legacy = {key.removeprefix("model."): value for key, value in LEGACY.items() if key.startswith("model.")}
+    kwargs = {**legacy, **ckpt["model_kwargs"], "backbone_weights": None, **overrides}
     model = dpsnet_model(categories.num_classes, categories.count_class_of_label,
                          num_count_classes=len(categories.count_names), **kwargs)
     model.load_state_dict(ckpt["model"])
