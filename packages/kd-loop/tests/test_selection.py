@@ -57,6 +57,27 @@ def test_supercategory_and_object_granularity():
     assert [im["id"] for im in data["images"]] == [3]
 
 
+def test_auto_granularity_is_the_counts_files_own():
+    """The default compares at the counter's classes: an object counter's totals, a per-SKU counter's SKUs."""
+    assert SelectionPolicy().count_classes == "auto"
+    objects = {"count_classes": "object", "images": [{"image_id": 3, "counts": {"object": 2.1}}]}
+    for counts in (objects, COUNTS,
+                   {"count_classes": "supercategory", "images": [
+                       {"image_id": 2, "counts": {"drink": 2.0}}, {"image_id": 1, "counts": {"drink": 2.0, "snack": 1.0}}]}):
+        for threshold in (0.55, 0.8):
+            auto = select_pseudo_labels(pool(), RESULTS, counts, SelectionPolicy("image", threshold=threshold))
+            named = select_pseudo_labels(pool(), RESULTS, counts, SelectionPolicy(
+                "image", threshold=threshold, count_classes=counts["count_classes"]))
+            assert auto == named
+    with pytest.raises(ValueError, match="count_classes should be one of"):
+        select_pseudo_labels(pool(), RESULTS, {"count_classes": "sku", "images": []}, SelectionPolicy("image"))
+    with pytest.raises(ValueError, match="count_classes should be auto"):
+        SelectionPolicy("image", count_classes="sku")
+    # The instance policy needs no counts file.
+    data, _ = select_pseudo_labels(pool(), RESULTS, None, SelectionPolicy("instance", threshold=0.8))
+    assert data["images"]
+
+
 def test_category_counts_compared_per_supercategory_or_in_total_are_summed_before_rounding():
     # Image 1: 2.2 + 0.1 + 0.6 = 2.9 -> 3 objects (3 confident detections); per class 0.6 and 0.1 round apart.
     # Image 2: 1.0 + 1.4 = 2.4 -> 2, two detections from 0.55 up. Image 3: 1.49 -> 1, two detected.
@@ -133,7 +154,8 @@ def test_the_selector_refuses_ground_truth_and_bad_inputs():
     with pytest.raises(ValueError, match="needs the counting view"):
         select_pseudo_labels(pool(), RESULTS, None, SelectionPolicy("image"))
     with pytest.raises(ValueError, match="finer classes than it has"):
-        select_pseudo_labels(pool(), RESULTS, {**COUNTS, "count_classes": "object"}, SelectionPolicy("image"))
+        select_pseudo_labels(pool(), RESULTS, {**COUNTS, "count_classes": "object"},
+                             SelectionPolicy("image", count_classes="category"))
     with pytest.raises(ValueError, match="not in the pool"):
         select_pseudo_labels(pool(), [det(9, 1, 0.9)], COUNTS, SelectionPolicy("instance"))
     with pytest.raises(ValueError, match="ignore_threshold"):

@@ -49,7 +49,7 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "selection.policy": ("image+instance", "'image', 'instance', 'image+instance', or the controls 'random' (of image) and 'random-instance' (of instance)"),
     "selection.thresholds": ([0.80, 0.85, 0.90, 0.95], "score threshold per round (the last one repeats)"),
     "selection.target_precision": (0.0, "when > 0: each round's threshold is the lowest score at which the teacher's detections on the labelled val split are right this often (needs [val]; replaces selection.thresholds); 0: the fixed schedule"),
-    "selection.count_classes": ("category", "granularity of the count agreement: category, supercategory or object (a per-category counts file is summed into the coarser classes)"),
+    "selection.count_classes": ("auto", "granularity of the count agreement: auto (the counts file's own classes), category, supercategory or object (a per-category counts file is summed into the coarser classes)"),
     "selection.min_boxes": (1, "an image is selected only with at least this many kept boxes"),
     "selection.ignore_threshold": (0.5, "instance level: detections scoring in [this, threshold) become ignore regions"),
     "mix.source_ratio": (1.0, "source images per pseudo-labelled image in a round's training mix"),
@@ -148,8 +148,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
 def _check_values(values: dict[str, Any]) -> None:
     if values["selection.policy"] not in POLICIES:
         raise ConfigError(f"selection.policy should be one of {POLICIES}, got {values['selection.policy']!r}")
-    if values["selection.count_classes"] not in ("category", "supercategory", "object"):
-        raise ConfigError("selection.count_classes should be category, supercategory or object")
+    if values["selection.count_classes"] not in ("auto", "category", "supercategory", "object"):
+        raise ConfigError("selection.count_classes should be auto, category, supercategory or object")
     if values["mix.student_init"] not in ("teacher", "scratch"):
         raise ConfigError("mix.student_init should be 'teacher' or 'scratch'")
     thresholds = values["selection.thresholds"]

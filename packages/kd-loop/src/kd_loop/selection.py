@@ -15,7 +15,9 @@ Policies (composable):
 - ``random-instance``: the control of ``instance``: as many labels as ``instance`` would keep, drawn at random
   (seeded) among the detections scoring ``>= ignore_threshold``; the other ones of those become ignore regions.
 
-An image needs at least ``min_boxes`` labels to be selected.
+An image needs at least ``min_boxes`` labels to be selected. The agreement is checked per ``count_classes``:
+``category``, ``supercategory``, ``object`` (one total per image), or ``auto`` (the default): the classes the
+counts file counts.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 from rpc_metrics.io import results_to_arrays
 
 POLICIES = ("image", "instance", "image+instance", "random", "random-instance")
+GRANULARITY = {"category": 0, "supercategory": 1, "object": 2}
 
 
 @dataclass(frozen=True)
@@ -37,13 +40,15 @@ class SelectionPolicy:
     policy: str = "image+instance"
     threshold: float = 0.8
     ignore_threshold: float = 0.5
-    count_classes: str = "category"
+    count_classes: str = "auto"
     min_boxes: int = 1
     seed: int = 0
 
     def __post_init__(self):
         if self.policy not in POLICIES:
             raise ValueError(f"policy should be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if self.count_classes not in ("auto", *GRANULARITY):
+            raise ValueError(f"count_classes should be auto, {', '.join(GRANULARITY)}, got {self.count_classes!r}")
         if not self.ignore_threshold <= self.threshold:
             raise ValueError("ignore_threshold should be <= threshold")
 
@@ -57,9 +62,6 @@ def _count_class_index(pool: Mapping, count_classes: str) -> tuple[dict[int, int
         names = sorted({str(c.get("supercategory", "")) for c in categories})
         return {c["id"]: names.index(str(c.get("supercategory", ""))) for c in categories}, names
     return {c["id"]: i for i, c in enumerate(categories)}, [str(c["id"]) for c in categories]
-
-
-GRANULARITY = {"category": 0, "supercategory": 1, "object": 2}
 
 
 def _view_counts(counts: Mapping, image_ids: np.ndarray, keys: list[str], count_classes: str,
@@ -106,7 +108,13 @@ def select_pseudo_labels(pool: Mapping, results: list, counts: Mapping | None,
                          "load it with rpc_metrics.io.as_pool")
     image_ids = np.array(sorted(im["id"] for im in pool["images"]), dtype=np.int64)
     det = results_to_arrays(results, source="predictions")
-    class_of, keys = _count_class_index(pool, policy.count_classes)
+    count_classes = policy.count_classes
+    if count_classes == "auto":  # the counter's own classes (per category when there is no counts file)
+        count_classes = counts.get("count_classes") if counts is not None else "category"
+        if count_classes not in GRANULARITY:
+            raise ValueError(f"the counts file's count_classes should be one of {', '.join(GRANULARITY)}, "
+                             f"got {count_classes!r}")
+    class_of, keys = _count_class_index(pool, count_classes)
     cat_ids = np.array(sorted(class_of), dtype=np.int64)
     known = np.isin(det.image_ids, image_ids) & np.isin(det.category_ids, cat_ids)
     if not known.all():
@@ -133,7 +141,7 @@ def select_pseudo_labels(pool: Mapping, results: list, counts: Mapping | None,
     else:
         if counts is None:
             raise ValueError(f"policy {policy.policy!r} needs the counting view's counts file")
-        view = _view_counts(counts, image_ids, keys, policy.count_classes, class_of)
+        view = _view_counts(counts, image_ids, keys, count_classes, class_of)
         agree = (detected == view).all(axis=1) & enough
         selected = agree
         if policy.policy == "random":
