@@ -88,6 +88,10 @@ def test_quick_demo_metrics_are_finite(quick_demo):
             for values in rows.values():
                 for key in ("cacc", "mciou", "acd", "mccd", "map50", "mmap", "threshold"):
                     assert values[key] is not None and math.isfinite(values[key]), (row["method"], protocol, key)
+    # the in-domain check also scores the counting view alone (the preset's one class: the total per image)
+    assert [h["count_classes"] for h in metrics["heldout_synth"]] == ["object"] * 3
+    assert all(0.0 <= h["counts_right"] <= 1.0 for h in metrics["heldout_synth"])
+    assert "| counting view right (its classes) |" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow
