@@ -151,6 +151,13 @@ def test_count_accuracy_against_slow_count(world):
         {"image_id": im["id"], "counts": {"object": float(sum(a["image_id"] == im["id"] and not a["iscrowd"]
                                                                for a in gt["annotations"]))}} for im in gt["images"]]}
     assert count_accuracy(objects, gt) == 1.0
+    # Rounded half up, like kd-loop's agreement check: n - 0.5 counts as n, n + 0.5 as n + 1.
+    for entry in objects["images"]:
+        entry["counts"]["object"] -= 0.5
+    assert count_accuracy(objects, gt) == 1.0 and count_accuracy(objects, gt, total=True) == 1.0
+    for entry in objects["images"]:
+        entry["counts"]["object"] += 1.0
+    assert count_accuracy(objects, gt) == 0.0
 
 
 def test_visualize_writes_pngs(world, checkpoint, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -162,10 +163,15 @@ def resolve_device(device: str, info: DistInfo | None = None) -> torch.device:
     return torch.device(device)
 
 
+def _half_up(value: float) -> int:
+    return math.floor(float(value) + 0.5)
+
+
 def count_accuracy(counts: Mapping, gt: Mapping | str | Path, *, total: bool = False) -> float:
     """Fraction of ground-truth images whose rounded counts (counting view alone) equal the true counts for
     every class (``total``: the rounded sum over classes equals the number of objects); ``iscrowd`` annotations
-    are not counted."""
+    are not counted. Counts are rounded half up, as kd-loop's agreement check rounds them (Python's ``round``
+    would send 2.5 to 2)."""
     gt = read_instances(gt)
     categories = CategoryMap.from_categories(gt["categories"], counts["count_classes"])
     key_of = {cid: categories.count_names[categories.count_class_of_label[i + 1]]
@@ -176,10 +182,10 @@ def count_accuracy(counts: Mapping, gt: Mapping | str | Path, *, total: bool = F
             key = key_of[ann["category_id"]]
             truth[ann["image_id"]][key] = truth[ann["image_id"]].get(key, 0) + 1
     if total:
-        predicted_total = {e["image_id"]: round(sum(e["counts"].values())) for e in counts["images"]}
+        predicted_total = {e["image_id"]: _half_up(sum(e["counts"].values())) for e in counts["images"]}
         right = sum(predicted_total.get(i, 0) == sum(true.values()) for i, true in truth.items())
         return right / max(len(truth), 1)
-    predicted = {e["image_id"]: {k: round(v) for k, v in e["counts"].items() if round(v) > 0}
+    predicted = {e["image_id"]: {k: n for k, n in ((k, _half_up(v)) for k, v in e["counts"].items()) if n > 0}
                  for e in counts["images"]}
     right = sum(predicted.get(image_id, {}) == true for image_id, true in truth.items())
     return right / max(len(truth), 1)
