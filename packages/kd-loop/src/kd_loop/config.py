@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kd_loop.selection import POLICIES
+from kd_loop.selection import GRANULARITY, POLICIES
 
 # key -> (default, help). A default of None means "required" for the keys in REQUIRED.
 SCHEMA: dict[str, tuple[Any, str]] = {
@@ -148,7 +148,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
 def _check_values(values: dict[str, Any]) -> None:
     if values["selection.policy"] not in POLICIES:
         raise ConfigError(f"selection.policy should be one of {POLICIES}, got {values['selection.policy']!r}")
-    if values["selection.count_classes"] not in ("auto", "category", "supercategory", "object"):
+    if values["selection.count_classes"] not in ("auto", *GRANULARITY):
         raise ConfigError("selection.count_classes should be auto, category, supercategory or object")
     if values["mix.student_init"] not in ("teacher", "scratch"):
         raise ConfigError("mix.student_init should be 'teacher' or 'scratch'")
