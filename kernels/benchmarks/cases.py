@@ -7,6 +7,7 @@ least (for achieved bandwidth).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import statistics
 from collections.abc import Callable
@@ -130,6 +131,7 @@ def pyramid_fuse_case(dtype=torch.float32) -> Case:
         "kernel": _kernel(lambda lv, s, w: aco_kernels.pyramid_fuse(lv, s, w)),
         **{name: _kernel(_with_setting("pyramid_fuse", settings, lambda lv, s, w: aco_kernels.pyramid_fuse(lv, s, w)))
            for name, settings in [
+               ("kernel, one plane per program (the former rows kernels)", {"PLANES": False}),
                ("kernel, one y pass per level in the backward", {"FUSED_BACKWARD": False}),
                ("kernel, 2-D tiles forward, y pass per level (the former kernels)",
                 {"FORWARD": "tiles", "FUSED_BACKWARD": False}),
@@ -158,6 +160,8 @@ def density_render_case() -> Case:
     case = Case(f"density_render {BATCH}x{DENSITY_CLASSES}x{map_size[0]}x{map_size[1]}, {k} instances")
     impls = {
         "kernel": _kernel(aco_kernels.density_render),
+        # no range check: no host sync (what DPSNet's training step calls)
+        "kernel, check=False": _kernel(functools.partial(aco_kernels.density_render, check=False)),
         "eager reference": _eager(aco_kernels.density_render),
         "compiled reference": _compiled(reference.density_render_reference),
     }

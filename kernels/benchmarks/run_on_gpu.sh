@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything `make bench-gpu` runs, each stage under its own time limit, logs and tables into one folder.
 #   bash kernels/benchmarks/run_on_gpu.sh OUT_DIR [TESTS_S STEP_S REPORT_S]
+# REPORT_ONLY="pyramid_fuse density_render": time only these ops (report.py --only).
 # Installs nothing: the machine's python3 (torch + triton) imports the packages from their source folders.
 set -u
 out=${1:?usage: run_on_gpu.sh OUT_DIR [TESTS_S STEP_S REPORT_S]}
@@ -22,5 +23,5 @@ t=$SECONDS
 timeout "$step_s" $py packages/dpsnet/benchmarks/gpu_step.py --output "$out/GPU_STEP.md" >"$out/gpu_step.log" 2>&1
 echo "dpsnet step: rc=$? in $((SECONDS - t)) s"; tail -3 "$out/gpu_step.log"
 t=$SECONDS
-timeout "$report_s" $py kernels/benchmarks/report.py --output "$out/RESULTS.md" >"$out/report.log" 2>&1
+timeout "$report_s" $py kernels/benchmarks/report.py ${REPORT_ONLY:+--only $REPORT_ONLY} --output "$out/RESULTS.md" >"$out/report.log" 2>&1
 echo "kernel report: rc=$? in $((SECONDS - t)) s"; tail -3 "$out/report.log"

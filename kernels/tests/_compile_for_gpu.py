@@ -34,8 +34,9 @@ def _levels(prefix, kind):
 
 PYRAMID = {**_levels("p", "*bf16"), "out_ptr": "*bf16", **_levels("h", "i32"), **_levels("w", "i32"),
            **_levels("sh", "fp32"), **_levels("sw", "fp32"), **_levels("k", "fp32"), "out_h": "i32", "out_w": "i32"}
+PYRAMID_ROWS = {**PYRAMID, "num_planes": "i32"}
 PYRAMID_BWD = {"g_ptr": "*bf16", **_levels("r", "*fp32"), **_levels("h", "i32"), **_levels("sh", "fp32"),
-               "identity_weight": "fp32", "out_h": "i32", "out_w": "i32", "halo": "i32"}
+               "identity_weight": "fp32", "out_h": "i32", "out_w": "i32", "halo": "i32", "num_planes": "i32"}
 PYRAMID_T = {"src_ptr": "*fp16", "dst_ptr": "*fp32", "n_keep": "i32", "t_len": "i32", "s_len": "i32",
              "scale": "fp32", "span": "i32", "weight": "fp32"}
 DENSITY = {"centers_ptr": "*fp32", "sizes_ptr": "*fp32", "labels_ptr": "*i64", "batch_ptr": "*i64",
@@ -58,16 +59,20 @@ JOBS = [
     *[(pyramid_fuse._pyramid_fuse_fwd_kernel.fn, PYRAMID, {"NUM_LEVELS": 5, "IDENTITY": identity,
                                                            "ACC": tl.float32, "BLOCK_H": 16, "BLOCK_W": 32})
       for identity in (-1, 1)],
-    *[(pyramid_fuse._pyramid_fuse_rows_kernel.fn, PYRAMID, {"NUM_LEVELS": n, "IDENTITY": identity,
-                                                            "ACC": tl.float32, "BLOCK_H": 16, "BLOCK_W": 128})
-      for n, identity in ((5, 0), (5, -1), (6, 2), (1, 0))],
-    (pyramid_fuse._pyramid_fuse_rows_kernel.fn, {k: v for k, v in PYRAMID.items() if k not in ("h4", "w4")},
-     {"h4": 1, "w4": 1, "NUM_LEVELS": 5, "IDENTITY": 0, "ACC": tl.float32, "BLOCK_H": 16, "BLOCK_W": 128}),
-    *[(pyramid_fuse._pyramid_fuse_bwd_rows_kernel.fn, {**PYRAMID_BWD, **{f"r{i}": rows for i in range(6)}},
-       {"NUM_LEVELS": n, "IDENTITY": identity, "ACC": tl.float32, "BLOCK_T": 64, "BLOCK_W": 64})
-      for n, identity, rows in ((5, 0, "*fp32"), (5, -1, "*fp32"), (6, 3, "*fp32"), (1, 0, "*bf16"))],
-    (pyramid_fuse._pyramid_fuse_bwd_rows_kernel.fn, {k: v for k, v in PYRAMID_BWD.items() if k != "h4"},
-     {"h4": 1, "NUM_LEVELS": 5, "IDENTITY": 0, "ACC": tl.float32, "BLOCK_T": 64, "BLOCK_W": 64}),
+    # the rows kernels with one plane per program and with a group of planes (BLOCK_C)
+    *[(pyramid_fuse._pyramid_fuse_rows_body, PYRAMID_ROWS, {"NUM_LEVELS": n, "IDENTITY": identity,
+                                                            "ACC": tl.float32, "BLOCK_C": planes, "BLOCK_H": 16,
+                                                            "BLOCK_W": 128})
+      for n, identity, planes in ((5, 0, 1), (5, -1, 1), (6, 2, 1), (1, 0, 1), (5, 0, 8), (6, -1, 4))],
+    (pyramid_fuse._pyramid_fuse_rows_body, {k: v for k, v in PYRAMID_ROWS.items() if k not in ("h4", "w4")},
+     {"h4": 1, "w4": 1, "NUM_LEVELS": 5, "IDENTITY": 0, "ACC": tl.float32, "BLOCK_C": 4, "BLOCK_H": 16,
+      "BLOCK_W": 128}),
+    *[(pyramid_fuse._pyramid_fuse_bwd_rows_body, {**PYRAMID_BWD, **{f"r{i}": rows for i in range(6)}},
+       {"NUM_LEVELS": n, "IDENTITY": identity, "ACC": tl.float32, "BLOCK_C": planes, "BLOCK_T": 64, "BLOCK_W": 64})
+      for n, identity, rows, planes in ((5, 0, "*fp32", 1), (5, -1, "*fp32", 1), (6, 3, "*fp32", 1),
+                                        (1, 0, "*bf16", 1), (5, 0, "*fp32", 8), (1, 0, "*bf16", 4))],
+    (pyramid_fuse._pyramid_fuse_bwd_rows_body, {k: v for k, v in PYRAMID_BWD.items() if k != "h4"},
+     {"h4": 1, "NUM_LEVELS": 5, "IDENTITY": 0, "ACC": tl.float32, "BLOCK_C": 4, "BLOCK_T": 64, "BLOCK_W": 64}),
     *[(pyramid_fuse._interp_transpose_kernel.fn, PYRAMID_T, {"LAST_AXIS": last, "ACC": tl.float32, "BLOCK_A": 16,
                                                           "BLOCK_B": 32})
       for last in (True, False)],

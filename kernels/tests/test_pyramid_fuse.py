@@ -55,6 +55,16 @@ def test_pyramid_fuse_other_paths_match_interpolate(kernel_path, monkeypatch, si
     _check_against_interpolate(sizes, target, torch.Generator().manual_seed(5), batch=1, channels=2)
 
 
+@pytest.mark.parametrize("sizes,target", [CASES[2], ([(40, 11), (9, 7), (3, 2), (40, 5)], (40, 11))])
+def test_pyramid_fuse_one_plane_per_program_matches_interpolate(kernel_path, monkeypatch, sizes, target):
+    """The rows kernels with one plane per program (``PLANES = False``). The default takes groups of 4 planes
+    under the interpreter: the other tests' 2 x 3 planes end on a partial group, 1 x 2 planes are one."""
+    from aco_kernels.ops import pyramid_fuse as module
+
+    monkeypatch.setattr(module, "PLANES", False)
+    _check_against_interpolate(sizes, target, torch.Generator().manual_seed(7), batch=1, channels=2)
+
+
 def test_pyramid_fuse_fused_backward_strips_and_halos(kernel_path):
     """The one-pass y backward over many strips (8 rows each here): strong upsampling (a 3-row level under
     a 40-row output: halos of 30 rows), a level equal in y but not in x, and no level at the output size."""

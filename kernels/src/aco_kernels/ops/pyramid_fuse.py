@@ -34,6 +34,9 @@ FORWARD = "rows"
 # The backward: True, one y pass over the output gradient for every level (when every level is upsampled
 # or equal in y, as in a feature pyramid), else one y pass per level; each level's x pass follows.
 FUSED_BACKWARD = True
+# The rows kernels (the "rows" forward and the fused backward): True, each program takes a group of planes
+# (channels), autotuned among several group sizes; False, one plane per program (the former kernels).
+PLANES = True
 
 
 @triton.jit
@@ -97,68 +100,81 @@ def _pyramid_fuse_fwd_kernel(
 
 
 @triton.jit
-def _x_row(base, row, ox, xmask, sw, w, ACC: tl.constexpr):
-    """Source row ``row`` of one level, interpolated along x at the output columns ``ox``: [BLOCK_W]."""
-    x0, x1, lx = _source_index(ox, sw, w)
-    v0 = tl.load(base + row * w + x0, mask=xmask, other=0.0).to(ACC)
-    v1 = tl.load(base + row * w + x1, mask=xmask, other=0.0).to(ACC)
+def _x_row(base, row, x0, x1, lx, mask, w, ACC: tl.constexpr):
+    """Source row ``row`` of one level (``base``: [BLOCK_C, 1] plane pointers), interpolated along x at the
+    output columns whose source indices are ``x0``/``x1``/``lx`` ([1, BLOCK_W]): [BLOCK_C, BLOCK_W]."""
+    v0 = tl.load(base + row * w + x0, mask=mask, other=0.0).to(ACC)
+    v1 = tl.load(base + row * w + x1, mask=mask, other=0.0).to(ACC)
     return v0 + (v1 - v0) * lx.to(ACC)
 
 
 @triton.jit
-def _level_row(lvl: tl.constexpr, acc, cached, top, bottom, oy, ox, xmask, plane,
+def _level_row(lvl: tl.constexpr, acc, cached, top, bottom, oy, ox, mask, plane,
                p0, p1, p2, p3, p4, p5, h0, h1, h2, h3, h4, h5, w0, w1, w2, w3, w4, w5,
                sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1, sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5,
                NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr):
-    """Add level ``lvl``'s contribution to output row ``oy``. A coarser level keeps its two x-interpolated
-    source rows (``top``: row ``cached``, ``bottom``: the next) from one output row to the next and loads a
-    new source row only when the output row moves onto it: once per 2^l output rows."""
+    """Add level ``lvl``'s contribution to output row ``oy`` of the planes ``plane`` ([BLOCK_C, 1]) at the
+    columns ``ox`` ([1, BLOCK_W]). A coarser level keeps its two x-interpolated source rows (``top``: row
+    ``cached``, ``bottom``: the next) from one output row to the next and loads a new source row only when the
+    output row moves onto it: once per 2^l output rows."""
     if lvl < NUM_LEVELS:
         h = pick(lvl, h0, h1, h2, h3, h4, h5)
         w = pick(lvl, w0, w1, w2, w3, w4, w5)
         weight = pick(lvl, k0, k1, k2, k3, k4, k5).to(ACC)
         base = pick(lvl, p0, p1, p2, p3, p4, p5) + plane * h * w
         if lvl == IDENTITY:  # already at the output size: one plain row load
-            acc += weight * tl.load(base + oy * w + ox, mask=xmask, other=0.0).to(ACC)
+            acc += weight * tl.load(base + oy * w + ox, mask=mask, other=0.0).to(ACC)
         else:
+            # the same for every row: at the loop body's top level, where loop-invariant code motion hoists it
+            x0, x1, lx = _source_index(ox, pick(lvl, sw0, sw1, sw2, sw3, sw4, sw5), w)
             y0, y1, ly = _source_index(oy, pick(lvl, sh0, sh1, sh2, sh3, sh4, sh5), h)
             if y0 != cached:
-                sw = pick(lvl, sw0, sw1, sw2, sw3, sw4, sw5)
                 if y0 == cached + 1:  # moved down one source row: the old bottom row is the new top
                     top = bottom
                 else:
-                    top = _x_row(base, y0, ox, xmask, sw, w, ACC)
-                bottom = _x_row(base, y1, ox, xmask, sw, w, ACC)
+                    top = _x_row(base, y0, x0, x1, lx, mask, w, ACC)
+                bottom = _x_row(base, y1, x0, x1, lx, mask, w, ACC)
                 cached = y0
             acc += weight * (top + (bottom - top) * ly.to(ACC))
     return acc, cached, top, bottom
 
 
+# one plane per program (BLOCK_C = 1, the former kernel: ``PLANES = False``) or several
 _ROW_CONFIGS = autotune_configs([
-    triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw)
+    triton.Config({"BLOCK_C": 1, "BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw)
     for bh, bw, nw in [(16, 128, 4), (8, 128, 4), (32, 128, 4), (16, 64, 2), (32, 64, 2), (16, 128, 2),
                        (8, 64, 1), (4, 64, 1), (16, 64, 1), (8, 128, 1), (4, 128, 1), (8, 32, 1), (4, 32, 1),
                        (2, 64, 1)]
 ])
+# Several planes (channels) per program: every load and store of a step is BLOCK_C rows of different planes,
+# in flight together, while the per-row index work and the branches are shared by the planes.
+_ROW_PLANE_CONFIGS = autotune_configs([
+    triton.Config({"BLOCK_C": bc, "BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw)
+    for bc, bh, bw, nw in [(4, 16, 64, 2), (4, 16, 64, 1), (8, 16, 64, 2), (8, 16, 64, 4), (4, 16, 128, 2),
+                           (4, 32, 64, 2), (8, 8, 64, 2), (2, 16, 128, 2), (16, 16, 64, 4), (8, 16, 128, 4),
+                           (2, 16, 256, 4), (4, 16, 256, 8)]
+], triton.Config({"BLOCK_C": 4, "BLOCK_H": 16, "BLOCK_W": 64}, num_warps=2))  # interpreter: a partial group
 
 
-@triton.autotune(configs=_ROW_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS"])
 @triton.jit
-def _pyramid_fuse_rows_kernel(
+def _pyramid_fuse_rows_body(
     p0, p1, p2, p3, p4, p5, out_ptr,
     h0, h1, h2, h3, h4, h5, w0, w1, w2, w3, w4, w5,
     sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1, sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5,
-    out_h, out_w,
+    out_h, out_w, num_planes,
     NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    """One program per (plane, strip of BLOCK_H output rows x BLOCK_W columns), walking its rows in order."""
-    plane = tl.program_id(0).to(tl.int64)
+    """One program per (group of BLOCK_C planes, strip of BLOCK_H output rows x BLOCK_W columns), walking its
+    rows in order."""
+    planes = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    plane = planes.to(tl.int64)[:, None]
     tile = tl.program_id(1)
     tiles_w = tl.cdiv(out_w, BLOCK_W)
     y_start = (tile // tiles_w) * BLOCK_H
-    ox = (tile % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
-    xmask = ox < out_w
+    ox1 = (tile % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
+    ox = ox1[None, :]
+    xmask = (planes < num_planes)[:, None] & (ox1 < out_w)[None, :]
     # per coarser level: the source row held in `top` (-2: none yet) and the two rows
     c0 = tl.full((), -2, tl.int32)
     c1 = c0
@@ -166,7 +182,7 @@ def _pyramid_fuse_rows_kernel(
     c3 = c0
     c4 = c0
     c5 = c0
-    t0 = tl.zeros([BLOCK_W], dtype=ACC)
+    t0 = tl.zeros([BLOCK_C, BLOCK_W], dtype=ACC)
     b0 = t0
     t1 = t0
     b1 = t0
@@ -181,7 +197,7 @@ def _pyramid_fuse_rows_kernel(
     out_plane = out_ptr + plane * out_h * out_w
     for r in range(0, tl.minimum(BLOCK_H, out_h - y_start)):
         oy = y_start + r
-        acc = tl.zeros([BLOCK_W], dtype=ACC)
+        acc = tl.zeros([BLOCK_C, BLOCK_W], dtype=ACC)
         acc, c0, t0, b0 = _level_row(0, acc, c0, t0, b0, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
                                      sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
@@ -201,6 +217,12 @@ def _pyramid_fuse_rows_kernel(
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
                                      sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
         tl.store(out_plane + oy * out_w + ox, acc.to(out_ptr.dtype.element_ty), mask=xmask)
+
+
+_pyramid_fuse_rows_kernel = triton.autotune(configs=_ROW_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS"])(
+    _pyramid_fuse_rows_body)
+_pyramid_fuse_rows_planes_kernel = triton.autotune(
+    configs=_ROW_PLANE_CONFIGS, key=["out_h", "out_w", "num_planes", "NUM_LEVELS"])(_pyramid_fuse_rows_body)
 
 
 _T_CONFIGS = autotune_configs([
@@ -320,36 +342,43 @@ def _owned(lvl: tl.constexpr, t_start, t_stop, h0, h1, h2, h3, h4, h5, sh0, sh1,
 
 
 _BWD_ROW_CONFIGS = autotune_configs([
-    triton.Config({"BLOCK_T": bt, "BLOCK_W": bw}, num_warps=nw)
+    triton.Config({"BLOCK_C": 1, "BLOCK_T": bt, "BLOCK_W": bw}, num_warps=nw)
     for bt, bw, nw in [(64, 64, 1), (128, 64, 1), (32, 64, 1), (64, 128, 2), (128, 128, 2), (64, 128, 4),
                        (256, 64, 1), (64, 32, 1), (128, 256, 4)]
-], triton.Config({"BLOCK_T": 8, "BLOCK_W": 32}, num_warps=1))  # interpreter: several strips, halos walked
+], triton.Config({"BLOCK_C": 1, "BLOCK_T": 8, "BLOCK_W": 32}, num_warps=1))  # interpreter: strips, halos walked
+# several planes per program, as in the forward (``PLANES``)
+_BWD_ROW_PLANE_CONFIGS = autotune_configs([
+    triton.Config({"BLOCK_C": bc, "BLOCK_T": bt, "BLOCK_W": bw}, num_warps=nw)
+    for bc, bt, bw, nw in [(4, 64, 64, 2), (4, 128, 64, 2), (8, 64, 64, 2), (8, 128, 64, 4), (4, 64, 64, 1),
+                           (2, 128, 128, 2), (4, 64, 128, 4), (8, 64, 64, 4), (16, 64, 64, 4), (2, 64, 256, 4)]
+], triton.Config({"BLOCK_C": 4, "BLOCK_T": 8, "BLOCK_W": 32}, num_warps=1))
 
 
-@triton.autotune(configs=_BWD_ROW_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS"])
 @triton.jit
-def _pyramid_fuse_bwd_rows_kernel(
+def _pyramid_fuse_bwd_rows_body(
     g_ptr, r0, r1, r2, r3, r4, r5,
     h0, h1, h2, h3, h4, h5, sh0, sh1, sh2, sh3, sh4, sh5, identity_weight,
-    out_h, out_w, halo,
+    out_h, out_w, halo, num_planes,
     NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """The y pass of every level's backward in one read of the gradient (every level upsampled or equal in y).
 
-    One program per (plane, strip of BLOCK_T gradient rows x BLOCK_W columns) walks the strip's rows, and
+    One program per (group of BLOCK_C planes, strip of BLOCK_T gradient rows x BLOCK_W columns) walks the strip's rows, and
     ``halo`` rows past it, once: the identity level's gradient row is written right away (``weight * g``);
     each coarser level accumulates its source rows ``A_h^T g`` in two registers rows and stores each row it owns
     (the source rows whose first gradient row lies in the strip) when the walk has moved past it. Every source
     row is stored once by one program: no atomics, deterministic.
     """
-    plane = tl.program_id(0).to(tl.int64)
+    planes = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    plane = planes.to(tl.int64)[:, None]
     tile = tl.program_id(1)
     tiles_w = tl.cdiv(out_w, BLOCK_W)
     t_start = (tile // tiles_w) * BLOCK_T
     t_stop = tl.minimum(t_start + BLOCK_T, out_h)
-    ox = (tile % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
-    xmask = ox < out_w
+    ox1 = (tile % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
+    ox = ox1[None, :]
+    xmask = (planes < num_planes)[:, None] & (ox1 < out_w)[None, :]
     g_plane = g_ptr + plane * out_h * out_w
     lo0, hi0 = _owned(0, t_start, t_stop, h0, h1, h2, h3, h4, h5, sh0, sh1, sh2, sh3, sh4, sh5, NUM_LEVELS)
     lo1, hi1 = _owned(1, t_start, t_stop, h0, h1, h2, h3, h4, h5, sh0, sh1, sh2, sh3, sh4, sh5, NUM_LEVELS)
@@ -363,7 +392,7 @@ def _pyramid_fuse_bwd_rows_kernel(
     c3 = c0
     c4 = c0
     c5 = c0
-    z = tl.zeros([BLOCK_W], dtype=ACC)
+    z = tl.zeros([BLOCK_C, BLOCK_W], dtype=ACC)
     a00 = z
     a01 = z
     a10 = z
@@ -415,6 +444,12 @@ def _pyramid_fuse_bwd_rows_kernel(
                       h0, h1, h2, h3, h4, h5, NUM_LEVELS, IDENTITY)
 
 
+_pyramid_fuse_bwd_rows_kernel = triton.autotune(configs=_BWD_ROW_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS"])(
+    _pyramid_fuse_bwd_rows_body)
+_pyramid_fuse_bwd_rows_planes_kernel = triton.autotune(
+    configs=_BWD_ROW_PLANE_CONFIGS, key=["out_h", "out_w", "num_planes", "NUM_LEVELS"])(_pyramid_fuse_bwd_rows_body)
+
+
 def _identity_level(shapes, size) -> int:
     """Index of the first level already at the output size (-1 if none): the forward loads it directly."""
     return next((i for i, shape in enumerate(shapes) if tuple(shape[2:]) == tuple(size)), -1)
@@ -445,7 +480,7 @@ def _x_pass(rows: Tensor, grad: Tensor, out_w: int, weight: float, acc) -> None:
         grad.copy_(rows.view(grad.shape).to(acc_dtypes(grad.dtype)[1]) * weight)
 
 
-def _fused_backward(grad_out: Tensor, shapes, weights, size, dtype) -> list[Tensor]:
+def _fused_backward(grad_out: Tensor, shapes, weights, size, dtype, planes: bool) -> list[Tensor]:
     """Every level's gradient with one y pass over ``grad_out`` (all levels upsampled or equal in y), then
     each level's x pass on its [P, h, out_w] rows."""
     acc, acc_torch = acc_dtypes(dtype)
@@ -462,12 +497,14 @@ def _fused_backward(grad_out: Tensor, shapes, weights, size, dtype) -> list[Tens
     halo = math.ceil(2.0 * coarsest) + 2
 
     def grid(meta):
-        return (batch * channels, triton.cdiv(out_h, meta["BLOCK_T"]) * triton.cdiv(out_w, meta["BLOCK_W"]))
+        return (triton.cdiv(batch * channels, meta["BLOCK_C"]),
+                triton.cdiv(out_h, meta["BLOCK_T"]) * triton.cdiv(out_w, meta["BLOCK_W"]))
 
-    _pyramid_fuse_bwd_rows_kernel[grid](
+    kernel = _pyramid_fuse_bwd_rows_planes_kernel if planes else _pyramid_fuse_bwd_rows_kernel
+    kernel[grid](
         grad_out, *level_args(rows), *pad_levels([shape[2] for shape in shapes], 1),
         *pad_levels([shape[2] / out_h for shape in shapes], 1.0),
-        float(weights[identity]) if identity >= 0 else 0.0, out_h, out_w, halo,
+        float(weights[identity]) if identity >= 0 else 0.0, out_h, out_w, halo, batch * channels,
         NUM_LEVELS=len(shapes), IDENTITY=identity, ACC=acc,
     )
     for i, weight in enumerate(weights):
@@ -491,16 +528,21 @@ class PyramidFuseFunction(torch.autograd.Function):
             n = len(levels)
 
             def grid(meta):
-                return (batch * channels, triton.cdiv(size[0], meta["BLOCK_H"]) * triton.cdiv(size[1], meta["BLOCK_W"]))
+                return (triton.cdiv(batch * channels, meta.get("BLOCK_C", 1)),
+                        triton.cdiv(size[0], meta["BLOCK_H"]) * triton.cdiv(size[1], meta["BLOCK_W"]))
 
-            kernel = _pyramid_fuse_fwd_kernel if FORWARD == "tiles" else _pyramid_fuse_rows_kernel
+            if FORWARD == "tiles":
+                kernel, extra = _pyramid_fuse_fwd_kernel, ()
+            else:
+                kernel = _pyramid_fuse_rows_planes_kernel if PLANES else _pyramid_fuse_rows_kernel
+                extra = (batch * channels,)
             kernel[grid](
                 *level_args(levels), out,
                 *pad_levels([lv.shape[2] for lv in levels], 1), *pad_levels([lv.shape[3] for lv in levels], 1),
                 *pad_levels([lv.shape[2] / size[0] for lv in levels], 1.0),
                 *pad_levels([lv.shape[3] / size[1] for lv in levels], 1.0),
                 *pad_levels([float(w) for w in weights], 0.0),
-                size[0], size[1],
+                size[0], size[1], *extra,
                 NUM_LEVELS=n, IDENTITY=_identity_level([lv.shape for lv in levels], size),
                 ACC=acc_dtypes(dtype)[0],
             )
@@ -508,6 +550,7 @@ class PyramidFuseFunction(torch.autograd.Function):
             raise ValueError("levels should not be empty when the output is not")
         ctx.size = size
         ctx.fused_backward = FUSED_BACKWARD  # chosen with the forward (a setting changed in between has no say)
+        ctx.planes = PLANES
         ctx.weights = list(weights)
         ctx.shapes = [lv.shape for lv in levels]
         ctx.dtype = dtype
@@ -520,7 +563,8 @@ class PyramidFuseFunction(torch.autograd.Function):
         out_h, out_w = ctx.size
         if (ctx.fused_backward and grad_out.numel() > 0 and all(shape[2] * shape[3] > 0 for shape in ctx.shapes)
                 and all(shape[2] <= out_h for shape in ctx.shapes)):
-            return (None, None, *_fused_backward(grad_out, ctx.shapes, ctx.weights, ctx.size, ctx.dtype))
+            return (None, None, *_fused_backward(grad_out, ctx.shapes, ctx.weights, ctx.size, ctx.dtype,
+                                                 ctx.planes))
         grads = []
         for shape, weight in zip(ctx.shapes, ctx.weights, strict=True):
             batch, channels, h, w = shape
