@@ -61,18 +61,22 @@ JOBS = [
       for identity in (-1, 1)],
     # the rows kernels with one plane per program and with a group of planes (BLOCK_C)
     *[(pyramid_fuse._pyramid_fuse_rows_body, PYRAMID_ROWS, {"NUM_LEVELS": n, "IDENTITY": identity,
-                                                            "ACC": tl.float32, "BLOCK_C": planes, "BLOCK_H": 16,
-                                                            "BLOCK_W": 128})
-      for n, identity, planes in ((5, 0, 1), (5, -1, 1), (6, 2, 1), (1, 0, 1), (5, 0, 8), (6, -1, 4))],
+                                                            "ACC": tl.float32, "PREFETCH": prefetch,
+                                                            "BLOCK_C": planes, "BLOCK_H": 16, "BLOCK_W": 128})
+      for n, identity, planes, prefetch in ((5, 0, 1, True), (5, 0, 1, False), (5, -1, 1, False), (6, 2, 1, True),
+                                            (1, 0, 1, True), (5, 0, 8, True), (6, -1, 4, False))],
     (pyramid_fuse._pyramid_fuse_rows_body, {k: v for k, v in PYRAMID_ROWS.items() if k not in ("h4", "w4")},
-     {"h4": 1, "w4": 1, "NUM_LEVELS": 5, "IDENTITY": 0, "ACC": tl.float32, "BLOCK_C": 4, "BLOCK_H": 16,
-      "BLOCK_W": 128}),
+     {"h4": 1, "w4": 1, "NUM_LEVELS": 5, "IDENTITY": 0, "ACC": tl.float32, "PREFETCH": True, "BLOCK_C": 4,
+      "BLOCK_H": 16, "BLOCK_W": 128}),
     *[(pyramid_fuse._pyramid_fuse_bwd_rows_body, {**PYRAMID_BWD, **{f"r{i}": rows for i in range(6)}},
-       {"NUM_LEVELS": n, "IDENTITY": identity, "ACC": tl.float32, "BLOCK_C": planes, "BLOCK_T": 64, "BLOCK_W": 64})
-      for n, identity, rows, planes in ((5, 0, "*fp32", 1), (5, -1, "*fp32", 1), (6, 3, "*fp32", 1),
-                                        (1, 0, "*bf16", 1), (5, 0, "*fp32", 8), (1, 0, "*bf16", 4))],
+       {"NUM_LEVELS": n, "IDENTITY": identity, "ACC": tl.float32, "PREFETCH": prefetch, "BLOCK_C": planes,
+        "BLOCK_T": 64, "BLOCK_W": 64})
+      for n, identity, rows, planes, prefetch in ((5, 0, "*fp32", 1, True), (5, -1, "*fp32", 1, False),
+                                                  (6, 3, "*fp32", 1, True), (1, 0, "*bf16", 1, False),
+                                                  (5, 0, "*fp32", 8, True), (1, 0, "*bf16", 4, True))],
     (pyramid_fuse._pyramid_fuse_bwd_rows_body, {k: v for k, v in PYRAMID_BWD.items() if k != "h4"},
-     {"h4": 1, "NUM_LEVELS": 5, "IDENTITY": 0, "ACC": tl.float32, "BLOCK_C": 4, "BLOCK_T": 64, "BLOCK_W": 64}),
+     {"h4": 1, "NUM_LEVELS": 5, "IDENTITY": 0, "ACC": tl.float32, "PREFETCH": True, "BLOCK_C": 4, "BLOCK_T": 64,
+      "BLOCK_W": 64}),
     *[(pyramid_fuse._interp_transpose_kernel.fn, PYRAMID_T, {"LAST_AXIS": last, "ACC": tl.float32, "BLOCK_A": 16,
                                                           "BLOCK_B": 32})
       for last in (True, False)],

@@ -56,13 +56,14 @@ def test_pyramid_fuse_other_paths_match_interpolate(kernel_path, monkeypatch, si
 
 
 @pytest.mark.parametrize("sizes,target", [CASES[2], ([(40, 11), (9, 7), (3, 2), (40, 5)], (40, 11))])
-def test_pyramid_fuse_one_plane_per_program_matches_interpolate(kernel_path, monkeypatch, sizes, target):
-    """The rows kernels with one plane per program (``PLANES = False``). The default takes groups of 4 planes
-    under the interpreter: the other tests' 2 x 3 planes end on a partial group, 1 x 2 planes are one."""
+def test_pyramid_fuse_plane_groups_without_prefetch_match_interpolate(kernel_path, monkeypatch, sizes, target):
+    """The rows kernels with groups of planes per program (``PLANES``: 4 under the interpreter, so 3 x 3 planes
+    end on a partial group) and without loading one row ahead (``PREFETCH = False``)."""
     from aco_kernels.ops import pyramid_fuse as module
 
-    monkeypatch.setattr(module, "PLANES", False)
-    _check_against_interpolate(sizes, target, torch.Generator().manual_seed(7), batch=1, channels=2)
+    monkeypatch.setattr(module, "PLANES", True)
+    monkeypatch.setattr(module, "PREFETCH", False)
+    _check_against_interpolate(sizes, target, torch.Generator().manual_seed(7), batch=3, channels=3)
 
 
 def test_pyramid_fuse_fused_backward_strips_and_halos(kernel_path):

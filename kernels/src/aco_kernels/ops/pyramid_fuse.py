@@ -35,8 +35,13 @@ FORWARD = "rows"
 # or equal in y, as in a feature pyramid), else one y pass per level; each level's x pass follows.
 FUSED_BACKWARD = True
 # The rows kernels (the "rows" forward and the fused backward): True, each program takes a group of planes
-# (channels), autotuned among several group sizes; False, one plane per program (the former kernels).
-PLANES = True
+# (channels), autotuned among several group sizes; False, one plane per program. Groups were measured slower
+# on an H200 (forward 0.754 against 0.646 ms of device time, forward+backward 1.761 against 1.669 ms at DPSNet
+# sizes, same run): the registers of BLOCK_C rows per level cost the resident programs what they add in flight.
+PLANES = False
+# The rows kernels load the next row of the level at the output size (forward) or of the gradient (backward)
+# while the current one is summed (a software pipeline: two rows in flight per program); False: one at a time.
+PREFETCH = True
 
 
 @triton.jit
@@ -112,18 +117,20 @@ def _x_row(base, row, x0, x1, lx, mask, w, ACC: tl.constexpr):
 def _level_row(lvl: tl.constexpr, acc, cached, top, bottom, oy, ox, mask, plane,
                p0, p1, p2, p3, p4, p5, h0, h1, h2, h3, h4, h5, w0, w1, w2, w3, w4, w5,
                sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1, sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5,
-               NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr):
+               NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr, PRELOADED: tl.constexpr):
     """Add level ``lvl``'s contribution to output row ``oy`` of the planes ``plane`` ([BLOCK_C, 1]) at the
     columns ``ox`` ([1, BLOCK_W]). A coarser level keeps its two x-interpolated source rows (``top``: row
     ``cached``, ``bottom``: the next) from one output row to the next and loads a new source row only when the
-    output row moves onto it: once per 2^l output rows."""
+    output row moves onto it: once per 2^l output rows. ``PRELOADED``: the level at the output size was added
+    by the caller (prefetched)."""
     if lvl < NUM_LEVELS:
         h = pick(lvl, h0, h1, h2, h3, h4, h5)
         w = pick(lvl, w0, w1, w2, w3, w4, w5)
         weight = pick(lvl, k0, k1, k2, k3, k4, k5).to(ACC)
         base = pick(lvl, p0, p1, p2, p3, p4, p5) + plane * h * w
         if lvl == IDENTITY:  # already at the output size: one plain row load
-            acc += weight * tl.load(base + oy * w + ox, mask=mask, other=0.0).to(ACC)
+            if not PRELOADED:
+                acc += weight * tl.load(base + oy * w + ox, mask=mask, other=0.0).to(ACC)
         else:
             # the same for every row: at the loop body's top level, where loop-invariant code motion hoists it
             x0, x1, lx = _source_index(ox, pick(lvl, sw0, sw1, sw2, sw3, sw4, sw5), w)
@@ -163,10 +170,10 @@ def _pyramid_fuse_rows_body(
     sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1, sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5,
     out_h, out_w, num_planes,
     NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    PREFETCH: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """One program per (group of BLOCK_C planes, strip of BLOCK_H output rows x BLOCK_W columns), walking its
-    rows in order."""
+    rows in order. ``PREFETCH`` (only with a level at the output size): that level is loaded one row ahead."""
     planes = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     plane = planes.to(tl.int64)[:, None]
     tile = tl.program_id(1)
@@ -195,34 +202,45 @@ def _pyramid_fuse_rows_body(
     t5 = t0
     b5 = t0
     out_plane = out_ptr + plane * out_h * out_w
-    for r in range(0, tl.minimum(BLOCK_H, out_h - y_start)):
+    n_rows = tl.minimum(BLOCK_H, out_h - y_start)
+    if PREFETCH:
+        ident = pick(IDENTITY, p0, p1, p2, p3, p4, p5) + plane * out_h * out_w
+        ident_weight = pick(IDENTITY, k0, k1, k2, k3, k4, k5).to(ACC)
+        following = tl.load(ident + y_start * out_w + ox, mask=xmask, other=0.0)
+    for r in range(0, n_rows):
         oy = y_start + r
-        acc = tl.zeros([BLOCK_C, BLOCK_W], dtype=ACC)
+        if PREFETCH:
+            current = following
+            following = tl.load(ident + (oy + 1) * out_w + ox, mask=xmask & (r + 1 < n_rows), other=0.0)
+            acc = ident_weight * current.to(ACC)
+        else:
+            acc = tl.zeros([BLOCK_C, BLOCK_W], dtype=ACC)
         acc, c0, t0, b0 = _level_row(0, acc, c0, t0, b0, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC, PREFETCH)
         acc, c1, t1, b1 = _level_row(1, acc, c1, t1, b1, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC, PREFETCH)
         acc, c2, t2, b2 = _level_row(2, acc, c2, t2, b2, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC, PREFETCH)
         acc, c3, t3, b3 = _level_row(3, acc, c3, t3, b3, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC, PREFETCH)
         acc, c4, t4, b4 = _level_row(4, acc, c4, t4, b4, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC, PREFETCH)
         acc, c5, t5, b5 = _level_row(5, acc, c5, t5, b5, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC, PREFETCH)
         tl.store(out_plane + oy * out_w + ox, acc.to(out_ptr.dtype.element_ty), mask=xmask)
 
 
-_pyramid_fuse_rows_kernel = triton.autotune(configs=_ROW_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS"])(
-    _pyramid_fuse_rows_body)
+_pyramid_fuse_rows_kernel = triton.autotune(
+    configs=_ROW_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS", "PREFETCH"])(_pyramid_fuse_rows_body)
 _pyramid_fuse_rows_planes_kernel = triton.autotune(
-    configs=_ROW_PLANE_CONFIGS, key=["out_h", "out_w", "num_planes", "NUM_LEVELS"])(_pyramid_fuse_rows_body)
+    configs=_ROW_PLANE_CONFIGS, key=["out_h", "out_w", "num_planes", "NUM_LEVELS", "PREFETCH"])(
+    _pyramid_fuse_rows_body)
 
 
 _T_CONFIGS = autotune_configs([
@@ -360,7 +378,7 @@ def _pyramid_fuse_bwd_rows_body(
     h0, h1, h2, h3, h4, h5, sh0, sh1, sh2, sh3, sh4, sh5, identity_weight,
     out_h, out_w, halo, num_planes,
     NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_W: tl.constexpr,
+    PREFETCH: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """The y pass of every level's backward in one read of the gradient (every level upsampled or equal in y).
 
@@ -405,9 +423,16 @@ def _pyramid_fuse_bwd_rows_body(
     a41 = z
     a50 = z
     a51 = z
-    for i in range(0, tl.minimum(t_stop + halo, out_h) - t_start):
+    n_walk = tl.minimum(t_stop + halo, out_h) - t_start
+    if PREFETCH:  # the gradient's rows loaded one ahead
+        following = tl.load(g_plane + t_start * out_w + ox, mask=xmask, other=0.0)
+    for i in range(0, n_walk):
         t = t_start + i
-        g = tl.load(g_plane + t * out_w + ox, mask=xmask, other=0.0).to(ACC)
+        if PREFETCH:
+            g = following.to(ACC)
+            following = tl.load(g_plane + (t + 1) * out_w + ox, mask=xmask & (i + 1 < n_walk), other=0.0)
+        else:
+            g = tl.load(g_plane + t * out_w + ox, mask=xmask, other=0.0).to(ACC)
         if IDENTITY >= 0:
             ident = pick(IDENTITY, r0, r1, r2, r3, r4, r5) + plane * out_h * out_w
             tl.store(ident + t * out_w + ox, (g * identity_weight).to(ident.dtype.element_ty),
@@ -444,10 +469,11 @@ def _pyramid_fuse_bwd_rows_body(
                       h0, h1, h2, h3, h4, h5, NUM_LEVELS, IDENTITY)
 
 
-_pyramid_fuse_bwd_rows_kernel = triton.autotune(configs=_BWD_ROW_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS"])(
-    _pyramid_fuse_bwd_rows_body)
+_pyramid_fuse_bwd_rows_kernel = triton.autotune(
+    configs=_BWD_ROW_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS", "PREFETCH"])(_pyramid_fuse_bwd_rows_body)
 _pyramid_fuse_bwd_rows_planes_kernel = triton.autotune(
-    configs=_BWD_ROW_PLANE_CONFIGS, key=["out_h", "out_w", "num_planes", "NUM_LEVELS"])(_pyramid_fuse_bwd_rows_body)
+    configs=_BWD_ROW_PLANE_CONFIGS, key=["out_h", "out_w", "num_planes", "NUM_LEVELS", "PREFETCH"])(
+    _pyramid_fuse_bwd_rows_body)
 
 
 def _identity_level(shapes, size) -> int:
@@ -480,7 +506,7 @@ def _x_pass(rows: Tensor, grad: Tensor, out_w: int, weight: float, acc) -> None:
         grad.copy_(rows.view(grad.shape).to(acc_dtypes(grad.dtype)[1]) * weight)
 
 
-def _fused_backward(grad_out: Tensor, shapes, weights, size, dtype, planes: bool) -> list[Tensor]:
+def _fused_backward(grad_out: Tensor, shapes, weights, size, dtype, planes: bool, prefetch: bool) -> list[Tensor]:
     """Every level's gradient with one y pass over ``grad_out`` (all levels upsampled or equal in y), then
     each level's x pass on its [P, h, out_w] rows."""
     acc, acc_torch = acc_dtypes(dtype)
@@ -505,7 +531,7 @@ def _fused_backward(grad_out: Tensor, shapes, weights, size, dtype, planes: bool
         grad_out, *level_args(rows), *pad_levels([shape[2] for shape in shapes], 1),
         *pad_levels([shape[2] / out_h for shape in shapes], 1.0),
         float(weights[identity]) if identity >= 0 else 0.0, out_h, out_w, halo, batch * channels,
-        NUM_LEVELS=len(shapes), IDENTITY=identity, ACC=acc,
+        NUM_LEVELS=len(shapes), IDENTITY=identity, ACC=acc, PREFETCH=prefetch,
     )
     for i, weight in enumerate(weights):
         if i != identity:
@@ -532,10 +558,12 @@ class PyramidFuseFunction(torch.autograd.Function):
                         triton.cdiv(size[0], meta["BLOCK_H"]) * triton.cdiv(size[1], meta["BLOCK_W"]))
 
             if FORWARD == "tiles":
-                kernel, extra = _pyramid_fuse_fwd_kernel, ()
+                kernel, extra, options = _pyramid_fuse_fwd_kernel, (), {}
             else:
                 kernel = _pyramid_fuse_rows_planes_kernel if PLANES else _pyramid_fuse_rows_kernel
                 extra = (batch * channels,)
+                identity = _identity_level([lv.shape for lv in levels], size)
+                options = {"PREFETCH": PREFETCH and identity >= 0}
             kernel[grid](
                 *level_args(levels), out,
                 *pad_levels([lv.shape[2] for lv in levels], 1), *pad_levels([lv.shape[3] for lv in levels], 1),
@@ -544,13 +572,14 @@ class PyramidFuseFunction(torch.autograd.Function):
                 *pad_levels([float(w) for w in weights], 0.0),
                 size[0], size[1], *extra,
                 NUM_LEVELS=n, IDENTITY=_identity_level([lv.shape for lv in levels], size),
-                ACC=acc_dtypes(dtype)[0],
+                ACC=acc_dtypes(dtype)[0], **options,
             )
         elif out.numel() > 0:
             raise ValueError("levels should not be empty when the output is not")
         ctx.size = size
         ctx.fused_backward = FUSED_BACKWARD  # chosen with the forward (a setting changed in between has no say)
         ctx.planes = PLANES
+        ctx.prefetch = PREFETCH
         ctx.weights = list(weights)
         ctx.shapes = [lv.shape for lv in levels]
         ctx.dtype = dtype
@@ -564,7 +593,7 @@ class PyramidFuseFunction(torch.autograd.Function):
         if (ctx.fused_backward and grad_out.numel() > 0 and all(shape[2] * shape[3] > 0 for shape in ctx.shapes)
                 and all(shape[2] <= out_h for shape in ctx.shapes)):
             return (None, None, *_fused_backward(grad_out, ctx.shapes, ctx.weights, ctx.size, ctx.dtype,
-                                                 ctx.planes))
+                                                 ctx.planes, ctx.prefetch))
         grads = []
         for shape, weight in zip(ctx.shapes, ctx.weights, strict=True):
             batch, channels, h, w = shape
