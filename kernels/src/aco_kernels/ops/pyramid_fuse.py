@@ -152,7 +152,9 @@ _ROW_CONFIGS = autotune_configs([
     for bh, bw, nw in [(16, 128, 4), (8, 128, 4), (32, 128, 4), (16, 64, 2), (32, 64, 2), (16, 128, 2),
                        (8, 64, 1), (4, 64, 1), (16, 64, 1), (8, 128, 1), (4, 128, 1), (8, 32, 1), (4, 32, 1),
                        (2, 64, 1)]
-])
+], triton.Config({"BLOCK_C": 8, "BLOCK_H": 16, "BLOCK_W": 64}, num_warps=2))
+# (Under the interpreter, which pays per program, the default rows kernels take 8 planes per program and the
+# PLANES variant's one: both code paths run in the CPU tests.)
 # Several planes (channels) per program: every load and store of a step is BLOCK_C rows of different planes,
 # in flight together, while the per-row index work and the branches are shared by the planes.
 _ROW_PLANE_CONFIGS = autotune_configs([
@@ -160,7 +162,7 @@ _ROW_PLANE_CONFIGS = autotune_configs([
     for bc, bh, bw, nw in [(4, 16, 64, 2), (4, 16, 64, 1), (8, 16, 64, 2), (8, 16, 64, 4), (4, 16, 128, 2),
                            (4, 32, 64, 2), (8, 8, 64, 2), (2, 16, 128, 2), (16, 16, 64, 4), (8, 16, 128, 4),
                            (2, 16, 256, 4), (4, 16, 256, 8)]
-], triton.Config({"BLOCK_C": 4, "BLOCK_H": 16, "BLOCK_W": 64}, num_warps=2))  # interpreter: a partial group
+], triton.Config({"BLOCK_C": 1, "BLOCK_H": 16, "BLOCK_W": 64}, num_warps=2))  # interpreter: see above
 
 
 @triton.jit
@@ -363,13 +365,13 @@ _BWD_ROW_CONFIGS = autotune_configs([
     triton.Config({"BLOCK_C": 1, "BLOCK_T": bt, "BLOCK_W": bw}, num_warps=nw)
     for bt, bw, nw in [(64, 64, 1), (128, 64, 1), (32, 64, 1), (64, 128, 2), (128, 128, 2), (64, 128, 4),
                        (256, 64, 1), (64, 32, 1), (128, 256, 4)]
-], triton.Config({"BLOCK_C": 1, "BLOCK_T": 8, "BLOCK_W": 32}, num_warps=1))  # interpreter: strips, halos walked
+], triton.Config({"BLOCK_C": 8, "BLOCK_T": 8, "BLOCK_W": 32}, num_warps=1))  # interpreter: strips, halos walked
 # several planes per program, as in the forward (``PLANES``)
 _BWD_ROW_PLANE_CONFIGS = autotune_configs([
     triton.Config({"BLOCK_C": bc, "BLOCK_T": bt, "BLOCK_W": bw}, num_warps=nw)
     for bc, bt, bw, nw in [(4, 64, 64, 2), (4, 128, 64, 2), (8, 64, 64, 2), (8, 128, 64, 4), (4, 64, 64, 1),
                            (2, 128, 128, 2), (4, 64, 128, 4), (8, 64, 64, 4), (16, 64, 64, 4), (2, 64, 256, 4)]
-], triton.Config({"BLOCK_C": 4, "BLOCK_T": 8, "BLOCK_W": 32}, num_warps=1))
+], triton.Config({"BLOCK_C": 1, "BLOCK_T": 8, "BLOCK_W": 32}, num_warps=1))
 
 
 @triton.jit
