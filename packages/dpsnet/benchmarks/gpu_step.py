@@ -130,39 +130,48 @@ def detection_agreement(a: list[dict], b: list[dict]) -> tuple[int, int]:
     return matched, total
 
 
-def time_steps(build_model, mode: str, images, targets, steps: int, warmup: int) -> list[float]:
+def _step_fn(build_model, mode: str, images, targets):
+    """One training step (bf16 autocast, forward, backward, SGD) of a fresh model, in ``mode``."""
     model = build_model().train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.001, momentum=0.9)
-    times = []
-    with aco_kernels.dispatch_mode(mode):
-        for i in range(warmup + steps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+
+    def step():
+        with aco_kernels.dispatch_mode(mode):
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 losses = model(images, targets)
             optimizer.zero_grad(set_to_none=True)
             sum(losses.values()).backward()
             optimizer.step()
-            end.record()
-            end.synchronize()
-            if i >= warmup:
-                times.append(start.elapsed_time(end))
-    return times
+    return step
 
 
-def time_inference(build_model, mode: str, images, reps: int, warmup: int) -> list[float]:
+def _inference_fn(build_model, mode: str, images):
     model = build_model().eval()
-    times = []
-    with aco_kernels.dispatch_mode(mode), torch.no_grad():
-        for i in range(warmup + reps):
+
+    def infer():
+        with aco_kernels.dispatch_mode(mode), torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            model(images)
+    return infer
+
+
+def time_interleaved(fns: dict, reps: int, warmup: int) -> dict[str, list[float]]:
+    """Milliseconds per call of each of ``fns`` (CUDA events), the calls interleaved (ABAB..., the order
+    alternating per round) so that both see the same host and clock conditions. The step is host-bound on
+    these GPUs (see ``profile_step.py``), so host noise would otherwise land on whichever runs first."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    torch.cuda.synchronize()
+    times = {name: [] for name in names}
+    for i in range(reps):
+        for name in (names if i % 2 == 0 else names[::-1]):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                model(images)
+            fns[name]()
             end.record()
             end.synchronize()
-            if i >= warmup:
-                times.append(start.elapsed_time(end))
+            times[name].append(start.elapsed_time(end))
     return times
 
 
@@ -235,20 +244,24 @@ def run(args) -> str:
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    lines += ["## Speed (bf16 autocast, cuDNN benchmark mode; CUDA events, median with q20-q80)", "",
+    lines += ["## Speed (bf16 autocast, cuDNN benchmark mode; CUDA events, median with q20-q80; the two paths' calls "
+              "interleaved)", "",
               "| what | kernels ms | references ms | references / kernels |", "| --- | ---: | ---: | ---: |"]
 
     def fmt(times):
         q = statistics.quantiles(times, n=5)
         return statistics.median(times), f"{statistics.median(times):.1f} ({q[0]:.1f}-{q[-1]:.1f})"
 
-    for label, fn, fn_args in [
-        (f"training step, batch {args.train_images}", time_steps, (images, targets, args.steps, 3)),
-        (f"inference, batch {args.eval_images}", time_inference, (eval_images, args.steps, 2)),
+    for label, make, make_args, warmup in [
+        (f"training step, batch {args.train_images}", _step_fn, (images, targets), 3),
+        (f"inference, batch {args.eval_images}", _inference_fn, (eval_images,), 2),
     ]:
-        mk, sk = fmt(fn(build_model, "auto", *fn_args))
-        mr, sr = fmt(fn(build_model, "reference", *fn_args))
+        times = time_interleaved({mode: make(build_model, mode, *make_args) for mode in ("auto", "reference")},
+                                 args.steps, warmup)
+        mk, sk = fmt(times["auto"])
+        mr, sr = fmt(times["reference"])
         lines.append(f"| {label} | {sk} | {sr} | {mr / mk:.2f}x |")
+        del times
         torch.cuda.empty_cache()
     lines += ["", f"Peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB; script wall time "
               f"{time.perf_counter() - t0:.0f} s.", ""]

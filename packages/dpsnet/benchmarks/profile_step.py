@@ -17,8 +17,6 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import aco_kernels
-
 sys.path.insert(0, str(Path(__file__).parent))
 import gpu_step
 
@@ -36,29 +34,19 @@ def main() -> int:
     images, targets = gpu_step.batch(2, 800, 12, seed=0)
     build_model = functools.partial(gpu_step.build, gpu_step.batch(2, 800, 1, seed=2)[0])
     for mode in ("auto", "reference"):
-        model = build_model().train()
-        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.001, momentum=0.9)
-
-        def step(model=model, optimizer=optimizer):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                losses = model(images, targets)
-            optimizer.zero_grad(set_to_none=True)
-            sum(losses.values()).backward()
-            optimizer.step()
-
-        with aco_kernels.dispatch_mode(mode):
-            for _ in range(args.warmup):
+        step = gpu_step._step_fn(build_model, mode, images, targets)
+        for _ in range(args.warmup):
+            step()
+        torch.cuda.synchronize()
+        times = []
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(args.steps):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
                 step()
-            torch.cuda.synchronize()
-            times = []
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                for _ in range(args.steps):
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    step()
-                    end.record()
-                    end.synchronize()
-                    times.append(start.elapsed_time(end))
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
         averages = prof.key_averages()
         try:
             by_device = averages.table(sort_by="self_device_time_total", row_limit=30)
@@ -70,7 +58,7 @@ def main() -> int:
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / f"profile_{mode}.txt").write_text("\n".join(text) + "\n")
-        del model, optimizer, prof
+        del step, prof
         torch.cuda.empty_cache()
     return 0
 
