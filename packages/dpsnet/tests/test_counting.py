@@ -123,3 +123,35 @@ def test_class_loss_edge_cases():
     ignored = torch.ones(1, 1, 3, 3)
     ignored[0, 0, 1, 1] = 0  # the only object pixel is an ignore region
     assert class_loss(-confident, target, ignored).item() == 0
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.1, 0.5])
+def test_feature_grad_scales_only_the_gradient_into_the_pyramid(scale):
+    """``feature_grad``: the same maps, the pyramid features' gradient times the scale, the view's own
+    parameters' gradients untouched (against a view with the full gradient, same weights)."""
+    torch.manual_seed(0)
+    full = CountingView(16, 3, levels=("0", "1"), stride=4, channels=8)
+    scaled = CountingView(16, 3, levels=("0", "1"), stride=4, channels=8, feature_grad=scale)
+    scaled.load_state_dict(full.state_dict())
+    g = torch.Generator().manual_seed(1)
+    base = {"0": torch.randn(2, 16, 8, 10, generator=g), "1": torch.randn(2, 16, 4, 5, generator=g)}
+    weight = torch.randn(2, 3, 8, 10, generator=g)
+    results = []
+    for view in (full, scaled):
+        feats = {k: v.clone().requires_grad_(True) for k, v in base.items()}
+        maps = view(feats, (32, 40))
+        (maps * weight).sum().backward()
+        # detached features (scale 0) get no gradient at all: zeros
+        results.append((maps.detach(), {k: v.grad if v.grad is not None else torch.zeros_like(v) for k, v in feats.items()},
+                        {n: p.grad.clone() for n, p in view.named_parameters()}))
+    (maps_f, feat_f, par_f), (maps_s, feat_s, par_s) = results
+    torch.testing.assert_close(maps_s, maps_f)
+    for key in base:
+        torch.testing.assert_close(feat_s[key], feat_f[key] * scale)
+    for name in par_f:
+        torch.testing.assert_close(par_s[name], par_f[name])
+
+
+def test_feature_grad_out_of_range_is_an_error():
+    with pytest.raises(ValueError, match="feature_grad"):
+        CountingView(16, 1, feature_grad=1.5)

@@ -50,6 +50,7 @@ SCHEMA: list[tuple[str, Any, str]] = [
     ("model.count_convs", 2, "3x3 convolutions in the counting head."),
     ("model.count_head", "direct", "Counting head: direct (one free map per class) or factorized (a non-negative object density times per-pixel class probabilities, with a class cross-entropy)."),
     ("model.count_norm", "batch", "Normalisation in the counting head's convolutions: batch (BatchNorm before each ReLU) or none (the first versions; their ReLUs could all die, leaving a constant map)."),
+    ("model.count_feature_grad", 1.0, "Scale of the counting view's gradient into the shared pyramid and backbone (1: all of it, 0: none; its own layers always learn at the full loss), so that the count losses can be weighted up without taking the pyramid over from the detector."),
     ("model.density_scale", 100.0, "The counting head predicts densities times this factor."),
     ("model.sigma_scale", 0.15, "Density Gaussian sigma = sigma_scale * sqrt(box area) (aco_kernels' rule)."),
     ("model.density_loss_weight", 1.0, "Weight of the per-pixel density loss."),

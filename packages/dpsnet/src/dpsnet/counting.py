@@ -128,6 +128,15 @@ def crop_counts(density: Tensor, image_sizes: Sequence[tuple[int, int]], stride:
     return torch.stack(counts).clamp(min=0.0)
 
 
+def _scale_grad(x: Tensor, scale: float) -> Tensor:
+    """``x`` in the forward; its gradient times ``scale`` in the backward."""
+    if scale == 1.0 or not x.requires_grad:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return x * scale + x.detach() * (1.0 - scale)
+
+
 class CountingView(nn.Module):
     """1x1 projections of the chosen pyramid levels, ``aco_kernels.pyramid_fuse`` to ``stride``, a conv head.
 
@@ -144,6 +153,9 @@ class CountingView(nn.Module):
             ``"none"``: plain conv + ReLU, as in the first versions, whose ReLUs the count loss's large early
             gradients (a map's sum over thousands of pixels) could all silence, leaving a constant map
             (checkpoints saved without the setting load as ``"none"``).
+        feature_grad: the share of the view's gradient that reaches the pyramid features it reads (and through
+            them the backbone): 1 all, 0 none (the features are detached); the view's own layers get all of it.
+            The value is the same; only the backward is scaled.
     """
 
     HEADS = ("direct", "factorized")
@@ -151,8 +163,11 @@ class CountingView(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, *, levels: Sequence[str] = ("1", "2", "3"),
                  stride: int = 8, channels: int = 64, num_convs: int = 2, head: str = "direct",
-                 norm: str = "batch"):
+                 norm: str = "batch", feature_grad: float = 1.0):
         super().__init__()
+        if not 0.0 <= feature_grad <= 1.0:
+            raise ValueError(f"feature_grad should be in [0, 1], got {feature_grad}")
+        self.feature_grad = float(feature_grad)
         if head not in self.HEADS:
             raise ValueError(f"head should be one of {self.HEADS}, got {head!r}")
         if norm not in self.NORMS:
@@ -180,7 +195,8 @@ class CountingView(nn.Module):
         """``(maps, class_logits)``: the density maps Tensor[B, num_classes, ceil(H / stride), ceil(W / stride)]
         for padded images [H, W], and for the factorized head the per-pixel class logits (else ``None``)."""
         size = (-(-padded_size[0] // self.stride), -(-padded_size[1] // self.stride))
-        projected = [proj(features[key]) for proj, key in zip(self.projections, self.levels, strict=True)]
+        projected = [proj(_scale_grad(features[key], self.feature_grad))
+                     for proj, key in zip(self.projections, self.levels, strict=True)]
         fused = aco_kernels.pyramid_fuse(projected, size)
         out = self.predictor(self.convs(fused))
         if self.head == "direct":

@@ -105,6 +105,7 @@ class DPSNet(nn.Module):
         count_convs: int = 2,
         count_head: str = "direct",
         count_norm: str = "batch",
+        count_feature_grad: float = 1.0,
         density_scale: float = 100.0,
         sigma_scale: float = 0.15,
         min_sigma: float = 1.0,
@@ -164,7 +165,7 @@ class DPSNet(nn.Module):
             agnostic_nms_thresh=box_agnostic_nms_thresh, agnostic_nms_decay=box_agnostic_nms_decay)
         self.counting_view = CountingView(channels, num_count_classes, levels=count_levels, stride=count_stride,
                                           channels=count_channels, num_convs=count_convs, head=count_head,
-                                          norm=count_norm)
+                                          norm=count_norm, feature_grad=count_feature_grad)
 
     def set_rescorer(self, rescorer: nn.Module | None) -> None:
         """Re-score the box head's detections at inference with a crop classifier
