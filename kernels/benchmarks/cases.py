@@ -131,6 +131,7 @@ def pyramid_fuse_case(dtype=torch.float32) -> Case:
         "kernel": _kernel(lambda lv, s, w: aco_kernels.pyramid_fuse(lv, s, w)),
         **{name: _kernel(_with_setting("pyramid_fuse", settings, lambda lv, s, w: aco_kernels.pyramid_fuse(lv, s, w)))
            for name, settings in [
+               ("kernel, coarse rows prefetched too", {"PREFETCH_COARSE": True}),
                ("kernel, rows loaded when summed (no prefetch)", {"PREFETCH": False}),
                ("kernel, groups of planes per program", {"PLANES": True}),
                ("kernel, one y pass per level in the backward", {"FUSED_BACKWARD": False}),

@@ -62,12 +62,15 @@ JOBS = [
     # the rows kernels with one plane per program and with a group of planes (BLOCK_C)
     *[(pyramid_fuse._pyramid_fuse_rows_body, PYRAMID_ROWS, {"NUM_LEVELS": n, "IDENTITY": identity,
                                                             "ACC": tl.float32, "PREFETCH": prefetch,
-                                                            "BLOCK_C": planes, "BLOCK_H": 16, "BLOCK_W": 128})
-      for n, identity, planes, prefetch in ((5, 0, 1, True), (5, 0, 1, False), (5, -1, 1, False), (6, 2, 1, True),
-                                            (1, 0, 1, True), (5, 0, 8, True), (6, -1, 4, False))],
+                                                            "COARSE_PREFETCH": coarse, "BLOCK_C": planes,
+                                                            "BLOCK_H": 16, "BLOCK_W": 128})
+      for n, identity, planes, prefetch, coarse in ((5, 0, 1, True, False), (5, 0, 1, False, True),
+                                                    (5, -1, 1, False, False), (6, 2, 1, True, True),
+                                                    (1, 0, 1, True, False), (5, 0, 8, True, True),
+                                                    (6, -1, 4, False, False))],
     (pyramid_fuse._pyramid_fuse_rows_body, {k: v for k, v in PYRAMID_ROWS.items() if k not in ("h4", "w4")},
-     {"h4": 1, "w4": 1, "NUM_LEVELS": 5, "IDENTITY": 0, "ACC": tl.float32, "PREFETCH": True, "BLOCK_C": 4,
-      "BLOCK_H": 16, "BLOCK_W": 128}),
+     {"h4": 1, "w4": 1, "NUM_LEVELS": 5, "IDENTITY": 0, "ACC": tl.float32, "PREFETCH": True,
+      "COARSE_PREFETCH": True, "BLOCK_C": 4, "BLOCK_H": 16, "BLOCK_W": 128}),
     *[(pyramid_fuse._pyramid_fuse_bwd_rows_body, {**PYRAMID_BWD, **{f"r{i}": rows for i in range(6)}},
        {"NUM_LEVELS": n, "IDENTITY": identity, "ACC": tl.float32, "PREFETCH": prefetch, "BLOCK_C": planes,
         "BLOCK_T": 64, "BLOCK_W": 64})

@@ -60,7 +60,7 @@ def test_kd_loss_gpu(dtype, other_path, shape, monkeypatch):
     _close(s_ker.grad, s_ref.grad, dtype, scale=1e-2)
 
 
-@pytest.mark.parametrize("dtype,other_path", [*PATHS, (torch.float32, "planes")])
+@pytest.mark.parametrize("dtype,other_path", [*PATHS, (torch.float32, "planes"), (torch.bfloat16, "coarse")])
 @pytest.mark.parametrize("sizes,target", [
     ([(200, 200), (100, 100), (50, 50), (25, 25), (13, 13)], (200, 200)),  # DPSNet P2-P6
     ([(37, 29), (19, 15), (10, 8)], (37, 29)),  # odd
@@ -77,6 +77,7 @@ def test_pyramid_fuse_gpu(dtype, other_path, sizes, target, monkeypatch):
     monkeypatch.setattr(module, "FUSED_BACKWARD", other_path is not True)
     monkeypatch.setattr(module, "PLANES", other_path == "planes")
     monkeypatch.setattr(module, "PREFETCH", other_path != "planes")
+    monkeypatch.setattr(module, "PREFETCH_COARSE", other_path == "coarse")  # coarser rows loaded ahead too
     g = _gen(1)
     levels = [torch.randn(2, 19, h, w, device="cuda", generator=g).to(dtype) for h, w in sizes]
     weights = [0.5 + 0.25 * i for i in range(len(sizes))]

@@ -67,6 +67,18 @@ def test_pyramid_fuse_plane_groups_without_prefetch_match_interpolate(kernel_pat
     _check_against_interpolate(sizes, target, torch.Generator().manual_seed(7), batch=1, channels=2)
 
 
+@pytest.mark.parametrize("sizes,target", [CASES[3], CASES[5], ([(40, 11), (9, 7), (3, 2), (40, 5)], (40, 11))])
+def test_pyramid_fuse_coarse_rows_prefetched_match_interpolate(kernel_path, monkeypatch, sizes, target):
+    """``PREFETCH_COARSE``: each coarser level's next source row loaded ahead, used rows later; walked over
+    strips of 16 rows with levels that move one source row at a time, jump (downsampled in y) or stay."""
+    from aco_kernels.ops import pyramid_fuse as module
+
+    monkeypatch.setattr(module, "PREFETCH_COARSE", True)
+    _check_against_interpolate(sizes, target, torch.Generator().manual_seed(10), batch=1, channels=2)
+    monkeypatch.setattr(module, "PLANES", True)  # and with one plane per program (the PLANES interpreter config)
+    _check_against_interpolate(sizes, target, torch.Generator().manual_seed(11), batch=1, channels=2)
+
+
 def test_pyramid_fuse_fused_backward_strips_and_halos(kernel_path):
     """The one-pass y backward over many strips (8 rows each here): strong upsampling (a 3-row level under
     a 40-row output: halos of 30 rows), a level equal in y but not in x, and no level at the output size."""

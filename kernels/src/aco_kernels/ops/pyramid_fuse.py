@@ -42,6 +42,10 @@ PLANES = False
 # The rows kernels load the next row of the level at the output size (forward) or of the gradient (backward)
 # while the current one is summed (a software pipeline: two rows in flight per program); False: one at a time.
 PREFETCH = True
+# The forward also loads, per coarser level, the source row after its bottom one as soon as it moves onto a new
+# row, so that the load is in flight over the output rows until that row is needed (not yet timed on a GPU:
+# off by default; the benchmarks time it as "coarse rows prefetched too").
+PREFETCH_COARSE = False
 
 
 @triton.jit
@@ -114,15 +118,18 @@ def _x_row(base, row, x0, x1, lx, mask, w, ACC: tl.constexpr):
 
 
 @triton.jit
-def _level_row(lvl: tl.constexpr, acc, cached, top, bottom, oy, ox, mask, plane,
+def _level_row(lvl: tl.constexpr, acc, cached, top, bottom, n0, n1, oy, ox, mask, plane,
                p0, p1, p2, p3, p4, p5, h0, h1, h2, h3, h4, h5, w0, w1, w2, w3, w4, w5,
                sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1, sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5,
-               NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr, PRELOADED: tl.constexpr):
+               NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr, PRELOADED: tl.constexpr,
+               COARSE_PREFETCH: tl.constexpr):
     """Add level ``lvl``'s contribution to output row ``oy`` of the planes ``plane`` ([BLOCK_C, 1]) at the
     columns ``ox`` ([1, BLOCK_W]). A coarser level keeps its two x-interpolated source rows (``top``: row
     ``cached``, ``bottom``: the next) from one output row to the next and loads a new source row only when the
     output row moves onto it: once per 2^l output rows. ``PRELOADED``: the level at the output size was added
-    by the caller (prefetched)."""
+    by the caller (prefetched). ``COARSE_PREFETCH``: ``n0``/``n1`` hold the raw loads, at ``x0``/``x1``, of the
+    source row after ``bottom``, issued when the level moved onto its current row and used (interpolated) at
+    its next move, so that the load's latency is spread over the output rows in between."""
     if lvl < NUM_LEVELS:
         h = pick(lvl, h0, h1, h2, h3, h4, h5)
         w = pick(lvl, w0, w1, w2, w3, w4, w5)
@@ -136,14 +143,25 @@ def _level_row(lvl: tl.constexpr, acc, cached, top, bottom, oy, ox, mask, plane,
             x0, x1, lx = _source_index(ox, pick(lvl, sw0, sw1, sw2, sw3, sw4, sw5), w)
             y0, y1, ly = _source_index(oy, pick(lvl, sh0, sh1, sh2, sh3, sh4, sh5), h)
             if y0 != cached:
-                if y0 == cached + 1:  # moved down one source row: the old bottom row is the new top
-                    top = bottom
+                if COARSE_PREFETCH:
+                    if y0 == cached + 1:  # the old bottom is the new top; the prefetched row (y1) the bottom
+                        top = bottom
+                        bottom = n0.to(ACC) + (n1.to(ACC) - n0.to(ACC)) * lx.to(ACC)
+                    else:
+                        top = _x_row(base, y0, x0, x1, lx, mask, w, ACC)
+                        bottom = _x_row(base, y1, x0, x1, lx, mask, w, ACC)
+                    after = tl.minimum(y1 + 1, h - 1)  # the bottom row at the next move
+                    n0 = tl.load(base + after * w + x0, mask=mask, other=0.0)
+                    n1 = tl.load(base + after * w + x1, mask=mask, other=0.0)
                 else:
-                    top = _x_row(base, y0, x0, x1, lx, mask, w, ACC)
-                bottom = _x_row(base, y1, x0, x1, lx, mask, w, ACC)
+                    if y0 == cached + 1:  # moved down one source row: the old bottom row is the new top
+                        top = bottom
+                    else:
+                        top = _x_row(base, y0, x0, x1, lx, mask, w, ACC)
+                    bottom = _x_row(base, y1, x0, x1, lx, mask, w, ACC)
                 cached = y0
             acc += weight * (top + (bottom - top) * ly.to(ACC))
-    return acc, cached, top, bottom
+    return acc, cached, top, bottom, n0, n1
 
 
 # one plane per program (BLOCK_C = 1, the former kernel: ``PLANES = False``) or several
@@ -172,7 +190,8 @@ def _pyramid_fuse_rows_body(
     sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1, sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5,
     out_h, out_w, num_planes,
     NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr,
-    PREFETCH: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    PREFETCH: tl.constexpr, COARSE_PREFETCH: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     """One program per (group of BLOCK_C planes, strip of BLOCK_H output rows x BLOCK_W columns), walking its
     rows in order. ``PREFETCH`` (only with a level at the output size): that level is loaded one row ahead."""
@@ -203,6 +222,19 @@ def _pyramid_fuse_rows_body(
     b4 = t0
     t5 = t0
     b5 = t0
+    # per coarser level, the raw loads of the next source row (COARSE_PREFETCH), in the levels' dtype
+    n00 = tl.zeros([BLOCK_C, BLOCK_W], dtype=out_ptr.dtype.element_ty)
+    n01 = n00
+    n10 = n00
+    n11 = n00
+    n20 = n00
+    n21 = n00
+    n30 = n00
+    n31 = n00
+    n40 = n00
+    n41 = n00
+    n50 = n00
+    n51 = n00
     out_plane = out_ptr + plane * out_h * out_w
     n_rows = tl.minimum(BLOCK_H, out_h - y_start)
     if PREFETCH:
@@ -217,31 +249,38 @@ def _pyramid_fuse_rows_body(
             acc = ident_weight * current.to(ACC)
         else:
             acc = tl.zeros([BLOCK_C, BLOCK_W], dtype=ACC)
-        acc, c0, t0, b0 = _level_row(0, acc, c0, t0, b0, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
+        acc, c0, t0, b0, n00, n01 = _level_row(0, acc, c0, t0, b0, n00, n01, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC, PREFETCH)
-        acc, c1, t1, b1 = _level_row(1, acc, c1, t1, b1, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC, PREFETCH,
+                                     COARSE_PREFETCH)
+        acc, c1, t1, b1, n10, n11 = _level_row(1, acc, c1, t1, b1, n10, n11, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC, PREFETCH)
-        acc, c2, t2, b2 = _level_row(2, acc, c2, t2, b2, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC, PREFETCH,
+                                     COARSE_PREFETCH)
+        acc, c2, t2, b2, n20, n21 = _level_row(2, acc, c2, t2, b2, n20, n21, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC, PREFETCH)
-        acc, c3, t3, b3 = _level_row(3, acc, c3, t3, b3, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC, PREFETCH,
+                                     COARSE_PREFETCH)
+        acc, c3, t3, b3, n30, n31 = _level_row(3, acc, c3, t3, b3, n30, n31, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC, PREFETCH)
-        acc, c4, t4, b4 = _level_row(4, acc, c4, t4, b4, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC, PREFETCH,
+                                     COARSE_PREFETCH)
+        acc, c4, t4, b4, n40, n41 = _level_row(4, acc, c4, t4, b4, n40, n41, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC, PREFETCH)
-        acc, c5, t5, b5 = _level_row(5, acc, c5, t5, b5, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC, PREFETCH,
+                                     COARSE_PREFETCH)
+        acc, c5, t5, b5, n50, n51 = _level_row(5, acc, c5, t5, b5, n50, n51, oy, ox, xmask, plane, p0, p1, p2, p3, p4, p5, h0, h1, h2,
                                      h3, h4, h5, w0, w1, w2, w3, w4, w5, sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1,
-                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC, PREFETCH)
+                                     sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5, NUM_LEVELS, IDENTITY, ACC, PREFETCH,
+                                     COARSE_PREFETCH)
         tl.store(out_plane + oy * out_w + ox, acc.to(out_ptr.dtype.element_ty), mask=xmask)
 
 
 _pyramid_fuse_rows_kernel = triton.autotune(
-    configs=_ROW_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS", "PREFETCH"])(_pyramid_fuse_rows_body)
+    configs=_ROW_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS", "PREFETCH", "COARSE_PREFETCH"])(
+    _pyramid_fuse_rows_body)
 _pyramid_fuse_rows_planes_kernel = triton.autotune(
-    configs=_ROW_PLANE_CONFIGS, key=["out_h", "out_w", "num_planes", "NUM_LEVELS", "PREFETCH"])(
+    configs=_ROW_PLANE_CONFIGS, key=["out_h", "out_w", "num_planes", "NUM_LEVELS", "PREFETCH", "COARSE_PREFETCH"])(
     _pyramid_fuse_rows_body)
 
 
@@ -565,7 +604,7 @@ class PyramidFuseFunction(torch.autograd.Function):
                 kernel = _pyramid_fuse_rows_planes_kernel if PLANES else _pyramid_fuse_rows_kernel
                 extra = (batch * channels,)
                 identity = _identity_level([lv.shape for lv in levels], size)
-                options = {"PREFETCH": PREFETCH and identity >= 0}
+                options = {"PREFETCH": PREFETCH and identity >= 0, "COARSE_PREFETCH": PREFETCH_COARSE}
             kernel[grid](
                 *level_args(levels), out,
                 *pad_levels([lv.shape[2] for lv in levels], 1), *pad_levels([lv.shape[3] for lv in levels], 1),
