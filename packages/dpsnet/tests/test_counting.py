@@ -142,8 +142,8 @@ def test_feature_grad_scales_only_the_gradient_into_the_pyramid(scale):
         maps = view(feats, (32, 40))
         (maps * weight).sum().backward()
         # detached features (scale 0) get no gradient at all: zeros
-        results.append((maps.detach(), {k: v.grad if v.grad is not None else torch.zeros_like(v) for k, v in feats.items()},
-                        {n: p.grad.clone() for n, p in view.named_parameters()}))
+        feature_grads = {k: v.grad if v.grad is not None else torch.zeros_like(v) for k, v in feats.items()}
+        results.append((maps.detach(), feature_grads, {n: p.grad.clone() for n, p in view.named_parameters()}))
     (maps_f, feat_f, par_f), (maps_s, feat_s, par_s) = results
     torch.testing.assert_close(maps_s, maps_f)
     for key in base:

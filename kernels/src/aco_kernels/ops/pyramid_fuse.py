@@ -143,22 +143,19 @@ def _level_row(lvl: tl.constexpr, acc, cached, top, bottom, n0, n1, oy, ox, mask
             x0, x1, lx = _source_index(ox, pick(lvl, sw0, sw1, sw2, sw3, sw4, sw5), w)
             y0, y1, ly = _source_index(oy, pick(lvl, sh0, sh1, sh2, sh3, sh4, sh5), h)
             if y0 != cached:
-                if COARSE_PREFETCH:
-                    if y0 == cached + 1:  # the old bottom is the new top; the prefetched row (y1) the bottom
-                        top = bottom
+                if y0 == cached + 1:  # moved down one source row: the old bottom row is the new top
+                    top = bottom
+                    if COARSE_PREFETCH:  # the new bottom (row y1) was loaded at the previous move
                         bottom = n0.to(ACC) + (n1.to(ACC) - n0.to(ACC)) * lx.to(ACC)
                     else:
-                        top = _x_row(base, y0, x0, x1, lx, mask, w, ACC)
                         bottom = _x_row(base, y1, x0, x1, lx, mask, w, ACC)
-                    after = tl.minimum(y1 + 1, h - 1)  # the bottom row at the next move
+                else:
+                    top = _x_row(base, y0, x0, x1, lx, mask, w, ACC)
+                    bottom = _x_row(base, y1, x0, x1, lx, mask, w, ACC)
+                if COARSE_PREFETCH:  # the bottom row at the next move
+                    after = tl.minimum(y1 + 1, h - 1)
                     n0 = tl.load(base + after * w + x0, mask=mask, other=0.0)
                     n1 = tl.load(base + after * w + x1, mask=mask, other=0.0)
-                else:
-                    if y0 == cached + 1:  # moved down one source row: the old bottom row is the new top
-                        top = bottom
-                    else:
-                        top = _x_row(base, y0, x0, x1, lx, mask, w, ACC)
-                    bottom = _x_row(base, y1, x0, x1, lx, mask, w, ACC)
                 cached = y0
             acc += weight * (top + (bottom - top) * ly.to(ACC))
     return acc, cached, top, bottom, n0, n1
@@ -423,8 +420,8 @@ def _pyramid_fuse_bwd_rows_body(
 ):
     """The y pass of every level's backward in one read of the gradient (every level upsampled or equal in y).
 
-    One program per (group of BLOCK_C planes, strip of BLOCK_T gradient rows x BLOCK_W columns) walks the strip's rows, and
-    ``halo`` rows past it, once: the identity level's gradient row is written right away (``weight * g``);
+    One program per (group of BLOCK_C planes, strip of BLOCK_T gradient rows x BLOCK_W columns) walks the
+    strip's rows, and ``halo`` rows past it, once: the identity level's gradient row is written right away (``weight * g``);
     each coarser level accumulates its source rows ``A_h^T g`` in two registers rows and stores each row it owns
     (the source rows whose first gradient row lies in the strip) when the walk has moved past it. Every source
     row is stored once by one program: no atomics, deterministic.
@@ -598,12 +595,12 @@ class PyramidFuseFunction(torch.autograd.Function):
                 return (triton.cdiv(batch * channels, meta.get("BLOCK_C", 1)),
                         triton.cdiv(size[0], meta["BLOCK_H"]) * triton.cdiv(size[1], meta["BLOCK_W"]))
 
+            identity = _identity_level([lv.shape for lv in levels], size)
             if FORWARD == "tiles":
                 kernel, extra, options = _pyramid_fuse_fwd_kernel, (), {}
             else:
                 kernel = _pyramid_fuse_rows_planes_kernel if PLANES else _pyramid_fuse_rows_kernel
                 extra = (batch * channels,)
-                identity = _identity_level([lv.shape for lv in levels], size)
                 options = {"PREFETCH": PREFETCH and identity >= 0, "COARSE_PREFETCH": PREFETCH_COARSE}
             kernel[grid](
                 *level_args(levels), out,
@@ -612,7 +609,7 @@ class PyramidFuseFunction(torch.autograd.Function):
                 *pad_levels([lv.shape[3] / size[1] for lv in levels], 1.0),
                 *pad_levels([float(w) for w in weights], 0.0),
                 size[0], size[1], *extra,
-                NUM_LEVELS=n, IDENTITY=_identity_level([lv.shape for lv in levels], size),
+                NUM_LEVELS=n, IDENTITY=identity,
                 ACC=acc_dtypes(dtype)[0], **options,
             )
         elif out.numel() > 0:
