@@ -78,3 +78,20 @@ def make_case():
 @pytest.fixture
 def coco_reference():
     return pycocotools_stats
+
+
+@pytest.fixture
+def case_files(tmp_path):
+    """``case_files(seed, val_seed)``: a random case and a validation case written as gt/results JSON files."""
+    from rpc_metrics.io import write_json
+
+    def write(seed: int, val_seed: int, n_images: int = 24) -> dict[str, str]:
+        gt, results = random_case(seed, n_images=n_images)
+        val_gt, val_results = random_case(val_seed, n_images=n_images)
+        paths = {name: tmp_path / f"{name}.json" for name in ("gt", "results", "val_gt", "val_results")}
+        for name, obj in zip(paths, (gt, results, val_gt, val_results), strict=True):
+            write_json(obj, paths[name])
+        return {k: str(v) for k, v in paths.items()}
+
+    return write
+

@@ -9,13 +9,8 @@ from rpc_metrics.io import write_json
 
 
 @pytest.fixture
-def files(tmp_path, make_case):
-    gt, results = make_case(1, n_images=24)
-    val_gt, val_results = make_case(2, n_images=24)
-    paths = {name: tmp_path / f"{name}.json" for name in ("gt", "results", "val_gt", "val_results")}
-    for name, obj in zip(paths, (gt, results, val_gt, val_results), strict=True):
-        write_json(obj, paths[name])
-    return {k: str(v) for k, v in paths.items()}
+def files(case_files):
+    return case_files(1, 2)
 
 
 def run(*args):

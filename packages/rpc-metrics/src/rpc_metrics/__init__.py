@@ -1,19 +1,23 @@
 """rpc-metrics: exact, fast evaluation for the Retail Product Checkout (RPC) dataset.
 
 Counting metrics (cAcc, mCIoU, ACD, mCCD) on count matrices, COCO bbox mAP50/mmAP equal to pycocotools,
-per-level tables with named threshold protocols, and the toolkit's file formats (:mod:`rpc_metrics.io`).
+per-level tables with named threshold protocols, a breakdown of count errors (:mod:`rpc_metrics.errors`), and the toolkit's file formats (:mod:`rpc_metrics.io`).
 """
 
 from rpc_metrics.counting import CountingAccumulator, CountingMetrics, counting_metrics
+from rpc_metrics.errors import ErrorReport, ErrorRow, analyse_errors
 from rpc_metrics.evaluate import EvaluationReport, RowResult, evaluate
 from rpc_metrics.io import FormatError
 
 __all__ = [
     "CountingAccumulator",
     "CountingMetrics",
+    "ErrorReport",
+    "ErrorRow",
     "EvaluationReport",
     "FormatError",
     "RowResult",
+    "analyse_errors",
     "counting_metrics",
     "evaluate",
 ]

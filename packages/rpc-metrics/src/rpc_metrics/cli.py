@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import sys
 
 import click
 
+from rpc_metrics.errors import DEFAULT_SIZE_BINS, analyse_errors
 from rpc_metrics.evaluate import PROTOCOLS, ROWS, SEARCHES, evaluate
 from rpc_metrics.io import FormatError, atomic_output, load_json, read_instances, validate_file, write_json
 
@@ -32,18 +34,50 @@ def main() -> None:
     """Exact, fast RPC checkout evaluation (cAcc, mCIoU, ACD, mCCD, mAP50, mmAP per level)."""
 
 
+def _check_protocol(protocol, threshold, val_results, val_gt) -> None:
+    if protocol == "fixed" and threshold is None:
+        raise click.UsageError("--protocol fixed needs --threshold")
+    if protocol == "transfer" and (val_results is None or val_gt is None):
+        raise click.UsageError("--protocol transfer needs --val-results and --val-gt")
+    if threshold is not None and protocol != "fixed":
+        raise click.UsageError("--threshold is only used with --protocol fixed")
+
+
+def _parse_bins(value: str) -> list[float]:
+    try:
+        bins = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of pixel sizes",
+                                 param_hint="--size-bins") from None
+    if not bins or any(b <= 0 for b in bins) or any(b <= a for a, b in itertools.pairwise(bins)):
+        raise click.BadParameter(f"{value!r}: give increasing positive pixel sizes, e.g. 16,32,64",
+                                 param_hint="--size-bins")
+    return bins
+
+
+def _threshold_options(command):
+    """RESULTS, GT and the options that choose the score threshold, shared by `evaluate` and `errors`."""
+    options = [
+        click.argument("results", type=click.Path(dir_okay=False)),
+        click.argument("gt", type=click.Path(dir_okay=False)),
+        click.option("--protocol", type=click.Choice(PROTOCOLS), default="oracle", show_default=True,
+                     help="How the score threshold is chosen: on the evaluated set (oracle), given (fixed), or on "
+                          "a validation pair (transfer)."),
+        click.option("--threshold", type=float, default=None, help="The score threshold of the fixed protocol."),
+        click.option("--val-results", type=click.Path(dir_okay=False), default=None,
+                     help="Validation results file (transfer protocol)."),
+        click.option("--val-gt", type=click.Path(dir_okay=False), default=None,
+                     help="Validation ground-truth file (transfer protocol)."),
+        click.option("--search", type=click.Choice(SEARCHES), default="exact", show_default=True,
+                     help="Threshold search: exact optimum over all scores, or the published tool's grid."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command("evaluate")
-@click.argument("results", type=click.Path(dir_okay=False))
-@click.argument("gt", type=click.Path(dir_okay=False))
-@click.option("--protocol", type=click.Choice(PROTOCOLS), default="oracle", show_default=True,
-              help="How the score threshold is chosen: on the evaluated set (oracle), given (fixed), or on a validation pair (transfer).")
-@click.option("--threshold", type=float, default=None, help="The score threshold of the fixed protocol.")
-@click.option("--val-results", type=click.Path(dir_okay=False), default=None,
-              help="Validation results file (transfer protocol).")
-@click.option("--val-gt", type=click.Path(dir_okay=False), default=None,
-              help="Validation ground-truth file (transfer protocol).")
-@click.option("--search", type=click.Choice(SEARCHES), default="exact", show_default=True,
-              help="Threshold search: exact optimum over all scores, or the published tool's grid.")
+@_threshold_options
 @click.option("--no-map", is_flag=True, help="Skip mAP50 and mmAP (counting metrics only).")
 @click.option("--levels", multiple=True, metavar="LEVELS",
               help="Rows to report, comma-separated among easy,medium,hard,averaged (default: all that exist).")
@@ -57,12 +91,7 @@ def main() -> None:
 def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, search, no_map, levels, method,
                      map_backend, json_out, csv_out) -> None:
     """Evaluate RESULTS (COCO results JSON) against GT (RPC instances JSON) and print the markdown table."""
-    if protocol == "fixed" and threshold is None:
-        raise click.UsageError("--protocol fixed needs --threshold")
-    if protocol == "transfer" and (val_results is None or val_gt is None):
-        raise click.UsageError("--protocol transfer needs --val-results and --val-gt")
-    if threshold is not None and protocol != "fixed":
-        raise click.UsageError("--threshold is only used with --protocol fixed")
+    _check_protocol(protocol, threshold, val_results, val_gt)
     try:
         report = evaluate(
             results, gt, protocol=protocol, threshold=threshold, val_results=val_results, val_gt=val_gt,
@@ -80,6 +109,39 @@ def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, sear
             writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["level", "category_id"])
             writer.writeheader()
             writer.writerows(records)
+
+
+@main.command("errors")
+@_threshold_options
+@click.option("--iou", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5, show_default=True,
+              help="Overlap at which a detection covers an object.")
+@click.option("--size-bins", default=",".join(f"{b:g}" for b in DEFAULT_SIZE_BINS), show_default=True,
+              help="Edges (pixels) of the bins of the objects' shorter box side.")
+@click.option("--levels", multiple=True, metavar="LEVELS",
+              help="Rows to report, comma-separated among easy,medium,hard,averaged (default: all that exist).")
+@click.option("--top", type=click.IntRange(0), default=10, show_default=True,
+              help="Confused SKU pairs to print.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the rows (every confusion pair and size bin) to this JSON file.")
+def errors_command(results, gt, protocol, threshold, val_results, val_gt, search, iou, size_bins, levels, top,
+                   json_out) -> None:
+    """Say why images are miscounted: objects missed, objects given the wrong SKU, extra detections.
+
+    Per row: images right, under-counted, over-counted or both; objects found, named wrong or missed; extra
+    detections; the images that would be right with every error of one kind undone; objects by size; the most
+    confused SKU pairs.
+    """
+    _check_protocol(protocol, threshold, val_results, val_gt)
+    bins = _parse_bins(size_bins)
+    try:
+        report = analyse_errors(results, gt, protocol=protocol, threshold=threshold, val_results=val_results,
+                                val_gt=val_gt, search=search, iou=iou, size_bins=bins,
+                                levels=_parse_levels(levels), top=top)
+    except ValueError as err:  # FormatError (bad input file) or a bad argument value
+        _fail(str(err))
+    click.echo(report.to_markdown())
+    if json_out:
+        write_json(report.to_dict(), json_out, indent=2)
 
 
 @main.command("validate")

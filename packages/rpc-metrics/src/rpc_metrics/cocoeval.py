@@ -43,7 +43,9 @@ class Matching:
 
     Detections are the kept ones (top ``max_dets`` per image and category), in the order used by
     pycocotools' accumulation: category, then descending score, then image, then rank in the group.
-    ``tp`` and ``ignored`` are ``bool[T, D]`` over IoU thresholds; ``det_score`` their scores.
+    ``tp`` and ``ignored`` are ``bool[T, D]`` over IoU thresholds; ``det_score`` their scores; ``det_index`` their
+    positions in the detections given to :func:`match`, and ``det_gt (int64[T, D])`` the position of the ground
+    truth each matched in the ground truths given (-1: none).
     """
 
     det_image: np.ndarray
@@ -54,6 +56,8 @@ class Matching:
     gt_category: np.ndarray
     gt_ignored: np.ndarray
     det_score: np.ndarray | None = None
+    det_index: np.ndarray | None = None
+    det_gt: np.ndarray | None = None
 
 
 def box_iou_coco(det: np.ndarray, gt: np.ndarray, gt_crowd: np.ndarray) -> np.ndarray:
@@ -157,6 +161,7 @@ def match(gt: BoxSet, dt: BoxSet, n_categories: int, *, max_dets: int = 100,
     ignored = np.where(matched, np.r_[gt_ignore, False][safe], outside[None, :])
     # pycocotools stores the matched gt's id and tests it for truth: id 0 counts as "not matched".
     tp = matched & (np.r_[gt_ids, 1][safe] != 0)
+    det_gt = np.r_[gt_order, -1][safe]
 
     # Accumulation order: category, descending score, image, rank in the group (pycocotools' mergesort).
     dt_image = dt.image_index[dt_order]
@@ -165,7 +170,7 @@ def match(gt: BoxSet, dt: BoxSet, n_categories: int, *, max_dets: int = 100,
     return Matching(
         det_image=dt_image[acc], det_category=dt_category[acc], tp=tp[:, acc], ignored=ignored[:, acc],
         gt_image=gt.image_index[gt_order], gt_category=gt.category_index[gt_order], gt_ignored=gt_ignore,
-        det_score=dt_scores[acc],
+        det_score=dt_scores[acc], det_index=dt_order[acc], det_gt=det_gt[:, acc],
     )
 
 

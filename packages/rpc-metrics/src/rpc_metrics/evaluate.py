@@ -198,6 +198,47 @@ def _choose(intervals: CorrectIntervals, search: str) -> ThresholdChoice:
     return exact_search(intervals) if search == "exact" else grid_search(intervals)
 
 
+def check_protocol(protocol: str, threshold: float | None, val_results: Any, val_gt: Any, search: str,
+                   levels: Sequence[str] | None) -> None:
+    """Raise ValueError for a threshold protocol missing what it needs, an unknown search or level."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol should be one of {PROTOCOLS}, got {protocol!r}")
+    if search not in SEARCHES:
+        raise ValueError(f"search should be one of {SEARCHES}, got {search!r}")
+    if protocol == "fixed" and threshold is None:
+        raise ValueError("protocol 'fixed' needs a threshold")
+    if protocol == "transfer" and (val_results is None or val_gt is None):
+        raise ValueError("protocol 'transfer' needs val_results and val_gt (the validation pair)")
+    if levels is not None:
+        unknown = [lv for lv in levels if lv not in ROWS]
+        if unknown:
+            raise ValueError(f"unknown level {unknown[0]!r}; choose among {ROWS}")
+
+
+def _levels_required(levels: Sequence[str] | None) -> bool:
+    return levels is not None and any(lv != "averaged" for lv in levels)
+
+
+def _rows_and_validation(p: _Prepared, levels: Sequence[str] | None, protocol: str, val_results: Any, val_gt: Any,
+                         search: str) -> tuple[Sequence[str], float | None]:
+    """The rows to report (default: every level when each image has one, else averaged) and the transfer
+    protocol's threshold, chosen on the validation pair's averaged row (None for the other protocols)."""
+    if levels is None:
+        levels = ROWS if len(p.image_ids) and all(p.image_levels != "") else ("averaged",)
+    validation_threshold = None
+    if protocol == "transfer":
+        vp, _, _ = _prepare(val_results, val_gt, require_levels=False)
+        validation_threshold = _choose(_row_intervals(vp, np.ones(len(vp.image_ids), bool)), search).threshold
+    return levels, validation_threshold
+
+
+def _row_threshold(p: _Prepared, mask: np.ndarray, protocol: str, threshold: float | None,
+                   validation_threshold: float | None, search: str) -> float:
+    if protocol == "oracle":
+        return _choose(_row_intervals(p, mask), search).threshold
+    return float(threshold if protocol == "fixed" else validation_threshold)
+
+
 def _row_counting(p: _Prepared, mask: np.ndarray, threshold: float) -> tuple[CountingMetrics, dict[str, list]]:
     local = np.cumsum(mask) - 1
     counted = mask[p.dt.image_index] & (p.dt.scores >= threshold)
@@ -269,39 +310,18 @@ def evaluate(
         map_backend: ``fast`` (vectorized, equal to pycocotools) or ``pycocotools`` (the reference).
         method: the method name printed in the table.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol should be one of {PROTOCOLS}, got {protocol!r}")
-    if search not in SEARCHES:
-        raise ValueError(f"search should be one of {SEARCHES}, got {search!r}")
     if map_backend not in ("fast", "pycocotools"):
         raise ValueError(f"map_backend should be 'fast' or 'pycocotools', got {map_backend!r}")
-    if protocol == "fixed" and threshold is None:
-        raise ValueError("protocol 'fixed' needs a threshold")
-    if protocol == "transfer" and (val_results is None or val_gt is None):
-        raise ValueError("protocol 'transfer' needs val_results and val_gt (the validation pair)")
-    if levels is not None:
-        unknown = [lv for lv in levels if lv not in ROWS]
-        if unknown:
-            raise ValueError(f"unknown level {unknown[0]!r}; choose among {ROWS}")
-    require_levels = levels is not None and any(lv != "averaged" for lv in levels)
-    p, gt_data, res_data = _prepare(results, gt, require_levels=require_levels)
-    if levels is None:
-        levels = ROWS if len(p.image_ids) and all(p.image_levels != "") else ("averaged",)
-
-    validation_threshold = None
-    if protocol == "transfer":
-        vp, _, _ = _prepare(val_results, val_gt, require_levels=False)
-        validation_threshold = _choose(_row_intervals(vp, np.ones(len(vp.image_ids), bool)), search).threshold
+    check_protocol(protocol, threshold, val_results, val_gt, search, levels)
+    p, gt_data, res_data = _prepare(results, gt, require_levels=_levels_required(levels))
+    levels, validation_threshold = _rows_and_validation(p, levels, protocol, val_results, val_gt, search)
 
     matching = None
     if compute_map and map_backend == "fast":
         matching = cocoeval.match(p.gt, p.dt, len(p.category_ids))
     rows = []
     for level, mask in _row_masks(p, levels).items():
-        if protocol == "oracle":
-            row_threshold = _choose(_row_intervals(p, mask), search).threshold
-        else:
-            row_threshold = float(threshold if protocol == "fixed" else validation_threshold)
+        row_threshold = _row_threshold(p, mask, protocol, threshold, validation_threshold, search)
         metrics, columns = _row_counting(p, mask, row_threshold)
         mmap = map50 = None
         if compute_map:

@@ -1,0 +1,249 @@
+"""Where checkout counting errors come from: each object found, named wrong or missed, each detection extra or not.
+
+cAcc only asks whether an image's counts are all right; this module says why they are not, at the same score
+threshold and with the same protocols as :func:`rpc_metrics.evaluate`:
+
+- Every detection at or above the threshold is matched greedily, higher scores first, to the ground truth
+  object of **its own SKU** it overlaps most (IoU >= ``iou``, each object matched once; COCO's rule, as in
+  :func:`rpc_metrics.cocoeval.match`). Those objects are **found**.
+- The detections and objects left over are matched again, SKUs ignored: such an object was seen but given
+  **the wrong SKU** (a confusion pair).
+- Objects still unmatched are **missed**; detections still unmatched are **extra** (false positives,
+  duplicates, or boxes too far off to count as any object).
+
+The three kinds of error add up exactly to the count errors: for every image and SKU, the ground truth count
+minus the predicted count equals (wrong-SKU objects of that SKU - wrong-SKU detections of it) + missed - extra.
+So "right if no missed" (the images whose counts would all be right with every missed object found, and
+nothing else changed) and its two siblings tell which kind of error holds cAcc back. Errors can cancel out
+(a missed object and an extra detection of the same SKU leave the count right), so undoing one kind alone can
+also make a right image wrong. Crowd ground truth
+(``iscrowd: 1``) is left out, as the counting metrics leave it out; detections on it count as extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rpc_metrics import cocoeval
+from rpc_metrics.counting import count_matrix
+from rpc_metrics.evaluate import (
+    _levels_required,
+    _pct,
+    _prepare,
+    _Prepared,
+    _row_masks,
+    _row_threshold,
+    _rows_and_validation,
+    check_protocol,
+)
+
+KINDS = ("missed", "wrong_sku", "extra")
+DEFAULT_SIZE_BINS = (16, 24, 32, 48, 64, 96)
+
+
+@dataclass(frozen=True)
+class ErrorRow:
+    """The error breakdown of one row (a level, or ``averaged``) at its score threshold.
+
+    Image columns: ``images_right`` (every SKU counted right: cAcc's numerator), ``images_under`` (some SKU
+    under-counted, none over-counted), ``images_over`` (the reverse), ``images_both``. Object columns:
+    ``objects`` = ``found`` + ``wrong_sku`` + ``missed``; ``detections`` = ``found`` + ``wrong_sku`` + ``extra``.
+    ``right_if[kind]``: images that would be right with every error of that kind undone.
+    ``size_bins``: per bin of the objects' shorter box side (pixels, ``[lo, hi)``), their objects, found,
+    wrong_sku and missed (``hi`` None: no upper bound). ``confusions``: (true category id, detected category id, objects), most frequent first.
+    """
+
+    level: str
+    n_images: int
+    threshold: float
+    images_right: int
+    images_under: int
+    images_over: int
+    images_both: int
+    objects: int
+    detections: int
+    found: int
+    wrong_sku: int
+    missed: int
+    extra: int
+    right_if: dict[str, int]
+    size_bins: list[dict[str, float | None]]
+    confusions: list[tuple[int, int, int]]
+
+
+@dataclass(frozen=True)
+class ErrorReport:
+    """The rows of :func:`analyse_errors`, with the settings they were computed with."""
+
+    rows: list[ErrorRow]
+    protocol: str
+    iou: float
+    category_ids: list[int]
+    category_names: list[str]
+    validation_threshold: float | None = None
+    top: int = 10
+    notes: list[str] = field(default_factory=list)
+
+    def row(self, level: str) -> ErrorRow:
+        for r in self.rows:
+            if r.level == level:
+                return r
+        raise KeyError(f"no row {level!r}; rows: {[r.level for r in self.rows]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"protocol": self.protocol, "iou": self.iou, "validation_threshold": self.validation_threshold,
+                "rows": [asdict(r) for r in self.rows]}
+
+    def to_markdown(self) -> str:
+        """Three tables: the breakdown per row, objects by size and the most confused SKU pairs (last row)."""
+        name_of = dict(zip(self.category_ids, self.category_names, strict=True))
+        where = {"oracle": "chosen per row on the evaluated images", "fixed": "given",
+                 "transfer": "chosen on the validation files"}[self.protocol]
+        lines = [f"Errors at the score threshold {where} (protocol {self.protocol}); matched at IoU >= {self.iou:g}.",
+                 "", "| level | threshold | images | right | under-counted only | over-counted only | both | objects "
+                 "| found | wrong SKU | missed | extra | right if no missed | right if no wrong SKU | right if no extra |",
+                 "| --- |" + " ---: |" * 14]
+        for r in self.rows:
+            n = max(r.n_images, 1)
+            lines.append(
+                f"| {r.level} | {r.threshold:.4g} | {r.n_images} | {_pct(r.images_right / n)} | "
+                f"{_pct(r.images_under / n)} | {_pct(r.images_over / n)} | {_pct(r.images_both / n)} | {r.objects} | "
+                f"{r.found} | {r.wrong_sku} | {r.missed} | {r.extra} | {_pct(r.right_if['missed'] / n)} | "
+                f"{_pct(r.right_if['wrong_sku'] / n)} | {_pct(r.right_if['extra'] / n)} |")
+        last = self.rows[-1] if self.rows else None
+        if last is not None and last.objects:
+            lines += ["", f"Objects by their shorter box side ({last.level}):", "",
+                      "| shorter side (px) | objects | found | wrong SKU | missed | missed share |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: |"]
+            for b in last.size_bins:
+                if b["objects"]:
+                    hi = "" if b["hi"] is None else f"{b['hi']:g}"
+                    lines.append(f"| {b['lo']:g}-{hi} | {b['objects']} | {b['found']} | {b['wrong_sku']} | "
+                                 f"{b['missed']} | {_pct(b['missed'] / b['objects'])} |")
+        if last is not None and last.confusions:
+            lines += ["", f"Most frequent wrong SKUs ({last.level}; {last.wrong_sku} objects in all):", "",
+                      "| SKU | detected as | objects |", "| --- | --- | ---: |"]
+            for true_id, det_id, n in last.confusions[: self.top]:
+                lines.append(f"| {name_of.get(true_id, true_id)} | {name_of.get(det_id, det_id)} | {n} |")
+        return "\n".join(lines + self.notes)
+
+
+def _matches(gt: cocoeval.BoxSet, dt: cocoeval.BoxSet, n_categories: int, iou: float) -> np.ndarray:
+    """For each detection of ``dt`` (in its order), the ground truth of ``gt`` it matches greedily, or -1."""
+    out = np.full(len(dt.image_index), -1, dtype=np.int64)
+    if len(out) == 0 or len(gt.image_index) == 0:
+        return out
+    m = cocoeval.match(gt, dt, n_categories, max_dets=len(out) + 1, iou_thresholds=np.array([iou]))
+    out[m.det_index] = m.det_gt[0]
+    return out
+
+
+def _subset(s: cocoeval.BoxSet, keep: np.ndarray, *, one_category: bool = False) -> cocoeval.BoxSet:
+    """Rows ``keep`` of a box set; ``one_category`` puts every box in category 0 (matching across SKUs)."""
+    category = s.category_index[keep]
+    return cocoeval.BoxSet(
+        image_index=s.image_index[keep], category_index=np.zeros_like(category) if one_category else category,
+        boxes=s.boxes[keep], scores=None if s.scores is None else s.scores[keep],
+        iscrowd=None if s.iscrowd is None else s.iscrowd[keep],
+        area=None if s.area is None else s.area[keep], ids=None if s.ids is None else s.ids[keep])
+
+
+def _row_errors(p: _Prepared, level: str, mask: np.ndarray, threshold: float, iou: float,
+                size_bins: Sequence[float]) -> ErrorRow:
+    n_img, n_cat = int(mask.sum()), len(p.category_ids)
+    local = np.cumsum(mask) - 1
+    gt_keep = np.flatnonzero(mask[p.gt.image_index] & (p.gt.iscrowd == 0))
+    dt_keep = np.flatnonzero(mask[p.dt.image_index] & (p.dt.scores >= threshold))
+    gt, dt = _subset(p.gt, gt_keep), _subset(p.dt, dt_keep)
+    # Pass 1: each SKU on its own. Pass 2: what is left, SKUs ignored.
+    first = _matches(gt, dt, n_cat, iou)
+    gt_found = np.zeros(len(gt_keep), dtype=bool)
+    gt_found[first[first >= 0]] = True
+    gt_left, dt_left = np.flatnonzero(~gt_found), np.flatnonzero(first < 0)
+    second = _matches(_subset(gt, gt_left, one_category=True), _subset(dt, dt_left, one_category=True), 1, iou)
+    paired = second >= 0
+    wrong_gt, wrong_dt = gt_left[second[paired]], dt_left[paired]
+    gt_wrong = np.zeros(len(gt_keep), dtype=bool)
+    gt_wrong[wrong_gt] = True
+    missed = ~gt_found & ~gt_wrong
+    extra = np.ones(len(dt_keep), dtype=bool)
+    extra[first >= 0] = False
+    extra[wrong_dt] = False
+
+    def counts(image_index: np.ndarray, category_index: np.ndarray) -> np.ndarray:
+        return count_matrix(local[image_index], category_index, n_img, n_cat)
+
+    truth = counts(gt.image_index, gt.category_index)
+    pred = counts(dt.image_index, dt.category_index)
+    fixes = {"missed": counts(gt.image_index[missed], gt.category_index[missed]),
+             "wrong_sku": counts(gt.image_index[wrong_gt], gt.category_index[wrong_gt])
+             - counts(dt.image_index[wrong_dt], dt.category_index[wrong_dt]),
+             "extra": -counts(dt.image_index[extra], dt.category_index[extra])}
+    diff = pred - truth
+    under, over = (diff < 0).any(axis=1), (diff > 0).any(axis=1)
+    right_if = {kind: int(((pred + fixes[kind]) == truth).all(axis=1).sum()) for kind in KINDS}
+
+    side = np.minimum(gt.boxes[:, 2], gt.boxes[:, 3])
+    edges = np.r_[0.0, np.asarray(size_bins, dtype=np.float64), np.inf]
+    which = np.clip(np.searchsorted(edges, side, side="right") - 1, 0, len(edges) - 2)
+    nb = len(edges) - 1
+    tally = {name: np.bincount(which[sel], minlength=nb)
+             for name, sel in (("objects", np.ones(len(side), bool)), ("found", gt_found), ("wrong_sku", gt_wrong),
+                               ("missed", missed))}
+    bins = [{"lo": float(edges[b]), "hi": float(edges[b + 1]) if b + 1 < nb else None,
+             **{k: int(v[b]) for k, v in tally.items()}} for b in range(nb)]
+
+    cat_ids = np.asarray(p.category_ids, dtype=np.int64)
+    key = gt.category_index[wrong_gt].astype(np.int64) * n_cat + dt.category_index[wrong_dt]
+    pairs, n_pairs = np.unique(key, return_counts=True)
+    order = np.lexsort((pairs, -n_pairs))
+    confusions = [(int(cat_ids[k // n_cat]), int(cat_ids[k % n_cat]), int(c))
+                  for k, c in zip(pairs[order], n_pairs[order], strict=True)]
+    return ErrorRow(
+        level=level, n_images=n_img, threshold=float(threshold), images_right=int((~under & ~over).sum()),
+        images_under=int((under & ~over).sum()), images_over=int((over & ~under).sum()),
+        images_both=int((under & over).sum()), objects=len(gt_keep), detections=len(dt_keep),
+        found=int(gt_found.sum()), wrong_sku=int(gt_wrong.sum()), missed=int(missed.sum()), extra=int(extra.sum()),
+        right_if=right_if, size_bins=bins, confusions=confusions)
+
+
+def analyse_errors(
+    results: Any,
+    gt: Any,
+    *,
+    protocol: str = "oracle",
+    threshold: float | None = None,
+    val_results: Any = None,
+    val_gt: Any = None,
+    search: str = "exact",
+    iou: float = 0.5,
+    size_bins: Sequence[float] = DEFAULT_SIZE_BINS,
+    levels: Sequence[str] | None = None,
+    top: int = 10,
+) -> ErrorReport:
+    """Break each row's count errors down into missed objects, wrong SKUs and extra detections.
+
+    The arguments are :func:`rpc_metrics.evaluate`'s (the same files, protocols and rows), plus ``iou`` (the
+    overlap that makes a detection cover an object), ``size_bins`` (increasing edges, in pixels, of the
+    objects' shorter box side) and ``top`` (confused SKU pairs printed by :meth:`ErrorReport.to_markdown`).
+    """
+    check_protocol(protocol, threshold, val_results, val_gt, search, levels)
+    if not 0.0 < iou <= 1.0:
+        raise ValueError(f"iou should be in (0, 1], got {iou}")
+    edges = np.asarray(size_bins, dtype=np.float64)
+    if edges.ndim != 1 or (edges <= 0).any() or (np.diff(edges) <= 0).any():
+        raise ValueError(f"size_bins should be increasing positive pixel sizes, got {list(size_bins)}")
+    p, _, _ = _prepare(results, gt, require_levels=_levels_required(levels))
+    levels, validation_threshold = _rows_and_validation(p, levels, protocol, val_results, val_gt, search)
+    rows = [_row_errors(p, level, mask, _row_threshold(p, mask, protocol, threshold, validation_threshold, search),
+                        iou, edges)
+            for level, mask in _row_masks(p, levels).items()]
+    return ErrorReport(rows=rows, protocol=protocol, iou=iou, category_ids=p.category_ids,
+                       category_names=p.category_names, validation_threshold=validation_threshold, top=top)
+
+
+__all__ = ["DEFAULT_SIZE_BINS", "KINDS", "ErrorReport", "ErrorRow", "analyse_errors"]
