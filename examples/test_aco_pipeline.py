@@ -44,8 +44,15 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(quick_demo):
     report = (out / "report.md").read_text()
     assert report.strip() in done.stdout
     for heading in ("## Ablation (test split, protocol `transfer`", "protocol `oracle`", "## Checks",
-                    "## Distillation rounds", "## Rendering", "## Timings", "## Machine", "## Figures"):
+                    "## Distillation rounds", "## Rendering", "## Timings", "## Machine", "## Figures",
+                    "## What holds cAcc back"):
         assert heading in report
+    # the last round's errors add up to its objects and detections, at the transfer threshold of the table above
+    errors = json.loads((out / "metrics.json").read_text())["errors_last_stage"]
+    last = next(r for r in errors["rows"] if r["level"] == "averaged")
+    assert last["objects"] == last["found"] + last["wrong_sku"] + last["missed"]
+    assert last["detections"] == last["found"] + last["wrong_sku"] + last["extra"]
+    assert errors["protocol"] == "transfer" and f"| averaged | {last['threshold']:.4g} | " in report
     header = "| level | method | cAcc | mCIoU | ACD | mCCD | mAP50 | mmAP | threshold |"
     assert report.count(header) == 2
     for level in LEVELS:
