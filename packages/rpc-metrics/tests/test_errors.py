@@ -68,8 +68,13 @@ def reference(gt, results, threshold, iou=0.5, image_ids=None):
         under = any(pred[c] < n for c, n in truth.items())
         over = any(n > truth[c] for c, n in pred.items())
         classes["right" if not (under or over) else "both" if under and over else "under" if under else "over"] += 1
+    per_sku = {"objects": Counter(a["category_id"] for a in gts.values()),
+               "found": Counter(gts[g]["category_id"] for g in first.values()),
+               "wrong_sku": Counter(gts[g]["category_id"] for g in wrong),
+               "missed": Counter(gts[g]["category_id"] for g in missed),
+               "extra": Counter(dets[d]["category_id"] for d in extra)}
     return {"found": len(first), "wrong_sku": len(second), "missed": len(missed), "extra": len(extra),
-            "confusions": confusions, "sizes": sizes, "classes": classes}
+            "confusions": confusions, "sizes": sizes, "classes": classes, "per_sku": per_sku}
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -86,6 +91,9 @@ def test_breakdown_equals_the_slow_reference(make_case, seed, threshold):
     assert counts == sorted(counts, reverse=True)
     for name, tally in ref["sizes"].items():
         assert [b[name] for b in row.size_bins] == [tally[i] for i in range(len(row.size_bins))], name
+    for name, tally in ref["per_sku"].items():
+        assert {c["category_id"]: c[name] for c in row.categories if c[name]} == dict(tally), name
+    assert [c["category_id"] for c in row.categories] == sorted(c["id"] for c in gt["categories"])
     classes = ref["classes"]
     assert (row.images_right, row.images_under, row.images_over, row.images_both) == (
         classes["right"], classes["under"], classes["over"], classes["both"])
@@ -156,6 +164,8 @@ def test_a_wrong_sku_alone_is_mended_by_its_kind():
     assert (row.images_right, row.wrong_sku, row.extra, row.missed) == (1, 1, 0, 0)
     assert row.right_if == {"missed": 1, "wrong_sku": 2, "extra": 1}
     assert "| sku1 | sku2 | 1 |" in analyse_errors(res, gt, protocol="fixed", threshold=0.5).to_markdown()
+    text = analyse_errors(res, gt, protocol="fixed", threshold=0.99).to_markdown()
+    assert "| sku1 | 1 | 1 | 100.00% | 0 | 0 |" in text and "| sku2 | 1 | 1 | 100.00% | 0 | 0 |" in text
 
 
 def test_errors_that_cancel_out():

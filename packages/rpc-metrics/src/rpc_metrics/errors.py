@@ -55,6 +55,8 @@ class ErrorRow:
     ``right_if[kind]``: images that would be right with every error of that kind undone.
     ``size_bins``: per bin of the objects' shorter box side (pixels, ``[lo, hi)``), their objects, found,
     wrong_sku and missed (``hi`` None: no upper bound). ``confusions``: (true category id, detected category id, objects), most frequent first.
+    ``categories``: per SKU (category file order), its objects, found, wrong_sku (objects of it named as another
+    SKU), missed, and extra detections of it.
     """
 
     level: str
@@ -73,6 +75,7 @@ class ErrorRow:
     right_if: dict[str, int]
     size_bins: list[dict[str, float | None]]
     confusions: list[tuple[int, int, int]]
+    categories: list[dict[str, int]]
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,8 @@ class ErrorReport:
                 "rows": [asdict(r) for r in self.rows]}
 
     def to_markdown(self) -> str:
-        """Three tables: the breakdown per row, objects by size and the most confused SKU pairs (last row)."""
+        """The breakdown per row, then for the last row: objects by size, the most missed SKUs and the most
+        confused SKU pairs."""
         name_of = dict(zip(self.category_ids, self.category_names, strict=True))
         where = {"oracle": "chosen per row on the evaluated images", "fixed": "given",
                  "transfer": "chosen on the validation files"}[self.protocol]
@@ -124,6 +128,15 @@ class ErrorReport:
                     hi = "" if b["hi"] is None else f"{b['hi']:g}"
                     lines.append(f"| {b['lo']:g}-{hi} | {b['objects']} | {b['found']} | {b['wrong_sku']} | "
                                  f"{b['missed']} | {_pct(b['missed'] / b['objects'])} |")
+        missed = sorted((c for c in (last.categories if last is not None else []) if c["missed"]),
+                        key=lambda c: (-c["missed"], c["category_id"]))
+        if missed:
+            lines += ["", f"Most missed SKUs ({last.level}; {last.missed} objects in all):", "",
+                      "| SKU | objects | missed | missed share | wrong SKU | extra detections |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: |"]
+            for c in missed[: self.top]:
+                lines.append(f"| {name_of.get(c['category_id'], c['category_id'])} | {c['objects']} | {c['missed']} | "
+                             f"{_pct(c['missed'] / c['objects'])} | {c['wrong_sku']} | {c['extra']} |")
         if last is not None and last.confusions:
             lines += ["", f"Most frequent wrong SKUs ({last.level}; {last.wrong_sku} objects in all):", "",
                       "| SKU | detected as | objects |", "| --- | --- | ---: |"]
@@ -203,12 +216,18 @@ def _row_errors(p: _Prepared, level: str, mask: np.ndarray, threshold: float, io
     order = np.lexsort((pairs, -n_pairs))
     confusions = [(int(cat_ids[k // n_cat]), int(cat_ids[k % n_cat]), int(c))
                   for k, c in zip(pairs[order], n_pairs[order], strict=True)]
+    per_sku = {name: np.bincount(category, minlength=n_cat)
+               for name, category in (("objects", gt.category_index), ("found", gt.category_index[gt_found]),
+                                      ("wrong_sku", gt.category_index[gt_wrong]), ("missed", gt.category_index[missed]),
+                                      ("extra", dt.category_index[extra]))}
+    categories = [{"category_id": int(cat_ids[k]), **{name: int(v[k]) for name, v in per_sku.items()}}
+                  for k in range(n_cat)]
     return ErrorRow(
         level=level, n_images=n_img, threshold=float(threshold), images_right=int((~under & ~over).sum()),
         images_under=int((under & ~over).sum()), images_over=int((over & ~under).sum()),
         images_both=int((under & over).sum()), objects=len(gt_keep), detections=len(dt_keep),
         found=int(gt_found.sum()), wrong_sku=int(gt_wrong.sum()), missed=int(missed.sum()), extra=int(extra.sum()),
-        right_if=right_if, size_bins=bins, confusions=confusions)
+        right_if=right_if, size_bins=bins, confusions=confusions, categories=categories)
 
 
 def analyse_errors(
