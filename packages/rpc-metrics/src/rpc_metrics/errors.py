@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from rpc_metrics import cocoeval
-from rpc_metrics.counting import count_matrix
 from rpc_metrics.evaluate import (
     _levels_required,
     _pct,
@@ -165,40 +164,79 @@ def _subset(s: cocoeval.BoxSet, keep: np.ndarray, *, one_category: bool = False)
         area=None if s.area is None else s.area[keep], ids=None if s.ids is None else s.ids[keep])
 
 
-def _row_errors(p: _Prepared, level: str, mask: np.ndarray, threshold: float, iou: float,
-                size_bins: Sequence[float]) -> ErrorRow:
-    n_img, n_cat = int(mask.sum()), len(p.category_ids)
-    local = np.cumsum(mask) - 1
-    gt_keep = np.flatnonzero(mask[p.gt.image_index] & (p.gt.iscrowd == 0))
-    dt_keep = np.flatnonzero(mask[p.dt.image_index] & (p.dt.scores >= threshold))
-    gt, dt = _subset(p.gt, gt_keep), _subset(p.dt, dt_keep)
+@dataclass(frozen=True)
+class _Outcomes:
+    """Every image's matching at one threshold: the regular objects and the detections counted, each object
+    found / named wrong / missed, each detection extra or not, and the wrong-SKU (object, detection) pairs."""
+
+    gt: cocoeval.BoxSet
+    dt: cocoeval.BoxSet
+    found: np.ndarray
+    wrong: np.ndarray
+    missed: np.ndarray
+    extra: np.ndarray
+    wrong_gt: np.ndarray
+    wrong_dt: np.ndarray
+
+
+def _outcomes(p: _Prepared, threshold: float, iou: float) -> _Outcomes:
+    """Match every image at ``threshold`` (an image's matching does not depend on the other images, so the rows
+    that share a threshold share this)."""
+    n_cat = len(p.category_ids)
+    gt = _subset(p.gt, np.flatnonzero(p.gt.iscrowd == 0))
+    dt = _subset(p.dt, np.flatnonzero(p.dt.scores >= threshold))
     # Pass 1: each SKU on its own. Pass 2: what is left, SKUs ignored.
     first = _matches(gt, dt, n_cat, iou)
-    gt_found = np.zeros(len(gt_keep), dtype=bool)
-    gt_found[first[first >= 0]] = True
-    gt_left, dt_left = np.flatnonzero(~gt_found), np.flatnonzero(first < 0)
+    found = np.zeros(len(gt.image_index), dtype=bool)
+    found[first[first >= 0]] = True
+    gt_left, dt_left = np.flatnonzero(~found), np.flatnonzero(first < 0)
     second = _matches(_subset(gt, gt_left, one_category=True), _subset(dt, dt_left, one_category=True), 1, iou)
     paired = second >= 0
     wrong_gt, wrong_dt = gt_left[second[paired]], dt_left[paired]
-    gt_wrong = np.zeros(len(gt_keep), dtype=bool)
-    gt_wrong[wrong_gt] = True
-    missed = ~gt_found & ~gt_wrong
-    extra = np.ones(len(dt_keep), dtype=bool)
+    wrong = np.zeros(len(gt.image_index), dtype=bool)
+    wrong[wrong_gt] = True
+    extra = np.ones(len(dt.image_index), dtype=bool)
     extra[first >= 0] = False
     extra[wrong_dt] = False
+    return _Outcomes(gt=gt, dt=dt, found=found, wrong=wrong, missed=~found & ~wrong, extra=extra,
+                     wrong_gt=wrong_gt, wrong_dt=wrong_dt)
 
-    def counts(image_index: np.ndarray, category_index: np.ndarray) -> np.ndarray:
-        return count_matrix(local[image_index], category_index, n_img, n_cat)
 
-    truth = counts(gt.image_index, gt.category_index)
-    pred = counts(dt.image_index, dt.category_index)
-    fixes = {"missed": counts(gt.image_index[missed], gt.category_index[missed]),
-             "wrong_sku": counts(gt.image_index[wrong_gt], gt.category_index[wrong_gt])
-             - counts(dt.image_index[wrong_dt], dt.category_index[wrong_dt]),
-             "extra": -counts(dt.image_index[extra], dt.category_index[extra])}
+def _row_errors(p: _Prepared, o: _Outcomes, level: str, mask: np.ndarray, threshold: float,
+                size_bins: Sequence[float]) -> ErrorRow:
+    n_img, n_cat = int(mask.sum()), len(p.category_ids)
+    local = np.cumsum(mask) - 1
+    in_gt, in_dt = mask[o.gt.image_index], mask[o.dt.image_index]
+    gt = _subset(o.gt, in_gt)
+    dt = _subset(o.dt, in_dt)
+    gt_found, gt_wrong, missed, extra = o.found[in_gt], o.wrong[in_gt], o.missed[in_gt], o.extra[in_dt]
+    pair_in = in_gt[o.wrong_gt]
+    # Positions of the row's wrong pairs within the row's objects and detections.
+    wrong_gt = (np.cumsum(in_gt) - 1)[o.wrong_gt[pair_in]]
+    wrong_dt = (np.cumsum(in_dt) - 1)[o.wrong_dt[pair_in]]
+
+    # Counts only where an (image, SKU) pair has an object or a detection: sparse, O(objects + detections).
+    keys = np.r_[local[gt.image_index] * n_cat + gt.category_index, local[dt.image_index] * n_cat + dt.category_index]
+    pairs_used, position = np.unique(keys.astype(np.int64), return_inverse=True)
+    at_gt, at_dt = position[: len(gt.image_index)], position[len(gt.image_index):]
+
+    def counts(where: np.ndarray) -> np.ndarray:
+        return np.bincount(where, minlength=len(pairs_used))
+
+    truth, pred = counts(at_gt), counts(at_dt)
+    fixes = {"missed": counts(at_gt[missed]),
+             "wrong_sku": counts(at_gt[wrong_gt]) - counts(at_dt[wrong_dt]),
+             "extra": -counts(at_dt[extra])}
+    image_of_pair = pairs_used // n_cat
+
+    def images_with(flags: np.ndarray) -> np.ndarray:
+        out = np.zeros(n_img, dtype=bool)
+        out[image_of_pair[flags]] = True
+        return out
+
     diff = pred - truth
-    under, over = (diff < 0).any(axis=1), (diff > 0).any(axis=1)
-    right_if = {kind: int(((pred + fixes[kind]) == truth).all(axis=1).sum()) for kind in KINDS}
+    under, over = images_with(diff < 0), images_with(diff > 0)
+    right_if = {kind: n_img - int(images_with(pred + fixes[kind] != truth).sum()) for kind in KINDS}
 
     side = np.minimum(gt.boxes[:, 2], gt.boxes[:, 3])
     edges = np.r_[0.0, np.asarray(size_bins, dtype=np.float64), np.inf]
@@ -225,7 +263,7 @@ def _row_errors(p: _Prepared, level: str, mask: np.ndarray, threshold: float, io
     return ErrorRow(
         level=level, n_images=n_img, threshold=float(threshold), images_right=int((~under & ~over).sum()),
         images_under=int((under & ~over).sum()), images_over=int((over & ~under).sum()),
-        images_both=int((under & over).sum()), objects=len(gt_keep), detections=len(dt_keep),
+        images_both=int((under & over).sum()), objects=int(in_gt.sum()), detections=int(in_dt.sum()),
         found=int(gt_found.sum()), wrong_sku=int(gt_wrong.sum()), missed=int(missed.sum()), extra=int(extra.sum()),
         right_if=right_if, size_bins=bins, confusions=confusions, categories=categories)
 
@@ -258,9 +296,12 @@ def analyse_errors(
         raise ValueError(f"size_bins should be increasing positive pixel sizes, got {list(size_bins)}")
     p, _, _ = _prepare(results, gt, require_levels=_levels_required(levels))
     levels, validation_threshold = _rows_and_validation(p, levels, protocol, val_results, val_gt, search)
-    rows = [_row_errors(p, level, mask, _row_threshold(p, mask, protocol, threshold, validation_threshold, search),
-                        iou, edges)
-            for level, mask in _row_masks(p, levels).items()]
+    rows, matched = [], {}
+    for level, mask in _row_masks(p, levels).items():
+        row_threshold = _row_threshold(p, mask, protocol, threshold, validation_threshold, search)
+        if row_threshold not in matched:
+            matched[row_threshold] = _outcomes(p, row_threshold, iou)
+        rows.append(_row_errors(p, matched[row_threshold], level, mask, row_threshold, edges))
     return ErrorReport(rows=rows, protocol=protocol, iou=iou, category_ids=p.category_ids,
                        category_names=p.category_names, validation_threshold=validation_threshold, top=top)
 
