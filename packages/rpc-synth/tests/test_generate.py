@@ -60,3 +60,52 @@ def test_other_seed_other_images(tiny_world, tiny_poses, tiny_generate, tmp_path
     generate(tiny_poses, tiny_world / "train2019", tmp_path / "s", config, progress=False)
     assert (tmp_path / "s/synth2019/synth_000001.jpg").read_bytes() != (
         tiny_generate / "synth2019/synth_000001.jpg").read_bytes()
+
+
+def test_squash_sprite_foreshortens_one_axis():
+    import numpy as np
+    import pytest
+
+    from rpc_synth.compose import squash_sprite
+    from rpc_synth.views import Sprite
+
+    rng = np.random.default_rng(0)
+    alpha = np.zeros((40, 60), np.float32)
+    alpha[5:35, 10:50] = 1.0
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[alpha > 0] = (200, 40, 90)
+    image[alpha == 0] = rng.integers(0, 255, ((alpha == 0).sum(), 3))  # colour outside the mask must not leak
+    sprite = Sprite(image, alpha)
+    for factor in (0.3, 0.5, 0.77):
+        out = squash_sprite(sprite, factor)
+        assert out.alpha.shape == (40, round(60 * factor))
+        assert abs(out.alpha.sum() - alpha.sum() * factor) <= 0.02 * alpha.sum()
+        inside = out.alpha > 0.05
+        assert np.abs(out.image[inside].astype(int) - (200, 40, 90)).max() <= 2
+    assert squash_sprite(sprite, 1.0) is sprite
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(ValueError, match="squash factor"):
+            squash_sprite(sprite, bad)
+
+
+def test_squash_changes_instances_deterministically_and_off_keeps_old_settings(
+        tiny_world, tiny_poses, tiny_generate, tmp_path, helpers, tiny_generate_config):
+    import json
+
+    import pytest
+
+    base = tiny_generate_config
+    config = base.__class__(**{**base.__dict__, "squash": 1.0, "squash_min": 0.3})
+    runs = [generate(tiny_poses, tiny_world / "train2019", tmp_path / f"q{k}", config, progress=False) for k in (0, 1)]
+    assert helpers.files_bytes(tmp_path / "q0") == helpers.files_bytes(tmp_path / "q1")
+    helpers.check_visible_boxes(runs[0], tmp_path / "q0" / "synth2019")
+
+    def fill(data):  # share of the box the visible mask covers, over all instances
+        return sum(a["area"] for a in data["annotations"]) / sum(a["bbox"][2] * a["bbox"][3] for a in data["annotations"])
+
+    plain = read_instances(tiny_generate / OUTPUT_JSON)
+    assert fill(runs[0]) < fill(plain)  # thinner products fill less of their (axis-aligned) boxes
+    assert json.loads((tmp_path / "q0" / "generate.json").read_text())["config"]["squash"] == 1.0
+    assert "squash" not in json.loads((tiny_generate / "generate.json").read_text())["config"]
+    with pytest.raises(ValueError, match="squash"):
+        base.__class__(**{**base.__dict__, "squash": 1.5})

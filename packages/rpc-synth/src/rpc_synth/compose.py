@@ -36,6 +36,26 @@ def transform_sprite(sprite: Sprite, scale: float, angle: float) -> Sprite:
     return trim(Sprite(image, np.clip(warped_alpha, 0, 1)))
 
 
+def squash_sprite(sprite: Sprite, factor: float) -> Sprite:
+    """Shrink ``sprite`` along its x axis by ``factor`` (in (0, 1]), colours premultiplied by alpha.
+
+    A product seen from a steeper or shallower camera than its exemplar is foreshortened along one axis; with the
+    random rotation that follows in composition, the axis is random too.
+    """
+    if not 0.0 < factor <= 1.0:
+        raise ValueError(f"squash factor should be in (0, 1], got {factor}")
+    if factor == 1.0:
+        return sprite
+    h, w = sprite.alpha.shape
+    new_w = max(1, round(w * factor))
+    alpha = sprite.alpha.astype(np.float32)
+    premult = sprite.image.astype(np.float32) * alpha[..., None]
+    small_alpha = cv2.resize(alpha, (new_w, h), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(premult, (new_w, h), interpolation=cv2.INTER_AREA).reshape(h, new_w, -1)
+    image = np.clip(small / np.maximum(small_alpha, 1e-3)[..., None], 0, 255).astype(np.uint8)
+    return Sprite(image, np.clip(small_alpha, 0, 1))
+
+
 def trim(sprite: Sprite) -> Sprite:
     """Crop ``sprite`` to its non-zero alpha (plus 1 px)."""
     rows = np.flatnonzero(sprite.alpha.max(axis=1) > 0.02)

@@ -35,7 +35,7 @@ from rpc_metrics.io import (
 )
 
 from .baskets import parse_ranges, sample_basket
-from .compose import cast_shadow, paste, place, transform_sprite, visible_parts
+from .compose import cast_shadow, paste, place, squash_sprite, transform_sprite, visible_parts
 from .exemplars import Exemplar, load_exemplars
 from .parallel import map_ordered
 from .progress import Progress
@@ -67,6 +67,10 @@ class GenerateConfig:
     color_jitter: float = 0.1
     backgrounds: str | None = None  # folder of background photos; procedural when None
     jpeg_quality: int = 90
+    # Share of instances foreshortened along a random axis, by a factor drawn from [squash_min, 1): views between
+    # the exemplars' camera elevations (a flat bag seen more edge-on, a bottle more from above). 0: off.
+    squash: float = 0.0
+    squash_min: float = 0.3
 
     def __post_init__(self) -> None:
         if self.images < 1:
@@ -81,6 +85,10 @@ class GenerateConfig:
             raise ValueError(f"scale should be 0 < lo <= hi, got {self.scale}")
         if not 0.0 <= self.min_visible < 1.0:
             raise ValueError(f"min_visible should be in [0, 1), got {self.min_visible}")
+        if not 0.0 <= self.squash <= 1.0:
+            raise ValueError(f"squash should be a share in [0, 1], got {self.squash}")
+        if not 0.0 < self.squash_min <= 1.0:
+            raise ValueError(f"squash_min should be in (0, 1], got {self.squash_min}")
 
 
 # ------------------------------------------------------------------------------------ exemplar bank
@@ -197,7 +205,10 @@ def compose_image(bank: ExemplarBank, config: GenerateConfig, index: int, backgr
         options = bank.by_category[category_id]
         exemplar = options[int(rng.integers(len(options)))]
         scale = rng.uniform(*config.scale) * size / exemplar.width
-        sprite = transform_sprite(bank.sprite(exemplar), scale, rng.uniform(0, 360))
+        sprite = bank.sprite(exemplar)
+        if config.squash and rng.random() < config.squash:  # no draw when off: outputs stay those of before
+            sprite = squash_sprite(sprite, rng.uniform(config.squash_min, 1.0))
+        sprite = transform_sprite(sprite, scale, rng.uniform(0, 360))
         largest = max(sprite.alpha.shape)
         if largest > 0.9 * size:
             sprite = transform_sprite(sprite, 0.9 * size / largest, 0.0)
@@ -272,7 +283,10 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 def _settings(config: GenerateConfig, exemplars: Path, backgrounds: list[Path]) -> dict:
     digest = hashlib.sha256(exemplars.read_bytes()).hexdigest()[:16]
-    settings = {"config": dataclasses.asdict(config), "exemplars_sha256": digest,
+    fields = dataclasses.asdict(config)
+    if not config.squash:  # off: the settings of folders made before the option existed still match
+        del fields["squash"], fields["squash_min"]
+    settings = {"config": fields, "exemplars_sha256": digest,
                 "backgrounds": [p.name for p in backgrounds]}
     return json.loads(json.dumps(settings))  # as it reads back from disk (tuples become lists)
 
