@@ -97,7 +97,9 @@ def test_breakdown_on_arrays(benchmark, case):
     p, _, _ = _prepare(results, gt, require_levels=True)
     rows = benchmark.pedantic(breakdown, args=(p,), rounds=3, iterations=1, warmup_rounds=1)
     TIMES["breakdown"] = benchmark.stats.stats.median
-    assert rows[-1].found == TIMES["row"].found if "row" in TIMES else rows[-1].found > 0
+    assert rows[-1].found > 0
+    if "row" in TIMES:  # the end-to-end run above: the same breakdown
+        assert rows[-1] == TIMES["row"]
 
 
 def test_baseline_per_image_loop(benchmark, case, capsys):

@@ -23,7 +23,7 @@ also make a right image wrong. Crowd ground truth
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -53,7 +53,8 @@ class ErrorRow:
     ``objects`` = ``found`` + ``wrong_sku`` + ``missed``; ``detections`` = ``found`` + ``wrong_sku`` + ``extra``.
     ``right_if[kind]``: images that would be right with every error of that kind undone.
     ``size_bins``: per bin of the objects' shorter box side (pixels, ``[lo, hi)``), their objects, found,
-    wrong_sku and missed (``hi`` None: no upper bound). ``confusions``: (true category id, detected category id, objects), most frequent first.
+    wrong_sku and missed (``hi`` None: no upper bound). ``confusions``: (true category id, detected category
+    id, objects), most frequent first.
     ``categories``: per SKU (category file order), its objects, found, wrong_sku (objects of it named as another
     SKU), missed, and extra detections of it.
     """
@@ -88,7 +89,6 @@ class ErrorReport:
     category_names: list[str]
     validation_threshold: float | None = None
     top: int = 10
-    notes: list[str] = field(default_factory=list)
 
     def row(self, level: str) -> ErrorRow:
         for r in self.rows:
@@ -141,7 +141,7 @@ class ErrorReport:
                       "| SKU | detected as | objects |", "| --- | --- | ---: |"]
             for true_id, det_id, n in last.confusions[: self.top]:
                 lines.append(f"| {name_of.get(true_id, true_id)} | {name_of.get(det_id, det_id)} | {n} |")
-        return "\n".join(lines + self.notes)
+        return "\n".join(lines)
 
 
 def _matches(gt: cocoeval.BoxSet, dt: cocoeval.BoxSet, n_categories: int, iou: float) -> np.ndarray:
