@@ -77,15 +77,20 @@ def test_squash_sprite_foreshortens_one_axis():
     image[alpha == 0] = rng.integers(0, 255, ((alpha == 0).sum(), 3))  # colour outside the mask must not leak
     sprite = Sprite(image, alpha)
     for factor in (0.3, 0.5, 0.77):
-        out = squash_sprite(sprite, factor)
-        assert out.alpha.shape == (40, round(60 * factor))
-        assert abs(out.alpha.sum() - alpha.sum() * factor) <= 0.02 * alpha.sum()
-        inside = out.alpha > 0.05
-        assert np.abs(out.image[inside].astype(int) - (200, 40, 90)).max() <= 2
+        for axis, shape in (("x", (40, round(60 * factor))), ("y", (round(40 * factor), 60))):
+            out = squash_sprite(sprite, factor, axis)
+            assert out.alpha.shape == shape
+            assert abs(out.alpha.sum() - alpha.sum() * factor) <= 0.02 * alpha.sum()
+            inside = out.alpha > 0.05
+            assert np.abs(out.image[inside].astype(int) - (200, 40, 90)).max() <= 2
+        # the default axis is y, the camera's elevation; the other axis keeps its extent
+        assert squash_sprite(sprite, factor).alpha.shape == (round(40 * factor), 60)
     assert squash_sprite(sprite, 1.0) is sprite
     for bad in (0.0, 1.5, -0.2):
         with pytest.raises(ValueError, match="squash factor"):
             squash_sprite(sprite, bad)
+    with pytest.raises(ValueError, match="squash axis"):
+        squash_sprite(sprite, 0.5, "z")
 
 
 def test_squash_changes_instances_deterministically_and_off_keeps_old_settings(
@@ -109,3 +114,5 @@ def test_squash_changes_instances_deterministically_and_off_keeps_old_settings(
     assert "squash" not in json.loads((tiny_generate / "generate.json").read_text())["config"]
     with pytest.raises(ValueError, match="squash"):
         base.__class__(**{**base.__dict__, "squash": 1.5})
+    with pytest.raises(ValueError, match="squash_axis"):
+        base.__class__(**{**base.__dict__, "squash": 0.5, "squash_axis": "z"})

@@ -133,9 +133,11 @@ def _pair(text: str, name: str) -> tuple[float, float]:
 @click.option("--min-visible", default=0.3, show_default=True, help="Drop instances with less of their mask visible.")
 @click.option("--shadow-strength", default=0.4, show_default=True, help="Darkness of the soft shadows (0: none).")
 @click.option("--squash", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
-              help="Share of instances foreshortened along a random axis (views between the exemplars' elevations).")
+              help="Share of instances foreshortened (views the exemplars lack; 0: off).")
 @click.option("--squash-min", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.3, show_default=True,
               help="Smallest foreshortening factor.")
+@click.option("--squash-axis", type=click.Choice(["y", "x"]), default="y", show_default=True,
+              help="Axis of the exemplar image to foreshorten: y, a steeper camera; x, the product turned.")
 @click.option("--color-jitter", default=0.1, show_default=True, help="Per-object colour gain jitter (0: none).")
 @click.option("--backgrounds", type=click.Path(file_okay=False, exists=True), help="Folder of background photos (default: procedural).")
 @click.option("--jpeg-quality", default=90, show_default=True, help="JPEG quality of the written images.")
@@ -144,7 +146,7 @@ def _pair(text: str, name: str) -> tuple[float, float]:
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @_fail_cleanly
 def generate(exemplars, images, out, n_images, size, seed, levels, ranges, categories, scale, max_iou, min_visible,
-             shadow_strength, squash, squash_min, color_jitter, backgrounds, jpeg_quality, workers, shard, quiet):
+             shadow_strength, squash, squash_min, squash_axis, color_jitter, backgrounds, jpeg_quality, workers, shard, quiet):
     """Synthesize checkout images (resumable: re-running skips finished images)."""
     from .generate import GenerateConfig
     from .generate import generate as run_generate
@@ -156,7 +158,8 @@ def generate(exemplars, images, out, n_images, size, seed, levels, ranges, categ
     config = GenerateConfig(images=n_images, size=size, seed=seed, levels=tuple(v.strip() for v in levels.split(",")),
                             ranges=ranges, categories=category_ids, scale=_pair(scale, "--scale"), max_iou=max_iou,
                             min_visible=min_visible, shadow_strength=shadow_strength, color_jitter=color_jitter,
-                            backgrounds=backgrounds, jpeg_quality=jpeg_quality, squash=squash, squash_min=squash_min)
+                            backgrounds=backgrounds, jpeg_quality=jpeg_quality, squash=squash, squash_min=squash_min,
+                            squash_axis=squash_axis)
     dataset = run_generate(exemplars, images, out, config, workers=workers, shard=shard, progress=not quiet)
     if dataset is not None:
         click.echo(f"wrote {len(dataset['images'])} images, {len(dataset['annotations'])} instances to {out}")

@@ -36,22 +36,26 @@ def transform_sprite(sprite: Sprite, scale: float, angle: float) -> Sprite:
     return trim(Sprite(image, np.clip(warped_alpha, 0, 1)))
 
 
-def squash_sprite(sprite: Sprite, factor: float) -> Sprite:
-    """Shrink ``sprite`` along its x axis by ``factor`` (in (0, 1]), colours premultiplied by alpha.
+def squash_sprite(sprite: Sprite, factor: float, axis: str = "y") -> Sprite:
+    """Shrink ``sprite`` along ``axis`` (``"y"``: rows, ``"x"``: columns) by ``factor`` in (0, 1], colours
+    premultiplied by alpha.
 
-    A product seen from a steeper or shallower camera than its exemplar is foreshortened along one axis; with the
-    random rotation that follows in composition, the axis is random too.
+    An exemplar shows its product standing, seen from the camera's elevation: a steeper camera foreshortens it
+    along the image's y axis (a flat pack's face, a bottle's body), a turn about its own axis along x. The random
+    rotation that follows in composition turns the axis with the product.
     """
     if not 0.0 < factor <= 1.0:
         raise ValueError(f"squash factor should be in (0, 1], got {factor}")
+    if axis not in ("x", "y"):
+        raise ValueError(f"squash axis should be 'x' or 'y', got {axis!r}")
     if factor == 1.0:
         return sprite
     h, w = sprite.alpha.shape
-    new_w = max(1, round(w * factor))
+    new_w, new_h = (max(1, round(w * factor)), h) if axis == "x" else (w, max(1, round(h * factor)))
     alpha = sprite.alpha.astype(np.float32)
     premult = sprite.image.astype(np.float32) * alpha[..., None]
-    small_alpha = cv2.resize(alpha, (new_w, h), interpolation=cv2.INTER_AREA)
-    small = cv2.resize(premult, (new_w, h), interpolation=cv2.INTER_AREA).reshape(h, new_w, -1)
+    small_alpha = cv2.resize(alpha, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(premult, (new_w, new_h), interpolation=cv2.INTER_AREA).reshape(new_h, new_w, -1)
     image = np.clip(small / np.maximum(small_alpha, 1e-3)[..., None], 0, 255).astype(np.uint8)
     return Sprite(image, np.clip(small_alpha, 0, 1))
 

@@ -67,10 +67,12 @@ class GenerateConfig:
     color_jitter: float = 0.1
     backgrounds: str | None = None  # folder of background photos; procedural when None
     jpeg_quality: int = 90
-    # Share of instances foreshortened along a random axis, by a factor drawn from [squash_min, 1): views between
-    # the exemplars' camera elevations (a flat bag seen more edge-on, a bottle more from above). 0: off.
+    # Share of instances foreshortened by a factor drawn from [squash_min, 1): views the exemplars lack. Along
+    # squash_axis of the exemplar image: "y" stands for a steeper camera (a flat bag's face seen more from above),
+    # "x" for a turn about the product's own axis. 0: off.
     squash: float = 0.0
     squash_min: float = 0.3
+    squash_axis: str = "y"
 
     def __post_init__(self) -> None:
         if self.images < 1:
@@ -89,6 +91,8 @@ class GenerateConfig:
             raise ValueError(f"squash should be a share in [0, 1], got {self.squash}")
         if not 0.0 < self.squash_min <= 1.0:
             raise ValueError(f"squash_min should be in (0, 1], got {self.squash_min}")
+        if self.squash_axis not in ("x", "y"):
+            raise ValueError(f"squash_axis should be 'x' or 'y', got {self.squash_axis!r}")
 
 
 # ------------------------------------------------------------------------------------ exemplar bank
@@ -207,7 +211,7 @@ def compose_image(bank: ExemplarBank, config: GenerateConfig, index: int, backgr
         scale = rng.uniform(*config.scale) * size / exemplar.width
         sprite = bank.sprite(exemplar)
         if config.squash and rng.random() < config.squash:  # no draw when off: outputs stay those of before
-            sprite = squash_sprite(sprite, rng.uniform(config.squash_min, 1.0))
+            sprite = squash_sprite(sprite, rng.uniform(config.squash_min, 1.0), config.squash_axis)
         sprite = transform_sprite(sprite, scale, rng.uniform(0, 360))
         largest = max(sprite.alpha.shape)
         if largest > 0.9 * size:
@@ -285,7 +289,7 @@ def _settings(config: GenerateConfig, exemplars: Path, backgrounds: list[Path]) 
     digest = hashlib.sha256(exemplars.read_bytes()).hexdigest()[:16]
     fields = dataclasses.asdict(config)
     if not config.squash:  # off: the settings of folders made before the option existed still match
-        del fields["squash"], fields["squash_min"]
+        del fields["squash"], fields["squash_min"], fields["squash_axis"]
     settings = {"config": fields, "exemplars_sha256": digest,
                 "backgrounds": [p.name for p in backgrounds]}
     return json.loads(json.dumps(settings))  # as it reads back from disk (tuples become lists)
