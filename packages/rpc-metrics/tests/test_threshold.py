@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from rpc_metrics.counting import count_matrix
-from rpc_metrics.threshold import correct_intervals, exact_search, grid_search
+from rpc_metrics.threshold import CorrectIntervals, correct_intervals, exact_search, grid_search
 
 
 def random_detections(seed, n_images=25, n_categories=5, decimals=2):
@@ -33,6 +33,20 @@ def test_intervals_give_the_same_cacc_as_recounting(seed):
         assert intervals.cacc(t) == slow_cacc(gt, det_image, det_cat, score, t)
 
 
+def slow_count_error(gt, det_image, det_cat, score, threshold):
+    keep = score >= threshold
+    pred = count_matrix(det_image[keep], det_cat[keep], *gt.shape)
+    return float(np.abs(pred - gt).sum(axis=1).mean())
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_intervals_give_the_same_count_error_as_recounting(seed):
+    gt, det_image, det_cat, score = random_detections(seed)
+    intervals = correct_intervals(det_image, det_cat, score, gt)
+    for t in np.unique(np.r_[score, score + 1e-9, score - 1e-9, 0.0, 1.0, 1.5]):
+        assert intervals.count_error(t) == pytest.approx(slow_count_error(gt, det_image, det_cat, score, t))
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_exact_search_finds_the_optimum(seed):
     gt, det_image, det_cat, score = random_detections(seed, decimals=seed % 3 + 1)
@@ -44,6 +58,26 @@ def test_exact_search_finds_the_optimum(seed):
     assert slow_cacc(gt, det_image, det_cat, score, choice.threshold) == brute
     lo, hi = choice.interval
     assert lo < choice.threshold <= hi
+    # Among the thresholds of the best cAcc, the lowest count error.
+    tied = [t for t in np.r_[mids, distinct] if slow_cacc(gt, det_image, det_cat, score, t) == brute]
+    best_error = min(slow_count_error(gt, det_image, det_cat, score, t) for t in tied)
+    assert slow_count_error(gt, det_image, det_cat, score, choice.threshold) == pytest.approx(best_error)
+
+
+def test_exact_search_tie_break_count_error_before_width():
+    # Image 0: one object, found at 0.9. Image 1: no object, a false detection at 0.5. Image 2: two objects,
+    # found at 0.2 and 0.15. Two of three images are right for 0.5 < t <= 0.9 (width 0.4; image 2 misses
+    # both: error 2) and for t <= 0.15 (width 0.15; image 1 over by one: error 1).
+    gt = np.array([[1, 0], [0, 0], [0, 2]])
+    intervals = correct_intervals(np.array([0, 1, 2, 2]), np.array([0, 0, 1, 1]), np.array([0.9, 0.5, 0.2, 0.15]), gt)
+    choice = exact_search(intervals)
+    assert choice.cacc == pytest.approx(2 / 3) and choice.threshold == pytest.approx(0.075)
+    assert intervals.count_error(choice.threshold) == pytest.approx(1 / 3)
+    # Intervals made without error steps fall back to the widest.
+    bare = CorrectIntervals(lo=intervals.lo, hi=intervals.hi, scores=intervals.scores)
+    assert exact_search(bare).threshold == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="error steps"):
+        bare.count_error(0.5)
 
 
 def test_exact_search_tie_break_widest_then_lowest():
