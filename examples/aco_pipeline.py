@@ -79,7 +79,7 @@ class Recipe:
     kd_rounds: int = 3
     kd_steps: int | None = 300
     kd_minutes: float | None = 0.0  # no time limit: the steps decide (as for the source models)
-    kd_lr: float | None = 0.005  # students fine-tune their teacher: a quarter of the preset's peak rate, short warmup
+    kd_lr: float | None = 0.005  # students fine-tune their teacher: an eighth of the preset's peak rate, short warmup
     # The paper's policy: an image is pseudo-labelled when the counting view agrees with its detections, here in
     # total (the preset's one-class counter; kd-loop's selection.count_classes "auto" follows the counts file).
     # On runs/e9 (the Syn source model of this recipe, 3 rounds of 300 steps) it kept 26-36 of the 120 test
