@@ -110,7 +110,8 @@ def test_squash_changes_instances_deterministically_and_off_keeps_old_settings(
 
     plain = read_instances(tiny_generate / OUTPUT_JSON)
     assert fill(runs[0]) < fill(plain)  # thinner products fill less of their (axis-aligned) boxes
-    assert json.loads((tmp_path / "q0" / "generate.json").read_text())["config"]["squash"] == 1.0
+    written = json.loads((tmp_path / "q0" / "generate.json").read_text())["config"]
+    assert written["squash"] == 1.0 and written["squash_axis"] == "y"
     assert "squash" not in json.loads((tiny_generate / "generate.json").read_text())["config"]
     with pytest.raises(ValueError, match="squash"):
         base.__class__(**{**base.__dict__, "squash": 1.5})

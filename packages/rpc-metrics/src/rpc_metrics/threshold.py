@@ -118,7 +118,7 @@ def exact_search(intervals: CorrectIntervals) -> ThresholdChoice:
     if intervals.error_step is not None and len(best) > 1:
         # Interval j counts the detections scoring >= distinct[j]: the error is a suffix sum.
         per_score = np.bincount(np.searchsorted(distinct, intervals.scores), weights=intervals.error_step,
-                                minlength=m).astype(np.int64) if m else np.zeros(0, np.int64)
+                                minlength=m).astype(np.int64)
         errors = intervals.objects + np.r_[np.cumsum(per_score[::-1])[::-1], 0]
         best = best[errors[best] == errors[best].min()]
     best = best[width[best] == width[best].max()]
