@@ -8,7 +8,7 @@ import torch
 
 from dpsnet.config import make_config
 from dpsnet.engine import build_optimizer, lr_factor, train
-from dpsnet.inference import model_from_checkpoint
+from dpsnet.inference import model_from_checkpoint, native_bf16
 
 from .conftest import tiny_overrides
 
@@ -71,6 +71,29 @@ def test_resume_continues_exactly(world, tmp_path):
     assert a["step"] == b["step"] == 4 and a["epoch"] == b["epoch"] == 1
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_native_bf16_needs_amx_on_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert native_bf16(torch.device("cpu"))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not native_bf16(torch.device("cpu"))
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)  # an older torch: float32
+    assert not native_bf16(torch.device("cpu"))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_train_amp_follows_the_hardware_and_the_key(world, tmp_path, monkeypatch, native):
+    """``train.amp`` trains under bfloat16 autocast where the CPU has it natively (forced here either way),
+    with finite float32 losses; ``train.amp=false`` always trains in float32."""
+    monkeypatch.setattr("dpsnet.engine.native_bf16", lambda device: native)
+    for amp in (True, False):
+        out = tmp_path / str(amp)
+        train(make_config(None, tiny_overrides(world, **{"train.max_steps": 2, "train.amp": amp})), out, echo=False)
+        records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        assert records[0]["type"] == "start"
+        assert records[0]["precision"] == ("bfloat16 autocast" if amp and native else "float32")
+        assert all(math.isfinite(r["loss"]) for r in records if r["type"] == "train")
 
 
 def test_resume_without_checkpoint_is_an_error(world, tmp_path):

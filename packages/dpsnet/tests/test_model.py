@@ -322,6 +322,41 @@ def test_channels_last_gives_the_same_outputs():
         torch.testing.assert_close(value, loss_fast[key], atol=1e-4, rtol=1e-4)
 
 
+def _off_bf16_grid(boxes):
+    return bool((boxes != boxes.bfloat16().float()).any())
+
+
+def test_bf16_autocast_decodes_boxes_in_float32():
+    """Under bfloat16 autocast the heads' deltas come back in float32, so proposals and detections are decoded
+    at full precision (torchvision decodes in the deltas' dtype: bfloat16 would put every box on a grid of
+    0.5 px at these sizes, 2 px at 256-512). Losses and outputs stay close to float32's."""
+    images, targets = batch()
+    model = tiny_model(box_score_thresh=0.0).eval()
+    proposals = []
+    model.rpn.register_forward_hook(lambda module, args, output: proposals.append(torch.cat(output[0])))
+    with torch.no_grad():
+        plain = model(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(images)
+    assert all(p.dtype == torch.float32 for p in proposals)
+    assert _off_bf16_grid(torch.cat(proposals[len(proposals) // 2:]))
+    for a, b in zip(plain, mixed, strict=True):
+        assert b["boxes"].dtype == b["scores"].dtype == b["counts"].dtype == torch.float32
+        assert len(b["boxes"]) > 0 and _off_bf16_grid(b["boxes"])
+        torch.testing.assert_close(b["counts"], a["counts"], atol=0.05, rtol=0.05)
+    torch.manual_seed(3)
+    loss_plain = model.train()(images, targets)
+    torch.manual_seed(3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss_mixed = model(images, targets)
+    assert set(loss_mixed) == set(loss_plain)
+    for key, value in loss_plain.items():
+        assert loss_mixed[key].dtype == torch.float32, key
+        torch.testing.assert_close(loss_mixed[key], value, atol=0.05, rtol=0.1)
+    sum(loss_mixed.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_training_needs_targets():
     with pytest.raises(ValueError, match="targets"):
         tiny_model().train()([torch.rand(3, 64, 64)])

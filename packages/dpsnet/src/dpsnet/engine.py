@@ -21,7 +21,7 @@ from .config import model_kwargs
 from .data import Augment, CategoryMap, InstancesDataset, MixedDataset, MixSampler, collate
 from .distill import SoftDistiller
 from .distributed import DistInfo, any_rank, barrier, gather_lists, init_distributed
-from .inference import count_accuracy, predict, resolve_device
+from .inference import count_accuracy, native_bf16, predict, resolve_device
 from .model import DPSNet, dpsnet_model
 
 # --------------------------------------------------------------------------------------------- schedule
@@ -258,7 +258,7 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if info.distributed else model
     log = RunLog(out_dir, info.is_main, echo)
-    amp = config["train.amp"] and device.type == "cuda"
+    amp = config["train.amp"] and native_bf16(device)
     batch_size = config["train.batch_size"]
     max_steps = config["train.max_steps"]
     limit_s = config["train.time_limit_min"] * 60
@@ -287,6 +287,10 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
                 save_checkpoint(state, best_path)
         return metrics
 
+    log.write({"type": "start", "step": step, "device": str(device), "world_size": info.world_size,
+               "precision": "bfloat16 autocast" if amp else "float32"},
+              f"training on {device} x {info.world_size}, {'bfloat16 autocast' if amp else 'float32'}, "
+              f"from step {step}")
     started = time.monotonic()
     window_start, window_steps, window_losses = started, 0, {}
     metrics: dict[str, float] = {}
@@ -350,7 +354,7 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
         model.train()
         barrier(info)
     seconds = time.monotonic() - started
-    log.write({"type": "done", "step": step, "seconds": seconds},
+    log.write({"type": "done", "step": step, "seconds": seconds, "precision": "bfloat16 autocast" if amp else "float32"},
               f"done: {step} steps in {format_seconds(seconds)}")
     return {"steps": step, "seconds": seconds, "last": str(last_path),
             "best": str(best_path) if has_val else None, "eval": metrics}

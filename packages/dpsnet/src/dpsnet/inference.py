@@ -163,6 +163,18 @@ def resolve_device(device: str, info: DistInfo | None = None) -> torch.device:
     return torch.device(device)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively, where mixed precision pays: a CUDA GPU with bfloat16
+    support, or a CPU with AMX tiles (Intel Xeon 4th generation and newer; oneDNN runs bfloat16 convolutions
+    and matrix products on them). Elsewhere a CPU emulates bfloat16, slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+        return bool(amx and amx())
+    return False
+
+
 def _half_up(value: float) -> int:
     return math.floor(float(value) + 0.5)
 

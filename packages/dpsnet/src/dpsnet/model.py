@@ -17,6 +17,20 @@ from .counting import CountingView, class_loss, crop_counts, density_loss, densi
 from .detection import IgnoreAwareRoIHeads, IgnoreAwareRPN, KernelRoIPool, fuse_views
 
 
+def _float32_outputs(module: nn.Module, args, output):
+    """Forward hook: floating outputs of a head returned in float32 (nested lists and tuples too).
+
+    Under bfloat16 autocast the RPN head and the box predictor give bfloat16 box deltas, and torchvision's
+    ``BoxCoder.decode`` converts the anchors or proposals to the deltas' dtype before decoding: bfloat16 has 8
+    significant bits, so boxes would come out on a 2-pixel grid at 256-512 px and an 8-pixel grid at
+    1024-2048 px. In float32 the heads' outputs decode (and their losses compute) at full precision."""
+    if isinstance(output, Tensor):
+        return output.float() if output.is_floating_point() else output
+    if isinstance(output, (list, tuple)):
+        return type(output)(_float32_outputs(module, args, o) for o in output)
+    return output
+
+
 def split_ignore(targets: Sequence[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
     """Targets with ``iscrowd`` boxes moved from ``boxes``/``labels`` to ``ignore_boxes`` (Tensor[M, 4])."""
     out = []
@@ -163,6 +177,10 @@ class DPSNet(nn.Module):
             FastRCNNPredictor(box_representation_size, num_classes), 0.5, 0.5, box_batch_size_per_image, 0.25,
             None, box_score_thresh, box_nms_thresh, box_detections_per_img, ignore_ioa=ignore_ioa,
             agnostic_nms_thresh=box_agnostic_nms_thresh, agnostic_nms_decay=box_agnostic_nms_decay)
+        # Mixed precision: boxes decode in float32 (see _float32_outputs); the convolutions and the box head's
+        # layers still run in the autocast dtype. Hooks keep the state dict's keys those of torchvision.
+        self.rpn.head.register_forward_hook(_float32_outputs)
+        self.roi_heads.box_predictor.register_forward_hook(_float32_outputs)
         self.counting_view = CountingView(channels, num_count_classes, levels=count_levels, stride=count_stride,
                                           channels=count_channels, num_convs=count_convs, head=count_head,
                                           norm=count_norm, feature_grad=count_feature_grad)
