@@ -58,6 +58,37 @@ def test_colour_jitter_stays_in_range():
     assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1 and not np.allclose(out, image)
 
 
+def slow_colour_jitter(image, rng, brightness, contrast, saturation):
+    """The three steps one after the other, in float64, as their definitions read."""
+    image = image.astype(np.float64)
+    if brightness:
+        image = image * rng.uniform(1 - brightness, 1 + brightness)
+    if contrast:
+        mean = image.mean()
+        image = (image - mean) * rng.uniform(1 - contrast, 1 + contrast) + mean
+    if saturation:
+        grey = image.mean(axis=2, keepdims=True)
+        image = (image - grey) * rng.uniform(1 - saturation, 1 + saturation) + grey
+    return np.clip(image, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("strengths", [(0.5, 0.5, 0.5), (0.2, 0.0, 0.3), (0.0, 0.4, 0.0), (0.0, 0.0, 0.0)])
+def test_colour_jitter_is_the_three_steps_composed(seed, strengths):
+    """The one-pass affine map equals brightness, contrast and saturation applied in turn (same random draws,
+    same generator state after), on an odd-sized image and a strip, with values clipped at both ends."""
+    for shape in ((37, 23, 3), (1, 5, 3)):
+        image = np.random.default_rng(seed).random(shape, dtype=np.float32)
+        fast_rng, slow_rng = np.random.default_rng(seed + 10), np.random.default_rng(seed + 10)
+        out = colour_jitter(image, fast_rng, *strengths)
+        ref = slow_colour_jitter(image, slow_rng, *strengths)
+        assert out.dtype == np.float32 and out.shape == shape
+        np.testing.assert_allclose(out, ref, atol=2e-6)
+        assert fast_rng.random() == slow_rng.random()
+    bright = colour_jitter(np.full((4, 4, 3), 0.9, np.float32), np.random.default_rng(0), 0.0, 0.0, 0.0)
+    assert np.array_equal(bright, np.full((4, 4, 3), 0.9, np.float32))
+
+
 def test_camera_effects_in_augment_keep_boxes_and_follow_the_seed():
     rng = np.random.default_rng(0)
     image = rng.random((32, 48, 3), dtype=np.float32)

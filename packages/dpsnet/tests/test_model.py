@@ -479,11 +479,91 @@ def test_roi_pool_modes_agree(seed):
         xy = torch.rand(9, 2, generator=g) * 80
         boxes.append(torch.cat([xy, xy + 4 + torch.rand(9, 2, generator=g) * 100], 1))
     shapes = [(128, 128), (120, 128)]
-    outs = [KernelRoIPool(mode=m)(feats, boxes, shapes) for m in ("auto", "aco", "torchvision")]
-    torch.testing.assert_close(outs[1], outs[2], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(outs[0], outs[2], rtol=0, atol=0)  # CPU tensors: the compiled op
+    outs = {m: KernelRoIPool(mode=m)(feats, boxes, shapes) for m in ("auto", "aco", "torchvision", "gather")}
+    torch.testing.assert_close(outs["aco"], outs["torchvision"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs["gather"], outs["torchvision"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs["auto"], outs["gather"], rtol=0, atol=0)  # CPU, fixed sampling: the gather
+    adaptive = KernelRoIPool(sampling_ratio=0)  # adaptive sampling on CPU: the compiled op
+    torch.testing.assert_close(adaptive(feats, boxes, shapes), KernelRoIPool(sampling_ratio=0, mode="torchvision")(
+        feats, boxes, shapes), rtol=0, atol=0)
     with pytest.raises(ValueError, match="mode"):
         KernelRoIPool(mode="fast")
+
+
+def _pool_case(seed, levels=4, channels_last=False):
+    """Pyramid features of two images and boxes with the edge cases: partly or wholly outside the image,
+    thinner than a pixel, and an image without boxes."""
+    g = torch.Generator().manual_seed(seed)
+    feats = {}
+    for i in range(levels):
+        f = torch.randn(3, 5, 48 >> i, 40 >> i, generator=g)
+        feats[str(i)] = (f.contiguous(memory_format=torch.channels_last) if channels_last else f).requires_grad_()
+    boxes = []
+    for n in (14, 0, 9):
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([190.0, 230.0]) - 30
+        wh = torch.rand(n, 2, generator=g) ** 2 * 140
+        wh[:2] = torch.tensor([[0.3, 20.0], [25.0, 0.2]])[: len(wh)]  # sub-pixel sides
+        boxes.append(torch.cat([xy, xy + wh], 1))
+    return feats, boxes, [(192, 160), (180, 150), (192, 156)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("sampling_ratio", [1, 2])
+@pytest.mark.parametrize("levels", [1, 4])
+def test_gather_roi_pool_matches_torchvision_forward_and_backward(seed, sampling_ratio, levels):
+    """The gather pooler against torchvision's MultiScaleRoIAlign (an independent implementation): outputs and
+    the gradients of the pyramid levels, for one and several levels, with boxes outside and below a pixel."""
+    from dpsnet.detection import KernelRoIPool
+
+    results = []
+    for mode in ("torchvision", "gather"):
+        feats, boxes, shapes = _pool_case(seed, levels, channels_last=mode == "gather")
+        pool = KernelRoIPool(tuple(feats), sampling_ratio=sampling_ratio, mode=mode)
+        out = pool(feats, boxes, shapes)
+        weight = torch.linspace(-1, 1, out.numel()).view_as(out)
+        grads = torch.autograd.grad((out * weight).sum(), list(feats.values()))
+        results.append((out, grads))
+    (ref, ref_grads), (out, grads) = results
+    assert out.shape == ref.shape == (23, 5, 7, 7)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gather_roi_pool_aligned_matches_torchvision(seed):
+    from torchvision.ops import roi_align
+
+    from dpsnet.detection import gather_roi_align
+
+    feats, boxes, _ = _pool_case(seed, levels=1)
+    level = feats["0"].detach()
+    rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(boxes)])
+    for aligned in (True, False):
+        out = gather_roi_align([level], rois, torch.zeros(len(rois), dtype=torch.int64), [0.25], (5, 4), 2, aligned)
+        ref = roi_align(level, rois, (5, 4), spatial_scale=0.25, sampling_ratio=2, aligned=aligned)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="sampling_ratio"):
+        gather_roi_align([level], rois, torch.zeros(len(rois), dtype=torch.int64), [0.25], (5, 4), 0)
+    empty = gather_roi_align([level], rois[:0], torch.zeros(0, dtype=torch.int64), [0.25], (7, 7), 1)
+    assert empty.shape == (0, 5, 7, 7)
+
+
+def test_gather_roi_pool_is_deterministic_under_bf16_autocast():
+    """Same inputs, same outputs and gradients, bit for bit, with bfloat16 levels under autocast (float32 out)."""
+    from dpsnet.detection import KernelRoIPool
+
+    runs = []
+    for _ in range(2):
+        feats, boxes, shapes = _pool_case(3)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = {k: v.bfloat16() for k, v in feats.items()}
+            out = KernelRoIPool(tuple(feats), sampling_ratio=1, mode="gather")(half, boxes, shapes)
+        assert out.dtype == torch.float32
+        runs.append((out, torch.autograd.grad(out.square().sum(), list(feats.values()))))
+    torch.testing.assert_close(runs[0][0], runs[1][0], rtol=0, atol=0)
+    for a, b in zip(runs[0][1], runs[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_counting_head_norm_and_legacy_checkpoints():

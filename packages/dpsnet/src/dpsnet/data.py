@@ -99,16 +99,21 @@ class Augment:
 def colour_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float, contrast: float,
                   saturation: float) -> np.ndarray:
     """Scale brightness, contrast (around the mean) and saturation (around the grey value) by random factors
-    in ``[1 - x, 1 + x]``; the result is clipped to [0, 1]."""
-    if brightness:
-        image = image * rng.uniform(1 - brightness, 1 + brightness)
-    if contrast:
-        mean = image.mean()
-        image = (image - mean) * rng.uniform(1 - contrast, 1 + contrast) + mean
-    if saturation:
-        grey = image.mean(axis=2, keepdims=True)
-        image = (image - grey) * rng.uniform(1 - saturation, 1 + saturation) + grey
-    return np.clip(image, 0.0, 1.0).astype(np.float32)
+    in ``[1 - x, 1 + x]``, in that order; the result is clipped to [0, 1].
+
+    The three steps compose into one affine map of each pixel's colour (``image`` [H, W, 3]): with factors
+    b, c, s, the image mean m and a pixel's grey value g (its channels' mean),
+    ``out = s*c*b * rgb + (1 - s)*c*b * g + (1 - c)*b*m``, applied in one pass by ``cv2.transform``."""
+    b = rng.uniform(1 - brightness, 1 + brightness) if brightness else 1.0
+    c = rng.uniform(1 - contrast, 1 + contrast) if contrast else 1.0
+    s = rng.uniform(1 - saturation, 1 + saturation) if saturation else 1.0
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    offset = (1 - c) * b * float(image.mean(dtype=np.float64)) if contrast else 0.0
+    matrix = np.full((3, 4), (1 - s) * c * b / 3)
+    matrix[:, :3] += np.eye(3) * s * c * b
+    matrix[:, 3] = offset
+    out = cv2.transform(image.reshape(-1, 1, 3), matrix).reshape(image.shape)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def camera_effects(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
