@@ -340,6 +340,9 @@ def test_bf16_autocast_decodes_boxes_in_float32():
             mixed = model(images)
     assert all(p.dtype == torch.float32 for p in proposals)
     assert _off_bf16_grid(torch.cat(proposals[len(proposals) // 2:]))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the counting view stays float32
+        features = model.backbone(torch.rand(2, 3, 64, 64))
+        assert model.counting_view(features, (64, 64)).dtype == torch.float32
     for a, b in zip(plain, mixed, strict=True):
         assert b["boxes"].dtype == b["scores"].dtype == b["counts"].dtype == torch.float32
         assert len(b["boxes"]) > 0 and _off_bf16_grid(b["boxes"])

@@ -42,6 +42,31 @@ def test_predict_writes_valid_results_and_counts(world, checkpoint, tmp_path):
     assert len(results) > 0 and {r["category_id"] for r in results} <= {3, 5, 9}
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_predict_amp_option(world, checkpoint, tmp_path, monkeypatch, native):
+    """--amp (default) predicts under bfloat16 autocast where the CPU has it natively (forced here either way),
+    with counts from the float32 counting view; without native bfloat16, --amp is exactly --no-amp."""
+    monkeypatch.setattr("dpsnet.inference.native_bf16", lambda device: native)
+    files = {}
+    for flag in ("--amp", "--no-amp"):
+        res = invoke("predict", "--checkpoint", checkpoint, "--instances", world / "pool.json", "--images",
+                     world / "images", "--out-results", tmp_path / f"r{flag}.json", "--out-counts",
+                     tmp_path / f"c{flag}.json", "--device", "cpu", "--quiet", flag)
+        assert res.exit_code == 0, res.output
+        files[flag] = (read_results(tmp_path / f"r{flag}.json"), read_counts(tmp_path / f"c{flag}.json"))
+    (amp_results, amp_counts), (plain_results, plain_counts) = files["--amp"], files["--no-amp"]
+    if not native:
+        assert amp_results == plain_results and amp_counts == plain_counts
+        return
+    assert amp_counts["images"] != [] and len(amp_counts["images"]) == len(plain_counts["images"])
+    for a, b in zip(amp_counts["images"], plain_counts["images"], strict=True):
+        for name in set(a["counts"]) | set(b["counts"]):
+            assert a["counts"].get(name, 0.0) == pytest.approx(b["counts"].get(name, 0.0), abs=0.05)
+    # Detections are not compared one by one: the tiny model's scores nearly tie, so bfloat16 rounding changes
+    # which of its boxes NMS keeps (test_model.py compares a model's outputs and losses under autocast).
+    assert amp_results and {r["image_id"] for r in amp_results} == {r["image_id"] for r in plain_results}
+
+
 def test_predict_agnostic_nms_option(world, checkpoint, tmp_path):
     """--agnostic-nms overrides the checkpoint's model.box_agnostic_nms_thresh (0: off). With it, the detections
     that keep their score overlap no other kept one above the IoU, whatever their SKUs; the suppressed ones stay

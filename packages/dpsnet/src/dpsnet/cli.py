@@ -96,9 +96,12 @@ def config_command(config_name, overrides) -> None:
               help="A `dpsnet pretrain` file: its crop classifier re-scores each detection (dpsnet.reclassify).")
 @click.option("--reclassifier-power", type=click.FloatRange(0.0), default=0.5, show_default=True,
               help="New score = score x p(SKU) ** power.")
+@click.option("--amp/--no-amp", default=True, show_default=True,
+              help="bfloat16 autocast where the device computes it natively (CUDA, CPUs with AMX); boxes and "
+                   "counts stay float32.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def predict_command(checkpoint, instances, images, out_results, out_counts, batch_size, device, score_thresh,
-                    agnostic_nms, test_flips, test_flip_iou, reclassifier, reclassifier_power, quiet) -> None:
+                    agnostic_nms, test_flips, test_flip_iou, reclassifier, reclassifier_power, amp, quiet) -> None:
     """Detect and count every image of a pool; write COCO results and the counts file. Works under torchrun."""
     from .distributed import shutdown_distributed
     from .inference import predict_files
@@ -106,7 +109,7 @@ def predict_command(checkpoint, instances, images, out_results, out_counts, batc
     _run(predict_files, checkpoint, instances, images, out_results, out_counts, batch_size=batch_size,
          device=device, score_thresh=score_thresh, agnostic_nms=agnostic_nms, test_flips=test_flips,
          test_flip_iou=test_flip_iou, reclassifier=reclassifier, reclassifier_power=reclassifier_power,
-         progress=not quiet)
+         progress=not quiet, amp=amp)
     shutdown_distributed()
 
 

@@ -176,7 +176,7 @@ def validate(model: DPSNet, config: Mapping[str, Any], categories: CategoryMap, 
     dataset = InstancesDataset(config["data.val_instances"], config["data.val_images"], categories)
     shard = list(range(info.rank, len(dataset), info.world_size))
     results, count_images = predict(model, dataset, categories, batch_size=config["train.eval_batch_size"],
-                                    device=device, indices=shard)
+                                    device=device, indices=shard, amp=config["train.amp"])
     results, count_images = gather_lists(results, info), gather_lists(count_images, info)
     counts = {"count_classes": categories.count_classes, "images": count_images}
     report = evaluate(results, dataset.dataset, protocol="oracle", compute_map=True, levels=["averaged"])
