@@ -97,6 +97,17 @@ def box_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float, ca
     return (lvl.clamp(min=k_min, max=k_max).to(torch.int64) - k_min)
 
 
+def roi_levels(rois: Tensor, scales: Sequence[float], canonical_scale: float = 224, canonical_level: float = 4
+               ) -> Tensor:
+    """Pyramid level index per roi [K, 5] for levels at ``scales`` (finest first), as torchvision's
+    MultiScaleRoIAlign assigns them: Tensor[K] int64; with one level every roi gets it."""
+    if len(scales) == 1:
+        return torch.zeros(rois.shape[0], dtype=torch.int64, device=rois.device)
+    k_min = round(-math.log2(scales[0]))
+    k_max = round(-math.log2(scales[-1]))
+    return box_levels(rois[:, 1:], k_min, k_max, canonical_scale, canonical_level)
+
+
 def _bilinear_gather(feature_hwc: Tensor, batch: Tensor, y: Tensor, x: Tensor, height: int, width: int) -> Tensor:
     """torchvision's RoIAlign bilinear sample of ``feature_hwc`` [B*H*W, C] at float (y, x) of any shape S:
     Tensor[*S, C]; points more than one pixel outside the map give 0."""
@@ -206,9 +217,7 @@ def multiscale_roi_align_reference(
     """
     if len(features) == 1:
         return roi_align_reference(features[0], rois, output_size, scales[0], sampling_ratio, aligned)
-    k_min = round(-math.log2(scales[0]))
-    k_max = round(-math.log2(scales[-1]))
-    levels = box_levels(rois[:, 1:], k_min, k_max, canonical_scale, canonical_level)
+    levels = roi_levels(rois, scales, canonical_scale, canonical_level)
     channels = features[0].shape[1]
     out = features[0].new_zeros(rois.shape[0], channels, *output_size)
     for level, (feature, scale) in enumerate(zip(features, scales, strict=True)):

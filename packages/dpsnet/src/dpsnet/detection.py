@@ -12,7 +12,6 @@ decayed below any counting threshold, as second hypotheses for mAP.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -314,11 +313,7 @@ class KernelRoIPool(nn.Module):
         if mode == "gather":
             rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], 1) for i, b in enumerate(boxes)])
             scales = aco_kernels.reference.infer_scales(levels, image_shapes)
-            if len(levels) == 1:
-                level_of_roi = torch.zeros(len(rois), dtype=torch.int64, device=rois.device)
-            else:
-                level_of_roi = aco_kernels.reference.box_levels(
-                    rois[:, 1:], round(-math.log2(scales[0])), round(-math.log2(scales[-1])), 224.0, 4.0)
+            level_of_roi = aco_kernels.reference.roi_levels(rois, scales)  # torchvision's rule, as the other modes
             return gather_roi_align(levels, rois, level_of_roi, scales, (self.output_size,) * 2, self.sampling_ratio,
                                     self.aligned)
         if mode == "torchvision":
