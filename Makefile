@@ -31,8 +31,9 @@ bench: $(STAMP)
 
 # GPU tests and benchmarks with the machine's own python3: installs nothing (the GPU machine may have
 # no package registry); the packages are imported from their source folders. Only the members with GPU
-# tests are collected, so packages needing opencv or pycocotools are not imported there.
-GPU_TESTS := $(filter kernels,$(PRESENT))
+# tests are collected: kernels (torch and triton alone) and rpc-synth (its render tests also need opencv and
+# pycocotools; carry a pycocotools wheel where the machine lacks it).
+GPU_TESTS := $(filter kernels packages/rpc-synth,$(PRESENT))
 bench-gpu:
 	ACO_KERNELS_NO_AUTOTUNE=1 PYTHONPATH=$(subst $(eval) ,:,$(addsuffix /src,$(PRESENT))) $(PYTHON) -m pytest -q -m gpu \
 		-p no:cacheprovider $(GPU_TESTS) $(PYTEST_ARGS)

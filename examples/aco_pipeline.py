@@ -72,6 +72,11 @@ class Recipe:
     # 15.00 / 16.67 / 17.50% at 740 steps on the same machine: runs/demo10 vs runs/demo11).
     preset: str = "cpu-small"
     source_steps: int | None = 740
+    # A shared trunk: one model trained on Syn for this many steps (0: none), which every source model then
+    # fine-tunes for `source_steps` on its own data at `source_branch_lr` (same budget each, and each sees
+    # trunk + branch steps for the price of one trunk).
+    source_trunk_steps: int = 0
+    source_branch_lr: float = 0.01
     source_minutes: float | None = 0.0
     dpsnet_set: tuple[str, ...] = ()
     nproc: int = 1
@@ -200,7 +205,7 @@ class Pipeline:
             return [tool("torchrun"), "--nproc-per-node", str(self.r.nproc), "-m", module]
         return [tool(module)]
 
-    def train_overrides(self, names: Sequence[str]) -> list[str]:
+    def train_overrides(self, names: Sequence[str], steps: int | None) -> list[str]:
         data = [self.p.dataset(n) for n in names]
         overrides = [
             "data.train_instances=" + ",".join(str(j) for j, _ in data),
@@ -211,9 +216,9 @@ class Pipeline:
         ]
         if self.backbone_weights() is not None:
             overrides.append(f"model.backbone_weights={self.backbone_weights()}")
-        if self.r.source_steps is not None:
+        if steps is not None:
             # A step schedule's drops then fall at 2/3 and 8/9 of the run, as the presets' [0] means.
-            overrides += [f"train.max_steps={self.r.source_steps}", "train.lr_steps=[0]"]
+            overrides += [f"train.max_steps={steps}", "train.lr_steps=[0]"]
         if self.r.source_minutes is not None:
             overrides.append(f"train.time_limit_min={self.r.source_minutes}")
         return overrides + list(self.r.dpsnet_set)
@@ -274,6 +279,8 @@ class Pipeline:
                                      "--batch-size", r.pretrain_batch, "--camera", r.pretrain_camera,
                                      "--specialist-steps", r.pretrain_specialist_steps, "--seed", r.seed])))
         stages += self.render_stages()
+        if r.source_trunk_steps > 0:
+            stages.append(self.trunk_stage())
         stages += [self.source_stage(*model) for model in SOURCE_MODELS]
         stages.append(self.kd_stage())
         stages.append(Stage("visualize", "detections and density maps before/after distillation (dpsnet visualize)",
@@ -342,21 +349,43 @@ class Pipeline:
         subset = {**data, "images": images, "annotations": [a for a in data["annotations"] if a["image_id"] in ids]}
         return write_json(subset, self.p.out / "synth" / "instances_render_subset.json")
 
+    def train(self, run_dir: Path, overrides: Sequence[str]) -> None:
+        """`dpsnet train` into ``run_dir``, resuming from its last checkpoint when there is one."""
+        resume = ["--resume"] if (run_dir / "last.pt").is_file() else []
+        self.run([*self.launcher("dpsnet"), "train", "--config", self.r.preset, "--out", run_dir, *resume,
+                  *overrides])
+
+    def trunk_stage(self) -> Stage:
+        """The Syn model that every source model fine-tunes (no predictions: the branches are evaluated)."""
+        r = self.r
+        overrides = self.train_overrides(("synth",), r.source_trunk_steps)
+        return Stage("source_trunk", f"shared trunk of the source models, Syn (dpsnet train --config {r.preset})",
+                     self.train_budget(r.source_trunk_steps, None),
+                     {"preset": r.preset, "overrides": overrides, "nproc": r.nproc},
+                     lambda: self.train(self.p.model("trunk"), overrides))
+
+    def source_overrides(self, names: Sequence[str]) -> list[str]:
+        overrides = self.train_overrides(names, self.r.source_steps)
+        if self.r.source_trunk_steps > 0:
+            # After dpsnet's own overrides from the recipe, so that these win: a fine-tune of the trunk.
+            overrides += [f"train.init_checkpoint={self.p.model('trunk') / 'last.pt'}",
+                          f"train.lr={self.r.source_branch_lr}", "train.warmup_steps=20"]
+        return overrides
+
     def source_stage(self, key: str, title: str, names: Sequence[str]) -> Stage:
         r = self.r
         budget = self.train_budget(r.source_steps, r.source_minutes) + r.budgets["predict_per_model"]
+        overrides = self.source_overrides(names)
 
         def action() -> None:
             run_dir = self.p.model(key)
-            resume = ["--resume"] if (run_dir / "last.pt").is_file() else []
-            self.run([*self.launcher("dpsnet"), "train", "--config", r.preset, "--out", run_dir, *resume,
-                         *self.train_overrides(names)])
+            self.train(run_dir, overrides)
             for split in ("val", "test", "synth_heldout"):
                 instances, images = self.p.dataset(split) if split == "synth_heldout" else self.p.split(split)
                 self.predict(run_dir / "last.pt", instances, images, *self.p.predictions(key, split))
 
         return Stage(f"source_{key}", f"source model {title} (dpsnet train --config {r.preset}, predict)", budget,
-                     {"preset": r.preset, "data": list(names), "overrides": self.train_overrides(names),
+                     {"preset": r.preset, "data": list(names), "overrides": overrides,
                       "nproc": r.nproc, "reclassify_power": self.reclassify_setting()},
                      action)
 
@@ -500,15 +529,19 @@ def to_toml(config: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_pipeline(recipe: Recipe, layout: Layout, *, title: str) -> Path:
-    """Run (or resume) every stage, then write the report; return the report's path."""
+def run_pipeline(recipe: Recipe, layout: Layout, *, title: str, until: str | None = None) -> Path | None:
+    """Run (or resume) every stage, then write the report; return the report's path. With ``until`` (a stage's
+    name), stop after that stage, without a report (None)."""
     layout.out.mkdir(parents=True, exist_ok=True)
     pipeline = Pipeline(recipe, layout)
     stages = pipeline.stages()
     total = sum(s.budget_s for s in stages)
     click.echo(f"{title}: {len(stages)} stages into {layout.out} (budgets sum to {clock(total)}; "
                "a stage with a record in stages/ is skipped, outputs are written atomically)", err=True)
-    records = StageRunner(layout.out, stages).run()
+    records = StageRunner(layout.out, stages).run(until=until)
+    if until is not None:
+        click.echo(f"stopped after stage '{until}' as asked (--until); run again without it to go on", err=True)
+        return None
     report = write_report(layout, recipe, records, [(k, t) for k, t, _ in SOURCE_MODELS], title=title)
     click.echo(f"report: {report}", err=True)
     return report
@@ -533,6 +566,9 @@ def check_overrides(items: Sequence[str], option: str) -> None:
 @click.option("--synth-images", type=int, default=None, help="Synthesized training images (default 800).")
 @click.option("--render-iters", type=int, default=None, help="Translator training iterations (default 400).")
 @click.option("--source-steps", type=int, default=None, help="Training steps of each source model (default 740).")
+@click.option("--source-trunk-steps", type=click.IntRange(0), default=None,
+              help=f"Steps of a shared Syn trunk that each source model fine-tunes (0: none; default "
+                   f"{Recipe.source_trunk_steps}).")
 @click.option("--source-minutes", type=click.FloatRange(0.0), default=None, help="Time limit of each source model in minutes (default 0: none, the steps decide).")
 @click.option("--kd-rounds", type=int, default=None, help="Distillation rounds (default 3).")
 @click.option("--kd-steps", type=int, default=None, help="Student training steps per round (default 300).")
@@ -541,20 +577,26 @@ def check_overrides(items: Sequence[str], option: str) -> None:
               help="Power of the crop classifier's re-scoring of every prediction (default 2; 0: off).")
 @overrides_option("--dpsnet-set", "A dpsnet config override for every training run (repeatable; see `dpsnet config`).")
 @overrides_option("--kd-set", "A kd-loop config override (repeatable; see `kd-loop keys`), e.g. selection.min_boxes=2.")
-def main(out, quick, seed, workers, synth_images, render_iters, source_steps, source_minutes, kd_rounds, kd_steps,
-         kd_minutes, reclassify_power, dpsnet_set, kd_set) -> None:
+@click.option("--until", metavar="STAGE", default=None,
+              help="Stop after this stage (its name as in stages/, e.g. render_measure): the data once, then "
+                   "copies of the run (hard links) to try training recipes on.")
+def main(out, quick, seed, workers, synth_images, render_iters, source_steps, source_trunk_steps, source_minutes,
+         kd_rounds, kd_steps, kd_minutes, reclassify_power, dpsnet_set, kd_set, until) -> None:
     """Run the whole ACO system on the embedded mini world and write a paper-style report."""
     check_overrides(dpsnet_set, "--dpsnet-set")
     check_overrides(kd_set, "--kd-set")
     recipe = QUICK if quick else Recipe()
     given = {"seed": seed, "workers": workers, "synth_images": synth_images, "render_iters": render_iters,
-             "source_steps": source_steps, "source_minutes": source_minutes, "kd_rounds": kd_rounds,
-             "kd_steps": kd_steps, "kd_minutes": kd_minutes, "reclassify_power": reclassify_power}
+             "source_steps": source_steps, "source_trunk_steps": source_trunk_steps, "source_minutes": source_minutes,
+             "kd_rounds": kd_rounds, "kd_steps": kd_steps, "kd_minutes": kd_minutes,
+             "reclassify_power": reclassify_power}
     recipe = replace(recipe, **{k: v for k, v in given.items() if v is not None},
                      dpsnet_set=recipe.dpsnet_set + dpsnet_set, kd_set=recipe.kd_set + kd_set)
     out = out or Path("runs/demo-quick" if quick else "runs/demo")
-    report = run_pipeline(recipe, Layout(out.resolve()), title="ACO demo on the mini world" + (" (quick)" if quick else ""))
-    click.echo(report.read_text(encoding="utf-8"))
+    report = run_pipeline(recipe, Layout(out.resolve()), title="ACO demo on the mini world" + (" (quick)" if quick else ""),
+                          until=until)
+    if report is not None:
+        click.echo(report.read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":

@@ -227,6 +227,14 @@ def _time_limit(minutes) -> str:
     return f"time limit {minutes} min" if minutes else "no time limit"
 
 
+def _trunk(recipe) -> str:
+    """How the source models start: the pretrained body, or a fine-tune of the shared Syn trunk."""
+    if not recipe.source_trunk_steps:
+        return ""
+    return (f", each a fine-tune (peak learning rate {recipe.source_branch_lr}) of one shared trunk trained on Syn "
+            f"for {recipe.source_trunk_steps} steps")
+
+
 def _short(method: str) -> str:
     return method.replace("+ distillation round ", "KD round ").replace("histogram", "hist")
 
@@ -268,7 +276,7 @@ def write_report(layout, recipe, records: dict[str, dict], models: Sequence[tupl
     sections = [
         f"# {title}",
         f"Seed {recipe.seed}; DPSNet preset `{recipe.preset}`; the three source models with the same budget each "
-        f"({_or_preset(recipe.source_steps)} steps, {_time_limit(recipe.source_minutes)}); "
+        f"({_or_preset(recipe.source_steps)} steps, {_time_limit(recipe.source_minutes)}){_trunk(recipe)}; "
         f"{recipe.kd_rounds} distillation rounds with kd-loop starting from **{choice_title}** (the source model "
         f"with the best cAcc on the val split), {_or_preset(recipe.kd_steps)} student steps per round "
         f"({_time_limit(recipe.kd_minutes)}).",

@@ -114,8 +114,12 @@ class StageRunner:
                         + f"); use another --out, or delete {path} and the records of the stages after it "
                           "to redo them")
 
-    def run(self) -> dict[str, dict]:
-        """Run every stage not done yet; return each stage's record (seconds, whether it was resumed)."""
+    def run(self, until: str | None = None) -> dict[str, dict]:
+        """Run every stage not done yet (up to and including the stage named ``until``, if given); return each
+        stage's record (seconds, whether it was resumed)."""
+        names = [s.name for s in self.stages]
+        if until is not None and until not in names:
+            raise InputError(f"--until {until!r}: no such stage; the stages are {', '.join(names)}")
         self.check()
         started = time.monotonic()
         records = {}
@@ -127,6 +131,8 @@ class StageRunner:
                 record = load_json(path)
                 click.echo(f"{head}: done earlier, skipped (outputs kept; took {clock(record['seconds'])})", err=True)
                 records[stage.name] = {**record, "skipped": True}
+                if stage.name == until:
+                    break
                 continue
             left, pace = eta(sum(s.budget_s for s in self.stages[index - 1:] if not self.record_path(s).is_file()),
                              ran_s, ran_budget_s)
@@ -143,4 +149,6 @@ class StageRunner:
             over = " (over budget)" if seconds > 1.2 * stage.budget_s else ""
             click.echo(f"{head}: done in {clock(seconds)}{over}; record {path}", err=True)
             records[stage.name] = {**record, "skipped": False}
+            if stage.name == until:
+                break
         return records

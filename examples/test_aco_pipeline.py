@@ -111,6 +111,19 @@ def test_quick_demo_resumes_without_redoing_a_stage(quick_demo):
 
 
 @pytest.mark.slow
+def test_until_stops_after_the_named_stage(quick_demo):
+    out, _ = quick_demo
+    report = (out / "report.md").stat().st_mtime_ns
+    done = run_example("aco_pipeline.py", "--quick", "--out", str(out), "--until", "render_measure")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "stopped after stage 'render_measure'" in done.stderr and "source model" not in done.stderr
+    assert done.stderr.count("done earlier, skipped") == STAGES.index("render_measure") + 1
+    assert (out / "report.md").stat().st_mtime_ns == report and "## Ablation" not in done.stdout
+    bad = run_example("aco_pipeline.py", "--quick", "--out", str(out), "--until", "sources")
+    assert bad.returncode == 2 and "--until 'sources': no such stage" in bad.stderr and "render_measure" in bad.stderr
+
+
+@pytest.mark.slow
 def test_other_settings_in_the_same_folder_exit_2(quick_demo):
     out, _ = quick_demo
     done = run_example("aco_pipeline.py", "--quick", "--out", str(out), "--seed", "1")

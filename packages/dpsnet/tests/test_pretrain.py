@@ -11,7 +11,14 @@ from dpsnet import pretrain as pretrain_module
 from dpsnet.backbone import build_backbone
 from dpsnet.cli import main
 from dpsnet.data import camera_effects
-from dpsnet.pretrain import CropClassifier, augment_crops, confusable_pairs, exemplar_crops, train_specialist
+from dpsnet.pretrain import (
+    CropClassifier,
+    augment_crops,
+    confusable_pairs,
+    exemplar_crops,
+    pretrain_backbone,
+    train_specialist,
+)
 from dpsnet.reclassify import CropRescorer
 
 
@@ -137,3 +144,16 @@ def test_pretrain_cli_writes_specialists_the_rescorer_loads(world, tmp_path):
                                     str(world / "images"), "--out", str(tmp_path / "x.pt"),
                                     "--specialist-steps", "-1"])
     assert res.exit_code == 2 and "--specialist-steps" in res.output and not (tmp_path / "x.pt").exists()
+
+
+def test_pretrain_is_deterministic_given_its_seed(world, tmp_path):
+    kwargs = dict(size=16, channels=(4, 8, 8, 8), steps=3, batch_size=4, camera=0.5, echo=False)
+    runs = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        summary = pretrain_backbone(world / "instances.json", world / "images", tmp_path / f"{name}.pt", seed=seed,
+                                    **kwargs)
+        assert summary["steps"] == 3
+        runs.append(torch.load(tmp_path / f"{name}.pt", weights_only=True)["model"])
+    a, b, c = runs
+    assert all(torch.equal(a[k], b[k]) and torch.isfinite(a[k].float()).all() for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

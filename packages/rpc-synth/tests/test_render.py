@@ -114,6 +114,31 @@ def test_translate_whole_image_of_odd_size(tiny_model):
     assert out.shape == image.shape and out.dtype == np.uint8
 
 
+def _translate_reference(generator, image: np.ndarray, seed: int) -> np.ndarray:
+    """The generator's own forward (noise included) on the reflection-padded image, cropped back: float32."""
+    x = torch.from_numpy(np.ascontiguousarray(image[..., ::-1])).permute(2, 0, 1)[None].float() / 127.5 - 1
+    h, w = image.shape[:2]
+    m = generator.multiple
+    with torch.no_grad():
+        x = torch.nn.functional.pad(x, (0, -w % m, 0, -h % m), mode="reflect")
+        y = generator(x, torch.Generator().manual_seed(seed))[..., :h, :w]
+    rgb = ((y[0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(rgb[..., ::-1])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_translate_float32_and_bfloat16_against_the_generators_forward(seed):
+    torch.manual_seed(seed)
+    generator = ResnetGenerator(channels=8, blocks=2, noise=True, noise_init=2.0).eval()
+    image = np.random.default_rng(seed).integers(0, 256, (29 + seed, 45, 3), dtype=np.uint8)
+    reference = _translate_reference(generator, image, seed)
+    assert np.array_equal(translate_image(generator, image, seed=seed), reference)
+    # bfloat16 layers (emulated where the CPU has no AMX: the same numbers, only slower); noise and sums float32
+    amp = translate_image(generator, image, seed=seed, amp=True).astype(int)
+    diff = np.abs(amp - reference)
+    assert diff.mean() < 1.0 and diff.max() <= 8, (diff.mean(), diff.max())
+
+
 # --------------------------------------------------------------------------------------------- losses
 
 
@@ -235,6 +260,72 @@ def test_not_a_checkpoint_is_a_format_error(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- apply
+
+
+@pytest.mark.parametrize("amp", [None, False, True])
+def test_apply_records_its_precision(amp, tiny_generate, tiny_model, tmp_path, monkeypatch):
+    import rpc_synth.render.apply as apply_module
+
+    monkeypatch.setattr(apply_module, "native_bf16_cpu", lambda: True)  # None follows the CPU: AMX here
+    ann = tiny_generate / "instances_synth2019.json"
+    written = render_dataset(tiny_generate / "synth2019", ann, tmp_path, model=tiny_model, amp=amp, progress=False)
+    expected = "float32" if amp is False else "bfloat16"
+    assert written["render"]["precision"] == expected and written["render"]["device"] == "cpu"
+    assert read_instances(tmp_path / INSTANCES)["render"]["precision"] == expected
+
+
+def test_device_choice():
+    from rpc_synth.render import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("tpu", "gpu0", "cuda:99"):
+        with pytest.raises(InputError, match="--device"):
+            resolve_device(bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where there is no GPU")
+def test_cuda_without_a_gpu_is_refused_before_anything_is_written(tiny_world, tiny_generate, tiny_model, tmp_path):
+    ann = tiny_generate / "instances_synth2019.json"
+    with pytest.raises(InputError, match="no such CUDA device"):
+        render_dataset(tiny_generate / "synth2019", ann, tmp_path / "out", model=tiny_model, device="cuda",
+                       progress=False)
+    with pytest.raises(InputError, match="no such CUDA device"):
+        train_translator(tiny_generate / "synth2019", ann, tiny_world / "val2019", tmp_path / "m.pt", TINY,
+                         device="cuda", progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.gpu
+def test_gpu_training_follows_the_cpu_run_and_writes_a_cpu_checkpoint(tiny_world, tiny_generate, tiny_model,
+                                                                     tmp_path):
+    # Same crops and noise (drawn on the CPU); the GPU's arithmetic (TF32 convolutions) differs in rounding.
+    train_translator(tiny_generate / "synth2019", tiny_generate / "instances_synth2019.json", tiny_world / "val2019",
+                     tmp_path / "gpu.pt", TINY, device="cuda", progress=False)
+    cpu, gpu = load_checkpoint(tiny_model), torch.load(tmp_path / "gpu.pt", weights_only=True)
+    for row_cpu, row_gpu in zip(cpu["losses"], gpu["losses"], strict=True):
+        for key in row_cpu:
+            assert row_gpu[key] == pytest.approx(row_cpu[key], rel=0.05, abs=1e-3), key
+    for net in cpu["networks"]:
+        for key, value in cpu["networks"][net].items():
+            assert gpu["networks"][net][key].device.type == "cpu"
+            torch.testing.assert_close(gpu["networks"][net][key], value, rtol=0.05, atol=0.01)
+    # and it resumes on the CPU
+    more = dataclasses.replace(TINY, iters=3)
+    assert _train(tiny_world, tiny_generate, tmp_path / "gpu.pt", more)["iteration"] == 3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gpu_translation_matches_the_cpu(seed):
+    torch.manual_seed(seed)
+    generator = ResnetGenerator(channels=8, blocks=2, noise=True, noise_init=2.0).eval()
+    image = np.random.default_rng(seed).integers(0, 256, (29 + seed, 45, 3), dtype=np.uint8)
+    reference = _translate_reference(generator, image, seed).astype(int)
+    generator = generator.cuda()
+    for amp, mean, most in ((False, 0.1, 2), (True, 1.0, 8)):
+        diff = np.abs(translate_image(generator, image, seed=seed, amp=amp).astype(int) - reference)
+        assert diff.mean() < mean and diff.max() <= most, (amp, diff.mean(), diff.max())
 
 
 @pytest.mark.parametrize("method", ["cyclegan", "histogram"])

@@ -31,6 +31,10 @@ def test_render_cli_train_apply_measure(tiny_world, tiny_generate, tmp_path, hel
     result = run("render", "apply", "--model", tmp_path / "m.pt", "--images", tiny_generate / "synth2019",
                  "--ann", ann, "--out", tmp_path / "cg", "--quiet")
     assert result.exit_code == 0, result.output
+    result = run("render", "apply", "--model", tmp_path / "m.pt", "--images", tiny_generate / "synth2019",
+                 "--ann", ann, "--out", tmp_path / "cg32", "--no-amp", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "cg32/instances_render2019.json").read_text())["render"]["precision"] == "float32"
     result = run("render", "apply", "--method", "histogram", "--target", tiny_world / "val2019", "--images",
                  tiny_generate / "synth2019", "--ann", ann, "--out", tmp_path / "hist", "--quiet")
     assert result.exit_code == 0, result.output

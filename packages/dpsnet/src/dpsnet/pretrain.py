@@ -121,14 +121,19 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
     order = rng.permutation(len(crops))
     n_hold = int(len(crops) * holdout)
     hold, train_idx = order[:n_hold], order[n_hold:]
-    model = CropClassifier(len(category_ids), tuple(channels), norm)
+    # Channels-last (oneDNN's layout): a step of 64 crops of 64 px about 12% faster. Float32 on purpose: bfloat16
+    # autocast saved only ~7% more of a step here (the crop augmentation is a third of it), and oneDNN's
+    # channels-last bfloat16 convolution returned NaN weight gradients for a 2x2 input at stride 2 (8 channels).
+    model = CropClassifier(len(category_ids), tuple(channels), norm).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     started = time.monotonic()
     step, correct, seen = 0, 0, 0
     model.train()
+
     while step < steps:
         idx = rng.choice(train_idx, size=batch_size, replace=len(train_idx) < batch_size)
-        x, y = augment_crops(crops[idx], rng, camera=camera), torch.from_numpy(labels[idx])
+        x = augment_crops(crops[idx], rng, camera=camera).contiguous(memory_format=torch.channels_last)
+        y = torch.from_numpy(labels[idx])
         for group in optimizer.param_groups:
             group["lr"] = lr * lr_factor(step, max_steps=steps, warmup_steps=min(50, steps // 10), schedule="cosine")
         logits = model(x)
@@ -240,13 +245,14 @@ def train_specialist(crops: np.ndarray, labels: np.ndarray, classes: tuple[int, 
         raise ValueError(f"no crops of class {[c for c, m in zip(classes, members, strict=True) if not len(m)]}")
     model = CropClassifier(len(classes), channels, norm)
     model.body.load_state_dict(body_state)
+    model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     per_class = max(1, batch_size // len(classes))
     target = torch.arange(len(classes)).repeat_interleave(per_class)
     model.train()
     for step in range(steps):
         idx = np.concatenate([rng.choice(m, size=per_class) for m in members])
-        x = augment_crops(crops[idx], rng, camera=camera)
+        x = augment_crops(crops[idx], rng, camera=camera).contiguous(memory_format=torch.channels_last)
         for group in optimizer.param_groups:
             group["lr"] = lr * lr_factor(step, max_steps=steps, warmup_steps=min(20, steps // 10), schedule="cosine")
         loss = F.cross_entropy(model(x), target, label_smoothing=0.1)

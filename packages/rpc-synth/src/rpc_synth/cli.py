@@ -198,11 +198,12 @@ def render() -> None:
               help="Learn the noise level (the adversarial loss drove it down to 0.1-0.5 grey levels here).")
 @click.option("--checkpoint-every", default=100, show_default=True, help="Iterations between checkpoints.")
 @click.option("--threads", default=1, show_default=True, help="CPU threads for torch (0: torch's default).")
+@click.option("--device", default="auto", show_default=True, help="auto (a CUDA GPU when there is one), cpu or cuda[:N].")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @_fail_cleanly
 def render_train(source, source_ann, target, out, size, iters, batch, seed, gen_channels, gen_blocks, disc_channels,
                  preserve_weight, background_weight, colour_weight, cycle_weight, identity_weight, lr, prematch, noise,
-                 noise_init, learn_noise, checkpoint_every, threads, quiet):
+                 noise_init, learn_noise, checkpoint_every, threads, device, quiet):
     """Train the synthesized -> checkout translator on unpaired random crops (resumable)."""
     from .render import require_torch
 
@@ -215,7 +216,8 @@ def render_train(source, source_ann, target, out, size, iters, batch, seed, gen_
                               cycle_weight=cycle_weight, identity_weight=identity_weight, lr=lr,
                               prematch=prematch, noise=noise, noise_init=noise_init, noise_learned=learn_noise,
                               checkpoint_every=checkpoint_every)
-    result = train_translator(source, source_ann, target, out, config, threads=threads or None, progress=not quiet)
+    result = train_translator(source, source_ann, target, out, config, threads=threads or None, device=device,
+                              progress=not quiet)
     click.echo(f"trained to iteration {result['iteration']}; wrote {out}")
 
 
@@ -229,14 +231,19 @@ def render_train(source, source_ann, target, out, size, iters, batch, seed, gen_
 @click.option("--target", type=click.Path(file_okay=False), help="Folder of checkout images whose histograms are matched (histogram).")
 @click.option("--jpeg-quality", default=95, show_default=True, help="JPEG quality of the written images.")
 @click.option("--threads", default=1, show_default=True, help="CPU threads for torch (0: torch's default).")
+@click.option("--amp/--no-amp", default=None,
+              help="The translator under bfloat16 autocast (default: where the CPU computes bfloat16 natively, "
+                   "Intel AMX, and on a GPU; about 1.4x faster on such a CPU, within a grey level of float32).")
+@click.option("--device", default="auto", show_default=True,
+              help="Where the translator runs: auto (a CUDA GPU when there is one), cpu or cuda[:N].")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @_fail_cleanly
-def render_apply(images, ann, out, method, model, target, jpeg_quality, threads, quiet):
+def render_apply(images, ann, out, method, model, target, jpeg_quality, threads, amp, device, quiet):
     """Translate a dataset's images and write them with a copy of its annotations."""
     from .render.apply import render_dataset
 
     dataset = render_dataset(images, ann, out, method=method, model=model, target=target, jpeg_quality=jpeg_quality,
-                             threads=threads or None, progress=not quiet)
+                             threads=threads or None, amp=amp, device=device, progress=not quiet)
     click.echo(f"wrote {len(dataset['images'])} {method} images and their annotations to {out}")
 
 

@@ -19,3 +19,30 @@ def require_torch():
         raise InputError("the cyclegan translator needs torch: pip install 'rpc-synth[render]' "
                          "(or use --method histogram, which does not)") from None
     return torch
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX tiles: Intel Xeon 4th generation and newer), where the
+    translator's convolutions under bfloat16 autocast run about 1.4x faster; elsewhere bfloat16 is emulated,
+    slower than float32."""
+    torch = require_torch()
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(amx and amx())
+
+
+def resolve_device(device: str):
+    """``auto`` -> the first CUDA GPU when there is one, else the CPU; ``cpu`` / ``cuda[:N]`` as given (an
+    ``InputError`` naming the choices when it cannot be had)."""
+    torch = require_torch()
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device should be auto, cpu or cuda[:N], got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"--device should be auto, cpu or cuda[:N], got {device!r}")
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise InputError(f"--device {device}: no such CUDA device here ({torch.cuda.device_count()} visible); "
+                         "use --device cpu or auto")
+    return dev

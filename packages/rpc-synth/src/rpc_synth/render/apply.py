@@ -16,7 +16,7 @@ from rpc_metrics.io import FormatError, atomic_output, image_path, read_instance
 
 from ..generate import InputError
 from ..progress import Progress
-from . import require_torch
+from . import native_bf16_cpu, require_torch
 from .data import folder_images, read_image
 from .histogram import channel_histograms, match_histograms
 
@@ -25,10 +25,12 @@ IMAGES_DIR = "render2019"
 INSTANCES = "instances_render2019.json"
 
 
-def translate_image(generator, image: np.ndarray, seed: int = 0) -> np.ndarray:
+def translate_image(generator, image: np.ndarray, seed: int = 0, amp: bool = False) -> np.ndarray:
     """Run ``generator`` fully convolutionally on a whole BGR ``uint8[H, W, 3]`` image (reflection-padded to
     its size multiple, cropped back); returns the translated image, same shape. ``seed`` draws the injected
-    noise of a generator that has it."""
+    noise of a generator that has it (on the CPU: the same noise on any device). ``amp``: the generator's
+    layers under bfloat16 autocast on its device (the residual sum, the noise and the clamps stay float32; the
+    noise is the same draw as without)."""
     import torch
     import torch.nn.functional as F
 
@@ -38,10 +40,13 @@ def translate_image(generator, image: np.ndarray, seed: int = 0) -> np.ndarray:
     m = generator.multiple
     pad_h, pad_w = -h % m, -w % m
     with torch.no_grad():
-        x = to_tensor(image[None])
+        device = next(generator.parameters()).device
+        x = to_tensor(image[None]).to(device)
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
-        y = generator(x, torch.Generator().manual_seed(seed))[..., :h, :w]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            y = generator(x, add_noise=False)
+        y = generator.add_noise(y.float().clamp(-1, 1), torch.Generator().manual_seed(seed))[..., :h, :w]
     return to_image(y)[0]
 
 
@@ -53,12 +58,15 @@ def _write_image(path: Path, image: np.ndarray, jpeg_quality: int) -> None:
 
 def render_dataset(images: str | Path, ann: str | Path, out: str | Path, *, method: str = "cyclegan",
                    model: str | Path | None = None, target: str | Path | None = None, jpeg_quality: int = 95,
-                   threads: int | None = None, progress: bool = True) -> dict:
+                   threads: int | None = None, amp: bool | None = None, device: str = "cpu",
+                   progress: bool = True) -> dict:
     """Translate every image listed in ``ann`` (from folder ``images``) into ``OUT/render2019/``.
 
     ``cyclegan`` needs ``model`` (a ``render train`` checkpoint); ``histogram`` needs ``target`` (a folder of
     checkout images whose pooled per-channel histograms are matched). Every input is checked before
-    anything is written. ``threads`` sets torch's CPU threads while translating. Returns the written dataset.
+    anything is written. ``threads`` sets torch's CPU threads while translating; ``device`` (``cpu``,
+    ``cuda[:N]``, ``auto``) runs the translator there; ``amp`` runs it under bfloat16 autocast (None: on a GPU,
+    and on a CPU that computes bfloat16 natively). Returns the written dataset.
     """
     if method not in METHODS:
         raise InputError(f"--method should be one of {', '.join(METHODS)}, got {method!r}")
@@ -71,20 +79,27 @@ def render_dataset(images: str | Path, ann: str | Path, out: str | Path, *, meth
         if model is None:
             raise InputError("--method cyclegan needs --model (a checkpoint of `rpc-synth render train`)")
         torch = require_torch()
+        from . import resolve_device
         from .train import load_translator
 
+        dev = resolve_device(device)
         previous_threads = torch.get_num_threads()
         if threads:
             torch.set_num_threads(threads)
 
         generator, counts = load_translator(model)
+        generator = generator.to(dev)
+        if amp is None:
+            amp = dev.type == "cuda" or native_bf16_cpu()
+        amp = bool(amp)
 
         def translate(image: np.ndarray, image_id: int) -> np.ndarray:
             if counts is not None:
                 image = match_histograms(image, counts)
-            return translate_image(generator, image, seed=image_id)
+            return translate_image(generator, image, seed=image_id, amp=amp)
 
-        record = {"method": method, "model": str(model)}
+        record = {"method": method, "model": str(model), "precision": "bfloat16" if amp else "float32",
+                  "device": dev.type}
     else:
         if target is None:
             raise InputError("--method histogram needs --target (a folder of checkout images)")

@@ -79,10 +79,13 @@ class ResnetGenerator(nn.Module):
         return self.add_noise(out, generator) if add_noise else out
 
     def add_noise(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``y`` plus the learned-scale Gaussian noise (``y`` itself without noise injection), clamped to [-1, 1]."""
+        """``y`` plus the learned-scale Gaussian noise (``y`` itself without noise injection), clamped to [-1, 1].
+        The noise is drawn on ``generator``'s device and moved to ``y``'s: a CPU generator gives the same noise
+        to a translator on any device."""
         if self.noise_scale is None:
             return y
-        noise = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
+        where = generator.device if generator is not None else y.device
+        noise = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=where).to(y.device)
         return (y + self.noise_scale * noise).clamp(-1, 1)
 
 

@@ -109,7 +109,7 @@ def training_step(nets: dict[str, nn.Module], optim_g, optim_d, config: Translat
     adversarial = lsgan_loss(d_b(fake_b), True) + lsgan_loss(d_a(fake_a), True)
     cycle = (g_ba(clean_b, add_noise=False) - real_a).abs().mean() + \
         (g_ab(clean_a, add_noise=False) - real_b).abs().mean()
-    identity = torch.zeros(())
+    identity = torch.zeros((), device=real_a.device)
     if config.identity_weight:
         identity = (g_ab(real_b, add_noise=False) - real_b).abs().mean() + \
             (g_ba(real_a, add_noise=False) - real_a).abs().mean()
@@ -139,12 +139,23 @@ def _optimizers(nets: dict[str, nn.Module], config: TranslatorConfig):
             torch.optim.Adam(params_d, lr=config.lr, betas=(0.5, 0.999)))
 
 
+def _to_cpu(value):
+    """A state dict with every tensor on the CPU (a checkpoint written on a GPU loads anywhere)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value
+
+
 def save_checkpoint(path: str | Path, nets, optim_g, optim_d, config: TranslatorConfig, iteration: int,
                     losses: list[dict], target_histograms: np.ndarray | None = None) -> None:
     """Write the training state to ``path`` atomically (a killed run leaves the previous checkpoint)."""
     state = {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "iteration": iteration,
-             "networks": {name: net.state_dict() for name, net in nets.items()},
-             "optim_g": optim_g.state_dict(), "optim_d": optim_d.state_dict(), "losses": losses}
+             "networks": {name: _to_cpu(net.state_dict()) for name, net in nets.items()},
+             "optim_g": _to_cpu(optim_g.state_dict()), "optim_d": _to_cpu(optim_d.state_dict()), "losses": losses}
     if target_histograms is not None:
         state["target_histograms"] = torch.from_numpy(np.asarray(target_histograms, dtype=np.int64))
     with atomic_output(path) as tmp:
@@ -208,28 +219,34 @@ def _resume_state(out: Path, config: TranslatorConfig):
 
 def train_translator(source_images: str | Path, source_ann: str | Path, target_images: str | Path,
                      out: str | Path, config: TranslatorConfig = TranslatorConfig(), *,
-                     threads: int | None = None, progress: bool = True) -> dict:
+                     threads: int | None = None, device: str = "cpu", progress: bool = True) -> dict:
     """Train on crops of ``source_images`` (listed in ``source_ann``, masks from its RLE) and ``target_images``.
 
     The target folder's labels, if any, are never read. Resumes from ``out`` when it exists with the same
-    settings. ``threads`` sets torch's CPU threads for the run (on a busy machine 1 is often fastest).
-    Returns ``{"iteration", "losses"}``.
+    settings (on any device: checkpoints hold CPU tensors). ``threads`` sets torch's CPU threads for the run
+    (on a busy machine 1 is often fastest); ``device``: ``cpu``, ``cuda[:N]`` or ``auto``. The crops and the
+    injected noise are drawn on the CPU from the seed, so a GPU run sees the same data; its arithmetic differs
+    in rounding only. Returns ``{"iteration", "losses"}``.
     """
+    from . import resolve_device
+
+    dev = resolve_device(device)
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _train(source_images, source_ann, target_images, Path(out), config, progress)
+        return _train(source_images, source_ann, target_images, Path(out), config, progress, dev)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(source_images, source_ann, target_images, out: Path, config: TranslatorConfig, progress: bool) -> dict:
+def _train(source_images, source_ann, target_images, out: Path, config: TranslatorConfig, progress: bool,
+           device: torch.device) -> dict:
     target = folder_images(target_images)
     counts = channel_histograms(read_image(p) for p in target) if config.prematch else None
     source = SourceImages.open(source_images, source_ann, match=counts)
     state = _resume_state(out, config)
-    nets = build_networks(config)
+    nets = {name: net.to(device) for name, net in build_networks(config).items()}
     optim_g, optim_d = _optimizers(nets, config)
     start, losses = 0, []
     if state is not None:
@@ -246,8 +263,9 @@ def _train(source_images, source_ann, target_images, out: Path, config: Translat
     for iteration in range(start, config.iters):
         src, masks, tgt = training_batch(config.seed, iteration, source, target, config.size, config.batch)
         noise = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration)
-        window.append(training_step(nets, optim_g, optim_d, config, to_tensor(src),
-                                    torch.from_numpy(masks).float().unsqueeze(1), to_tensor(tgt), noise))
+        window.append(training_step(nets, optim_g, optim_d, config, to_tensor(src).to(device),
+                                    torch.from_numpy(masks).float().unsqueeze(1).to(device),
+                                    to_tensor(tgt).to(device), noise))
         bar.update()
         done = iteration + 1
         if done % config.checkpoint_every == 0 or done == config.iters:
