@@ -71,11 +71,16 @@ class Recipe:
     # cosine schedule (transfer cAcc Syn / Syn+histogram / Syn+Render 10.83 / 12.50 / 4.17%, against
     # 15.00 / 16.67 / 17.50% at 740 steps on the same machine: runs/demo10 vs runs/demo11).
     preset: str = "cpu-small"
-    source_steps: int | None = 740
+    source_steps: int | None = 370
     # A shared trunk: one model trained on Syn for this many steps (0: none), which every source model then
     # fine-tunes for `source_steps` on its own data at `source_branch_lr` (same budget each, and each sees
-    # trunk + branch steps for the price of one trunk).
-    source_trunk_steps: int = 0
+    # trunk + branch steps for the price of one trunk). 1110 + 3 x 370 steps cost what 3 x 740 did, and each
+    # source model sees 1480 (the detector underfits on this budget). From the same data and backbone (runs/g1
+    # -> runs/g2, 2-core CPU): transfer cAcc Syn / Syn+histogram / Syn+Render 18.33 / 25.00 / 24.17% ->
+    # 21.67 / 20.83 / 24.17%, mmAP 51.9-53.1% -> 56.6-60.7%, round 3 31.67% -> 33.33% (ACD 1.86 -> 1.64, mAP50
+    # 91.11 -> 92.47%); on an H200 (runs/gA -> runs/gC): 20.83 / 18.33 / 15.83% -> 24.17 / 23.33 / 24.17%,
+    # round 3 26.67% -> 30.83% (docs/RESULTS.md).
+    source_trunk_steps: int = 1110
     source_branch_lr: float = 0.01
     source_minutes: float | None = 0.0
     dpsnet_set: tuple[str, ...] = ()
@@ -113,7 +118,7 @@ QUICK = Recipe(
     workers=1, world_args=("--skus", "10", "--lookalike-pairs", "2", "--azimuths", "4", "--exemplar-size", "160",
                            "--size", "256", "--val", "6", "--test", "6"),
     refine_px=160, synth_images=24, heldout_images=6, synth_size=256, render_iters=8, render_crop=48,
-    pretrain_steps=20, pretrain_batch=16, source_steps=20, kd_steps=8,
+    pretrain_steps=20, pretrain_batch=16, source_trunk_steps=12, source_steps=8, kd_steps=8,
     # No pair specialists: a 20-step classifier confuses every pair, and re-scoring every detection with them took
     # the quick demo from 3 min 12 s to about 8 minutes.
     pretrain_specialist_steps=0,
@@ -565,7 +570,8 @@ def check_overrides(items: Sequence[str], option: str) -> None:
 @click.option("--workers", type=int, default=None, help="Processes for world, masks and synthesis (default 2; quick 1).")
 @click.option("--synth-images", type=int, default=None, help="Synthesized training images (default 800).")
 @click.option("--render-iters", type=int, default=None, help="Translator training iterations (default 400).")
-@click.option("--source-steps", type=int, default=None, help="Training steps of each source model (default 740).")
+@click.option("--source-steps", type=int, default=None,
+              help=f"Training steps of each source model (after the trunk; default {Recipe.source_steps}).")
 @click.option("--source-trunk-steps", type=click.IntRange(0), default=None,
               help=f"Steps of a shared Syn trunk that each source model fine-tunes (0: none; default "
                    f"{Recipe.source_trunk_steps}).")

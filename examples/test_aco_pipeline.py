@@ -17,7 +17,8 @@ LEVELS = ("easy", "medium", "hard", "averaged")
 METHODS = ("Syn", "Syn+histogram", "Syn+Render", "+ distillation round 1", "+ distillation round 2",
            "+ distillation round 3")
 STAGES = ("world", "masks", "poses", "synth", "synth_heldout", "pretrain", "checkout_unlabeled", "render_train",
-          "render_apply", "histogram", "render_measure", "source_syn", "source_hist", "source_render", "kd", "visualize")
+          "render_apply", "histogram", "render_measure", "source_trunk", "source_syn", "source_hist", "source_render",
+          "kd", "visualize")
 
 
 def run_example(script: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -70,6 +71,12 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(quick_demo):
     # detection doubled the quick demo's time); `dpsnet pretrain`'s tests cover them
     assert json.loads((out / "stages" / "pretrain.json").read_text())["settings"]["specialist_steps"] == 0
     assert "specialists" not in json.loads((out / "pretrain" / "backbone.pt.json").read_text())
+    # the source models are fine-tunes of one shared trunk trained on Syn
+    assert "one shared trunk trained on Syn for 12 steps" in report
+    trunk = out.resolve() / "models" / "trunk" / "last.pt"
+    for key in ("syn", "hist", "render"):
+        overrides = json.loads((out / "stages" / f"source_{key}.json").read_text())["settings"]["overrides"]
+        assert f"train.init_checkpoint={trunk}" in overrides and "train.max_steps=8" in overrides
     # the steps decide, not the clock: no training run has a time limit (the results would depend on the machine)
     assert done.stderr.count("train.time_limit_min=0.0") >= 3  # the three source models
     assert '"train.time_limit_min" = 0.0' in (out / "kd" / "loop.toml").read_text()
