@@ -122,8 +122,9 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
     n_hold = int(len(crops) * holdout)
     hold, train_idx = order[:n_hold], order[n_hold:]
     # Channels-last (oneDNN's layout): a step of 64 crops of 64 px about 12% faster. Float32 on purpose: bfloat16
-    # autocast saved only ~7% more of a step here (the crop augmentation is a third of it), and oneDNN's
-    # channels-last bfloat16 convolution returned NaN weight gradients for a 2x2 input at stride 2 (8 channels).
+    # autocast saved only ~7% more of a step on an AMX Xeon (the crop augmentation is a third of it), and on an
+    # AVX-512 EPYC oneDNN's channels-last bfloat16 convolution returned NaN weight gradients for a 2x2 input at
+    # stride 2 (8 channels).
     model = CropClassifier(len(category_ids), tuple(channels), norm).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     started = time.monotonic()
