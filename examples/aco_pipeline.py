@@ -573,8 +573,8 @@ def check_overrides(items: Sequence[str], option: str) -> None:
 @click.option("--source-steps", type=int, default=None,
               help=f"Training steps of each source model (after the trunk; default {Recipe.source_steps}).")
 @click.option("--source-trunk-steps", type=click.IntRange(0), default=None,
-              help=f"Steps of a shared Syn trunk that each source model fine-tunes (0: none; default "
-                   f"{Recipe.source_trunk_steps}).")
+              help=f"Steps of a shared Syn trunk that each source model fine-tunes (default "
+                   f"{Recipe.source_trunk_steps}; 0: none, and --source-steps 740 gives the former recipe).")
 @click.option("--source-minutes", type=click.FloatRange(0.0), default=None, help="Time limit of each source model in minutes (default 0: none, the steps decide).")
 @click.option("--kd-rounds", type=int, default=None, help="Distillation rounds (default 3).")
 @click.option("--kd-steps", type=int, default=None, help="Student training steps per round (default 300).")

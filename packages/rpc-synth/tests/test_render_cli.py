@@ -35,6 +35,12 @@ def test_render_cli_train_apply_measure(tiny_world, tiny_generate, tmp_path, hel
                  "--ann", ann, "--out", tmp_path / "cg32", "--no-amp", "--quiet")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "cg32/instances_render2019.json").read_text())["render"]["precision"] == "float32"
+    for bad in ("tpu", "cuda:99"):  # a device that is not one, or not here: exit 2, nothing written
+        for args in (("render", "apply", "--model", tmp_path / "m.pt", "--images", tiny_generate / "synth2019",
+                      "--ann", ann, "--out", tmp_path / "bad"), _train_args(tiny_world, tiny_generate, tmp_path / "b.pt")):
+            result = run(*args, "--device", bad, "--quiet")
+            assert result.exit_code == 2 and "--device" in result.output, result.output
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "b.pt").exists()
     result = run("render", "apply", "--method", "histogram", "--target", tiny_world / "val2019", "--images",
                  tiny_generate / "synth2019", "--ann", ann, "--out", tmp_path / "hist", "--quiet")
     assert result.exit_code == 0, result.output
