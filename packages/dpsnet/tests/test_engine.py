@@ -108,3 +108,73 @@ def test_ratio_mixing_of_two_datasets(world, tmp_path):
     assert train(config, tmp_path, echo=False)["steps"] == 1
     with pytest.raises(ValueError, match="one image folder per training JSON"):
         train(make_config(None, {**config, "data.train_images": [str(world / "images")]}), tmp_path, echo=False)
+
+
+def test_counting_only_refinement_trains_the_counter_alone(world, tmp_path):
+    """train.trainable=counting from a full run's checkpoint: only counting_view.* changes (batch-norm running
+    statistics of the backbone included), the losses are the counting ones, and the result loads as a model."""
+    train(make_config("cpu-small", tiny_overrides(world, **{"train.time_limit_min": 0.0})), tmp_path / "full",
+          echo=False)
+    start = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    config = make_config("cpu-small", tiny_overrides(world, **{
+        "train.time_limit_min": 0.0, "train.trainable": "counting", "train.max_steps": 3, "train.lr": 0.05,
+        "train.init_checkpoint": str(tmp_path / "full" / "last.pt")}))
+    train(config, tmp_path / "count", echo=False)
+    end = torch.load(tmp_path / "count" / "last.pt", weights_only=True)["model"]
+    changed = {key for key, value in start.items() if not torch.equal(end[key], value)}
+    assert changed and all(key.startswith("counting_view.") for key in changed), sorted(changed)
+    assert any(key.endswith("running_mean") for key in changed)  # the head's own batch norm does learn
+    assert any(key.startswith("counting_view.predictor.") for key in changed)
+    records = [json.loads(line) for line in (tmp_path / "count" / "log.jsonl").read_text().splitlines()]
+    losses = {k for r in records if r["type"] == "train" for k in r if k.startswith("loss_")}
+    assert losses == {"loss_density", "loss_count"}
+    model, _ = model_from_checkpoint(tmp_path / "count" / "last.pt")
+    assert not model.counting_only and all(p.requires_grad for p in model.parameters())
+    start_record = next(r for r in records if r["type"] == "start")
+    assert start_record["trainable"] == "counting" and start_record["new_counting_view"] is False
+
+    # A deeper head than the checkpoint's starts fresh on the same frozen rest; a full run refuses the mismatch.
+    deeper = {**config, "model.count_convs": 3}
+    train(deeper, tmp_path / "deeper", echo=False)
+    end = torch.load(tmp_path / "deeper" / "last.pt", weights_only=True)["model"]
+    assert "counting_view.convs.6.weight" in end
+    for key, value in start.items():
+        if not key.startswith("counting_view."):
+            torch.testing.assert_close(end[key], value, rtol=0, atol=0, msg=key)
+    records = [json.loads(line) for line in (tmp_path / "deeper" / "log.jsonl").read_text().splitlines()]
+    assert next(r for r in records if r["type"] == "start")["new_counting_view"] is True
+    assert "a new one" in (tmp_path / "deeper" / "log.txt").read_text()
+    with pytest.raises(ValueError, match="does not fit"):
+        train({**deeper, "train.trainable": "all"}, tmp_path / "full_deeper", echo=False)
+
+
+def test_counting_only_mode_keeps_the_rest_in_eval(world):
+    from dpsnet.model import dpsnet_model
+
+    model = dpsnet_model(4, count_class_of_label=[0, 0, 0, 0], num_count_classes=1, small_channels=[8, 16, 16, 32],
+                         fpn_channels=16, min_size=[64], max_size=64, count_channels=8)
+    model.train_counting_only()
+    model.train()
+    assert model.counting_view.training and not model.backbone.training and not model.rpn.training
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == \
+        {n for n, _ in model.counting_view.named_parameters(prefix="counting_view")}
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 48)]
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    losses = model(images, targets)
+    assert set(losses) == {"loss_density", "loss_count"}
+    sum(losses.values()).backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("counting_view."))
+    model.train_counting_only(False)
+    model.train()
+    assert model.backbone.training and all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    ({"train.trainable": "box_head"}, "train.trainable"),
+    ({"train.trainable": "counting", "train.distill_weight": 0.5}, "distill_weight"),
+])
+def test_trainable_errors(world, tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        train(make_config("cpu-small", tiny_overrides(world, **overrides)), tmp_path, echo=False)
+    assert not (tmp_path / "last.pt").exists()

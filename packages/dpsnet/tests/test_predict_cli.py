@@ -223,6 +223,8 @@ def test_bad_config_keys_list_the_valid_ones(world, tmp_path):
     assert res.exit_code == 2 and "train.max_steps" in res.output
     res = invoke("train", "--out", tmp_path / "run", "model.backbone=vgg")
     assert res.exit_code == 2 and "resnet50" in res.output
+    res = invoke("train", "--out", tmp_path / "run", "train.trainable=heads")
+    assert res.exit_code == 2 and "train.trainable" in res.output and "'counting'" in res.output
 
 
 def test_config_command_documents_every_key():

@@ -80,6 +80,7 @@ SCHEMA: list[tuple[str, Any, str]] = [
     ("train.distill_weight", 0.0, "Weight of soft distillation (the box classifier matches a teacher's class distributions through aco_kernels.kd_loss); 0: off."),
     ("train.distill_checkpoint", "", "The teacher of soft distillation; empty: train.init_checkpoint."),
     ("train.distill_temperature", 2.0, "Softmax temperature of soft distillation."),
+    ("train.trainable", "all", "What trains: all, or counting (the counting view alone on the frozen rest of the model, e.g. a short refinement of the counter from train.init_checkpoint: each step costs about a third of a full one)."),
     ("train.init_checkpoint", "", "A DPSNet checkpoint whose model weights start the run (a student from its teacher); empty: none."),
     ("train.threads", 0, "CPU threads per process (torch.set_num_threads); 0: torch's default. 1 is fastest on a shared, busy CPU."),
     ("train.batch_size", 2, "Images per step per process."),
@@ -114,6 +115,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": ("sgd", "adamw"),
     "train.schedule": ("step", "cosine"),
     "train.eval_metric": ("map50", "cacc", "count_acc"),
+    "train.trainable": ("all", "counting"),
 }
 HELP: dict[str, str] = {key: text for key, _, text in SCHEMA}
 # Keys added after checkpoints existed, with the value that a saved config without them was trained with

@@ -188,8 +188,13 @@ def validate(model: DPSNet, config: Mapping[str, Any], categories: CategoryMap, 
 # --------------------------------------------------------------------------------------------- training
 
 
-def init_weights(model: nn.Module, checkpoint: str | Path, categories: CategoryMap) -> None:
-    """Start ``model`` from a DPSNet checkpoint's weights (same categories and architecture required)."""
+def init_weights(model: nn.Module, checkpoint: str | Path, categories: CategoryMap, *,
+                 counting_may_differ: bool = False) -> bool:
+    """Start ``model`` from a DPSNet checkpoint's weights (same categories and architecture required).
+
+    With ``counting_may_differ`` (a counting-only run), a counting view of another shape in the checkpoint
+    (e.g. ``model.count_convs`` changed) is not an error: the rest loads and the view starts fresh. Returns
+    whether the counting view was loaded from the checkpoint."""
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"train.init_checkpoint: checkpoint not found: {path}")
@@ -198,11 +203,18 @@ def init_weights(model: nn.Module, checkpoint: str | Path, categories: CategoryM
     if (saved.get("category_ids"), saved.get("count_classes")) != (categories.category_ids, categories.count_classes):
         raise ValueError(f"train.init_checkpoint {path}: its categories differ from the training data's; "
                          "start from a checkpoint trained on the same category list")
+    state = ckpt["model"]
+    if counting_may_differ:
+        view = {k: v for k, v in model.state_dict().items() if k.startswith("counting_view.")}
+        saved_view = {k: v for k, v in state.items() if k.startswith("counting_view.")}
+        if set(view) != set(saved_view) or any(view[k].shape != saved_view[k].shape for k in view):
+            state = {**{k: v for k, v in state.items() if not k.startswith("counting_view.")}, **view}
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(state)
     except RuntimeError as err:
         raise ValueError(f"train.init_checkpoint {path}: its model does not fit this config's model ({err}); "
                          "use the same model.* keys as the checkpoint") from None
+    return state is ckpt["model"]
 
 
 def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = False, echo: bool = True) -> dict:
@@ -227,6 +239,14 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
     kwargs = model_kwargs(config)
     model = dpsnet_model(categories.num_classes, categories.count_class_of_label,
                          num_count_classes=len(categories.count_names), **kwargs).to(device)
+    trainable = config["train.trainable"]
+    if trainable not in ("all", "counting"):
+        raise ValueError(f"train.trainable should be 'all' or 'counting', got {trainable!r}")
+    if trainable == "counting":
+        if config["train.distill_weight"] > 0:
+            raise ValueError("train.trainable='counting' trains the counting view alone; soft distillation "
+                             "(train.distill_weight > 0) needs the box head: set one of them back")
+        model.train_counting_only()
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config)
     ratios = [r for r in config["data.train_ratios"] if r > 0] or None
@@ -243,8 +263,10 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
 
     step, epoch, position, best = 0, 0, 0, -math.inf
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    fresh_view = False
     if config["train.init_checkpoint"] and not resume:
-        init_weights(model, config["train.init_checkpoint"], categories)
+        fresh_view = not init_weights(model, config["train.init_checkpoint"], categories,
+                                      counting_may_differ=trainable == "counting")
     if resume:
         ckpt = torch.load(last_path, map_location="cpu", weights_only=True) if last_path.is_file() else None
         if ckpt is None:
@@ -288,9 +310,12 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
         return metrics
 
     log.write({"type": "start", "step": step, "device": str(device), "world_size": info.world_size,
-               "precision": "bfloat16 autocast" if amp else "float32"},
+               "precision": "bfloat16 autocast" if amp else "float32", "trainable": trainable,
+               "new_counting_view": fresh_view},
               f"training on {device} x {info.world_size}, {'bfloat16 autocast' if amp else 'float32'}, "
-              f"from step {step}")
+              f"from step {step}"
+              + (", the counting view alone" if trainable == "counting" else "")
+              + (" (a new one: the checkpoint's has another shape)" if fresh_view else ""))
     started = time.monotonic()
     window_start, window_steps, window_losses = started, 0, {}
     metrics: dict[str, float] = {}

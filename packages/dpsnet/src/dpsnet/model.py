@@ -185,6 +185,30 @@ class DPSNet(nn.Module):
                                           channels=count_channels, num_convs=count_convs, head=count_head,
                                           norm=count_norm, feature_grad=count_feature_grad)
 
+    @property
+    def counting_only(self) -> bool:
+        """Whether training is restricted to the counting view (:meth:`train_counting_only`)."""
+        return self.__dict__.get("_counting_only", False)
+
+    def train_counting_only(self, enabled: bool = True) -> DPSNet:
+        """Restrict training to the counting view: every other parameter stops requiring gradients, the rest
+        of the model stays in eval mode (its batch-norm statistics frozen) under ``train()``, and a training
+        forward computes the pyramid without gradients and returns the counting losses only (no RPN or box
+        head work). A cheap refinement of the counter on the features a full run has learnt; ``False`` undoes
+        it (every parameter trainable again)."""
+        self.__dict__["_counting_only"] = bool(enabled)
+        for name, param in self.named_parameters():
+            param.requires_grad_(not enabled or name.startswith("counting_view."))
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> DPSNet:
+        super().train(mode)
+        if mode and self.counting_only:
+            for name, module in self.named_children():
+                if name != "counting_view":
+                    module.eval()
+        return self
+
     def set_rescorer(self, rescorer: nn.Module | None) -> None:
         """Re-score the box head's detections at inference with a crop classifier
         (:class:`dpsnet.reclassify.CropRescorer`; ``None``: off). It is not part of the model's state dict."""
@@ -236,6 +260,11 @@ class DPSNet(nn.Module):
         if self.training and self.roi_heads.record:
             self.recorded_batch = batch  # the resized, normalised batch, for a teacher to see the same input
         pixels = batch.tensors.contiguous(memory_format=torch.channels_last) if self.channels_last else batch.tensors
+        if self.training and self.counting_only:
+            with torch.no_grad():
+                features = self.backbone(pixels)
+            density, class_logits = self.counting_view.parts(features, tuple(batch.tensors.shape[-2:]))
+            return self.counting_losses(density, det_targets, class_logits)
         features = self.backbone(pixels)
         rpn_features = features if tuple(features) == self.rpn_levels else \
             OrderedDict((lv, features[lv]) for lv in self.rpn_levels)
