@@ -33,6 +33,15 @@ def test_two_process_cpu_training_and_prediction(world, tmp_path):
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ckpt["step"] == 3 and len(ckpt["rng"]) == 2 and (tmp_path / "run" / "best.pt").is_file()
 
+    # The counter refined alone under DDP: only the counting view is trainable (and reduced across ranks).
+    refine = {**overrides, "train.trainable": "counting", "train.max_steps": 2, "data.val_instances": "",
+              "train.init_checkpoint": str(tmp_path / "run" / "last.pt")}
+    proc = torchrun("train", "--out", tmp_path / "count", *[f"{k}={json.dumps(v)}" for k, v in refine.items()])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    refined = torch.load(tmp_path / "count" / "last.pt", weights_only=True)
+    changed = {k for k, v in ckpt["model"].items() if not torch.equal(refined["model"][k], v)}
+    assert changed and all(k.startswith("counting_view.") for k in changed), sorted(changed)
+
     proc = torchrun("predict", "--checkpoint", tmp_path / "run" / "last.pt", "--instances", world / "pool.json",
                     "--images", world / "images", "--out-results", tmp_path / "r.json", "--out-counts",
                     tmp_path / "c.json", "--device", "cpu", "--quiet")
