@@ -3,6 +3,7 @@
 import json
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 from dpsnet.cli import main
 from dpsnet.config import DEFAULTS, make_config
 from dpsnet.engine import train
-from dpsnet.inference import count_accuracy
+from dpsnet.inference import count_accuracy, count_error
 from rpc_metrics.io import read_counts, read_pool, read_results
 
 from .conftest import tiny_overrides
@@ -147,7 +148,9 @@ def test_evaluate_prints_rpc_table_and_count_accuracy(world, checkpoint, tmp_pat
                  tmp_path / "c.json", "--json-out", tmp_path / "m.json")
     assert res.exit_code == 0, res.output
     assert "cAcc" in res.output and "averaged" in res.output and "counting view" in res.output
-    assert 0.0 <= json.loads((tmp_path / "m.json").read_text())["count_acc"] <= 1.0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert 0.0 <= metrics["count_acc"] <= 1.0 and metrics["count_mae"] >= abs(metrics["count_bias"])
+    assert "mean absolute error" in res.output
     res = invoke("evaluate", "--results", tmp_path / "r.json", "--gt", world / "instances.json", "--protocol",
                  "transfer", "--val-results", tmp_path / "r.json", "--val-gt", world / "instances.json")
     assert res.exit_code == 0 and "transfer" in res.output.lower()
@@ -262,3 +265,23 @@ def test_progress_in_a_log_is_a_line_per_quarter(capsys):
         progress(done, 18)
     lines = capsys.readouterr().err.splitlines()
     assert lines == ["predict: 8/18 images", "predict: 12/18 images", "predict: 16/18 images", "predict: 18/18 images"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_count_error_against_a_slow_loop(world, seed):
+    gt = json.loads((world / "instances.json").read_text())
+    gt["annotations"][seed]["iscrowd"] = 1  # an ignore region is not an object to count
+    rng = np.random.default_rng(seed)
+    counts = {"count_classes": "category", "images": []}
+    for im in gt["images"][1:]:  # the first image is missing from the file: it predicts 0
+        counts["images"].append({"image_id": im["id"], "counts": {str(k): float(rng.uniform(0, 3)) for k in (3, 5)}})
+    diffs = []
+    for im in gt["images"]:
+        true = sum(1 for a in gt["annotations"] if a["image_id"] == im["id"] and not a["iscrowd"])
+        entry = next((e for e in counts["images"] if e["image_id"] == im["id"]), None)
+        predicted = sum(entry["counts"].values()) if entry else 0.0
+        diffs.append(predicted - true)
+    error = count_error(counts, gt)
+    assert error["mae"] == pytest.approx(sum(abs(d) for d in diffs) / len(diffs))
+    assert error["bias"] == pytest.approx(sum(diffs) / len(diffs))
+    assert count_error(counts, {**gt, "images": [], "annotations": []}) == {"mae": 0.0, "bias": 0.0}

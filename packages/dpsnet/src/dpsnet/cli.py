@@ -125,7 +125,7 @@ def predict_command(checkpoint, instances, images, out_results, out_counts, batc
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the metrics as JSON.")
 def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, counts, json_out) -> None:
     """Print the RPC table (rpc-metrics) for RESULTS against GT, plus the counting view's accuracy."""
-    from .inference import count_accuracy
+    from .inference import count_accuracy, count_error
 
     for name, path in (("--results", results), ("--gt", gt), ("--val-results", val_results),
                        ("--val-gt", val_gt), ("--counts", counts)):
@@ -141,9 +141,12 @@ def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, coun
         loaded = _run(read_counts, counts)
         acc = _run(count_accuracy, loaded, gt)
         acc_total = _run(count_accuracy, loaded, gt, total=True)
+        error = _run(count_error, loaded, gt)
         click.echo(f"counting view: {acc:.2%} of images counted exactly per class, {acc_total:.2%} in total "
-                   f"(rounded density integrals)")
+                   f"(rounded density integrals); total before rounding: mean absolute error "
+                   f"{error['mae']:.3f}, mean error {error['bias']:+.3f} objects per image")
         out["count_acc"], out["count_acc_total"] = acc, acc_total
+        out["count_mae"], out["count_bias"] = error["mae"], error["bias"]
     if json_out:
         write_json(out, json_out, indent=2)
 

@@ -208,6 +208,27 @@ def count_accuracy(counts: Mapping, gt: Mapping | str | Path, *, total: bool = F
     return right / max(len(truth), 1)
 
 
+def count_error(counts: Mapping, gt: Mapping | str | Path) -> dict[str, float]:
+    """The counting view's error on each image's total, before rounding: ``{"mae": mean |predicted - true|,
+    "bias": mean (predicted - true)}`` in objects per image, over the ground truth's images (an image missing
+    from ``counts`` predicts 0; ``iscrowd`` annotations are not counted)."""
+    gt = read_instances(gt)
+    ids = [im["id"] for im in gt["images"]]
+    if not ids:
+        return {"mae": 0.0, "bias": 0.0}
+    row = {image_id: i for i, image_id in enumerate(ids)}
+    true = np.zeros(len(ids))
+    crowd = np.array([bool(a.get("iscrowd", 0)) for a in gt["annotations"]], dtype=bool)
+    owners = np.array([row[a["image_id"]] for a in gt["annotations"]], dtype=np.int64)
+    np.add.at(true, owners[~crowd], 1.0)
+    predicted = np.zeros(len(ids))
+    for entry in counts["images"]:
+        if entry["image_id"] in row:
+            predicted[row[entry["image_id"]]] = sum(entry["counts"].values())
+    diff = predicted - true
+    return {"mae": float(np.abs(diff).mean()), "bias": float(diff.mean())}
+
+
 def draw(image: np.ndarray, det: Mapping[str, torch.Tensor], categories: CategoryMap, score_thresh: float) -> np.ndarray:
     """BGR uint8 picture: the density map (all classes summed) as a heat overlay, then boxes, labels, scores."""
     h, w = image.shape[:2]
