@@ -169,6 +169,15 @@ def test_counting_only_mode_keeps_the_rest_in_eval(world):
     model.train()
     assert model.backbone.training and all(p.requires_grad for p in model.parameters())
 
+    # Parameters frozen before (a ResNet's first stages) stay frozen once the mode is undone.
+    frozen = dict(model.named_parameters())["rpn.head.conv.0.0.weight"]
+    frozen.requires_grad_(False)
+    model.train_counting_only()
+    model.train_counting_only()  # twice: still undone to the state before the first call
+    model.train_counting_only(False)
+    assert not frozen.requires_grad
+    assert sum(not p.requires_grad for p in model.parameters()) == 1
+
 
 @pytest.mark.parametrize(("overrides", "match"), [
     ({"train.trainable": "box_head"}, "train.trainable"),

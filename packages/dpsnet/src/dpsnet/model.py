@@ -195,10 +195,16 @@ class DPSNet(nn.Module):
         of the model stays in eval mode (its batch-norm statistics frozen) under ``train()``, and a training
         forward computes the pyramid without gradients and returns the counting losses only (no RPN or box
         head work). A cheap refinement of the counter on the features a full run has learnt; ``False`` undoes
-        it (every parameter trainable again)."""
+        it (each parameter trainable again as it was before, e.g. a ResNet's frozen stages stay frozen)."""
+        if enabled and not self.counting_only:
+            self.__dict__["_requires_grad_before"] = {n: p.requires_grad for n, p in self.named_parameters()}
+            for name, param in self.named_parameters():
+                param.requires_grad_(name.startswith("counting_view."))
+        elif not enabled and self.counting_only:
+            before = self.__dict__.pop("_requires_grad_before")
+            for name, param in self.named_parameters():
+                param.requires_grad_(before[name])
         self.__dict__["_counting_only"] = bool(enabled)
-        for name, param in self.named_parameters():
-            param.requires_grad_(not enabled or name.startswith("counting_view."))
         return self.train(self.training)
 
     def train(self, mode: bool = True) -> DPSNet:
