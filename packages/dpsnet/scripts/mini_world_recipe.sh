@@ -30,10 +30,11 @@ dpsnet train --config cpu-small --out run \
 # 3 points fewer of the checkout test images (packages/dpsnet/README.md, "The counter refined alone").
 CKPT=run/last.pt
 if [ "${COUNT_REFINE_STEPS:-0}" -gt 0 ]; then
+  # The extra key=value arguments first (the model must be built as the detector was), then the refinement's.
   dpsnet train --config cpu-small --out run_count \
-    data.train_instances=synth/instances_synth2019.json data.train_images=synth/synth2019 \
+    data.train_instances=synth/instances_synth2019.json data.train_images=synth/synth2019 "$@" \
     train.init_checkpoint=run/last.pt train.trainable=counting model.count_convs=4 \
-    train.max_steps="$COUNT_REFINE_STEPS" train.lr=0.03 train.warmup_steps=20 train.time_limit_min=0 "$@"
+    train.max_steps="$COUNT_REFINE_STEPS" train.lr=0.03 train.warmup_steps=20 train.time_limit_min=0
   CKPT=run_count/last.pt
 fi
 

@@ -148,7 +148,7 @@ def test_counting_only_refinement_trains_the_counter_alone(world, tmp_path):
         train({**deeper, "train.trainable": "all"}, tmp_path / "full_deeper", echo=False)
 
 
-def test_counting_only_mode_keeps_the_rest_in_eval(world):
+def test_counting_only_mode_keeps_the_rest_in_eval():
     from dpsnet.model import dpsnet_model
 
     model = dpsnet_model(4, count_class_of_label=[0, 0, 0, 0], num_count_classes=1, small_channels=[8, 16, 16, 32],

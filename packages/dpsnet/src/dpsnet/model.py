@@ -144,6 +144,8 @@ class DPSNet(nn.Module):
         self.density_loss_weight, self.count_loss_weight = density_loss_weight, count_loss_weight
         self.class_loss_weight = class_loss_weight
         self.return_density = False
+        self.counting_only = False  # train_counting_only() sets it
+        self._requires_grad_before: dict[str, bool] = {}
         self.test_flips = parse_test_flips(test_flips)
         if not 0.0 < test_flip_iou <= 1.0:
             raise ValueError(f"test_flip_iou should be in (0, 1], got {test_flip_iou}")
@@ -185,11 +187,6 @@ class DPSNet(nn.Module):
                                           channels=count_channels, num_convs=count_convs, head=count_head,
                                           norm=count_norm, feature_grad=count_feature_grad)
 
-    @property
-    def counting_only(self) -> bool:
-        """Whether training is restricted to the counting view (:meth:`train_counting_only`)."""
-        return self.__dict__.get("_counting_only", False)
-
     def train_counting_only(self, enabled: bool = True) -> DPSNet:
         """Restrict training to the counting view: every other parameter stops requiring gradients, the rest
         of the model stays in eval mode (its batch-norm statistics frozen) under ``train()``, and a training
@@ -197,14 +194,14 @@ class DPSNet(nn.Module):
         head work). A cheap refinement of the counter on the features a full run has learnt; ``False`` undoes
         it (each parameter trainable again as it was before, e.g. a ResNet's frozen stages stay frozen)."""
         if enabled and not self.counting_only:
-            self.__dict__["_requires_grad_before"] = {n: p.requires_grad for n, p in self.named_parameters()}
+            self._requires_grad_before = {n: p.requires_grad for n, p in self.named_parameters()}
             for name, param in self.named_parameters():
                 param.requires_grad_(name.startswith("counting_view."))
         elif not enabled and self.counting_only:
-            before = self.__dict__.pop("_requires_grad_before")
             for name, param in self.named_parameters():
-                param.requires_grad_(before[name])
-        self.__dict__["_counting_only"] = bool(enabled)
+                param.requires_grad_(self._requires_grad_before[name])
+            self._requires_grad_before = {}
+        self.counting_only = bool(enabled)
         return self.train(self.training)
 
     def train(self, mode: bool = True) -> DPSNet:
