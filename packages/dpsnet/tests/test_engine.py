@@ -73,12 +73,16 @@ def test_resume_continues_exactly(world, tmp_path):
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
 
 
-def test_native_bf16_needs_amx_on_cpu(monkeypatch):
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert native_bf16(torch.device("cpu"))
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert not native_bf16(torch.device("cpu"))
-    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)  # an older torch: float32
+@pytest.mark.parametrize("amx, avx512_bf16", [(True, False), (False, True), (True, True), (False, False)])
+def test_native_bf16_on_cpu_needs_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert native_bf16(torch.device("cpu")) == (amx or avx512_bf16)
+
+
+def test_native_bf16_on_an_older_torch_is_float32(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     assert not native_bf16(torch.device("cpu"))
 
 

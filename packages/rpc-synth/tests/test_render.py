@@ -266,12 +266,24 @@ def test_not_a_checkpoint_is_a_format_error(tmp_path):
 def test_apply_records_its_precision(amp, tiny_generate, tiny_model, tmp_path, monkeypatch):
     import rpc_synth.render.apply as apply_module
 
-    monkeypatch.setattr(apply_module, "native_bf16_cpu", lambda: True)  # None follows the CPU: AMX here
+    monkeypatch.setattr(apply_module, "native_bf16_cpu", lambda: True)  # None follows the CPU: native here
     ann = tiny_generate / "instances_synth2019.json"
     written = render_dataset(tiny_generate / "synth2019", ann, tmp_path, model=tiny_model, amp=amp, progress=False)
     expected = "float32" if amp is False else "bfloat16"
     assert written["render"]["precision"] == expected and written["render"]["device"] == "cpu"
     assert read_instances(tmp_path / INSTANCES)["render"]["precision"] == expected
+
+
+@pytest.mark.parametrize("amx, avx512_bf16", [(True, False), (False, True), (False, False)])
+def test_native_bf16_cpu_is_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16):
+    from rpc_synth.render import native_bf16_cpu
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert native_bf16_cpu() == (amx or avx512_bf16)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)  # an older torch: float32
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert not native_bf16_cpu()
 
 
 def test_device_choice():

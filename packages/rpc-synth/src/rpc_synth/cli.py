@@ -233,7 +233,7 @@ def render_train(source, source_ann, target, out, size, iters, batch, seed, gen_
 @click.option("--threads", default=1, show_default=True, help="CPU threads for torch (0: torch's default).")
 @click.option("--amp/--no-amp", default=None,
               help="The translator under bfloat16 autocast (default: where the CPU computes bfloat16 natively, "
-                   "Intel AMX, and on a GPU; about 1.4x faster on such a CPU, within a grey level of float32).")
+                   "Intel AMX or AVX512-BF16, and on a GPU; about 1.4x faster on such a CPU, within a grey level of float32).")
 @click.option("--device", default="auto", show_default=True,
               help="Where the translator runs: auto (a CUDA GPU when there is one), cpu or cuda[:N].")
 @click.option("--quiet", is_flag=True, help="No progress line.")
