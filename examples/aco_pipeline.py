@@ -71,7 +71,7 @@ class Recipe:
     # cosine schedule (transfer cAcc Syn / Syn+histogram / Syn+Render 10.83 / 12.50 / 4.17%, against
     # 15.00 / 16.67 / 17.50% at 740 steps on the same machine: runs/demo10 vs runs/demo11).
     preset: str = "cpu-small"
-    source_steps: int | None = 370
+    source_steps: int | None = 500
     # A shared trunk: one model trained on Syn for this many steps (0: none), which every source model then
     # fine-tunes for `source_steps` on its own data at `source_branch_lr` (same budget each, and each sees
     # trunk + branch steps for the price of one trunk). 1110 + 3 x 370 steps cost what 3 x 740 did, and each
@@ -79,15 +79,17 @@ class Recipe:
     # -> runs/g2, 2-core CPU): transfer cAcc Syn / Syn+histogram / Syn+Render 18.33 / 25.00 / 24.17% ->
     # 21.67 / 20.83 / 24.17%, mmAP 51.9-53.1% -> 56.6-60.7%, round 3 31.67% -> 33.33% (ACD 1.86 -> 1.64, mAP50
     # 91.11 -> 92.47%); on an H200 (runs/gA -> runs/gC): 20.83 / 18.33 / 15.83% -> 24.17 / 23.33 / 24.17%,
-    # round 3 26.67% -> 30.83% (docs/RESULTS.md).
-    source_trunk_steps: int = 1110
+    # round 3 26.67% -> 30.83% (docs/RESULTS.md). Since demo19 1500 + 3 x 500 (and 400 steps per kd round instead of
+    # 300): bfloat16 autocast on CPUs with AVX512-BF16 (AMD Zen 4) made a step about 1.4x faster there, and the
+    # detector underfits; on a float32-only CPU of the same speed the demo takes about 5 minutes more.
+    source_trunk_steps: int = 1500
     source_branch_lr: float = 0.01
     source_minutes: float | None = 0.0
     dpsnet_set: tuple[str, ...] = ()
     nproc: int = 1
     # kd-loop.
     kd_rounds: int = 3
-    kd_steps: int | None = 300
+    kd_steps: int | None = 400
     kd_minutes: float | None = 0.0  # no time limit: the steps decide (as for the source models)
     # Students fine-tune their teacher at a quarter of the preset's peak rate, short warmup. 0.01 rather than 0.005:
     # on demo15's and demo14's source models, round 3 at 30.00 / 28.33% against 28.33 / 23.33% (ACD 1.84 / 1.84
@@ -105,13 +107,14 @@ class Recipe:
                                "selection.ignore_threshold=0.02")
     # Report.
     vis_images: int = 3
-    # Stage budgets in seconds, for the progress/ETA lines and the report (measured on a 2-core CPU, one thread);
+    # Stage budgets in seconds, for the progress/ETA lines and the report (measured on a 2-core CPU, one thread;
+    # train_step: a cpu-small step of 4 images in float32 on a 2-core AMD EPYC, 0.14 s there under bfloat16);
     # a training stage's budget is startup + steps x train_step, at most its time limit.
     budgets: dict[str, float] = field(default_factory=lambda: {
         "world": 20, "masks": 20, "poses": 2, "synth": 20, "synth_heldout": 5, "pretrain": 340,
         "checkout_unlabeled": 2, "render_train": 120, "render_apply": 75, "histogram": 10, "render_measure": 80,
         "startup": 5,
-        "train_step": 0.30, "predict_per_model": 40, "kd_predict_per_round": 26, "visualize": 15})
+        "train_step": 0.22, "predict_per_model": 40, "kd_predict_per_round": 26, "visualize": 15})
 
 
 QUICK = Recipe(

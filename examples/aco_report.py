@@ -129,15 +129,19 @@ def machine() -> str:
             versions.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
             pass
-    gpu = "no GPU used"
+    gpu, bf16 = "no GPU used", "unknown"
     try:
         import torch
 
         if torch.cuda.is_available():
             gpu = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+        # dpsnet and rpc-synth train and translate under bfloat16 autocast where the CPU has these units.
+        units = [name for name, probe in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+                 if getattr(torch.cpu, probe, lambda: False)()]
+        bf16 = " and ".join(units) + " (bfloat16 autocast)" if units else "none (float32)"
     except ImportError:
         pass
-    return (f"{cpu}, {cores} cores available, {memory}; {gpu}; {platform.platform()}; "
+    return (f"{cpu}, {cores} cores available, {memory}; CPU bfloat16 units: {bf16}; {gpu}; {platform.platform()}; "
             f"Python {sys.version.split()[0]}; " + ", ".join(versions))
 
 

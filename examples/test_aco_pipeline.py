@@ -202,6 +202,25 @@ def test_eta_scales_the_budgets_left_by_the_pace_so_far():
     assert eta(0.0, 525.0, 245.0)[0] == 0.0
 
 
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [
+    (False, True, "CPU bfloat16 units: AVX512-BF16 (bfloat16 autocast)"),
+    (True, True, "CPU bfloat16 units: AMX and AVX512-BF16 (bfloat16 autocast)"),
+    (False, False, "CPU bfloat16 units: none (float32)"),
+])
+def test_report_machine_line_names_the_bfloat16_units(monkeypatch, amx, avx512_bf16, expected):
+    import torch
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from aco_report import machine
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    line = machine()
+    assert expected in line and "cores available" in line
+
+
 def test_lookalike_ceiling_table():
     done = run_example("lookalike_ceiling.py", "--split", "val", "--images", "3", "--contrast", "40",
                        "--contrast", "255", "--min-px", "1")
