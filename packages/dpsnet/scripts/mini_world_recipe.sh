@@ -4,7 +4,7 @@
 # -> detector training -> (optionally the counter refined alone) -> predict + evaluate (held-out synthesized; checkout test with transfer/oracle).
 # Usage: [DETECTOR_STEPS=N] [COUNT_REFINE_STEPS=N] scripts/mini_world_recipe.sh OUT_DIR [extra dpsnet train key=value ...]
 # dpsnet's acceptance run (8 minutes of training on a 2-core CPU with bfloat16 units, e.g. an AMD EPYC of Zen 4):
-#   DETECTOR_STEPS=2600 COUNT_REFINE_STEPS=2000 scripts/mini_world_recipe.sh OUT_DIR
+#   DETECTOR_STEPS=2500 COUNT_REFINE_STEPS=1800 scripts/mini_world_recipe.sh OUT_DIR   (7 min 15 s of training there)
 set -euo pipefail
 OUT=${1:?usage: mini_world_recipe.sh OUT_DIR [key=value ...]}
 shift
@@ -22,15 +22,15 @@ cd "$OUT"
 # synthesized images (~3 minutes; made from exemplars only, they show products as the checkout camera does).
 [ -f pretrain_synth.pt ] || dpsnet pretrain --instances synth/instances_synth2019.json --images synth/synth2019 --out pretrain_synth.pt --steps 3000 --camera 0.5
 
-# DETECTOR_STEPS (default: the preset's 1500) sets the detector's steps, e.g. 2600 where the CPU computes
-# bfloat16 natively (about 5 min 45 s on a 2-core AMD EPYC with AVX512-BF16).
+# DETECTOR_STEPS (default: the preset's 1500) sets the detector's steps, e.g. 2500 where the CPU computes
+# bfloat16 natively (5 min 30 s on a 2-core AMD EPYC with AVX512-BF16).
 dpsnet train --config cpu-small --out run \
   data.train_instances=synth/instances_synth2019.json data.train_images=synth/synth2019 \
   data.val_instances=world/instances_val2019.json data.val_images=world/val2019 \
   model.backbone_weights=pretrain_synth.pt ${DETECTOR_STEPS:+train.max_steps=$DETECTOR_STEPS} "$@"
 
 # Optional: the counter refined alone on the trained model's frozen features (train.trainable=counting), a
-# new, deeper head (4 convolutions), e.g. COUNT_REFINE_STEPS=2000 (steps of about a third of a full step each),
+# new, deeper head (4 convolutions), e.g. COUNT_REFINE_STEPS=1800 (steps of about a third of a full step each),
 # AdamW at 0.001, on 2400 more synthesized images (another seed: the head alone overfits the detector's 800);
 # detection is unchanged (packages/dpsnet/README.md, "The counter refined alone").
 CKPT=run/last.pt
