@@ -580,7 +580,7 @@ def check_overrides(items: Sequence[str], option: str) -> None:
                    f"{Recipe.source_trunk_steps}; 0: none, and --source-steps 740 gives the former recipe).")
 @click.option("--source-minutes", type=click.FloatRange(0.0), default=None, help="Time limit of each source model in minutes (default 0: none, the steps decide).")
 @click.option("--kd-rounds", type=int, default=None, help="Distillation rounds (default 3).")
-@click.option("--kd-steps", type=int, default=None, help="Student training steps per round (default 300).")
+@click.option("--kd-steps", type=int, default=None, help=f"Student training steps per round (default {Recipe.kd_steps}).")
 @click.option("--kd-minutes", type=click.FloatRange(0.0), default=None, help="Time limit of each student in minutes (default 0: none, the steps decide).")
 @click.option("--reclassify-power", type=click.FloatRange(0.0), default=None,
               help="Power of the crop classifier's re-scoring of every prediction (default 2; 0: off).")
