@@ -28,8 +28,8 @@ from rpc_metrics.io import as_pool, load_json, read_instances, write_json
 
 @dataclass(frozen=True)
 class Recipe:
-    """Sizes and budgets of a run (the defaults: the full demo, 28 minutes on the 2-core CPU of the budgets before
-    the pair specialists, which add about 1.5 there; 62 on a 2-core AVX2-only EPYC, about 68 with them)."""
+    """Sizes and budgets of a run (the defaults: the full demo, 20.5 minutes on a 2-core AMD EPYC with AVX512-BF16,
+    runs/demo20; about 25 on a float32-only CPU of its speed, not measured)."""
 
     seed: int = 0
     workers: int = 2
@@ -53,11 +53,13 @@ class Recipe:
     # 1.0 gave 88.8% / 91.4%. The same effects on the detector's training images (`data.camera`) did not help.
     pretrain_camera: float = 0.5
     # Pair specialists (dpsnet pretrain --specialist-steps): the SKU pairs the classifier confuses on its held-out
-    # crops (the demo's 3 of 4 look-alike pairs) each get a two-class classifier, 400 steps from the pretrained
-    # body (about 1 minute each on a 2-core EPYC). Added to runs/demo11's classifier: checkout test products named
-    # right from their true boxes 88.5% -> 92.9% (look-alike errors 121 -> 56); its round-3 model re-scored with
-    # them, transfer cAcc 22.50% -> 25.83%, ACD 3.34 -> 2.28 (power 1; README).
-    pretrain_specialist_steps: int = 400
+    # crops (the demo's 3 of 4 look-alike pairs) each get a two-class classifier from the pretrained body. Added
+    # to runs/demo11's classifier (400 steps each): checkout test products named right from their true boxes
+    # 88.5% -> 92.9% (look-alike errors 121 -> 56); its round-3 model re-scored with them, transfer cAcc
+    # 22.50% -> 25.83%, ACD 3.34 -> 2.28 (power 1; README). 2000 steps instead of 400 (80 s each on a 2-core
+    # EPYC, against 16): within-pair test crops 1/21 89% -> 99%, 2/22 92% -> 93%, 4/24 81% -> 86%, and
+    # runs/demo19's round-3 model re-scored with them 36.67% -> 40.83% transfer cAcc, ACD 1.76 -> 1.53.
+    pretrain_specialist_steps: int = 2000
     backbone_weights: Path | None = None
     # The pretrained crop classifier re-scores every prediction's detections (dpsnet predict --reclassifier;
     # None or 0: off; only with `dpsnet pretrain` weights). On the demo's kd stage (runs/demo6's source model,
@@ -111,7 +113,7 @@ class Recipe:
     # train_step: a cpu-small step of 4 images in float32 on a 2-core AMD EPYC, 0.14 s there under bfloat16);
     # a training stage's budget is startup + steps x train_step, at most its time limit.
     budgets: dict[str, float] = field(default_factory=lambda: {
-        "world": 20, "masks": 20, "poses": 2, "synth": 20, "synth_heldout": 5, "pretrain": 340,
+        "world": 20, "masks": 20, "poses": 2, "synth": 20, "synth_heldout": 5, "pretrain": 440,
         "checkout_unlabeled": 2, "render_train": 120, "render_apply": 75, "histogram": 10, "render_measure": 80,
         "startup": 5,
         "train_step": 0.22, "predict_per_model": 40, "kd_predict_per_round": 26, "visualize": 15})
