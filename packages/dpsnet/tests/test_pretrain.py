@@ -16,6 +16,7 @@ from dpsnet.pretrain import (
     augment_crops,
     confusable_pairs,
     exemplar_crops,
+    pair_confusion,
     pretrain_backbone,
     train_specialist,
 )
@@ -144,6 +145,48 @@ def test_pretrain_cli_writes_specialists_the_rescorer_loads(world, tmp_path):
                                     str(world / "images"), "--out", str(tmp_path / "x.pt"),
                                     "--specialist-steps", "-1"])
     assert res.exit_code == 2 and "--specialist-steps" in res.output and not (tmp_path / "x.pt").exists()
+
+
+def test_pair_confusion_counts_both_directions():
+    truth = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    named = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    # crops of 0 or 1: five; named as the other one of the pair: 0 -> 1 once, 1 -> 0 once
+    assert pair_confusion(truth, named, 0, 1) == pytest.approx(2 / 5)
+    assert pair_confusion(truth, named, 1, 2) == pytest.approx(1 / 5)  # 2 -> 1 once, 1 -> 2 never
+    assert pair_confusion(truth, named, 0, 3) == 0.0
+    # the rate confusable_pairs ranks by, for the pairs it lists
+    for a, b, rate in confusable_pairs(truth, named, 3, min_rate=0.01, min_errors=1):
+        assert pair_confusion(truth, named, a, b) == pytest.approx(rate)
+    assert pair_confusion(truth[:0], named[:0], 0, 1) == 0.0
+
+
+def test_pretrain_cli_specialist_pairs_given_by_the_user(world, tmp_path):
+    base = ["pretrain", "--instances", str(world / "instances.json"), "--images", str(world / "images"),
+            "--size", "16", "--channels", "4,8,8,8", "--steps", "2", "--batch-size", "4", "--specialist-steps", "2"]
+    # min rate 1.0 and at most one specialist: only the given pair can get it, confused or not
+    res = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "w.pt"), "--specialist-pair", "9,3",
+                                    "--specialist-min-rate", "1.0", "--max-specialists", "1"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "w.pt.json").read_text())
+    assert [row["categories"] for row in summary["specialists"]] == [[3, 9]]
+    for row in summary["specialists"]:  # measured on the pair's held-out crops, or None without any
+        for key in ("holdout_generalist", "holdout_specialist"):
+            assert (row[key] is None) == (row["holdout_crops"] == 0)
+            assert row[key] is None or 0 <= row[key] <= 1
+    saved = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert [saved["category_ids"][c] for c in saved["specialists"][0]["classes"]] == [3, 9]
+    # with room for more, the confused pairs never reuse an SKU of the given one
+    res = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "v.pt"), "--specialist-pair", "3,5",
+                                    "--specialist-min-rate", "0.0001"])
+    assert res.exit_code == 0, res.output
+    cats = [c for row in json.loads((tmp_path / "v.pt.json").read_text())["specialists"] for c in row["categories"]]
+    assert cats[:2] == [3, 5] and len(cats) == len(set(cats))
+    for pairs, message in ((["3,3"], "two different category ids"), (["3,4"], "category id 4"),
+                           (["3,9", "9,5"], "already in another pair"), (["3;9"], "not two category ids")):
+        out = tmp_path / "bad.pt"
+        res = CliRunner().invoke(main, [*base, "--out", str(out), *[a for p in pairs for a in ("--specialist-pair", p)]])
+        assert res.exit_code == 2 and message in res.output, res.output
+        assert not out.exists()
 
 
 def test_pretrain_is_deterministic_given_its_seed(world, tmp_path):

@@ -168,9 +168,12 @@ def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, coun
 @click.option("--specialist-min-rate", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.05,
               show_default=True, help="A pair gets a specialist when this share of its held-out crops is confused.")
 @click.option("--max-specialists", type=click.IntRange(0), default=8, show_default=True, help="At most this many.")
+@click.option("--specialist-pair", "specialist_pairs", multiple=True, metavar="ID,ID",
+              help="Two category ids that get a specialist whether or not the classifier confuses them on its "
+                   "held-out crops (e.g. look-alikes from the store's catalogue); repeatable, first in line.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 def pretrain_command(instances, images, out, size, channels, steps, batch_size, lr, camera, specialist_steps,
-                     specialist_min_rate, max_specialists, seed) -> None:
+                     specialist_min_rate, max_specialists, specialist_pairs, seed) -> None:
     """Pretrain the small backbone as an SKU classifier on exemplar crops (the stand-in for ImageNet weights)."""
     from .pretrain import pretrain_backbone
 
@@ -178,9 +181,16 @@ def pretrain_command(instances, images, out, size, channels, steps, batch_size, 
         if not Path(path).exists():
             _fail(f"{name}: not found: {path}")
     widths = _run(lambda: tuple(int(c) for c in channels.split(",")))
+    pairs = []
+    for text in specialist_pairs:
+        try:
+            pairs.append(tuple(int(c) for c in text.split(",")))
+        except ValueError:
+            _fail(f"--specialist-pair: {text!r} is not two category ids like 3,23")
     summary = _run(pretrain_backbone, instances, images, out, size=size, channels=widths, steps=steps,
                    batch_size=batch_size, lr=lr, camera=camera, seed=seed, specialist_steps=specialist_steps,
-                   specialist_min_rate=specialist_min_rate, max_specialists=max_specialists)
+                   specialist_min_rate=specialist_min_rate, max_specialists=max_specialists,
+                   specialist_pairs=pairs)
     click.echo(json.dumps(summary))
 
 

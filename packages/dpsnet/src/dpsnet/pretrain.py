@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -98,7 +99,8 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
                       channels: tuple[int, ...] = (32, 64, 128, 256), norm: str = "batch", steps: int = 3000,
                       batch_size: int = 64, lr: float = 0.05, seed: int = 0, holdout: float = 0.1,
                       camera: float = 0.5, time_limit_min: float = 0.0, specialist_steps: int = 0,
-                      specialist_min_rate: float = 0.05, max_specialists: int = 8, echo: bool = True) -> dict:
+                      specialist_min_rate: float = 0.05, max_specialists: int = 8,
+                      specialist_pairs: Sequence[Sequence[int]] = (), echo: bool = True) -> dict:
     """Train the small body to classify exemplar crops into SKUs; write its weights to ``out`` (a checkpoint
     with ``model`` = the body's state dict, loadable as ``model.backbone_weights``) and ``out``.json (accuracy).
 
@@ -107,7 +109,9 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
     two-class classifier started from the trained body and trained on that pair's crops only (balanced), which
     learns the detail that tells them apart (look-alike SKUs) where the generalist, spread over every class,
     learned colours first. They go to the same file, and :class:`dpsnet.reclassify.CropRescorer` splits the
-    generalist's probability of a pair between its two SKUs by its specialist's opinion.
+    generalist's probability of a pair between its two SKUs by its specialist's opinion. ``specialist_pairs``
+    (category ids, e.g. the look-alikes a store's catalogue lists) get one first, confused on the held-out crops or
+    not; the confused pairs then fill up to ``max_specialists``, skipping SKUs already in a pair.
 
     Returns ``{"steps", "seconds", "train_acc", "holdout_acc", "classes", ...}`` (with ``specialists``: each
     pair's categories, confusion rate and held-out accuracy within the pair, generalist vs specialist).
@@ -118,9 +122,13 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     crops, labels, category_ids = exemplar_crops(instances, images, size)
+    given = _given_pairs(specialist_pairs, category_ids, instances)
     order = rng.permutation(len(crops))
     n_hold = int(len(crops) * holdout)
     hold, train_idx = order[:n_hold], order[n_hold:]
+    for c in sorted({c for pair in given for c in pair} - set(labels[train_idx].tolist())):
+        raise ValueError(f"specialist pair with category {category_ids[c]}: {instances} has no box of it to train "
+                         "on (outside the held-out share)")
     # Channels-last (oneDNN's layout): a step of 64 crops of 64 px about 12% faster. Float32 on purpose: bfloat16
     # autocast saved only ~7% more of a step on an AMX Xeon (the crop augmentation is a third of it), and on an
     # AVX-512 EPYC oneDNN's channels-last bfloat16 convolution returned NaN weight gradients for a 2x2 input at
@@ -159,11 +167,17 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
                "camera": camera}
     specialists, spec_summary = [], []
     if specialist_steps and n_hold:
-        pairs = confusable_pairs(labels[hold], hold_named, len(category_ids), min_rate=specialist_min_rate,
-                                 max_pairs=max_specialists)
+        pairs = [(a, b, pair_confusion(labels[hold], hold_named, a, b)) for a, b in given][:max_specialists]
+        used = {c for a, b, _ in pairs for c in (a, b)}
+        for a, b, rate in confusable_pairs(labels[hold], hold_named, len(category_ids), min_rate=specialist_min_rate,
+                                           max_pairs=max_specialists):
+            if len(pairs) < max_specialists and a not in used and b not in used:
+                pairs.append((a, b, rate))
+                used.update((a, b))
         if echo:
-            print(f"pair specialists: {len(pairs)} confused pair(s) on the held-out crops, {specialist_steps} steps "
-                  "each", flush=True)
+            mine = min(len(given), len(pairs))
+            print(f"pair specialists: {len(pairs)} pair(s) ({mine} given, {len(pairs) - mine} confused on the "
+                  f"held-out crops), {specialist_steps} steps each", flush=True)
         for k, (a, b, rate) in enumerate(pairs):
             spec = train_specialist(crops[train_idx], labels[train_idx], (a, b), model.body.state_dict(),
                                     channels=tuple(channels), norm=norm, steps=specialist_steps,
@@ -173,16 +187,20 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
             within = hold_probs[in_pair][:, [a, b]].argmax(1).numpy()
             spec_named = rotation_probs(spec, crops[hold][in_pair]).argmax(1).numpy()
             row = {"categories": [category_ids[a], category_ids[b]], "confusion_rate": rate,
-                   "holdout_crops": int(in_pair.sum()),
-                   "holdout_generalist": float((np.array([a, b])[within] == pair_labels).mean()),
-                   "holdout_specialist": float((np.array([a, b])[spec_named] == pair_labels).mean())}
+                   "holdout_crops": int(in_pair.sum()),  # the accuracies are None when the pair has none held out
+                   "holdout_generalist": _share(np.array([a, b])[within] == pair_labels),
+                   "holdout_specialist": _share(np.array([a, b])[spec_named] == pair_labels)}
             spec_summary.append(row)
             specialists.append({"classes": [int(a), int(b)], "model": spec.body.state_dict(),
                                 "fc": spec.fc.state_dict()})
             if echo:
+                if row["holdout_crops"]:
+                    result = (f"(confused on {rate:.1%} of their held-out crops): right within the pair "
+                              f"{row['holdout_generalist']:.1%} -> {row['holdout_specialist']:.1%}")
+                else:
+                    result = "(no held-out crops of the pair to measure it on)"
                 print(f"specialist {k + 1}/{len(pairs)}: SKUs {row['categories'][0]} / {row['categories'][1]} "
-                      f"(confused on {rate:.1%} of their held-out crops): right within the pair "
-                      f"{row['holdout_generalist']:.1%} -> {row['holdout_specialist']:.1%}", flush=True)
+                      f"{result}", flush=True)
         summary["specialist_steps"] = specialist_steps
         summary["specialists"] = spec_summary
         summary["seconds"] = time.monotonic() - started
@@ -208,6 +226,39 @@ def rotation_probs(model: CropClassifier, crops: np.ndarray, batch: int = 256) -
         out.append(torch.stack([torch.softmax(model(torch.rot90(x, k, (2, 3))), 1) for k in range(4)]).mean(0))
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, model.fc.out_features)
+
+
+def _given_pairs(pairs: Sequence[Sequence[int]], category_ids: Sequence[int], source) -> list[tuple[int, int]]:
+    """Category-id pairs -> class-index pairs ``(a, b)``, ``a < b``; a clear error for an unknown id, a pair that is
+    not two different SKUs, or an SKU in two pairs."""
+    index = {int(c): i for i, c in enumerate(category_ids)}
+    out, used = [], set()
+    for pair in pairs:
+        ids = [int(c) for c in pair]
+        if len(ids) != 2 or ids[0] == ids[1]:
+            raise ValueError(f"specialist pair {pair}: give two different category ids, e.g. 3,23")
+        unknown = [c for c in ids if c not in index]
+        if unknown:
+            raise ValueError(f"specialist pair {pair}: category id {unknown[0]} is not among the {len(index)} "
+                             f"categories of {source}")
+        if used & set(ids):
+            raise ValueError(f"specialist pair {pair}: category {sorted(used & set(ids))[0]} is already in another "
+                             "pair (each SKU in one pair at most)")
+        used.update(ids)
+        a, b = sorted(index[c] for c in ids)
+        out.append((a, b))
+    return out
+
+
+def _share(hits: np.ndarray) -> float | None:
+    return float(hits.mean()) if len(hits) else None
+
+
+def pair_confusion(truth: np.ndarray, named: np.ndarray, a: int, b: int) -> float:
+    """Share of the crops of classes ``a`` and ``b`` named as the other one (0 when there are none)."""
+    truth, named = np.asarray(truth), np.asarray(named)
+    wrong = int(((truth == a) & (named == b)).sum() + ((truth == b) & (named == a)).sum())
+    return wrong / max(int(np.isin(truth, (a, b)).sum()), 1)
 
 
 def confusable_pairs(truth: np.ndarray, named: np.ndarray, num_classes: int, *, min_rate: float = 0.05,
