@@ -20,7 +20,7 @@ from typing import Any
 import aco_figures
 from aco_stages import clock
 
-from dpsnet.inference import count_accuracy
+from dpsnet.inference import count_accuracy, cpu_bf16_units
 from rpc_metrics import analyse_errors, evaluate
 from rpc_metrics.io import atomic_output, image_path, load_json, write_json
 
@@ -136,8 +136,7 @@ def machine() -> str:
         if torch.cuda.is_available():
             gpu = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
         # dpsnet and rpc-synth train and translate under bfloat16 autocast where the CPU has these units.
-        units = [name for name, probe in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
-                 if getattr(torch.cpu, probe, lambda: False)()]
+        units = cpu_bf16_units()
         bf16 = " and ".join(units) + " (bfloat16 autocast)" if units else "none (float32)"
     except ImportError:
         pass

@@ -16,7 +16,6 @@ from dpsnet.pretrain import (
     augment_crops,
     confusable_pairs,
     exemplar_crops,
-    pair_confusion,
     pretrain_backbone,
     train_specialist,
 )
@@ -147,17 +146,21 @@ def test_pretrain_cli_writes_specialists_the_rescorer_loads(world, tmp_path):
     assert res.exit_code == 2 and "--specialist-steps" in res.output and not (tmp_path / "x.pt").exists()
 
 
-def test_pair_confusion_counts_both_directions():
-    truth = np.array([0, 0, 0, 1, 1, 2, 2, 2])
-    named = np.array([0, 1, 2, 0, 1, 2, 0, 1])
-    # crops of 0 or 1: five; named as the other one of the pair: 0 -> 1 once, 1 -> 0 once
-    assert pair_confusion(truth, named, 0, 1) == pytest.approx(2 / 5)
-    assert pair_confusion(truth, named, 1, 2) == pytest.approx(1 / 5)  # 2 -> 1 once, 1 -> 2 never
-    assert pair_confusion(truth, named, 0, 3) == 0.0
-    # the rate confusable_pairs ranks by, for the pairs it lists
-    for a, b, rate in confusable_pairs(truth, named, 3, min_rate=0.01, min_errors=1):
-        assert pair_confusion(truth, named, a, b) == pytest.approx(rate)
-    assert pair_confusion(truth[:0], named[:0], 0, 1) == 0.0
+def test_confusable_pairs_puts_the_given_pairs_first():
+    truth = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 3])
+    named = np.array([0, 1, 2, 0, 1, 2, 0, 1, 3, 3])
+    # counted by hand: crops of 0 or 1 (five) named as the other one: 0 -> 1 once, 1 -> 0 once; 1 or 2: 2 -> 1
+    # once; 0 or 2 (six): 0 -> 2 once, 2 -> 0 once; 3 is never confused
+    assert confusable_pairs(truth, named, 4, min_rate=0.01, min_errors=1) == [(0, 1, pytest.approx(2 / 5))]
+    # given pairs lead whatever their rate; the confused ones fill up without reusing a class
+    assert confusable_pairs(truth, named, 4, min_rate=0.01, min_errors=1, first=[(2, 3)]) == [
+        (2, 3, 0.0), (0, 1, pytest.approx(2 / 5))]
+    assert confusable_pairs(truth, named, 4, min_rate=0.01, min_errors=1, first=[(1, 3)]) == [
+        (1, 3, 0.0), (0, 2, pytest.approx(2 / 6))]
+    # max_pairs bounds the confused ones only: every given pair stays
+    assert confusable_pairs(truth, named, 4, min_rate=0.01, max_pairs=1, first=[(1, 3), (0, 2)]) == [
+        (1, 3, 0.0), (0, 2, pytest.approx(2 / 6))]
+    assert confusable_pairs(truth[:0], named[:0], 4, first=[(0, 1)]) == [(0, 1, 0.0)]
 
 
 def test_pretrain_cli_specialist_pairs_given_by_the_user(world, tmp_path):

@@ -170,7 +170,8 @@ def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, coun
 @click.option("--max-specialists", type=click.IntRange(0), default=8, show_default=True, help="At most this many.")
 @click.option("--specialist-pair", "specialist_pairs", multiple=True, metavar="ID,ID",
               help="Two category ids that get a specialist whether or not the classifier confuses them on its "
-                   "held-out crops (e.g. look-alikes from the store's catalogue); repeatable, first in line.")
+                   "held-out crops (e.g. look-alikes from the store's catalogue); repeatable; each one is "
+                   "trained, and confused pairs fill up to --max-specialists.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 def pretrain_command(instances, images, out, size, channels, steps, batch_size, lr, camera, specialist_steps,
                      specialist_min_rate, max_specialists, specialist_pairs, seed) -> None:

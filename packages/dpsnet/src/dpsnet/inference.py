@@ -176,10 +176,14 @@ def native_bf16(device: torch.device) -> bool:
     against 20.8 in float32. Elsewhere a CPU emulates bfloat16, slower than float32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return any(bool(probe and probe()) for probe in (getattr(torch.cpu, "_is_amx_tile_supported", None),
-                                                          getattr(torch.cpu, "_is_avx512_bf16_supported", None)))
-    return False
+    return device.type == "cpu" and bool(cpu_bf16_units())
+
+
+def cpu_bf16_units() -> list[str]:
+    """The bfloat16 units of this CPU that torch reports (``AMX``, ``AVX512-BF16``); empty on other CPUs and on a
+    torch too old to tell."""
+    probes = (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+    return [name for name, probe in probes if getattr(torch.cpu, probe, lambda: False)()]
 
 
 def _half_up(value: float) -> int:

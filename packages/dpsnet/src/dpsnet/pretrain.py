@@ -111,7 +111,8 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
     learned colours first. They go to the same file, and :class:`dpsnet.reclassify.CropRescorer` splits the
     generalist's probability of a pair between its two SKUs by its specialist's opinion. ``specialist_pairs``
     (category ids, e.g. the look-alikes a store's catalogue lists) get one first, confused on the held-out crops or
-    not; the confused pairs then fill up to ``max_specialists``, skipping SKUs already in a pair.
+    not, every one of them; the confused pairs then fill up to ``max_specialists``, skipping SKUs already in a
+    pair.
 
     Returns ``{"steps", "seconds", "train_acc", "holdout_acc", "classes", ...}`` (with ``specialists``: each
     pair's categories, confusion rate and held-out accuracy within the pair, generalist vs specialist).
@@ -126,9 +127,10 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
     order = rng.permutation(len(crops))
     n_hold = int(len(crops) * holdout)
     hold, train_idx = order[:n_hold], order[n_hold:]
-    for c in sorted({c for pair in given for c in pair} - set(labels[train_idx].tolist())):
-        raise ValueError(f"specialist pair with category {category_ids[c]}: {instances} has no box of it to train "
-                         "on (outside the held-out share)")
+    missing = sorted({c for pair in given for c in pair} - set(labels[train_idx].tolist()))
+    if missing:
+        raise ValueError(f"specialist pair with category {category_ids[missing[0]]}: {instances} has no box of it "
+                         "to train on (outside the held-out share)")
     # Channels-last (oneDNN's layout): a step of 64 crops of 64 px about 12% faster. Float32 on purpose: bfloat16
     # autocast saved only ~7% more of a step on an AMX Xeon (the crop augmentation is a third of it), and on an
     # AVX-512 EPYC oneDNN's channels-last bfloat16 convolution returned NaN weight gradients for a 2x2 input at
@@ -167,17 +169,11 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
                "camera": camera}
     specialists, spec_summary = [], []
     if specialist_steps and n_hold:
-        pairs = [(a, b, pair_confusion(labels[hold], hold_named, a, b)) for a, b in given][:max_specialists]
-        used = {c for a, b, _ in pairs for c in (a, b)}
-        for a, b, rate in confusable_pairs(labels[hold], hold_named, len(category_ids), min_rate=specialist_min_rate,
-                                           max_pairs=max_specialists):
-            if len(pairs) < max_specialists and a not in used and b not in used:
-                pairs.append((a, b, rate))
-                used.update((a, b))
+        pairs = confusable_pairs(labels[hold], hold_named, len(category_ids), min_rate=specialist_min_rate,
+                                 max_pairs=max_specialists, first=given)
         if echo:
-            mine = min(len(given), len(pairs))
-            print(f"pair specialists: {len(pairs)} pair(s) ({mine} given, {len(pairs) - mine} confused on the "
-                  f"held-out crops), {specialist_steps} steps each", flush=True)
+            print(f"pair specialists: {len(pairs)} pair(s) ({len(given)} given, {len(pairs) - len(given)} confused "
+                  f"on the held-out crops), {specialist_steps} steps each", flush=True)
         for k, (a, b, rate) in enumerate(pairs):
             spec = train_specialist(crops[train_idx], labels[train_idx], (a, b), model.body.state_dict(),
                                     channels=tuple(channels), norm=norm, steps=specialist_steps,
@@ -254,18 +250,13 @@ def _share(hits: np.ndarray) -> float | None:
     return float(hits.mean()) if len(hits) else None
 
 
-def pair_confusion(truth: np.ndarray, named: np.ndarray, a: int, b: int) -> float:
-    """Share of the crops of classes ``a`` and ``b`` named as the other one (0 when there are none)."""
-    truth, named = np.asarray(truth), np.asarray(named)
-    wrong = int(((truth == a) & (named == b)).sum() + ((truth == b) & (named == a)).sum())
-    return wrong / max(int(np.isin(truth, (a, b)).sum()), 1)
-
-
 def confusable_pairs(truth: np.ndarray, named: np.ndarray, num_classes: int, *, min_rate: float = 0.05,
-                     min_errors: int = 2, max_pairs: int = 8) -> list[tuple[int, int, float]]:
+                     min_errors: int = 2, max_pairs: int = 8, first: Sequence[tuple[int, int]] = ()
+                     ) -> list[tuple[int, int, float]]:
     """The pairs of classes a classifier mixes up: ``[(a, b, rate)]`` with ``a < b``, most confused first, where
-    ``rate = (n(a named b) + n(b named a)) / (n(a) + n(b))`` >= ``min_rate`` over at least ``min_errors`` errors;
-    each class in one pair at most (the more confused one wins)."""
+    ``rate = (n(a named b) + n(b named a)) / (n(a) + n(b))`` (0 without crops) >= ``min_rate`` over at least
+    ``min_errors`` errors; each class in one pair at most (the more confused one wins). The pairs ``first``
+    (``a < b``, disjoint) lead the list whatever their rate, and the confused ones fill it up to ``max_pairs``."""
     truth, named = np.asarray(truth, np.int64), np.asarray(named, np.int64)
     confusion = np.zeros((num_classes, num_classes), np.int64)
     np.add.at(confusion, (truth, named), 1)
@@ -276,7 +267,8 @@ def confusable_pairs(truth: np.ndarray, named: np.ndarray, num_classes: int, *, 
     a, b = np.triu_indices(num_classes, 1)
     keep = (rate[a, b] >= min_rate) & (mutual[a, b] >= min_errors)
     order = np.lexsort((b[keep], a[keep], -rate[a, b][keep]))
-    pairs, used = [], set()
+    pairs = [(int(i), int(j), float(rate[i, j])) for i, j in first]
+    used = {c for pair in first for c in pair}
     for i, j in zip(a[keep][order].tolist(), b[keep][order].tolist(), strict=True):
         if i in used or j in used or len(pairs) >= max_pairs:
             continue
