@@ -2,6 +2,7 @@
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -13,8 +14,10 @@ from dpsnet.cli import main
 from dpsnet.data import camera_effects
 from dpsnet.pretrain import (
     CropClassifier,
+    apply_crop_params,
     augment_crops,
     confusable_pairs,
+    draw_crop_params,
     exemplar_crops,
     pretrain_backbone,
     train_specialist,
@@ -49,6 +52,102 @@ def test_camera_effects_deterministic_and_bounded():
     assert not torch.equal(plain, augment_crops(crops, np.random.default_rng(1), camera=1.0))
 
 
+def _slow_augment(crops, params):
+    """:func:`apply_crop_params` written out per crop, step by step in float64 as the operations read."""
+    size = crops.shape[1]
+    cam_rows = {int(i): j for j, i in enumerate(np.flatnonzero(params["camera"]))}
+    noise = None
+    if cam_rows:
+        noise = torch.randn((len(cam_rows), size, size, 3),
+                            generator=torch.Generator().manual_seed(int(params["seed"][0]))).numpy()
+    out = []
+    for i, crop in enumerate(crops):
+        image = crop.astype(np.float32) / 255
+        small, ox, oy = int(params["small"][i]), int(params["ox"][i]), int(params["oy"][i])
+        patch = np.rot90(cv2.resize(image, (small, small), interpolation=cv2.INTER_AREA), int(params["turns"][i]))
+        if params["flip"][i]:
+            patch = patch[:, ::-1]
+        canvas = np.full((size, size, 3), params["grey"][i], np.float64)
+        canvas[oy:oy + small, ox:ox + small] = patch
+        b, c, s = params["jitter"][i]
+        canvas = canvas * b
+        canvas = (canvas - canvas.mean()) * c + canvas.mean()
+        grey = canvas.mean(axis=2, keepdims=True)
+        canvas = np.clip((canvas - grey) * s + grey, 0.0, 1.0)
+        if i in cam_rows:
+            j = cam_rows[i]
+            shot = (canvas * params["gain"][j]).astype(np.float32)
+            if params["sigma"][j] > 0.3:
+                shot = cv2.GaussianBlur(shot, (0, 0), float(params["sigma"][j]))
+            shot = np.clip(shot + noise[j] * params["noise"][j], 0.0, 1.0)
+            _, buffer = cv2.imencode(".jpg", (shot * 255).round().astype(np.uint8),
+                                     [cv2.IMWRITE_JPEG_QUALITY, int(params["quality"][j])])
+            canvas = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) / 255
+        out.append(canvas)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batched_crop_augmentation_matches_the_per_crop_steps(seed):
+    """The whole-batch augmentation equals resize, turn, flip, paste, the three jitter steps and the camera
+    effects applied crop by crop; JPEG may round a pixel the other way, so with the camera effects a few pixels
+    may differ by a grey level or two, no more."""
+    rng = np.random.default_rng(seed)
+    crops = rng.integers(0, 256, size=(9, 20, 20, 3), dtype=np.uint8)
+    crops[:, :, :4] = 255  # an asymmetric mark, so a wrong turn or flip shows
+    for camera in (0.0, 0.6, 1.0):
+        params = draw_crop_params(np.random.default_rng(seed + 7), len(crops), 20, (0.3, 1.0), camera)
+        fast = apply_crop_params(crops, params).numpy()
+        ref = _slow_augment(crops, params)
+        assert fast.shape == (9, 20, 20, 3) and fast.dtype == np.float32
+        assert 0 <= fast.min() and fast.max() <= 1
+        if camera == 0.0:
+            assert not params["camera"].any()
+            np.testing.assert_allclose(fast, ref, atol=2e-6)
+        else:
+            assert params["camera"].any()
+            diff = np.abs(fast - ref)
+            assert (diff > 2.5 / 255).mean() < 0.01 and diff.mean() < 1e-3
+    # every turn and both flips occur over the seeds' draws, and the zoomed product fits its canvas
+    many = draw_crop_params(np.random.default_rng(seed), 400, 20, (0.3, 1.0))
+    assert set(many["turns"].tolist()) == {0, 1, 2, 3} and many["flip"].any() and not many["flip"].all()
+    assert (many["ox"] + many["small"] <= 20).all() and (many["oy"] + many["small"] <= 20).all()
+    assert many["small"].min() >= 4
+
+
+def test_augment_crops_follows_the_seed_and_is_channels_last():
+    crops = np.random.default_rng(0).integers(0, 256, size=(5, 16, 16, 3), dtype=np.uint8)
+    a = augment_crops(crops, np.random.default_rng(3), camera=0.5)
+    assert a.shape == (5, 3, 16, 16) and a.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(a, augment_crops(crops, np.random.default_rng(3), camera=0.5))
+    assert not torch.equal(a, augment_crops(crops, np.random.default_rng(4), camera=0.5))
+
+
+def test_crop_autocast_needs_bfloat16_units_and_crops_of_32_px(monkeypatch):
+    from dpsnet import inference
+
+    monkeypatch.setattr(inference, "cpu_bf16_units", lambda: ["AMX", "AVX512-BF16"])
+    assert pretrain_module.crop_autocast("auto", 64) and pretrain_module.crop_autocast("auto", 32)
+    assert not pretrain_module.crop_autocast("auto", 16)  # the 2x2 input whose bfloat16 gradients are NaN
+    assert not pretrain_module.crop_autocast("float32", 64) and pretrain_module.crop_autocast("bfloat16", 16)
+    monkeypatch.setattr(inference, "cpu_bf16_units", lambda: [])
+    assert not pretrain_module.crop_autocast("auto", 64)
+    with pytest.raises(ValueError, match="precision"):
+        pretrain_module.crop_autocast("fp16")
+
+
+def test_pretrain_stops_on_a_diverged_loss_naming_the_step(world, tmp_path):
+    """A loss that is no longer finite stops the run with a one-line error (exit 1), and nothing is written."""
+    args = ["pretrain", "--instances", str(world / "instances.json"), "--images", str(world / "images"), "--out",
+            str(tmp_path / "w.pt"), "--size", "16", "--channels", "4,4,4,8", "--steps", "20", "--batch-size", "4",
+            "--lr", "1e30", "--precision", "float32"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1 and "loss is" in res.output and "at step" in res.output and "--lr" in res.output
+    assert not (tmp_path / "w.pt").exists()
+    res = CliRunner().invoke(main, [*args[:-1], "half"])
+    assert res.exit_code == 2 and "--precision" in res.output
+
+
 def test_pretrain_cli_rejects_bad_camera_share(world, tmp_path):
     res = CliRunner().invoke(main, ["pretrain", "--instances", str(world / "instances.json"), "--images",
                                     str(world / "images"), "--out", str(tmp_path / "w.pt"), "--camera", "1.5"])
@@ -63,6 +162,7 @@ def test_pretrain_cli_writes_loadable_weights(world, tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "w.pt.json").read_text())
     assert summary["steps"] == 2 and summary["classes"] == 3 and summary["camera"] == 0.5
+    assert summary["precision"] in ("float32", "bfloat16 autocast")
     backbone = build_backbone("small", weights=tmp_path / "w.pt", small_channels=(8, 16, 16, 32), out_channels=16)
     saved = torch.load(tmp_path / "w.pt", weights_only=True)["model"]
     assert torch.equal(backbone.body.stem[0][0].weight, saved["stem.0.0.weight"])

@@ -30,6 +30,9 @@ def _run(fn, *args, **kwargs):
         _fail(str(err))
     except ValueError as err:  # bad option or config value, named in the message
         _fail(str(err))
+    except FloatingPointError as err:  # a training run that diverged: not an input error, but one line too
+        click.echo(f"error: {err}", err=True)
+        raise SystemExit(1) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -172,9 +175,11 @@ def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, coun
               help="Two category ids that get a specialist whether or not the classifier confuses them on its "
                    "held-out crops (e.g. look-alikes from the store's catalogue); repeatable; each one is "
                    "trained, and confused pairs fill up to --max-specialists.")
+@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
+              help="auto: bfloat16 autocast on a CPU with bfloat16 units (AMX: a step about a third faster) for crops of 32 px or more, float32 elsewhere.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
 def pretrain_command(instances, images, out, size, channels, steps, batch_size, lr, camera, specialist_steps,
-                     specialist_min_rate, max_specialists, specialist_pairs, seed) -> None:
+                     specialist_min_rate, max_specialists, specialist_pairs, precision, seed) -> None:
     """Pretrain the small backbone as an SKU classifier on exemplar crops (the stand-in for ImageNet weights)."""
     from .pretrain import pretrain_backbone
 
@@ -191,7 +196,7 @@ def pretrain_command(instances, images, out, size, channels, steps, batch_size, 
     summary = _run(pretrain_backbone, instances, images, out, size=size, channels=widths, steps=steps,
                    batch_size=batch_size, lr=lr, camera=camera, seed=seed, specialist_steps=specialist_steps,
                    specialist_min_rate=specialist_min_rate, max_specialists=max_specialists,
-                   specialist_pairs=pairs)
+                   specialist_pairs=pairs, precision=precision)
     click.echo(json.dumps(summary))
 
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from rpc_metrics.io import image_path, read_instances
 
 from .backbone import SmallBody
-from .data import camera_effects, colour_jitter, read_image
+from .data import read_image
 from .engine import lr_factor, save_checkpoint
 
 
@@ -58,27 +58,72 @@ def exemplar_crops(instances: str | Path, images: str | Path, size: int, margin:
     return np.stack(crops), np.array(labels, dtype=np.int64), category_ids
 
 
+def draw_crop_params(rng: np.random.Generator, n: int, size: int, scale: tuple[float, float] = (0.6, 1.0),
+                     camera: float = 0.0) -> dict[str, np.ndarray]:
+    """The random choices of :func:`augment_crops` for ``n`` crops of ``size`` px, drawn at once: the zoomed-out
+    side and its place on a grey canvas, 90-degree turns and a horizontal flip of the product, colour jitter
+    factors (0.3 each), and for the share ``camera`` of the crops the camera effects of
+    :func:`dpsnet.data.camera_effects` (cast, blur, noise level, JPEG quality; the noise itself from ``seed``).
+    ``camera=0`` draws nothing for them."""
+    small = np.maximum(4, np.round(size * rng.uniform(*scale, size=n)).astype(np.int64))
+    params = {"small": small, "grey": rng.uniform(0.3, 0.9, size=n),
+              "ox": rng.integers(0, size - small + 1), "oy": rng.integers(0, size - small + 1),
+              "turns": rng.integers(0, 4, size=n), "flip": rng.random(n) < 0.5,
+              "jitter": rng.uniform(0.7, 1.3, size=(n, 3))}  # brightness, contrast, saturation factors
+    camera_on = rng.random(n) < camera if camera else np.zeros(n, dtype=bool)
+    m = int(camera_on.sum())
+    params.update(camera=camera_on, gain=rng.uniform(0.85, 1.15, size=(m, 3)), sigma=rng.uniform(0.0, 1.2, size=m),
+                  noise=rng.uniform(0.0, 6.0, size=m) / 255.0, quality=rng.integers(60, 96, size=m),
+                  seed=rng.integers(0, 2**62, size=1) if m else np.zeros(0, dtype=np.int64))
+    return params
+
+
+def apply_crop_params(crops: np.ndarray, params: dict[str, np.ndarray]) -> Tensor:
+    """uint8 crops [B, S, S, 3] -> float32 Tensor[B, S, S, 3] in [0, 1], augmented as ``params`` says: each
+    crop resized, turned, flipped and pasted on its grey canvas; then colour jitter (one affine colour map per
+    crop), and on the crops chosen for them a colour cast, defocus, sensor noise and JPEG compression. Whole-batch
+    tensor operations, one OpenCV call per crop only for the resize, the blur and the JPEG round trip."""
+    n, size = len(crops), crops.shape[1]
+    images = crops.astype(np.float32) * np.float32(1 / 255)
+    canvas = np.empty_like(images)
+    canvas[:] = params["grey"].astype(np.float32)[:, None, None, None]
+    for i, (small, ox, oy, turns, flip) in enumerate(zip(params["small"], params["ox"], params["oy"],
+                                                         params["turns"], params["flip"], strict=True)):
+        patch = np.rot90(cv2.resize(images[i], (int(small), int(small)), interpolation=cv2.INTER_AREA), turns)
+        canvas[i, oy:oy + small, ox:ox + small] = patch[:, ::-1] if flip else patch
+    out = torch.from_numpy(canvas)
+    # dpsnet.data.colour_jitter's brightness b, contrast c (around the crop's mean m) and saturation s (around
+    # each pixel's grey value g), composed: s*c*b * rgb + (1 - s)*c*b * g + (1 - c)*b*m.
+    b, c, s = (torch.from_numpy(params["jitter"][:, k]) for k in range(3))
+    matrix = ((1 - s) * c * b / 3)[:, None, None] * torch.ones(3, 3, dtype=torch.float64) \
+        + (s * c * b)[:, None, None] * torch.eye(3, dtype=torch.float64)
+    offset = (1 - c) * b * out.reshape(n, -1).mean(dim=1, dtype=torch.float64)
+    out = torch.bmm(out.reshape(n, -1, 3), matrix.transpose(1, 2).float())
+    out = out.add_(offset.float()[:, None, None]).clamp_(0.0, 1.0).reshape(n, size, size, 3)
+    cam = torch.from_numpy(np.flatnonzero(params["camera"]))
+    if len(cam):
+        shot = (out[cam] * torch.from_numpy(params["gain"]).float()[:, None, None, :]).numpy()
+        for j, sigma in enumerate(params["sigma"]):
+            if sigma > 0.3:
+                shot[j] = cv2.GaussianBlur(shot[j], (0, 0), float(sigma))
+        noise = torch.randn(shot.shape, generator=torch.Generator().manual_seed(int(params["seed"][0])))
+        noisy = torch.from_numpy(shot).add_(noise.mul_(torch.from_numpy(params["noise"]).float()[:, None, None, None]))
+        encoded = noisy.clamp_(0.0, 1.0).mul_(255).round_().to(torch.uint8).numpy()
+        for j, quality in enumerate(params["quality"]):
+            ok, buffer = cv2.imencode(".jpg", encoded[j], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+            if ok:
+                encoded[j] = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+        out[cam] = torch.from_numpy(encoded).float().mul_(1 / 255)
+    return out
+
+
 def augment_crops(crops: np.ndarray, rng: np.random.Generator, scale: tuple[float, float] = (0.6, 1.0),
                   camera: float = 0.0) -> Tensor:
-    """A batch of uint8 crops [B, S, S, 3] -> float Tensor[B, 3, S, S]: random zoom-out, flips, rot90, colour;
-    with probability ``camera`` each crop also gets :func:`camera_effects`."""
-    out = []
-    size = crops.shape[1]
-    for crop in crops:
-        image = crop.astype(np.float32) / 255.0
-        f = rng.uniform(*scale)
-        small = max(4, round(size * f))
-        canvas = np.full_like(image, float(rng.uniform(0.3, 0.9)))
-        ox, oy = (int(v) for v in rng.integers(0, size - small + 1, 2))
-        canvas[oy:oy + small, ox:ox + small] = cv2.resize(image, (small, small), interpolation=cv2.INTER_AREA)
-        image = np.rot90(canvas, int(rng.integers(0, 4)))
-        if rng.random() < 0.5:
-            image = image[:, ::-1]
-        image = colour_jitter(np.ascontiguousarray(image), rng, 0.3, 0.3, 0.3)
-        if camera and rng.random() < camera:
-            image = camera_effects(image, rng)
-        out.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
-    return torch.stack(out)
+    """A batch of uint8 crops [B, S, S, 3] -> float Tensor[B, 3, S, S] (channels-last memory): random zoom-out,
+    flips, rot90, colour; with probability ``camera`` each crop also gets the camera effects (cast, blur, noise,
+    JPEG) of :func:`dpsnet.data.camera_effects`. The choices come from :func:`draw_crop_params`."""
+    params = draw_crop_params(rng, len(crops), crops.shape[1], scale, camera)
+    return apply_crop_params(crops, params).permute(0, 3, 1, 2)
 
 
 class CropClassifier(nn.Module):
@@ -95,12 +140,37 @@ class CropClassifier(nn.Module):
         return self.fc(self.body.pooled_features((x - self.mean) / self.std))
 
 
+def crop_autocast(precision: str = "auto", size: int = 64) -> bool:
+    """Whether the crop classifiers of ``size`` px crops train under bfloat16 autocast: ``"bfloat16"`` yes,
+    ``"float32"`` no, ``"auto"`` where the CPU has bfloat16 units (:func:`dpsnet.inference.native_bf16`; on an
+    Intel Xeon with AMX tiles a step of 64 crops of 64 px takes 29 ms instead of 46) and the crops are at least
+    32 px: the last stage's stride-2 convolution sees ``size / 8`` px, and for a 2x2 input oneDNN's channels-last
+    bfloat16 convolution returns NaN weight gradients (16 px crops, on that Xeon and on an AMD EPYC with
+    AVX512-BF16 alike)."""
+    if precision not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"precision should be auto, float32 or bfloat16, got {precision!r}")
+    if precision == "auto":
+        from .inference import native_bf16
+
+        return size >= 32 and native_bf16(torch.device("cpu"))
+    return precision == "bfloat16"
+
+
+def _finite(loss: Tensor, step: int, bf16: bool) -> Tensor:
+    if not torch.isfinite(loss):
+        hint = "; run again with --precision float32" if bf16 else "; lower --lr"
+        raise FloatingPointError(f"crop classifier loss is {loss.item()} at step {step + 1}"
+                                 f"{' under bfloat16 autocast' if bf16 else ''}{hint}")
+    return loss
+
+
 def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path, *, size: int = 64,
                       channels: tuple[int, ...] = (32, 64, 128, 256), norm: str = "batch", steps: int = 3000,
                       batch_size: int = 64, lr: float = 0.05, seed: int = 0, holdout: float = 0.1,
                       camera: float = 0.5, time_limit_min: float = 0.0, specialist_steps: int = 0,
                       specialist_min_rate: float = 0.05, max_specialists: int = 8,
-                      specialist_pairs: Sequence[Sequence[int]] = (), echo: bool = True) -> dict:
+                      specialist_pairs: Sequence[Sequence[int]] = (), precision: str = "auto",
+                      echo: bool = True) -> dict:
     """Train the small body to classify exemplar crops into SKUs; write its weights to ``out`` (a checkpoint
     with ``model`` = the body's state dict, loadable as ``model.backbone_weights``) and ``out``.json (accuracy).
 
@@ -114,12 +184,17 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
     not, every one of them; the confused pairs then fill up to ``max_specialists``, skipping SKUs already in a
     pair.
 
+    ``precision``: ``"auto"`` (bfloat16 autocast on a CPU with bfloat16 units for crops of 32 px or more,
+    float32 elsewhere: see :func:`crop_autocast`), ``"float32"`` or ``"bfloat16"``. A loss that stops being finite raises, naming the
+    step.
+
     Returns ``{"steps", "seconds", "train_acc", "holdout_acc", "classes", ...}`` (with ``specialists``: each
     pair's categories, confusion rate and held-out accuracy within the pair, generalist vs specialist).
     """
     if specialist_steps < 0 or max_specialists < 0 or not 0 < specialist_min_rate <= 1:
         raise ValueError("specialist_steps and max_specialists should be >= 0 and specialist_min_rate in (0, 1], got "
                          f"{specialist_steps}, {max_specialists}, {specialist_min_rate}")
+    bf16 = crop_autocast(precision, size)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     crops, labels, category_ids = exemplar_crops(instances, images, size)
@@ -131,10 +206,7 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
     if missing:
         raise ValueError(f"specialist pair with category {category_ids[missing[0]]}: {instances} has no box of it "
                          "to train on (outside the held-out share)")
-    # Channels-last (oneDNN's layout): a step of 64 crops of 64 px about 12% faster. Float32 on purpose: bfloat16
-    # autocast saved only ~7% more of a step on an AMX Xeon (the crop augmentation is a third of it), and on an
-    # AVX-512 EPYC oneDNN's channels-last bfloat16 convolution returned NaN weight gradients for a 2x2 input at
-    # stride 2 (8 channels).
+    # Channels-last (oneDNN's layout): a step of 64 crops of 64 px about 12% faster.
     model = CropClassifier(len(category_ids), tuple(channels), norm).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     started = time.monotonic()
@@ -147,8 +219,9 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
         y = torch.from_numpy(labels[idx])
         for group in optimizer.param_groups:
             group["lr"] = lr * lr_factor(step, max_steps=steps, warmup_steps=min(50, steps // 10), schedule="cosine")
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=0.1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x).float()
+        loss = _finite(F.cross_entropy(logits, y, label_smoothing=0.1), step, bf16)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -166,7 +239,7 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
     hold_acc = float((hold_named == labels[hold]).mean()) if n_hold else float("nan")
     summary = {"steps": step, "seconds": time.monotonic() - started, "train_acc": train_acc,
                "holdout_acc": hold_acc, "classes": len(category_ids), "crops": len(crops), "size": size,
-               "camera": camera}
+               "camera": camera, "precision": "bfloat16 autocast" if bf16 else "float32"}
     specialists, spec_summary = [], []
     if specialist_steps and n_hold:
         pairs = confusable_pairs(labels[hold], hold_named, len(category_ids), min_rate=specialist_min_rate,
@@ -177,7 +250,7 @@ def pretrain_backbone(instances: str | Path, images: str | Path, out: str | Path
         for k, (a, b, rate) in enumerate(pairs):
             spec = train_specialist(crops[train_idx], labels[train_idx], (a, b), model.body.state_dict(),
                                     channels=tuple(channels), norm=norm, steps=specialist_steps,
-                                    batch_size=batch_size, lr=lr, seed=seed + 1 + k, camera=camera)
+                                    batch_size=batch_size, lr=lr, seed=seed + 1 + k, camera=camera, bf16=bf16)
             in_pair = np.isin(labels[hold], (a, b))
             pair_labels = labels[hold][in_pair]
             within = hold_probs[in_pair][:, [a, b]].argmax(1).numpy()
@@ -279,7 +352,7 @@ def confusable_pairs(truth: np.ndarray, named: np.ndarray, num_classes: int, *, 
 
 def train_specialist(crops: np.ndarray, labels: np.ndarray, classes: tuple[int, ...], body_state: dict, *,
                      channels: tuple[int, ...], norm: str, steps: int, batch_size: int, lr: float, seed: int,
-                     camera: float) -> CropClassifier:
+                     camera: float, bf16: bool = False) -> CropClassifier:
     """A classifier of ``classes`` (output ``k`` = ``classes[k]``) started from ``body_state``, trained on those
     classes' crops with equally many of each per batch (the same augmentation and schedule as the pretraining)."""
     rng = np.random.default_rng(seed)
@@ -299,7 +372,9 @@ def train_specialist(crops: np.ndarray, labels: np.ndarray, classes: tuple[int, 
         x = augment_crops(crops[idx], rng, camera=camera).contiguous(memory_format=torch.channels_last)
         for group in optimizer.param_groups:
             group["lr"] = lr * lr_factor(step, max_steps=steps, warmup_steps=min(20, steps // 10), schedule="cosine")
-        loss = F.cross_entropy(model(x), target, label_smoothing=0.1)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x).float()
+        loss = _finite(F.cross_entropy(logits, target, label_smoothing=0.1), step, bf16)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
