@@ -58,8 +58,10 @@ class Recipe:
     # 88.5% -> 92.9% (look-alike errors 121 -> 56); its round-3 model re-scored with them, transfer cAcc
     # 22.50% -> 25.83%, ACD 3.34 -> 2.28 (power 1; README). 2000 steps instead of 400 (80 s each on a 2-core
     # EPYC, against 16): within-pair test crops 1/21 89% -> 99%, 2/22 92% -> 93%, 4/24 81% -> 86%, and
-    # runs/demo19's round-3 model re-scored with them 36.67% -> 40.83% transfer cAcc, ACD 1.76 -> 1.53.
-    pretrain_specialist_steps: int = 2000
+    # runs/demo19's round-3 model re-scored with them 36.67% -> 40.83% transfer cAcc, ACD 1.76 -> 1.53. 1200
+    # since: with 2000 the whole demo took 27 min 09 s on a 2-core Xeon with AMX (runs/demo22), 29 from a fresh
+    # clone, too close to the 30; 1200 steps with 4 pairs re-scored demo19's round 3 to 40.83% as well.
+    pretrain_specialist_steps: int = 1200
     backbone_weights: Path | None = None
     # The pretrained crop classifier re-scores every prediction's detections (dpsnet predict --reclassifier;
     # None or 0: off; only with `dpsnet pretrain` weights). On the demo's kd stage (runs/demo6's source model,
