@@ -28,8 +28,9 @@ from rpc_metrics.io import as_pool, load_json, read_instances, write_json
 
 @dataclass(frozen=True)
 class Recipe:
-    """Sizes and budgets of a run (the defaults: the full demo, 20.5 minutes on a 2-core AMD EPYC with AVX512-BF16,
-    runs/demo20; about 25 on a float32-only CPU of its speed, not measured)."""
+    """Sizes and budgets of a run (the defaults: the full demo, 27.5 minutes from a fresh clone with the install on
+    a 2-core Intel Xeon with AMX; demo20's slightly longer recipe took 20.5 on a 2-core AMD EPYC with AVX512-BF16;
+    a float32-only CPU is slower: README)."""
 
     seed: int = 0
     workers: int = 2

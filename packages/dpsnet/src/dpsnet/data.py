@@ -101,34 +101,55 @@ def colour_jitter(image: np.ndarray, rng: np.random.Generator, brightness: float
     """Scale brightness, contrast (around the mean) and saturation (around the grey value) by random factors
     in ``[1 - x, 1 + x]``, in that order; the result is clipped to [0, 1].
 
-    The three steps compose into one affine map of each pixel's colour (``image`` [H, W, 3]): with factors
-    b, c, s, the image mean m and a pixel's grey value g (its channels' mean),
-    ``out = s*c*b * rgb + (1 - s)*c*b * g + (1 - c)*b*m``, applied in one pass by ``cv2.transform``."""
+    The three steps compose into one affine map of each pixel's colour (:func:`jitter_map`), applied in one pass
+    by ``cv2.transform``."""
     b = rng.uniform(1 - brightness, 1 + brightness) if brightness else 1.0
     c = rng.uniform(1 - contrast, 1 + contrast) if contrast else 1.0
     s = rng.uniform(1 - saturation, 1 + saturation) if saturation else 1.0
     image = np.ascontiguousarray(image, dtype=np.float32)
-    offset = (1 - c) * b * float(image.mean(dtype=np.float64)) if contrast else 0.0
-    matrix = np.full((3, 4), (1 - s) * c * b / 3)
-    matrix[:, :3] += np.eye(3) * s * c * b
-    matrix[:, 3] = offset
-    out = cv2.transform(image.reshape(-1, 1, 3), matrix).reshape(image.shape)
+    mean = float(image.mean(dtype=np.float64)) if contrast else 0.0
+    matrix, offset = jitter_map(np.float64(b), np.float64(c), np.float64(s), np.float64(mean))
+    out = cv2.transform(image.reshape(-1, 1, 3), np.concatenate([matrix, np.full((3, 1), offset)], axis=1))
+    out = out.reshape(image.shape)
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+def jitter_map(b: np.ndarray, c: np.ndarray, s: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Brightness ``b``, contrast ``c`` around the image mean ``mean`` and saturation ``s`` around each pixel's
+    grey value g (its channels' mean), composed into one affine colour map
+    ``out = s*c*b * rgb + (1 - s)*c*b * g + (1 - c)*b*mean``: ``(matrix [..., 3, 3], offset [...])``, ``out = matrix
+    @ rgb + offset``, for one image (scalars) or a batch (arrays [B])."""
+    b, c, s, mean = (np.asarray(v, np.float64) for v in (b, c, s, mean))
+    matrix = ((1 - s) * c * b / 3)[..., None, None] * np.ones((3, 3)) + (s * c * b)[..., None, None] * np.eye(3)
+    return matrix, (1 - c) * b * mean
 
 
 def camera_effects(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """What a checkout camera does to a clean render, at random strengths: a colour cast (per-channel gain in
     [0.85, 1.15]), defocus (Gaussian blur, sigma up to 1.2 px), sensor noise (sigma up to 6 grey levels) and JPEG
-    compression (quality 60-95). ``image``: float32 RGB [S, S, 3] in [0, 1]; returns the same."""
-    image = image * rng.uniform(0.85, 1.15, size=3).astype(np.float32)
-    sigma = rng.uniform(0.0, 1.2)
-    if sigma > 0.3:
-        image = cv2.GaussianBlur(image, (0, 0), sigma)
-    image = image + rng.normal(0.0, rng.uniform(0.0, 6.0) / 255.0, size=image.shape).astype(np.float32)
-    encoded = (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
-    ok, buffer = cv2.imencode(".jpg", encoded, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 96))])
-    if ok:
-        encoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    compression (quality 60-95). ``image``: float32 RGB [S, S, 3] in [0, 1]; returns the same (:func:`camera_shot`
+    with these draws)."""
+    gain = rng.uniform(0.85, 1.15, size=(1, 3))
+    sigma = np.array([rng.uniform(0.0, 1.2)])
+    noise = rng.normal(0.0, rng.uniform(0.0, 6.0) / 255.0, size=(1, *image.shape)).astype(np.float32)
+    quality = np.array([rng.integers(60, 96)])
+    return camera_shot(image[None], gain, sigma, noise, quality)[0]
+
+
+def camera_shot(images: np.ndarray, gain: np.ndarray, sigma: np.ndarray, noise: np.ndarray,
+                quality: np.ndarray) -> np.ndarray:
+    """Camera effects on float32 RGB images [B, H, W, 3] in [0, 1] with given strengths: per-channel ``gain``
+    [B, 3], Gaussian blur of ``sigma`` [B] px (none up to 0.3), additive ``noise`` [B, H, W, 3] (float32, already
+    scaled), then 8-bit quantisation and a JPEG round trip at ``quality`` [B]. Returns float32 [B, H, W, 3]."""
+    shot = images * gain.astype(np.float32)[:, None, None, :]
+    for j, sig in enumerate(sigma):
+        if sig > 0.3:
+            shot[j] = cv2.GaussianBlur(shot[j], (0, 0), float(sig))
+    encoded = (np.clip(shot + noise, 0.0, 1.0) * 255).round().astype(np.uint8)
+    for j, q in enumerate(quality):
+        ok, buffer = cv2.imencode(".jpg", encoded[j], [cv2.IMWRITE_JPEG_QUALITY, int(q)])
+        if ok:
+            encoded[j] = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     return encoded.astype(np.float32) / 255.0
 
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from rpc_metrics.io import image_path, read_instances
 
 from .backbone import SmallBody
-from .data import read_image
+from .data import camera_shot, jitter_map, read_image
 from .engine import lr_factor, save_checkpoint
 
 
@@ -80,9 +80,10 @@ def draw_crop_params(rng: np.random.Generator, n: int, size: int, scale: tuple[f
 
 def apply_crop_params(crops: np.ndarray, params: dict[str, np.ndarray]) -> Tensor:
     """uint8 crops [B, S, S, 3] -> float32 Tensor[B, S, S, 3] in [0, 1], augmented as ``params`` says: each
-    crop resized, turned, flipped and pasted on its grey canvas; then colour jitter (one affine colour map per
-    crop), and on the crops chosen for them a colour cast, defocus, sensor noise and JPEG compression. Whole-batch
-    tensor operations, one OpenCV call per crop only for the resize, the blur and the JPEG round trip."""
+    crop resized, turned, flipped and pasted on its grey canvas; then colour jitter (:func:`dpsnet.data.jitter_map`,
+    one affine colour map per crop), and on the crops chosen for them :func:`dpsnet.data.camera_shot` (a colour
+    cast, defocus, sensor noise and JPEG compression). Whole-batch operations, one OpenCV call per crop only for
+    the resize, the blur and the JPEG round trip."""
     n, size = len(crops), crops.shape[1]
     images = crops.astype(np.float32) * np.float32(1 / 255)
     canvas = np.empty_like(images)
@@ -91,29 +92,17 @@ def apply_crop_params(crops: np.ndarray, params: dict[str, np.ndarray]) -> Tenso
                                                          params["turns"], params["flip"], strict=True)):
         patch = np.rot90(cv2.resize(images[i], (int(small), int(small)), interpolation=cv2.INTER_AREA), turns)
         canvas[i, oy:oy + small, ox:ox + small] = patch[:, ::-1] if flip else patch
-    out = torch.from_numpy(canvas)
-    # dpsnet.data.colour_jitter's brightness b, contrast c (around the crop's mean m) and saturation s (around
-    # each pixel's grey value g), composed: s*c*b * rgb + (1 - s)*c*b * g + (1 - c)*b*m.
-    b, c, s = (torch.from_numpy(params["jitter"][:, k]) for k in range(3))
-    matrix = ((1 - s) * c * b / 3)[:, None, None] * torch.ones(3, 3, dtype=torch.float64) \
-        + (s * c * b)[:, None, None] * torch.eye(3, dtype=torch.float64)
-    offset = (1 - c) * b * out.reshape(n, -1).mean(dim=1, dtype=torch.float64)
-    out = torch.bmm(out.reshape(n, -1, 3), matrix.transpose(1, 2).float())
-    out = out.add_(offset.float()[:, None, None]).clamp_(0.0, 1.0).reshape(n, size, size, 3)
-    cam = torch.from_numpy(np.flatnonzero(params["camera"]))
+    # dpsnet.data.colour_jitter's three steps as one affine colour map per crop, applied batch-wide.
+    b, c, s = (params["jitter"][:, k] for k in range(3))
+    matrix, offset = jitter_map(b, c, s, canvas.reshape(n, -1).mean(axis=1, dtype=np.float64))
+    out = torch.bmm(torch.from_numpy(canvas).reshape(n, -1, 3), torch.from_numpy(matrix).transpose(1, 2).float())
+    out = out.add_(torch.from_numpy(offset).float()[:, None, None]).clamp_(0.0, 1.0).reshape(n, size, size, 3)
+    cam = np.flatnonzero(params["camera"])
     if len(cam):
-        shot = (out[cam] * torch.from_numpy(params["gain"]).float()[:, None, None, :]).numpy()
-        for j, sigma in enumerate(params["sigma"]):
-            if sigma > 0.3:
-                shot[j] = cv2.GaussianBlur(shot[j], (0, 0), float(sigma))
-        noise = torch.randn(shot.shape, generator=torch.Generator().manual_seed(int(params["seed"][0])))
-        noisy = torch.from_numpy(shot).add_(noise.mul_(torch.from_numpy(params["noise"]).float()[:, None, None, None]))
-        encoded = noisy.clamp_(0.0, 1.0).mul_(255).round_().to(torch.uint8).numpy()
-        for j, quality in enumerate(params["quality"]):
-            ok, buffer = cv2.imencode(".jpg", encoded[j], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-            if ok:
-                encoded[j] = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
-        out[cam] = torch.from_numpy(encoded).float().mul_(1 / 255)
+        noise = torch.randn((len(cam), size, size, 3), generator=torch.Generator().manual_seed(int(params["seed"][0])))
+        noise = noise.mul_(torch.from_numpy(params["noise"]).float()[:, None, None, None]).numpy()
+        shots = camera_shot(out[cam].numpy(), params["gain"], params["sigma"], noise, params["quality"])
+        out[cam] = torch.from_numpy(shots)
     return out
 
 
