@@ -13,6 +13,7 @@ their changes apply as they are. A stage whose record exists in OUT/stages/ is s
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ class Recipe:
     synth_images: int = 800
     heldout_images: int = 100
     synth_size: int | None = None
+    synth_args: tuple[str, ...] = ()  # more `rpc-synth generate` options for both synthesized sets
     render_iters: int = 400
     render_crop: int = 96
     render_images: int | None = None  # translate only the first N synthesized images (None: all)
@@ -124,7 +126,7 @@ class Recipe:
 
 QUICK = Recipe(
     workers=1, world_args=("--skus", "10", "--lookalike-pairs", "2", "--azimuths", "4", "--exemplar-size", "160",
-                           "--size", "256", "--val", "6", "--test", "6"),
+                           "--size", "256", "--val", "6", "--test", "6", "--pool", "6"),
     refine_px=160, synth_images=24, heldout_images=6, synth_size=256, render_iters=8, render_crop=48,
     pretrain_steps=20, pretrain_batch=16, source_trunk_steps=12, source_steps=8, kd_steps=8,
     # No pair specialists: a 20-step classifier confuses every pair, and re-scoring every detection with them took
@@ -304,10 +306,11 @@ class Pipeline:
         _, train_images = self.p.split("train")
         size = ["--size", self.r.synth_size] if self.r.synth_size else []
         return Stage(name, f"synthesized checkout images, {name} ({images}; rpc-synth generate)", budget,
-                     {"images": images, "seed": seed, "size": self.r.synth_size},
+                     {"images": images, "seed": seed, "size": self.r.synth_size, "args": list(self.r.synth_args)},
                      lambda: self.run([tool("rpc-synth"), "generate", "--exemplars", self.p.out / "poses.json",
                                           "--images", train_images, "--out", self.p.out / name, "--num-images", images,
-                                          "--seed", seed, "--workers", self.r.workers, "--quiet", *size]))
+                                          "--seed", seed, "--workers", self.r.workers, "--quiet", *size,
+                                          *self.r.synth_args]))
 
     def render_stages(self) -> list[Stage]:
         r, p, b = self.r, self.p, self.r.budgets
@@ -591,11 +594,15 @@ def check_overrides(items: Sequence[str], option: str) -> None:
               help="Power of the crop classifier's re-scoring of every prediction (default 2; 0: off).")
 @overrides_option("--dpsnet-set", "A dpsnet config override for every training run (repeatable; see `dpsnet config`).")
 @overrides_option("--kd-set", "A kd-loop config override (repeatable; see `kd-loop keys`), e.g. selection.min_boxes=2.")
+@click.option("--world-args", default="", metavar="ARGS",
+              help="More `rpc-synth world` options for the generated world, e.g. \"--gap 2 --density 1.5\" (a variant).")
+@click.option("--synth-args", default="", metavar="ARGS",
+              help="More `rpc-synth generate` options for the synthesized sets, e.g. \"--scale 0.6,0.8\".")
 @click.option("--until", metavar="STAGE", default=None,
               help="Stop after this stage (its name as in stages/, e.g. render_measure): the data once, then "
                    "copies of the run (hard links) to try training recipes on.")
 def main(out, quick, seed, workers, synth_images, render_iters, source_steps, source_trunk_steps, source_minutes,
-         kd_rounds, kd_steps, kd_minutes, reclassify_power, dpsnet_set, kd_set, until) -> None:
+         kd_rounds, kd_steps, kd_minutes, reclassify_power, dpsnet_set, kd_set, world_args, synth_args, until) -> None:
     """Run the whole ACO system on the embedded mini world and write a paper-style report."""
     check_overrides(dpsnet_set, "--dpsnet-set")
     check_overrides(kd_set, "--kd-set")
@@ -605,7 +612,9 @@ def main(out, quick, seed, workers, synth_images, render_iters, source_steps, so
              "kd_rounds": kd_rounds, "kd_steps": kd_steps, "kd_minutes": kd_minutes,
              "reclassify_power": reclassify_power}
     recipe = replace(recipe, **{k: v for k, v in given.items() if v is not None},
-                     dpsnet_set=recipe.dpsnet_set + dpsnet_set, kd_set=recipe.kd_set + kd_set)
+                     dpsnet_set=recipe.dpsnet_set + dpsnet_set, kd_set=recipe.kd_set + kd_set,
+                     world_args=recipe.world_args + tuple(shlex.split(world_args)),
+                     synth_args=recipe.synth_args + tuple(shlex.split(synth_args)))
     out = out or Path("runs/demo-quick" if quick else "runs/demo")
     report = run_pipeline(recipe, Layout(out.resolve()), title="ACO demo on the mini world" + (" (quick)" if quick else ""),
                           until=until)

@@ -29,7 +29,7 @@ SIZES = (384, 1815)
 @pytest.fixture(scope="module")
 def bank(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    build_world(root / "world", WorldConfig(skus=12, azimuths=4, val_images=0, test_images=0), progress=False)
+    build_world(root / "world", WorldConfig(skus=12, azimuths=4, val_images=0, test_images=0, pool_images=0), progress=False)
     build_masks(root / "world/instances_train2019.json", root / "world/train2019", root / "masks", progress=False)
     prune_poses(root / "masks/instances_masks.json", root / "poses.json")
     return load_bank(root / "poses.json", root / "world/train2019")

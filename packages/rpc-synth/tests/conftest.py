@@ -15,7 +15,7 @@ from rpc_synth.masks import build_masks
 from rpc_synth.poses import prune_poses
 from rpc_synth.world import WorldConfig, build_world
 
-TINY = WorldConfig(seed=3, skus=10, lookalike_pairs=3, azimuths=4, exemplar_size=200, checkout_size=224,
+TINY = WorldConfig(seed=3, skus=10, lookalike_pairs=3, azimuths=4, exemplar_size=200, checkout_size=224, pool_images=3,
                    val_images=6, test_images=6)
 TINY_GENERATE = GenerateConfig(images=9, size=192, seed=5)
 

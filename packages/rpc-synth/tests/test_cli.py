@@ -17,9 +17,20 @@ def run(*args):
 
 def test_world_cli_small(tmp_path):
     result = run("world", "--out", tmp_path / "w", "--skus", 10, "--azimuths", 2, "--elevations", "0,90",
-                 "--exemplar-size", 96, "--size", 160, "--val", 3, "--test", 3, "--quiet")
+                 "--exemplar-size", 96, "--size", 160, "--val", 3, "--test", 3, "--pool", 2, "--quiet")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "w/instances_val2019.json").read_text())["images"][0]["level"] == "easy"
+    pool = json.loads((tmp_path / "w/instances_pool2019.json").read_text())
+    assert len(pool["images"]) == 2 and pool["annotations"] == [] and "level" not in pool["images"][0]
+    assert (tmp_path / "w/pool_truth/instances_pool2019.json").is_file()
+
+
+@pytest.mark.parametrize("args", [("--gap", "-1"), ("--density", "9"), ("--product-size", "0"), ("--pool", "-3"),
+                                  ("--style", "other"), ("--lying", "0.8", "--standing", "0.5")])
+def test_world_cli_bad_values(tmp_path, args):
+    result = CliRunner().invoke(main, ["world", "--out", str(tmp_path / "w"), *args])
+    assert result.exit_code == 2
+    assert not (tmp_path / "w").exists()
 
 
 def test_chain_cli(tiny_world, tmp_path):

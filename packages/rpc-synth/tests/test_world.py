@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -13,7 +14,9 @@ import pytest
 from rpc_metrics.io import LEVELS, read_instances
 from rpc_synth.baskets import LEVEL_RANGES
 from rpc_synth.compose import box_iou
+from rpc_synth.checkout_camera import checkout_elevation
 from rpc_synth.world import (
+    POOL_TRUTH,
     TRUE_MASKS,
     WorldConfig,
     build_world,
@@ -101,23 +104,37 @@ def test_other_seed_other_world(tiny_config):
 
 
 DEFAULT = WorldConfig()
+LEGACY = WorldConfig(style="legacy")
 
 
 def test_default_catalog_is_not_easier():
     skus = catalog(DEFAULT)
-    assert len(skus) >= 20
+    assert len(skus) >= 24
     assert len({s.shape for s in skus}) >= 4
     pairs = [s for s in skus if s.twin_of is not None]
-    assert len(pairs) >= 3
+    assert len(pairs) >= 4
     for twin in pairs:
         original = skus[twin.twin_of - 1]
         assert (twin.shape, twin.dims) == (original.shape, original.dims)
         assert twin.letters != original.letters
     assert len(DEFAULT.elevations) >= 4 and min(DEFAULT.elevations) == 0 and max(DEFAULT.elevations) == 90
     assert 256 <= DEFAULT.checkout_size <= 512 and 256 <= DEFAULT.exemplar_size <= 512
-    domain = DEFAULT.domain
+    # The default is the world with a real gap: geometric (a camera above, products lying) and photometric.
+    assert DEFAULT.style == "gap" and DEFAULT.gap >= 1.0 and DEFAULT.lying >= 0.5 and DEFAULT.density >= 1.0
+    assert DEFAULT.pool_images >= DEFAULT.test_images
+    domain = LEGACY.domain
     assert domain.color_cast > 0 and domain.uneven_light > 0 and domain.shadow_strength > 0
     assert domain.blur_sigma > 0 and domain.noise_sigma > 0 and domain.jpeg_quality < 95
+
+
+def test_style_defaults_and_errors():
+    assert (DEFAULT.product_size, DEFAULT.min_visible) == (0.26, 0.35)
+    assert (LEGACY.product_size, LEGACY.min_visible) == (0.2, 0.5)
+    assert WorldConfig(product_size=0.3).product_size == 0.3
+    for bad in ({"style": "other"}, {"gap": -0.1}, {"density": 0.0}, {"product_size": 0.9}, {"lying": 0.7, "standing": 0.4},
+                {"pool_images": -1}):
+        with pytest.raises(ValueError):
+            WorldConfig(**bad)
 
 
 def test_default_world_has_degenerate_views():
@@ -131,53 +148,118 @@ def test_default_world_has_degenerate_views():
     assert ratios["can"] < 0.45 and ratios["bag"] < 0.45 and ratios["bottle"] < 0.45
 
 
+def test_checkout_elevations_follow_the_shares():
+    rng = np.random.default_rng(0)
+    elevations = np.array([checkout_elevation(rng, 0.6, 0.1) for _ in range(4000)])
+    lying, standing = (elevations <= 12).mean(), (elevations >= 78).mean()
+    leaning = ((elevations >= 20) & (elevations <= 55)).mean()
+    assert abs(lying - 0.6) < 0.03 and abs(standing - 0.1) < 0.02 and abs(leaning - 0.3) < 0.03
+    assert lying + standing + leaning == 1.0
+
+
 @pytest.fixture(scope="module")
 def default_samples():
-    """A sample of default-size exemplars and checkout images, rendered in memory."""
+    """A sample of default-size exemplars and checkout images of both styles, rendered in memory."""
     n_views = len(DEFAULT.elevations) * DEFAULT.azimuths
     exemplars = [render_exemplar(DEFAULT, i) for i in range(0, len(catalog(DEFAULT)) * n_views, 37)]
-    checkouts = [render_checkout(DEFAULT, "val", i) for i in range(9)]
+    checkouts = {c.style: [render_checkout(c, "val", i) for i in range(9)] for c in (DEFAULT, LEGACY)}
     return exemplars, checkouts
 
 
-def test_default_checkout_domain_differs_from_exemplars(default_samples):
-    exemplars, checkouts = default_samples
-    ex_bg = np.concatenate([img[~mask] for img, mask in exemplars]).astype(np.float64)
-    co_bg = []
-    co_unevenness = []
+def _tray_pixels(checkouts) -> np.ndarray:
+    pixels = []
     for image, _, anns in checkouts:
         covered = np.zeros(image.shape[:2], bool)
         for ann in anns:
             x, y, w, h = (int(v) for v in ann["bbox"])
             covered[y : y + h + 1, x : x + w + 1] = True
-        co_bg.append(image[~covered])
+        pixels.append(image[~covered])
+    return np.concatenate(pixels).astype(np.float64)
+
+
+@pytest.mark.parametrize("style", ["gap", "legacy"])
+def test_checkout_domain_differs_from_exemplars(default_samples, style):
+    exemplars, checkouts = default_samples
+    ex_bg = np.concatenate([img[~mask] for img, mask in exemplars]).astype(np.float64)
+    co_bg = _tray_pixels(checkouts[style])
+    unevenness = []
+    for image, _, _ in checkouts[style]:
         grey = image.mean(axis=2)
         q = image.shape[0] // 2
-        quadrants = [grey[:q, :q], grey[:q, q:], grey[q:, :q], grey[q:, q:]]
-        co_unevenness.append(np.ptp([np.median(g) for g in quadrants]))
-    co_bg = np.concatenate(co_bg).astype(np.float64)
-    # Exemplars on a light neutral turntable; checkout trays darker and tinted.
+        unevenness.append(np.ptp([np.median(g) for g in (grey[:q, :q], grey[:q, q:], grey[q:, :q], grey[q:, q:])]))
+    # Exemplars on a light neutral turntable; checkout trays darker and tinted, unevenly lit.
     assert ex_bg.mean() - co_bg.mean() > 40
     assert np.ptp(ex_bg.mean(axis=0)) < 15
-    assert np.median(co_unevenness) > 8
+    assert np.median(unevenness) > 8
 
 
-def test_default_checkout_products_smaller_and_occluded(default_samples):
-    exemplars, checkouts = default_samples
-    # Compare like with like: exemplar views that pose pruning keeps (degenerate ones are tiny anyway).
-    areas = np.array([mask.sum() for _, mask in exemplars], dtype=np.float64)
-    ex_size = np.median(np.sqrt(areas[areas > 0.45 * np.percentile(areas, 90)]))
-    full_sizes, overlaps = [], 0
-    for _, level, anns in checkouts:
+def test_gap_style_camera_is_warm_hazy_and_soft(default_samples):
+    """The gap camera: warm white balance (red over blue on the tray), a raised black level and less detail."""
+    _, checkouts = default_samples
+    gap, legacy = (np.stack([c[0] for c in checkouts[s]]).astype(np.float64) for s in ("gap", "legacy"))
+    tray = _tray_pixels(checkouts["gap"])
+    assert tray[:, 2].mean() > tray[:, 0].mean() + 10  # BGR: red above blue
+    assert np.percentile(gap, 1) > np.percentile(legacy, 1)  # haze lifts the blacks
+
+    def detail(image):  # energy of a mid-frequency band: blur removes it, white noise adds little there
+        grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32)
+        return float((cv2.GaussianBlur(grey, (0, 0), 1.5) - cv2.GaussianBlur(grey, (0, 0), 3.0)).var())
+
+    for index in (1, 2):  # the same tray at rising strength
+        details = [detail(render_checkout(replace(DEFAULT, gap=g), "val", index)[0]) for g in (0.0, 1.0, 2.0)]
+        assert details[0] > details[1] > details[2]
+
+
+def _overlap_and_size(config, n=9):
+    largest_iou, sizes = [], []
+    for i in range(n):
+        _, _, anns = render_checkout(config, "val", i)
         boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                           for a in anns])
         iou = box_iou(boxes, boxes)
-        overlaps += int((iou[np.triu_indices(len(boxes), 1)] > 0).sum())
-        full_sizes += [np.sqrt(a["area"]) for a in anns]
-        (c_lo, c_hi), (n_lo, n_hi) = LEVEL_RANGES[level]
-        assert n_lo <= len(anns) <= n_hi and c_lo <= len({a["category_id"] for a in anns}) <= c_hi
-    assert np.median(full_sizes) / ex_size < 0.8
-    assert overlaps > 0
+        np.fill_diagonal(iou, 0)
+        largest_iou.append(iou.max(axis=1).mean())
+        sizes += [np.sqrt(a["bbox"][2] * a["bbox"][3]) / config.checkout_size for a in anns]
+    return float(np.mean(largest_iou)), float(np.median(sizes))
+
+
+def test_density_piles_and_product_size_scales():
+    small = replace(DEFAULT, checkout_size=256)
+    base_iou, base_size = _overlap_and_size(small)
+    dense_iou, _ = _overlap_and_size(replace(small, density=2.0))
+    _, big_size = _overlap_and_size(replace(small, product_size=0.34))
+    assert dense_iou > base_iou + 0.03
+    assert 1.15 < big_size / base_size < 1.45  # 0.34 / 0.26 = 1.31, less what occlusion hides
+
+
+def test_checkout_levels_and_occlusion(default_samples):
+    exemplars, checkouts = default_samples
+    for style, samples in checkouts.items():
+        overlaps = 0
+        for _, level, anns in samples:
+            boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                              for a in anns])
+            iou = box_iou(boxes, boxes)
+            overlaps += int((iou[np.triu_indices(len(boxes), 1)] > 0).sum())
+            (c_lo, c_hi), (n_lo, n_hi) = LEVEL_RANGES[level]
+            assert n_lo <= len(anns) <= n_hi and c_lo <= len({a["category_id"] for a in anns}) <= c_hi
+        assert overlaps > 0, style
+    # The legacy world's products are smaller than the exemplars' (kept views; degenerate ones are tiny anyway).
+    areas = np.array([mask.sum() for _, mask in exemplars], dtype=np.float64)
+    ex_size = np.median(np.sqrt(areas[areas > 0.45 * np.percentile(areas, 90)]))
+    full = [np.sqrt(a["area"]) for _, _, anns in checkouts["legacy"] for a in anns]
+    assert np.median(full) / ex_size < 0.8
+
+
+def test_pool_is_unlabeled_and_its_truth_apart(tiny_world, tiny_config):
+    pool = read_instances(tiny_world / "instances_pool2019.json")
+    truth = read_instances(tiny_world / POOL_TRUTH / "instances_pool2019.json", require_levels=True)
+    assert pool["annotations"] == [] and len(pool["images"]) == tiny_config.pool_images
+    assert all("level" not in im for im in pool["images"])
+    assert [im["file_name"] for im in pool["images"]] == [im["file_name"] for im in truth["images"]]
+    assert truth["annotations"] and all((tiny_world / "pool2019" / im["file_name"]).is_file() for im in pool["images"])
+    test = cv2.imread(str(tiny_world / "test2019" / "test_000001.jpg"))
+    assert not np.array_equal(cv2.imread(str(tiny_world / "pool2019" / "pool_000001.jpg")), test)
 
 
 def test_lookalike_evidence_rows_follow_the_annotations(default_samples):
@@ -185,7 +267,7 @@ def test_lookalike_evidence_rows_follow_the_annotations(default_samples):
     twins = {s.id: s.twin_of for s in catalog(DEFAULT) if s.twin_of is not None}
     twins.update({b: a for a, b in twins.items()})
     seen_twins = 0
-    for i, (_, level, anns) in enumerate(checkouts[:4]):
+    for i, (_, level, anns) in enumerate(checkouts["gap"][:4]):
         got_level, rows = lookalike_evidence(DEFAULT, "val", i)
         assert got_level == level
         assert [r["category_id"] for r in rows] == [a["category_id"] for a in anns]

@@ -36,29 +36,51 @@ def main() -> None:
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the world into (RPC layout).")
 @click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives the same bytes.")
+@click.option("--style", type=click.Choice(world_mod.STYLES), default="gap", show_default=True,
+              help="Checkout domain: 'gap' (camera above a woven tray, products lying and piled, shop light) or "
+                   "'legacy' (the earlier releases' world, for comparison).")
+@click.option("--gap", type=click.FloatRange(0.0, 3.0), default=1.0, show_default=True,
+              help="Strength of the checkout camera's photometric gap (gap style; 0: mild, 2: strong).")
+@click.option("--density", type=click.FloatRange(0.25, 3.0), default=1.0, show_default=True,
+              help="How densely products pile (gap style): box overlap allowed 0.3 x this, gathered to the centre.")
+@click.option("--product-size", type=click.FloatRange(0.02, 0.6), default=None,
+              help="Checkout product scale: px per world unit as a fraction of the image side (default: gap 0.26, "
+                   "legacy 0.2).")
+@click.option("--lying", type=click.FloatRange(0.0, 1.0), default=0.65, show_default=True,
+              help="Share of checkout products lying on a side (gap style).")
+@click.option("--standing", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True,
+              help="Share of checkout products standing, seen from the top (gap style).")
 @click.option("--skus", default=24, show_default=True, help="Number of products (at least 10).")
-@click.option("--lookalike-pairs", default=4, show_default=True, help="Pairs of SKUs that differ only in small details.")
+@click.option("--lookalike-pairs", type=click.IntRange(0), default=4, show_default=True,
+              help="Pairs of SKUs that differ only in small details.")
 @click.option("--elevations", default="0,30,60,90", show_default=True, help="Exemplar camera elevations in degrees, comma-separated.")
 @click.option("--azimuths", default=8, show_default=True, help="Turntable rotations per elevation.")
 @click.option("--exemplar-size", default=320, show_default=True, help="Exemplar width in px (height is 3/4 of it).")
 @click.option("--size", "checkout_size", default=384, show_default=True, help="Checkout image side in px (RPC: about 1815).")
-@click.option("--val", "val_images", default=60, show_default=True, help="Number of val checkout images (equal thirds per level).")
-@click.option("--test", "test_images", default=120, show_default=True, help="Number of test checkout images (equal thirds per level).")
+@click.option("--val", "val_images", type=click.IntRange(0), default=60, show_default=True,
+              help="Number of val checkout images (equal thirds per level).")
+@click.option("--test", "test_images", type=click.IntRange(0), default=120, show_default=True,
+              help="Number of test checkout images (equal thirds per level).")
+@click.option("--pool", "pool_images", type=click.IntRange(0), default=240, show_default=True,
+              help="Number of unlabeled checkout photos (pool2019/, the distillation pool; labels in pool_truth/).")
 @click.option("--workers", default=1, show_default=True, help="Worker processes.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @_fail_cleanly
-def world(out, seed, skus, lookalike_pairs, elevations, azimuths, exemplar_size, checkout_size, val_images, test_images,
-          workers, quiet):
-    """Write the procedural mini world (exemplars, val/test checkout images, true exemplar masks)."""
+def world(out, seed, style, gap, density, product_size, lying, standing, skus, lookalike_pairs, elevations, azimuths,
+          exemplar_size, checkout_size, val_images, test_images, pool_images, workers, quiet):
+    """Write the procedural mini world (exemplars, val/test checkout images, an unlabeled pool, true masks)."""
     try:
         elevation_list = tuple(float(e) for e in elevations.split(","))
     except ValueError:
         raise InputError(f"--elevations should be comma-separated degrees like 0,30,60,90, got {elevations!r}") from None
-    config = world_mod.WorldConfig(seed=seed, skus=skus, lookalike_pairs=lookalike_pairs, elevations=elevation_list,
-                                   azimuths=azimuths, exemplar_size=exemplar_size, checkout_size=checkout_size,
-                                   val_images=val_images, test_images=test_images)
+    config = world_mod.WorldConfig(seed=seed, style=style, gap=gap, density=density, product_size=product_size,
+                                   lying=lying, standing=standing, skus=skus, lookalike_pairs=lookalike_pairs,
+                                   elevations=elevation_list, azimuths=azimuths, exemplar_size=exemplar_size,
+                                   checkout_size=checkout_size, val_images=val_images, test_images=test_images,
+                                   pool_images=pool_images)
     summary = world_mod.build_world(out, config, workers=workers, progress=not quiet)
-    click.echo(f"wrote {summary['exemplars']} exemplars, {val_images} val and {test_images} test checkout images to {out}")
+    click.echo(f"wrote {summary['exemplars']} exemplars, {val_images} val, {test_images} test and {pool_images} "
+               f"unlabeled pool checkout images ({style} style) to {out}")
 
 
 @main.command()

@@ -89,11 +89,14 @@ def place(
     max_iou: float = 0.2,
     candidates: int = 48,
     relax_step: float = 0.1,
+    spread: float | None = None,
 ) -> np.ndarray:
     """Top-left corners ``int[N, 2]`` (x, y) for objects of ``sizes`` (h, w), each fully inside the canvas.
 
     Each object takes the first of ``candidates`` random positions whose box IoU with every placed box is at
     most ``max_iou``; when none qualifies (a crowded tray) the limit is raised by ``relax_step`` and it tries again.
+    Positions are uniform over the canvas, or with ``spread`` normal around its centre with that standard
+    deviation (a fraction of the side): products piled towards the middle of a tray.
     """
     height, width = canvas_hw
     placed = np.zeros((0, 4))
@@ -101,8 +104,11 @@ def place(
     for k, (h, w) in enumerate(sizes):
         limit = max_iou
         while True:
-            xs = rng.integers(0, max(width - w, 0) + 1, size=candidates)
-            ys = rng.integers(0, max(height - h, 0) + 1, size=candidates)
+            if spread is None:
+                xs = rng.integers(0, max(width - w, 0) + 1, size=candidates)
+                ys = rng.integers(0, max(height - h, 0) + 1, size=candidates)
+            else:
+                xs, ys = (_centred(rng, side, extent, spread, candidates) for side, extent in ((width, w), (height, h)))
             cand = np.column_stack([xs, ys, xs + w, ys + h]).astype(np.float64)
             ok = np.ones(candidates, bool) if len(placed) == 0 else (box_iou(cand, placed) <= limit).all(axis=1)
             if ok.any():
@@ -112,6 +118,12 @@ def place(
         corners[k] = (xs[i], ys[i])
         placed = np.vstack([placed, cand[i : i + 1]])
     return corners
+
+
+def _centred(rng: np.random.Generator, side: int, extent: int, spread: float, n: int) -> np.ndarray:
+    """``n`` corner coordinates whose object centres are normal around the canvas centre, kept inside."""
+    centres = rng.normal(side / 2, spread * side, size=n)
+    return np.clip(np.round(centres - extent / 2), 0, max(side - extent, 0)).astype(np.int64)
 
 
 def cast_shadow(canvas: np.ndarray, sprite: Sprite, x: int, y: int, offset: tuple[int, int], sigma: float, strength: float) -> None:

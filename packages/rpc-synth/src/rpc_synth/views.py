@@ -16,7 +16,6 @@ import numpy as np
 from .skus import Sku, label_texture
 
 ROUND_SIDES = 24
-LIGHT = np.array([0.45, 0.65, 0.6]) / np.linalg.norm([0.45, 0.65, 0.6])  # in camera space (x right, y up, z to camera)
 SUPERSAMPLE = 2
 
 
@@ -84,8 +83,19 @@ def _project(points: np.ndarray, elevation: float, azimuth: float) -> tuple[np.n
     return cam[:, :2], rot
 
 
-def _shade(normal_cam: np.ndarray) -> float:
-    return float(0.5 + 0.5 * max(0.0, float(normal_cam @ LIGHT)))
+@dataclass(frozen=True)
+class Lighting:
+    """A directional light in camera space plus ambient: a face's shade is ``ambient + (1 - ambient) * max(0, n.l)``."""
+
+    direction: tuple[float, float, float] = (0.45, 0.65, 0.6)
+    ambient: float = 0.5
+
+    def shade(self, normal_cam: np.ndarray) -> float:
+        light = np.asarray(self.direction) / np.linalg.norm(self.direction)
+        return float(self.ambient + (1.0 - self.ambient) * max(0.0, float(normal_cam @ light)))
+
+
+STUDIO = Lighting()  # the turntable's: a key light from the upper front
 
 
 def _warp_face(canvas: np.ndarray, cover: np.ndarray, texture: np.ndarray, quad: np.ndarray, shade: float) -> None:
@@ -110,7 +120,7 @@ def _warp_face(canvas: np.ndarray, cover: np.ndarray, texture: np.ndarray, quad:
     cover[y0:y1, x0:x1] |= inside
 
 
-def _draw_prism(canvas, cover, prism: _Prism, to_px, elevation: float, azimuth: float) -> None:
+def _draw_prism(canvas, cover, prism: _Prism, to_px, elevation: float, azimuth: float, lighting: Lighting) -> None:
     n = len(prism.base)
     bottom = np.column_stack([prism.base[:, 0], np.full(n, prism.y0), prism.base[:, 1]])
     top = bottom.copy()
@@ -132,10 +142,10 @@ def _draw_prism(canvas, cover, prism: _Prism, to_px, elevation: float, azimuth: 
         else:
             tex = prism.textures[i]
         quad = np.array([px_top[i], px_top[j], px_bottom[j], px_bottom[i]])
-        _warp_face(canvas, cover, tex, quad, _shade(normal_cam))
+        _warp_face(canvas, cover, tex, quad, lighting.shade(normal_cam))
     top_normal = rot @ np.array([0.0, 1.0, 0.0])
     if top_normal[2] > 1e-6:
-        shade = _shade(top_normal)
+        shade = lighting.shade(top_normal)
         if prism.top_texture is not None and n == 4:
             _warp_face(canvas, cover, prism.top_texture, px_top[[3, 2, 1, 0]], shade)
         else:
@@ -151,8 +161,9 @@ def _draw_prism(canvas, cover, prism: _Prism, to_px, elevation: float, azimuth: 
             cover |= inside
 
 
-def render_view(sku: Sku, elevation: float, azimuth: float, px_per_unit: float) -> Sprite:
-    """Render ``sku`` seen from ``elevation`` (0 = side, 90 = top) and ``azimuth`` degrees, ``px_per_unit`` px/unit.
+def render_view(sku: Sku, elevation: float, azimuth: float, px_per_unit: float, lighting: Lighting = STUDIO) -> Sprite:
+    """Render ``sku`` seen from ``elevation`` (0 = side, 90 = top) and ``azimuth`` degrees, ``px_per_unit`` px/unit,
+    faces shaded by ``lighting``.
 
     Returns a tight :class:`Sprite` (1 px transparent border).
     """
@@ -176,7 +187,7 @@ def render_view(sku: Sku, elevation: float, azimuth: float, px_per_unit: float) 
     canvas = np.zeros((height, width, 3), np.uint8)
     cover = np.zeros((height, width), bool)
     for prism in prisms:
-        _draw_prism(canvas, cover, prism, to_px, elevation, azimuth)
+        _draw_prism(canvas, cover, prism, to_px, elevation, azimuth, lighting)
     size = (width // SUPERSAMPLE, height // SUPERSAMPLE)
     alpha = cv2.resize(cover.astype(np.float32), size, interpolation=cv2.INTER_AREA)
     # Average colour over covered samples only, so edges do not darken towards the black canvas.

@@ -2,8 +2,15 @@
 
 ``DIR/train2019/`` exemplars (one product on a light turntable, every camera elevation x azimuth),
 ``DIR/val2019/`` and ``DIR/test2019/`` checkout images (a tray of products, another domain), the three
-``instances_*2019.json`` files, and ``DIR/exemplar_masks_true/`` (true exemplar masks and view metadata,
-used only to measure mask quality and pose pruning; no pipeline stage reads it).
+``instances_*2019.json`` files, ``DIR/pool2019/`` with ``instances_pool2019.json`` (unlabeled checkout photos, the
+distillation pool a store would have: no annotations), and two folders no pipeline stage reads:
+``DIR/exemplar_masks_true/`` (true exemplar masks and view metadata, to measure mask quality and pose pruning)
+and ``DIR/pool_truth/`` (the pool's labels, to measure pseudo-label selection).
+
+Two styles of checkout domain: ``gap`` (the default; :mod:`rpc_synth.checkout_camera`: a camera above the
+tray, products lying, leaning and piled, an overhead lamp, a woven tray, a shop camera, each photometric
+effect scaled by ``gap``) and ``legacy`` (the world of earlier releases: oblique views, the studio's light on
+the products, a plain tray and a mild camera; its images are byte-identical to those releases').
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import numpy as np
 from rpc_metrics.io import LEVELS, atomic_output, encode_mask, write_instances, write_json
 
 from .baskets import LEVEL_RANGES, sample_basket
+from .checkout_camera import OVERHEAD, checkout_camera, checkout_elevation, jpeg_quality, woven_tray
 from .compose import cast_shadow, paste, place, transform_sprite, visible_parts
 from .parallel import map_ordered
 from .progress import Progress
@@ -27,7 +35,11 @@ from .skus import Sku, make_catalog
 from .views import Sprite, render_view
 
 TRUE_MASKS = "exemplar_masks_true"
-SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
+POOL_TRUTH = "pool_truth"
+SPLIT_CODES = {"train": 1, "val": 2, "test": 3, "pool": 4}
+STYLES = ("gap", "legacy")
+# Per style: checkout px per world unit as a fraction of the image side, and the visible share a product keeps.
+STYLE_DEFAULTS = {"gap": {"product_size": 0.26, "min_visible": 0.35}, "legacy": {"product_size": 0.2, "min_visible": 0.5}}
 # Tray colours (BGR) of the checkout domain: darker and more saturated than the turntable.
 TRAY_COLORS = ((95, 110, 125), (120, 95, 70), (70, 105, 90), (80, 80, 95))
 
@@ -46,9 +58,14 @@ class DomainShift:
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """Sizes of the mini world; the defaults suit a 2-core CPU demo. Every size goes up to RPC's 1815 px."""
+    """Sizes of the mini world; the defaults suit a 2-core CPU demo. Every size goes up to RPC's 1815 px.
+
+    ``product_size`` and ``min_visible`` left at None take their style's default (:data:`STYLE_DEFAULTS`).
+    ``gap``, ``density``, ``lying`` and ``standing`` shape the ``gap`` style only; ``domain`` the ``legacy`` one.
+    """
 
     seed: int = 0
+    style: str = "gap"
     skus: int = 24
     lookalike_pairs: int = 4
     elevations: tuple[float, ...] = (0.0, 30.0, 60.0, 90.0)  # camera elevations of exemplars, degrees
@@ -57,11 +74,32 @@ class WorldConfig:
     checkout_size: int = 384  # checkout images are square
     val_images: int = 60
     test_images: int = 120
-    product_size: float = 0.2  # checkout: px per world unit as a fraction of the image side
-    min_visible: float = 0.5  # checkout instances keep at least this fraction of their mask visible
+    pool_images: int = 240  # unlabeled checkout photos (the distillation pool)
+    product_size: float | None = None  # checkout: px per world unit as a fraction of the image side
+    min_visible: float | None = None  # checkout instances keep at least this fraction of their mask visible
+    gap: float = 1.0  # strength of the checkout camera's photometric gap (0: the legacy camera's, 2: strong)
+    density: float = 1.0  # piling: box overlap allowed 0.3 x density, products gathered towards the tray's centre
+    lying: float = 0.65  # share of products lying on a side (the camera above sees a side view)
+    standing: float = 0.1  # share standing (seen from the top); the rest lean on others
     domain: DomainShift = field(default_factory=DomainShift)
 
     def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise ValueError(f"style should be one of {', '.join(STYLES)}, got {self.style!r}")
+        for name, value in STYLE_DEFAULTS[self.style].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        if not 0.02 <= self.product_size <= 0.6:
+            raise ValueError(f"product_size should be in [0.02, 0.6] (a fraction of the image side), got {self.product_size}")
+        if not 0.05 <= self.min_visible < 1.0:
+            raise ValueError(f"min_visible should be in [0.05, 1), got {self.min_visible}")
+        if not (0.0 <= self.gap <= 3.0 and 0.25 <= self.density <= 3.0):
+            raise ValueError(f"gap should be in [0, 3] and density in [0.25, 3], got {self.gap} and {self.density}")
+        if not (0.0 <= self.lying and 0.0 <= self.standing and self.lying + self.standing <= 1.0):
+            raise ValueError(f"lying and standing should be shares summing to at most 1, got {self.lying}, {self.standing}")
+        for name in ("val_images", "test_images", "pool_images"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} should be >= 0, got {getattr(self, name)}")
         if self.skus < 10:
             raise ValueError(f"skus should be at least 10 (hard trays hold 8-10 categories), got {self.skus}")
         for name in ("exemplar_size", "checkout_size"):
@@ -137,9 +175,12 @@ class _Pose:
     px_per_unit: float
     angle: float
     fit: float = 1.0
+    overhead: bool = False  # lit by the tray's lamp (gap style) instead of the studio's key light
 
     def render(self, sku: Sku) -> Sprite:
-        sprite = transform_sprite(render_view(sku, self.elevation, self.azimuth, self.px_per_unit), 1.0, self.angle)
+        view = render_view(sku, self.elevation, self.azimuth, self.px_per_unit, OVERHEAD) if self.overhead else \
+            render_view(sku, self.elevation, self.azimuth, self.px_per_unit)
+        sprite = transform_sprite(view, 1.0, self.angle)
         return transform_sprite(sprite, self.fit, 0.0) if self.fit != 1.0 else sprite
 
 
@@ -149,9 +190,14 @@ def _checkout_sprites(config: WorldConfig, basket: list[int], rng: np.random.Gen
     ppu = config.product_size * config.checkout_size * shrink
     limit = 0.9 * config.checkout_size
     sprites, poses = [], []
+    gap_style = config.style == "gap"
     for category_id in basket:
-        elevation, azimuth = rng.uniform(20, 75), rng.uniform(0, 360)
-        pose = _Pose(elevation, azimuth, ppu * rng.uniform(0.9, 1.1), rng.uniform(0, 360))
+        if gap_style:
+            elevation = checkout_elevation(rng, config.lying, config.standing)
+            azimuth = rng.uniform(0, 360)
+        else:
+            elevation, azimuth = rng.uniform(20, 75), rng.uniform(0, 360)
+        pose = _Pose(elevation, azimuth, ppu * rng.uniform(0.9, 1.1), rng.uniform(0, 360), overhead=gap_style)
         sprite = pose.render(skus[category_id - 1])
         largest = max(sprite.alpha.shape)
         if largest > limit:
@@ -212,6 +258,8 @@ class _Tray:
 
 
 def _compose_checkout(config: WorldConfig, rng: np.random.Generator, index: int, split: str) -> _Tray:
+    if config.style == "gap":
+        return _compose_gap(config, rng, index, split)
     level = LEVELS[index % len(LEVELS)]
     size = config.checkout_size
     category_ids = [s.id for s in catalog(config)]
@@ -235,6 +283,33 @@ def _compose_checkout(config: WorldConfig, rng: np.random.Generator, index: int,
     raise RuntimeError(f"could not fit a {level} tray for {split} image {index}; raise checkout_size")
 
 
+def _compose_gap(config: WorldConfig, rng: np.random.Generator, index: int, split: str) -> _Tray:
+    """A piled tray of the ``gap`` style: products gathered towards the centre with ``0.3 x density`` box
+    overlap allowed, short soft shadows of an overhead lamp on a woven tray; redrawn (a little smaller every
+    third try) until every product keeps ``min_visible`` of itself in view."""
+    level = LEVELS[index % len(LEVELS)]
+    size = config.checkout_size
+    category_ids = [s.id for s in catalog(config)]
+    shrink = 1.0
+    for attempt in range(45):
+        basket = sample_basket(level, category_ids, rng)
+        sprites, poses = _checkout_sprites(config, basket, rng, shrink)
+        corners = place([s.alpha.shape for s in sprites], (size, size), rng, max_iou=min(0.3 * config.density, 0.8),
+                        spread=0.25 / math.sqrt(config.density))
+        canvas = woven_tray(rng, size, config.gap)
+        labels = np.zeros((size, size), np.int32)
+        offset = (round(0.004 * size), round(0.008 * size))
+        for k, (sprite, (x, y)) in enumerate(zip(sprites, corners, strict=True)):
+            cast_shadow(canvas, sprite, x, y, offset, 0.012 * size, 0.35)
+            paste(canvas, labels, sprite, x, y, k + 1)
+        visible = visible_parts(labels, sprites, corners, config.min_visible)
+        if len(visible) == len(sprites):
+            return _Tray(level, canvas, labels, basket, sprites, poses, corners, visible)
+        if attempt % 3 == 2:
+            shrink *= 0.95
+    raise RuntimeError(f"could not fit a {level} tray for {split} image {index}; lower density or product_size")
+
+
 def render_checkout(config: WorldConfig, split: str, index: int) -> tuple[np.ndarray, str, list[dict]]:
     """Checkout image ``index`` of ``split``: ``image``, its level and annotations (no ids) with visible boxes.
 
@@ -243,7 +318,10 @@ def render_checkout(config: WorldConfig, split: str, index: int) -> tuple[np.nda
     """
     rng = _rng(config, split, index)
     tray = _compose_checkout(config, rng, index, split)
-    image = apply_domain_shift(tray.canvas, rng, config.domain)
+    if config.style == "gap":
+        image = checkout_camera(tray.canvas, rng, config.gap, _light_field)
+    else:
+        image = apply_domain_shift(tray.canvas, rng, config.domain)
     annotations = []
     for v in tray.visible:
         x, y, w, h = v.bbox
@@ -336,6 +414,10 @@ def checkout_file_name(split: str, index: int) -> str:
     return f"{split}_{index + 1:06d}.jpg"
 
 
+def checkout_jpeg_quality(config: WorldConfig) -> int:
+    return jpeg_quality(config.gap) if config.style == "gap" else config.domain.jpeg_quality
+
+
 def _world_task(task: tuple[WorldConfig, str, str, int]) -> dict:
     config, out, split, index = task
     out_dir = Path(out)
@@ -349,7 +431,7 @@ def _world_task(task: tuple[WorldConfig, str, str, int]) -> dict:
         return {"file_name": name, "shape": image.shape[:2], "bbox": bbox, "true_area": int(mask.sum())}
     image, level, annotations = render_checkout(config, split, index)
     name = checkout_file_name(split, index)
-    _write_image(out_dir / f"{split}2019" / name, image, config.domain.jpeg_quality)
+    _write_image(out_dir / f"{split}2019" / name, image, checkout_jpeg_quality(config))
     return {"file_name": name, "shape": image.shape[:2], "level": level, "annotations": annotations}
 
 
@@ -411,6 +493,7 @@ def build_world(out: str | Path, config: WorldConfig | None = None, *, workers: 
     tasks = [(config, str(out), "train", i) for i in range(n_exemplars)]
     tasks += [(config, str(out), "val", i) for i in range(config.val_images)]
     tasks += [(config, str(out), "test", i) for i in range(config.test_images)]
+    tasks += [(config, str(out), "pool", i) for i in range(config.pool_images)]
     bar = Progress(len(tasks), "rpc-synth world", enabled=progress)
     results = []
     for result in map_ordered(_world_task, tasks, workers):
@@ -418,21 +501,30 @@ def build_world(out: str | Path, config: WorldConfig | None = None, *, workers: 
         bar.update()
     train, views = _assemble_exemplars(config, results[:n_exemplars])
     mark_degenerate(views)
-    val = _assemble_checkout(config, results[n_exemplars : n_exemplars + config.val_images])
-    test = _assemble_checkout(config, results[n_exemplars + config.val_images :])
+    ends = np.cumsum([n_exemplars, config.val_images, config.test_images, config.pool_images])
+    val, test, pool = (_assemble_checkout(config, results[a:b]) for a, b in zip(ends[:-1], ends[1:], strict=True))
     write_json({"views": views}, out / TRUE_MASKS / "views.json", indent=1)
     summary = world_summary(config)
     write_json(summary, out / "world.json", indent=1)
-    for split, dataset in (("train", train), ("val", val), ("test", test)):
+    splits = [("train", train), ("val", val), ("test", test)]
+    if config.pool_images:
+        write_instances(pool, out / POOL_TRUTH / "instances_pool2019.json")
+        unlabeled = {**pool, "annotations": [], "images": [{k: v for k, v in im.items() if k != "level"}
+                                                            for im in pool["images"]]}
+        splits.append(("pool", unlabeled))
+    for split, dataset in splits:
         write_instances(dataset, out / f"instances_{split}2019.json")
     return summary
 
 
 def world_summary(config: WorldConfig) -> dict:
     skus = catalog(config)
+    legacy = config.style == "legacy"
+    shown = ("gap", "density", "lying", "standing") if legacy else ("domain",)
     return {
-        "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "domain"},
-        "domain_shift": dataclasses.asdict(config.domain),
+        "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in shown and k != "domain"},
+        "domain_shift": dataclasses.asdict(config.domain) if legacy else {"gap": config.gap,
+                                                                          "jpeg_quality": checkout_jpeg_quality(config)},
         "shapes": sorted({s.shape for s in skus}),
         "lookalike_pairs": [[s.twin_of, s.id] for s in skus if s.twin_of is not None],
         "level_ranges": {k: [list(c), list(n)] for k, (c, n) in LEVEL_RANGES.items()},
