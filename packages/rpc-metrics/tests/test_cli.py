@@ -98,3 +98,77 @@ def test_validate(files, tmp_path):
     assert result.output.startswith("ok: ")  # the good file is still reported
     result = run("validate", counts, "--gt", files["gt"])
     assert result.exit_code == 2 and "pool images are not listed" in result.output
+
+
+def test_evaluate_with_intervals_prints_and_writes_them(files, tmp_path):
+    out_json = tmp_path / "rows.json"
+    result = run("evaluate", files["results"], files["gt"], "--intervals", 50, "--interval-seed", 3,
+                 "--confidence", 0.9, "--levels", "averaged", "--json", out_json)
+    assert result.exit_code == 0, result.output
+    assert "intervals: 90% percentile bootstrap over each row's images (50 resamples, seed 3)" in result.output
+    row = json.loads(out_json.read_text())["rows"][0]
+    lo, hi = row["intervals"]["cacc"]
+    assert f"{100 * row['cacc']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]" in result.output
+    assert set(row["intervals"]) == {"cacc", "mciou", "acd", "mccd", "map50", "mmap"}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--intervals", "-1"], "--intervals"),
+    (["--intervals", "10", "--confidence", "1.5"], "not strictly between 0 and 1"),
+    (["--intervals", "10", "--confidence", "nan"], "not strictly between 0 and 1"),
+    (["--protocol", "fixed", "--threshold", "nan"], "not a finite number"),
+    (["--intervals", "10", "--interval-seed", "-1"], "--interval-seed"),
+])
+def test_evaluate_bad_bootstrap_options_exit_2(files, tmp_path, args, message):
+    out_json = tmp_path / "rows.json"
+    result = run("evaluate", files["results"], files["gt"], *args, "--json", out_json)
+    assert result.exit_code == 2 and message in result.output
+    assert not out_json.exists()
+
+
+def test_compare_prints_the_table_and_writes_json(files, tmp_path):
+    out_json = tmp_path / "cmp.json"
+    result = run("compare", files["results"], files["results"], files["gt"], "--val-results-a", files["val_results"],
+                 "--val-results-b", files["val_results"], "--val-gt", files["val_gt"], "--n-boot", 40, "--seed", 2,
+                 "--levels", "easy,averaged", "--json", out_json)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"A: {files['results']}" and lines[2].startswith("protocol: transfer")
+    assert "| level | metric | A | B | B - A | 95% interval |" in lines
+    assert any(line.startswith("| averaged | cAcc |") and line.endswith("| +0.00 | [+0.00, +0.00] |") for line in lines)
+    assert sum(line.startswith("| easy |") for line in lines) == 6 + 1  # six metrics, one discordance row
+    report = json.loads(out_json.read_text())
+    assert report["n_boot"] == 40 and report["seed"] == 2 and [r["level"] for r in report["rows"]] == ["easy", "averaged"]
+    assert report["rows"][1]["metrics"]["map50"]["interval"] == [0.0, 0.0]
+
+
+def test_compare_refuses_results_of_other_images(files, tmp_path):
+    other, out_json = tmp_path / "other.json", tmp_path / "cmp.json"
+    write_json([{"image_id": 123456, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.4}], other)
+    result = run("compare", files["results"], other, files["gt"], "--protocol", "oracle", "--json", out_json)
+    assert result.exit_code == 2 and f"error: {other}: [0]: image_id 123456 is not in the ground truth" in result.output
+    assert not out_json.exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "needs --val-results-a, --val-results-b and --val-gt"),
+    (["--protocol", "fixed", "--threshold-a", "0.5"], "needs --threshold-a and --threshold-b"),
+    (["--protocol", "oracle", "--threshold-a", "0.5"], "only used with --protocol fixed"),
+    (["--protocol", "fixed", "--threshold-a", "0.5", "--threshold-b", "nan"], "not a finite number"),
+    (["--protocol", "oracle", "--n-boot", "-5"], "--n-boot"),
+    (["--protocol", "oracle", "--confidence", "0"], "not strictly between 0 and 1"),
+    (["--protocol", "oracle", "--levels", "expert"], "not a level"),
+])
+def test_compare_bad_options_exit_2_and_write_nothing(files, tmp_path, args, message):
+    out_json = tmp_path / "cmp.json"
+    result = run("compare", files["results"], files["results"], files["gt"], *args, "--json", out_json)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not out_json.exists()
+
+
+def test_compare_missing_file_exit_2(files, tmp_path):
+    out_json = tmp_path / "cmp.json"
+    result = run("compare", files["results"], tmp_path / "missing.json", files["gt"], "--protocol", "oracle",
+                 "--json", out_json)
+    assert result.exit_code == 2 and "missing.json: file not found" in result.output
+    assert not out_json.exists()

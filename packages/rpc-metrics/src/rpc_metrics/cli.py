@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import itertools
+import math
 import sys
 
 import click
 
+from rpc_metrics.compare import compare
 from rpc_metrics.errors import DEFAULT_SIZE_BINS, analyse_errors
 from rpc_metrics.evaluate import PROTOCOLS, ROWS, SEARCHES, evaluate
 from rpc_metrics.io import FormatError, atomic_output, load_json, read_instances, validate_file, write_json
@@ -32,6 +34,19 @@ def _parse_levels(values: tuple[str, ...]) -> list[str] | None:
 @click.version_option(package_name="rpc-metrics")
 def main() -> None:
     """Exact, fast RPC checkout evaluation (cAcc, mCIoU, ACD, mCCD, mAP50, mmAP per level)."""
+
+
+def _finite_threshold(ctx, param, value: float | None) -> float | None:
+    """Refuse nan and inf (click's float type accepts them)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number; give a score threshold such as 0.5")
+    return value
+
+
+def _confidence(ctx, param, value: float) -> float:
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise click.BadParameter(f"{value} is not strictly between 0 and 1; give a coverage such as 0.95")
+    return value
 
 
 def _check_protocol(protocol, threshold, val_results, val_gt) -> None:
@@ -63,7 +78,8 @@ def _threshold_options(command):
         click.option("--protocol", type=click.Choice(PROTOCOLS), default="oracle", show_default=True,
                      help="How the score threshold is chosen: on the evaluated set (oracle), given (fixed), or on "
                           "a validation pair (transfer)."),
-        click.option("--threshold", type=float, default=None, help="The score threshold of the fixed protocol."),
+        click.option("--threshold", type=float, default=None, callback=_finite_threshold,
+                     help="The score threshold of the fixed protocol."),
         click.option("--val-results", type=click.Path(dir_okay=False), default=None,
                      help="Validation results file (transfer protocol)."),
         click.option("--val-gt", type=click.Path(dir_okay=False), default=None,
@@ -88,15 +104,21 @@ def _threshold_options(command):
               help="Also write the rows (and thresholds) to this JSON file.")
 @click.option("--per-category", "csv_out", type=click.Path(dir_okay=False), default=None,
               help="Also write per-level, per-category counts, CCD, CIoU and AP to this CSV file.")
+@click.option("--intervals", type=click.IntRange(0), default=0, show_default=True,
+              help="Bootstrap resamples of each row's images for percentile intervals (0: none; 1000 is usual).")
+@click.option("--interval-seed", type=click.IntRange(0), default=0, show_default=True,
+              help="Seed of the bootstrap resamples (the same seed gives the same intervals).")
+@click.option("--confidence", type=float, default=0.95, show_default=True, callback=_confidence,
+              help="Coverage of the intervals, between 0 and 1.")
 def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, search, no_map, levels, method,
-                     map_backend, json_out, csv_out) -> None:
+                     map_backend, json_out, csv_out, intervals, interval_seed, confidence) -> None:
     """Evaluate RESULTS (COCO results JSON) against GT (RPC instances JSON) and print the markdown table."""
     _check_protocol(protocol, threshold, val_results, val_gt)
     try:
         report = evaluate(
             results, gt, protocol=protocol, threshold=threshold, val_results=val_results, val_gt=val_gt,
             search=search, compute_map=not no_map, levels=_parse_levels(levels), map_backend=map_backend,
-            method=method,
+            method=method, intervals=intervals, interval_seed=interval_seed, confidence=confidence,
         )
     except ValueError as err:  # FormatError (bad input file) or a bad argument value
         _fail(str(err))
@@ -137,6 +159,62 @@ def errors_command(results, gt, protocol, threshold, val_results, val_gt, search
         report = analyse_errors(results, gt, protocol=protocol, threshold=threshold, val_results=val_results,
                                 val_gt=val_gt, search=search, iou=iou, size_bins=bins,
                                 levels=_parse_levels(levels), top=top)
+    except ValueError as err:  # FormatError (bad input file) or a bad argument value
+        _fail(str(err))
+    click.echo(report.to_markdown())
+    if json_out:
+        write_json(report.to_dict(), json_out, indent=2)
+
+
+def _check_compare_protocol(protocol, threshold_a, threshold_b, val_results_a, val_results_b, val_gt) -> None:
+    if protocol == "fixed" and (threshold_a is None or threshold_b is None):
+        raise click.UsageError("--protocol fixed needs --threshold-a and --threshold-b")
+    if protocol == "transfer" and None in (val_results_a, val_results_b, val_gt):
+        raise click.UsageError("--protocol transfer (the default) needs --val-results-a, --val-results-b and --val-gt; "
+                               "or give --protocol fixed or oracle")
+    if protocol != "fixed" and (threshold_a is not None or threshold_b is not None):
+        raise click.UsageError("--threshold-a and --threshold-b are only used with --protocol fixed")
+
+
+@main.command("compare")
+@click.argument("results_a", type=click.Path(dir_okay=False))
+@click.argument("results_b", type=click.Path(dir_okay=False))
+@click.argument("gt", type=click.Path(dir_okay=False))
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="transfer", show_default=True,
+              help="How each model's threshold is chosen: on its validation results (transfer), given (fixed), or "
+                   "on the evaluated images (oracle).")
+@click.option("--val-results-a", type=click.Path(dir_okay=False), default=None,
+              help="Model A's results on the validation images (transfer protocol).")
+@click.option("--val-results-b", type=click.Path(dir_okay=False), default=None,
+              help="Model B's results on the validation images (transfer protocol).")
+@click.option("--val-gt", type=click.Path(dir_okay=False), default=None,
+              help="Validation ground-truth file (transfer protocol).")
+@click.option("--threshold-a", type=float, default=None, callback=_finite_threshold,
+              help="Model A's score threshold (fixed protocol).")
+@click.option("--threshold-b", type=float, default=None, callback=_finite_threshold,
+              help="Model B's score threshold (fixed protocol).")
+@click.option("--search", type=click.Choice(SEARCHES), default="exact", show_default=True,
+              help="Threshold search: exact optimum over all scores, or the published tool's grid.")
+@click.option("--levels", multiple=True, metavar="LEVELS",
+              help="Rows to report, comma-separated among easy,medium,hard,averaged (default: all that exist).")
+@click.option("--n-boot", type=click.IntRange(1), default=1000, show_default=True,
+              help="Bootstrap resamples of each row's images, the same for A and B.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the resamples.")
+@click.option("--confidence", type=float, default=0.95, show_default=True, callback=_confidence,
+              help="Coverage of the interval of B - A, between 0 and 1.")
+@click.option("--no-map", is_flag=True, help="Skip mAP50 and mmAP (the slowest part of the bootstrap).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the comparison to this JSON file.")
+def compare_command(results_a, results_b, gt, protocol, val_results_a, val_results_b, val_gt, threshold_a,
+                    threshold_b, search, levels, n_boot, seed, confidence, no_map, json_out) -> None:
+    """Compare RESULTS_B with RESULTS_A on the same GT images: B - A per metric with a paired bootstrap interval."""
+    _check_compare_protocol(protocol, threshold_a, threshold_b, val_results_a, val_results_b, val_gt)
+    try:
+        report = compare(
+            results_a, results_b, gt, protocol=protocol, val_results_a=val_results_a, val_results_b=val_results_b,
+            val_gt=val_gt, threshold_a=threshold_a, threshold_b=threshold_b, search=search,
+            levels=_parse_levels(levels), n_boot=n_boot, seed=seed, confidence=confidence, compute_map=not no_map,
+        )
     except ValueError as err:  # FormatError (bad input file) or a bad argument value
         _fail(str(err))
     click.echo(report.to_markdown())

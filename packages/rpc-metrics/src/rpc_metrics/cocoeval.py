@@ -213,6 +213,84 @@ def _interpolated_precision(tp: np.ndarray, ignored: np.ndarray, n_pos: int) -> 
     return out
 
 
+@dataclass(frozen=True)
+class CategoryLayout:
+    """A matching's kept detections laid out per category, for weighted accumulations.
+
+    Slot ``[k, j]`` is the ``j``-th detection of category ``k`` in accumulation order; ``det_image (int64[K, L])``
+    is its image (-1: an empty slot, weight 0); ``tp`` and ``fp (bool[T, K, L])`` are its true / false positive
+    flags per IoU threshold (both False for ignored detections and empty slots). ``gt_image`` and
+    ``gt_category`` list the regular (not ignored) ground truths.
+    """
+
+    det_image: np.ndarray
+    tp: np.ndarray
+    fp: np.ndarray
+    gt_image: np.ndarray
+    gt_category: np.ndarray
+
+
+def category_layout(m: Matching, n_categories: int, image_mask: np.ndarray | None = None) -> CategoryLayout:
+    """Lay out ``m``'s detections per category (its accumulation order is category first).
+
+    With ``image_mask (bool[n_images])``, only the detections and ground truths of those images are kept, and
+    images are numbered by their position among them (the layout of one row).
+    """
+    if image_mask is None:
+        image_mask = np.ones(max(m.det_image.max(initial=-1), m.gt_image.max(initial=-1)) + 1, dtype=bool)
+    position = np.cumsum(image_mask) - 1
+    det_in = image_mask[m.det_image]
+    gt_in = ~m.gt_ignored & image_mask[m.gt_image]
+    det_image, det_category = position[m.det_image[det_in]], m.det_category[det_in]
+    tp, ignored = m.tp[:, det_in], m.ignored[:, det_in]
+    per_category = np.bincount(det_category, minlength=n_categories)
+    slot = np.arange(len(det_category)) - (np.cumsum(per_category) - per_category)[det_category]
+    width = max(int(per_category.max(initial=0)), 1)
+    slot_image = np.full((n_categories, width), -1, dtype=np.int64)
+    slot_image[det_category, slot] = det_image
+    slot_tp = np.zeros((tp.shape[0], n_categories, width), dtype=bool)
+    slot_fp = np.zeros_like(slot_tp)
+    slot_tp[:, det_category, slot] = tp & ~ignored
+    slot_fp[:, det_category, slot] = ~tp & ~ignored
+    return CategoryLayout(slot_image, slot_tp, slot_fp, position[m.gt_image[gt_in]], m.gt_category[gt_in])
+
+
+def weighted_precision_table(layout: CategoryLayout, image_weight: np.ndarray) -> np.ndarray:
+    """:func:`precision_table` with image ``i`` counted ``image_weight[i]`` times: ``float64[T, R, K]``.
+
+    Weight ``w`` on an image is ``w`` copies of it (its detections and ground truths), the copies of each
+    detection next to each other in the accumulation order; weights of 0 and 1 give :func:`precision_table` of
+    that subset exactly. Per IoU threshold and category, over the slots in order: ``tp_w = cumsum(w * tp)``,
+    ``fp_w = cumsum(w * fp)``, recall ``tp_w / n_pos`` (``n_pos``: the weights of the regular ground truths),
+    precision ``tp_w / (tp_w + fp_w + eps)`` made non-increasing from the right, sampled at the first slot whose
+    recall reaches each recall threshold (0 past the last slot), as pycocotools does. The ``w`` copies of a
+    detection are one slot: along copies of a true positive recall and precision both rise, so a sample taken
+    inside the run equals its last copy's after the envelope; copies of a false positive or an ignored
+    detection leave recall where it was, so no first slot falls inside them. A slot of weight 0 changes no sum
+    (no first slot falls on it either, but at recall 0, where its envelope value is the whole row's): empty
+    slots and images of weight 0 need no removal.
+    """
+    weight = np.append(np.asarray(image_weight, dtype=np.float64), 0.0)
+    n_t, n_k, width = layout.tp.shape
+    rows, n_r = n_t * n_k, len(RECALL_THRESHOLDS)
+    det_weight = weight[layout.det_image]
+    tps = np.cumsum(layout.tp * det_weight, axis=2)
+    fps = np.cumsum(layout.fp * det_weight, axis=2)
+    n_pos = np.bincount(layout.gt_category, weights=weight[layout.gt_image], minlength=n_k)
+    recall = tps / np.where(n_pos > 0, n_pos, 1.0)[:, None]
+    precision = tps / (fps + tps + np.spacing(1))
+    precision = np.maximum.accumulate(precision[..., ::-1], axis=2)[..., ::-1]
+    # The slots below threshold r have at most r thresholds <= their recall; recall does not decrease along a
+    # row, so their number is the index pycocotools' searchsorted finds.
+    below = np.searchsorted(RECALL_THRESHOLDS, recall, side="right").reshape(rows, width)
+    row_key = np.arange(rows)[:, None]
+    first = np.cumsum(np.bincount((below + row_key * (n_r + 1)).ravel(), minlength=rows * (n_r + 1))
+                      .reshape(rows, n_r + 1), axis=1)[:, :n_r]
+    sampled = precision.ravel()[np.minimum(first, width - 1) + row_key * width]
+    table = np.where(first < width, sampled, 0.0).reshape(n_t, n_k, n_r).transpose(0, 2, 1)
+    return np.where(n_pos > 0, table, -1.0)
+
+
 def summarize(precision: np.ndarray) -> tuple[float | None, float | None]:
     """(mmAP = AP@[.50:.95], mAP50 = AP@.50) from a precision table; None where undefined."""
     def mean_defined(values: np.ndarray) -> float | None:

@@ -7,6 +7,9 @@ Protocols (every report says which one and the threshold of each row):
 - ``fixed``: one given threshold for every row.
 - ``transfer``: the oracle threshold of a validation pair (its averaged row: the level of a checkout image
   is not known at test time) applied to every row of the test files. The honest protocol.
+
+With ``intervals=B``, each row also gets percentile bootstrap intervals over its images
+(:mod:`rpc_metrics.bootstrap`), at the row's threshold chosen once on the full data.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from rpc_metrics import cocoeval
+from rpc_metrics.bootstrap import check_bootstrap, row_intervals
 from rpc_metrics.counting import CountingMetrics, _compute, _update, count_matrix
 from rpc_metrics.io import LEVELS, FormatError, _load, check_ids_in, results_to_arrays, validate_instances
 from rpc_metrics.threshold import (
@@ -39,7 +43,11 @@ SEARCHES = ("exact", "grid")
 
 @dataclass
 class RowResult:
-    """One row of the table. Fractions in [0, 1] for cAcc, mCIoU, mAP50, mmAP; None where undefined."""
+    """One row of the table. Fractions in [0, 1] for cAcc, mCIoU, mAP50, mmAP; None where undefined.
+
+    ``intervals``: ``{metric: [lo, hi] or None}`` for cacc, mciou, acd, mccd, map50, mmap when bootstrap
+    intervals were asked for, else None.
+    """
 
     level: str
     n_images: int
@@ -53,11 +61,15 @@ class RowResult:
     undefined_mciou: int
     undefined_mccd: int
     per_category: dict[str, list] = field(default_factory=dict, repr=False)
+    intervals: dict[str, list[float] | None] | None = None
 
 
 @dataclass
 class EvaluationReport:
-    """The rows of an evaluation and how their thresholds were chosen."""
+    """The rows of an evaluation and how their thresholds were chosen.
+
+    ``bootstrap``: ``{"n_boot", "seed", "confidence"}`` of the rows' intervals, None without intervals.
+    """
 
     rows: list[RowResult]
     protocol: str
@@ -66,6 +78,7 @@ class EvaluationReport:
     category_ids: list[int]
     category_names: list[str]
     validation_threshold: float | None = None
+    bootstrap: dict | None = None
 
     def row(self, level: str) -> RowResult:
         for row in self.rows:
@@ -81,15 +94,23 @@ class EvaluationReport:
                     "on the validation files' averaged row, applied to every row)")
         return f"protocol: oracle (threshold chosen per row on the evaluated images, {self.search} search)"
 
+    def bootstrap_line(self) -> str:
+        b = self.bootstrap
+        return (f"intervals: {100 * b['confidence']:g}% percentile bootstrap over each row's images ({b['n_boot']} "
+                f"resamples, seed {b['seed']}), at the row's threshold")
+
     def to_markdown(self) -> str:
         """The table of RPC papers, with the threshold of each row and notes on undefined categories."""
         head = "| level | method | cAcc | mCIoU | ACD | mCCD | mAP50 | mmAP | threshold |"
-        lines = [self.protocol_line(), "", head, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines = [self.protocol_line(), *([self.bootstrap_line()] if self.bootstrap else []), "", head,
+                 "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         notes = []
         for r in self.rows:
+            iv = r.intervals or {}
             lines.append(
-                f"| {r.level} | {self.method} | {_pct(r.cacc)} | {_pct(r.mciou)} | {r.acd:.2f} | {_num(r.mccd)} | "
-                f"{_pct(r.map50)} | {_pct(r.mmap)} | {r.threshold:.4g} |"
+                f"| {r.level} | {self.method} | {_pct(r.cacc, iv.get('cacc'))} | {_pct(r.mciou, iv.get('mciou'))} | "
+                f"{_num(r.acd, iv.get('acd'))} | {_num(r.mccd, iv.get('mccd'))} | {_pct(r.map50, iv.get('map50'))} | "
+                f"{_pct(r.mmap, iv.get('mmap'))} | {r.threshold:.4g} |"
             )
             if r.undefined_mciou or r.undefined_mccd:
                 notes.append(
@@ -106,9 +127,14 @@ class EvaluationReport:
         for r in self.rows:
             row = asdict(r)
             row.pop("per_category")
+            if row["intervals"] is None:
+                row.pop("intervals")
             rows.append(row)
-        return {"protocol": self.protocol, "search": self.search, "method": self.method,
-                "validation_threshold": self.validation_threshold, "rows": rows}
+        out = {"protocol": self.protocol, "search": self.search, "method": self.method,
+               "validation_threshold": self.validation_threshold, "rows": rows}
+        if self.bootstrap:
+            out["bootstrap"] = self.bootstrap
+        return out
 
     def per_category_records(self) -> list[dict]:
         """One record per (row, category): counts, CCD, CIoU, AP50, AP (None where undefined)."""
@@ -121,12 +147,17 @@ class EvaluationReport:
         return records
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
+def _pct(value: float | None, interval: list[float] | None = None) -> str:
+    """``34.17%``, or ``34.17% [25.83, 42.50]`` with an interval (in percent)."""
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}%" + ("" if interval is None else f" [{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]")
 
 
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+def _num(value: float | None, interval: list[float] | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" + ("" if interval is None else f" [{interval[0]:.2f}, {interval[1]:.2f}]")
 
 
 @dataclass
@@ -142,8 +173,10 @@ class _Prepared:
     gt_counts: np.ndarray
 
 
-def _prepare(results: Any, gt: Any, *, require_levels: bool) -> tuple[_Prepared, dict, list]:
-    gt_data, gt_name = _load(gt, None)
+def _prepare(results: Any, gt: Any, *, require_levels: bool, gt_source: str | None = None
+             ) -> tuple[_Prepared, dict, list]:
+    """Validate and convert a results/ground-truth pair (``gt_source``: the name errors give an in-memory gt)."""
+    gt_data, gt_name = _load(gt, gt_source)
     ann = validate_instances(gt_data, source=gt_name, require_levels=require_levels)
     res_data, res_name = _load(results, None)
     det = results_to_arrays(res_data, source=res_name)
@@ -207,12 +240,18 @@ def check_protocol(protocol: str, threshold: float | None, val_results: Any, val
         raise ValueError(f"search should be one of {SEARCHES}, got {search!r}")
     if protocol == "fixed" and threshold is None:
         raise ValueError("protocol 'fixed' needs a threshold")
+    if threshold is not None and not _finite(threshold):
+        raise ValueError(f"threshold should be a finite number, got {threshold!r}")
     if protocol == "transfer" and (val_results is None or val_gt is None):
         raise ValueError("protocol 'transfer' needs val_results and val_gt (the validation pair)")
     if levels is not None:
         unknown = [lv for lv in levels if lv not in ROWS]
         if unknown:
             raise ValueError(f"unknown level {unknown[0]!r}; choose among {ROWS}")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value)
 
 
 def _levels_required(levels: Sequence[str] | None) -> bool:
@@ -239,12 +278,17 @@ def _row_threshold(p: _Prepared, mask: np.ndarray, protocol: str, threshold: flo
     return float(threshold if protocol == "fixed" else validation_threshold)
 
 
-def _row_counting(p: _Prepared, mask: np.ndarray, threshold: float) -> tuple[CountingMetrics, dict[str, list]]:
+def _row_count_matrices(p: _Prepared, mask: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted (detections with ``score >= threshold``) and true count matrices ``int64[N row images, K]``."""
     local = np.cumsum(mask) - 1
     counted = mask[p.dt.image_index] & (p.dt.scores >= threshold)
     gt = p.gt_counts[mask]
     pred = count_matrix(local[p.dt.image_index[counted]], p.dt.category_index[counted], gt.shape[0], gt.shape[1])
-    state = _update(pred, gt)
+    return pred, gt
+
+
+def _row_counting(p: _Prepared, mask: np.ndarray, threshold: float) -> tuple[CountingMetrics, dict[str, list]]:
+    state = _update(*_row_count_matrices(p, mask, threshold))
     with np.errstate(divide="ignore", invalid="ignore"):
         ccd = np.where(state.gt_total > 0, state.abs_diff / np.maximum(state.gt_total, 1), np.nan)
         ciou = np.where(state.max_total > 0, state.min_total / np.maximum(state.max_total, 1), np.nan)
@@ -296,6 +340,9 @@ def evaluate(
     levels: Sequence[str] | None = None,
     map_backend: str = "fast",
     method: str = "default",
+    intervals: int = 0,
+    interval_seed: int = 0,
+    confidence: float = 0.95,
 ) -> EvaluationReport:
     """Evaluate detections against RPC ground truth, one row per level plus the averaged row.
 
@@ -309,15 +356,23 @@ def evaluate(
             else only averaged.
         map_backend: ``fast`` (vectorized, equal to pycocotools) or ``pycocotools`` (the reference).
         method: the method name printed in the table.
+        intervals: bootstrap resamples per row (0: no intervals). Each row resamples its own images with
+            replacement and gets ``RowResult.intervals``, percentile intervals of every metric at the row's
+            threshold: the threshold is chosen once on the full data, so the interval measures the sampling
+            noise of the test images, not the choice of threshold. mAP intervals always use the fast
+            (weighted) accumulation.
+        interval_seed: seed of ``numpy.random.default_rng``; the same seed gives the same intervals.
+        confidence: the intervals' coverage, in (0, 1).
     """
     if map_backend not in ("fast", "pycocotools"):
         raise ValueError(f"map_backend should be 'fast' or 'pycocotools', got {map_backend!r}")
     check_protocol(protocol, threshold, val_results, val_gt, search, levels)
+    check_bootstrap(intervals, confidence, interval_seed, name="intervals")
     p, gt_data, res_data = _prepare(results, gt, require_levels=_levels_required(levels))
     levels, validation_threshold = _rows_and_validation(p, levels, protocol, val_results, val_gt, search)
 
     matching = None
-    if compute_map and map_backend == "fast":
+    if compute_map and (map_backend == "fast" or intervals):
         matching = cocoeval.match(p.gt, p.dt, len(p.category_ids))
     rows = []
     for level, mask in _row_masks(p, levels).items():
@@ -325,7 +380,7 @@ def evaluate(
         metrics, columns = _row_counting(p, mask, row_threshold)
         mmap = map50 = None
         if compute_map:
-            if matching is not None:
+            if map_backend == "fast":
                 precision = cocoeval.precision_table(matching, mask, len(p.category_ids))
             else:
                 precision = _pycocotools_precision(gt_data, res_data, p.image_ids[mask])
@@ -336,10 +391,22 @@ def evaluate(
             level=level, n_images=int(mask.sum()), threshold=row_threshold, cacc=metrics.cacc, mciou=metrics.mciou,
             acd=metrics.acd, mccd=metrics.mccd, map50=map50, mmap=mmap, undefined_mciou=metrics.undefined_mciou,
             undefined_mccd=metrics.undefined_mccd, per_category=columns,
+            intervals=_intervals(p, mask, row_threshold, matching, intervals, interval_seed, confidence)
+            if intervals else None,
         ))
     return EvaluationReport(rows=rows, protocol=protocol, search=None if protocol == "fixed" else search,
                             method=method, category_ids=p.category_ids, category_names=p.category_names,
-                            validation_threshold=validation_threshold)
+                            validation_threshold=validation_threshold,
+                            bootstrap={"n_boot": intervals, "seed": interval_seed, "confidence": confidence}
+                            if intervals else None)
+
+
+def _intervals(p: _Prepared, mask: np.ndarray, threshold: float, matching: cocoeval.Matching | None, n_boot: int,
+               seed: int, confidence: float) -> dict[str, list[float] | None]:
+    """Bootstrap intervals of one row at its threshold (mAP ones when ``matching`` is given)."""
+    layout = None if matching is None else cocoeval.category_layout(matching, len(p.category_ids), mask)
+    pred, gt = _row_count_matrices(p, mask, threshold)
+    return row_intervals(pred, gt, n_boot=n_boot, seed=seed, confidence=confidence, layout=layout)
 
 
 __all__ = ["ROWS", "EvaluationReport", "FormatError", "RowResult", "evaluate"]
