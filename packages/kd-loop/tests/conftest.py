@@ -19,7 +19,7 @@ def build_world(folder: Path, seed: int = 0, n_pool: int = 30) -> Path:
     source_gt, _ = make_case(12, 8, seed=seed + 100, image_size=200)
     for item in source_gt["images"] + source_gt["annotations"]:  # source ids apart from the pool's
         item["image_id" if "image_id" in item else "id"] += 1000
-    for name in ("pool_images", "source_images", "val_images"):
+    for name in ("pool_images", "source_images", "val_images", "cal_images", "test_images"):
         (folder / name).mkdir(parents=True, exist_ok=True)
     by_image = defaultdict(list)
     for det in candidates:
@@ -41,6 +41,12 @@ def build_world(folder: Path, seed: int = 0, n_pool: int = 30) -> Path:
     write_json(view, folder / "view_counts.json")
     val_gt, _val_candidates = make_case(9, 8, seed=seed + 7, image_size=200)
     write_json(val_gt, folder / "val_gt.json")
+    # The toy teacher answers by image id, so labelled copies of pool images stand for other labelled checkout
+    # images: a calibration split (the first 10) and a test split (all of them, under another file name).
+    cal_ids = {im["id"] for im in pool_gt["images"][:10]}
+    write_json({**pool_gt, "images": pool_gt["images"][:10],
+                "annotations": [a for a in pool_gt["annotations"] if a["image_id"] in cal_ids]}, folder / "cal_gt.json")
+    write_json(pool_gt, folder / "test_gt.json")
     config = folder / "loop.toml"
     config.write_text(f"""
 rounds = 2

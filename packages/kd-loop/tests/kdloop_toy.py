@@ -3,7 +3,8 @@
 Its teacher knowledge is a fixed file of candidate detections and counts per image (a noisy detector and
 counter). ``fit`` memorizes the labels (not the ignore regions) of every training dataset, on top of the
 initial checkpoint's memory; ``predict`` answers memorized images with their labels at score 0.99 and the
-others with the candidates. Setting KD_TOY_KILL=<suffix> makes ``fit`` kill its own process (SIGKILL) when
+others with the candidates; its counts are multiplied by ``count_factor`` (a counter biased by a domain gap,
+e.g. 1.6: it over-counts everywhere), and ``predict_calls`` lists the pool file of every call. Setting KD_TOY_KILL=<suffix> makes ``fit`` kill its own process (SIGKILL) when
 its out_dir ends with that suffix, after writing a partial file: a crash in the middle of a round.
 """
 
@@ -19,9 +20,11 @@ from rpc_metrics.io import write_json
 
 
 class ToyLearner:
-    def __init__(self, candidates: str, counts: str):
+    def __init__(self, candidates: str, counts: str, count_factor: float = 1.0):
         self.candidates = json.loads(Path(candidates).read_text())
         self.view_counts = json.loads(Path(counts).read_text())
+        self.count_factor = count_factor
+        self.predict_calls: list[str] = []
 
     def fit(self, datasets, *, init, out_dir, seed):
         out_dir = Path(out_dir)
@@ -42,6 +45,7 @@ class ToyLearner:
         return checkpoint
 
     def predict(self, checkpoint, pool, images, *, out_dir):
+        self.predict_calls.append(Path(pool).name)
         memory = json.loads(Path(checkpoint).read_text())["memory"]
         pool_ids = [im["id"] for im in json.loads(Path(pool).read_text())["images"]]
         results, counts = [], []
@@ -54,7 +58,7 @@ class ToyLearner:
                 dets = self.candidates.get(str(image_id), [])
                 view = self.view_counts.get(str(image_id), {})
             results += dets
-            counts.append({"image_id": image_id, "counts": {k: float(v) for k, v in view.items()}})
+            counts.append({"image_id": image_id, "counts": {k: self.count_factor * float(v) for k, v in view.items()}})
         out_dir = Path(out_dir)
         write_json(results, out_dir / "results.json")
         write_json({"count_classes": "category", "images": counts}, out_dir / "counts.json")

@@ -31,6 +31,16 @@ def test_errors_exit_2(toy_world, tmp_path):
     assert status.exit_code == 2 and "no round_" in status.output
 
 
+def test_every_key_is_listed():
+    runner = CliRunner()
+    for args in (["keys"], ["run", "--help-config"]):
+        result = runner.invoke(cli.main, args)
+        assert result.exit_code == 0, result.output
+        for key in ("selection.count_scale = 'auto'", "selection.min_share = 0.1", "selection.fallback = 'closest'",
+                    "calibration.instances = ''", "calibration.images", "test.instances = ''", "test.images"):
+            assert key in result.output
+
+
 def test_console_script_is_installed():
     result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "kd-loop"), "keys"],
                             capture_output=True, text=True)

@@ -6,9 +6,13 @@ import sys
 import pytest
 
 from kd_loop import load_config, run_loop
+from kd_loop.summary import format_table, round_rows
 from rpc_metrics.io import read_instances, read_results, write_json
 
-ARTEFACTS = ("predictions.json", "counts.json", "pseudo_labels.json", "selection.json", "metrics.json", "mix.json")
+ARTEFACTS = ("predictions.json", "counts.json", "pseudo_labels.json", "selection.json", "metrics.json", "mix.json",
+             *(f"{split}_{kind}.json" for split in ("val", "calibration", "test") for kind in ("predictions", "counts")))
+SPLITS = ['val.instances="val_gt.json"', 'val.images="val_images"', 'calibration.instances="cal_gt.json"',
+          'calibration.images="cal_images"', 'test.instances="test_gt.json"', 'test.images="test_images"']
 
 
 def artefacts(workdir):
@@ -26,7 +30,8 @@ def quiet(message):
 
 
 def test_rounds_write_every_artefact(toy_world):
-    config = load_config(toy_world)
+    # Without the fallback's minimum: the toy keeps only images whose detections agree with its counts.
+    config = load_config(toy_world, ["selection.min_share=0"])
     summary = run_loop(config, log=quiet)
     run = toy_world.parent / "run"
     assert sorted(p.name for p in run.iterdir()) == ["round_000", "round_001", "round_002", "summary.md"]
@@ -67,7 +72,8 @@ def test_the_selection_never_sees_ground_truth(toy_world, tmp_path):
 
 def test_resume_after_sigkill_gives_the_same_outputs(toy_world, tests_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests_dir), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "kd_loop.cli", "run", str(toy_world)]
+    # With every split: val, a calibration split predicted each round, a test split measured each round.
+    command = [sys.executable, "-m", "kd_loop.cli", "run", str(toy_world), *SPLITS]
     killed = subprocess.run([*command, "--workdir", str(tmp_path / "resumed")], capture_output=True, text=True,
                             env={**env, "KD_TOY_KILL": "round_002/model"}, timeout=300)
     assert killed.returncode == -9, killed.stderr
@@ -81,7 +87,9 @@ def test_resume_after_sigkill_gives_the_same_outputs(toy_world, tests_dir, tmp_p
                               env=env, timeout=300)
     assert straight.returncode == 0, straight.stderr
     first, second = artefacts(tmp_path / "resumed"), artefacts(tmp_path / "straight")
-    assert first == second and len(first) >= 14
+    assert first == second and len(first) >= 30
+    assert "round_001/calibration_predictions.json" in first and "round_002/test_counts.json" in first
+    assert (tmp_path / "resumed" / "summary.md").read_text() == (tmp_path / "straight" / "summary.md").read_text()
 
 
 def test_transfer_metrics_with_a_val_split(toy_world):
@@ -91,10 +99,104 @@ def test_transfer_metrics_with_a_val_split(toy_world):
     assert set(metrics) >= {"transfer", "oracle", "selection"}
 
 
-def test_an_empty_selection_keeps_the_teacher(toy_world):
-    run_loop(load_config(toy_world, ["selection.thresholds=[1.5]", "rounds=1"]), log=quiet)
+def test_an_empty_selection_keeps_the_teacher_and_says_so(toy_world):
+    lines = []
+    summary = run_loop(load_config(toy_world, ["selection.thresholds=[1.5]", "rounds=1"]), log=lines.append)
     fit = json.loads((toy_world.parent / "run" / "round_001" / "fit.json").read_text())
     assert "teacher is kept" in fit["note"]
+    loud = ("**round 1: only 0 of 30 pool images agreed (minimum 3); none added: the fallback 'closest' found no "
+            "other image with enough labels**")
+    text = summary.read_text()
+    assert f"- {loud}" in text and "round 1 selected no pool image: its student is its teacher" in text
+    assert any("!! round 1 selected no pool image" in line for line in lines)
+
+
+def test_a_round_below_the_minimum_says_so_loudly(toy_world, tmp_path):
+    # The toy's counts agree with its detections on 1 of its 30 images at 0.6: the minimum is ceil(0.1 x 30).
+    lines = []
+    summary = run_loop(load_config(toy_world, ["rounds=1"]), workdir=tmp_path / "run", log=lines.append)
+    stats = json.loads((tmp_path / "run" / "round_001" / "selection.json").read_text())
+    assert (stats["agreeing_images"], stats["fallback_images"], stats["min_images"], stats["fallback"]) == (1, 2, 3, "closest")
+    assert stats["selected_images"] == 3 and "2 other images closest to agreement" in stats["reason"]
+    loud = "**round 1: only 1 of 30 pool images agreed (minimum 3); 2 added by the fallback 'closest'**"
+    assert f"- {loud}" in summary.read_text() and "| 1 | 3 (2 by fallback) |" in summary.read_text()
+    assert any(line.endswith("!! " + loud.strip("*")) for line in lines)
+    rows = round_rows(tmp_path / "run")
+    assert rows[1]["notes"] == [loud] and loud in format_table(rows)
+    # The same run with the fallback off keeps the one agreeing image, and says that too.
+    run_loop(load_config(toy_world, ["rounds=1", 'selection.fallback="none"']), workdir=tmp_path / "off", log=quiet)
+    assert "**round 1: only 1 of 30 pool images agreed (minimum 3); none added (fallback 'none')**" in \
+        (tmp_path / "off" / "summary.md").read_text()
+    run_loop(load_config(toy_world, ["rounds=1", "selection.min_share=0"]), workdir=tmp_path / "nomin", log=quiet)
+    assert "**" not in (tmp_path / "nomin" / "summary.md").read_text()
+
+
+class CountingToy:
+    """The toy learner, counting its predict calls."""
+
+    def __init__(self, world):
+        from kdloop_toy import ToyLearner
+
+        self.toy = ToyLearner(str(world / "candidates.json"), str(world / "view_counts.json"))
+        self.fit = self.toy.fit
+
+    def predict(self, checkpoint, pool, images, *, out_dir):
+        return self.toy.predict(checkpoint, pool, images, out_dir=out_dir)
+
+    def calls(self):
+        return self.toy.predict_calls
+
+
+def test_a_test_split_is_predicted_and_measured_each_round(toy_world, tmp_path):
+    learner = CountingToy(toy_world.parent)
+    run_loop(load_config(toy_world, SPLITS[:2] + SPLITS[4:]), workdir=tmp_path / "run", log=quiet, learner=learner)
+    # Per round: pool, val (also the calibration split of the default count_scale 'auto'), test.
+    assert learner.calls() == ["pool.json", "val_pool.json", "test_pool.json"] * 3
+    for r in range(3):
+        folder = tmp_path / "run" / f"round_{r:03d}"
+        assert (folder / "test_predictions.json").is_file() and (folder / "test_counts.json").is_file()
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["test"]["transductive"] is False and set(metrics["test"]) >= {"transfer", "oracle"}
+        # The test split holds the pool's images under another name: same predictions, same accuracy.
+        assert metrics["test"]["oracle"] == metrics["oracle"]
+    assert "test cAcc (transfer)" in (tmp_path / "run" / "summary.md").read_text()
+
+
+def test_a_test_split_that_is_the_pool_reuses_its_predictions(toy_world, tmp_path):
+    learner = CountingToy(toy_world.parent)
+    transductive = ['test.instances="pool_gt.json"', 'test.images="pool_images"', 'pool.gt=""']
+    run_loop(load_config(toy_world, transductive), workdir=tmp_path / "run", log=quiet, learner=learner)
+    assert learner.calls() == ["pool.json"] * 3  # predicted once per round
+    for r in range(3):
+        folder = tmp_path / "run" / f"round_{r:03d}"
+        assert not (folder / "test_predictions.json").exists()
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["test"]["transductive"] is True and "transfer" not in metrics["test"]
+        assert "oracle" not in metrics  # no pool.gt: the pool itself is not measured
+
+
+def test_the_calibration_split_is_val_unless_another_is_given(toy_world, tmp_path):
+    learner = CountingToy(toy_world.parent)
+    same_as_val = ['calibration.instances="val_gt.json"', 'calibration.images="val_images"', "rounds=1"]
+    run_loop(load_config(toy_world, [*SPLITS[:2], *same_as_val]), workdir=tmp_path / "val", log=quiet, learner=learner)
+    assert learner.calls() == ["pool.json", "val_pool.json"] * 2  # val's predictions serve, not predicted twice
+    stats = json.loads((tmp_path / "val" / "round_001" / "selection.json").read_text())
+    assert stats["count_calibration"]["split"] == "val" and stats["count_calibration"]["images"] == 9
+    learner = CountingToy(toy_world.parent)
+    run_loop(load_config(toy_world, SPLITS[2:4]), workdir=tmp_path / "cal", log=quiet, learner=learner)
+    # Each round's model predicts the calibration split for the next round's selection; the last one needn't.
+    assert learner.calls() == ["pool.json", "calibration_pool.json"] * 2 + ["pool.json"]
+    stats = json.loads((tmp_path / "cal" / "round_002" / "selection.json").read_text())
+    assert stats["count_calibration"]["split"] == "calibration" and stats["count_calibration"]["images"] == 10
+    # No labelled split: 'auto' stays at 1 and says why; the instance policies use no counts.
+    run_loop(load_config(toy_world, ["rounds=1"]), workdir=tmp_path / "none", log=quiet)
+    stats = json.loads((tmp_path / "none" / "round_001" / "selection.json").read_text())
+    assert stats["count_scale"] == 1.0 and stats["count_calibration"]["method"].startswith("not fitted")
+    learner = CountingToy(toy_world.parent)
+    run_loop(load_config(toy_world, [*SPLITS[2:4], "rounds=1", 'selection.policy="instance"']),
+             workdir=tmp_path / "instance", log=quiet, learner=learner)
+    assert learner.calls() == ["pool.json"] * 2
+    assert "count_calibration" not in json.loads((tmp_path / "instance" / "round_001" / "selection.json").read_text())
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from kd_loop.selection import SelectionPolicy, select_pseudo_labels
@@ -160,3 +161,85 @@ def test_the_selector_refuses_ground_truth_and_bad_inputs():
         select_pseudo_labels(pool(), [det(9, 1, 0.9)], COUNTS, SelectionPolicy("instance"))
     with pytest.raises(ValueError, match="ignore_threshold"):
         SelectionPolicy(threshold=0.5, ignore_threshold=0.7)
+
+
+def test_count_scale_multiplies_the_counts_before_rounding():
+    doubled = {**COUNTS, "images": [{"image_id": it["image_id"], "counts": {k: 2 * v for k, v in it["counts"].items()}}
+                                    for it in COUNTS["images"]]}
+    want = select_pseudo_labels(pool(), RESULTS, COUNTS, SelectionPolicy("image", threshold=0.8))
+    _, stats = select_pseudo_labels(pool(), RESULTS, doubled, SelectionPolicy("image", threshold=0.8))
+    assert stats["selected_images"] == 0  # every count doubled: nothing agrees
+    data, stats = select_pseudo_labels(pool(), RESULTS, doubled, SelectionPolicy("image", threshold=0.8, count_scale=0.5))
+    assert data == want[0] and stats["count_scale"] == 0.5
+    with pytest.raises(ValueError, match="count_scale should be a positive number"):
+        SelectionPolicy(count_scale=float("nan"))
+
+
+def test_fallback_adds_the_images_closest_to_agreement():
+    # At 0.8: image 1 agrees; image 2 (1 cola, tea 1.4 -> 1 but undetected) and image 3 (2 chips, 1.49 -> 1) are
+    # both one off; image 4 has no label. Ties go to the lower image id.
+    for minimum, ids, added in ((1, [1], 0), (2, [1, 2], 1), (3, [1, 2, 3], 2), (4, [1, 2, 3], 2)):
+        data, stats = select_pseudo_labels(pool(), RESULTS, COUNTS,
+                                           SelectionPolicy("image", threshold=0.8, min_images=minimum))
+        assert [im["id"] for im in data["images"]] == ids
+        assert (stats["agreeing_images"], stats["fallback_images"], stats["min_images"]) == (1, added, minimum)
+        assert (stats["reason"] is None) == (minimum == 1)
+    assert "no other image has at least 1 label" in stats["reason"]
+    data, stats = select_pseudo_labels(pool(), RESULTS, COUNTS,
+                                       SelectionPolicy("image", threshold=0.8, min_images=3, fallback="none"))
+    assert [im["id"] for im in data["images"]] == [1] and stats["fallback_images"] == 0
+    assert "fallback 'none' adds no image" in stats["reason"]
+    # A fallback image is labelled like an agreeing one: its confident boxes, and ignore regions under image+instance.
+    data, _ = select_pseudo_labels(pool(), RESULTS, COUNTS, SelectionPolicy(
+        "image+instance", threshold=0.8, ignore_threshold=0.3, min_images=2))
+    assert [(a["image_id"], a["iscrowd"]) for a in data["annotations"] if a["image_id"] == 2] == [(2, 0), (2, 1)]
+
+
+def slow_closest(detected, view, ids, candidates, n):
+    """Every candidate with its disagreement sum_k |detected - view|, sorted by (disagreement, image id)."""
+    ranked = sorted((sum(abs(int(d) - int(v)) for d, v in zip(detected[i], view[i], strict=True)), ids[i], i)
+                    for i in range(len(ids)) if candidates[i])
+    return [i for _, _, i in ranked[:n]]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_closest_to_agreement_against_a_slow_ranking(seed):
+    from kd_loop.selection import closest_to_agreement
+
+    rng = np.random.default_rng(seed)
+    n = 40
+    detected, view = rng.integers(0, 4, (n, 3)), rng.integers(0, 4, (n, 3))  # many ties
+    ids = rng.permutation(1000)[:n]
+    candidates = rng.random(n) < 0.7
+    for k in (0, 5, 40):
+        assert closest_to_agreement(detected, view, ids, candidates, k).tolist() == \
+            slow_closest(detected, view, ids, candidates, k)
+
+
+def test_fallback_is_deterministic_whatever_the_order_of_the_predictions():
+    policy = SelectionPolicy("image+instance", threshold=0.8, ignore_threshold=0.3, min_images=2)
+    want = select_pseudo_labels(pool(), RESULTS, COUNTS, policy)
+    shuffled = {**COUNTS, "images": COUNTS["images"][::-1]}
+    reordered_pool = {**pool(), "images": pool()["images"][::-1]}
+    got = select_pseudo_labels(reordered_pool, RESULTS, shuffled, policy)
+    assert [im["id"] for im in got[0]["images"]] == [2, 1] and got[1] == want[1]  # the pool's own order is kept
+    assert sorted(got[0]["annotations"], key=lambda a: a["id"]) == want[0]["annotations"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_control_draws_as_many_images_as_the_policy_keeps_with_fallback(seed):
+    _, real = select_pseudo_labels(pool(), RESULTS, COUNTS, SelectionPolicy("image+instance", threshold=0.8,
+                                                                              ignore_threshold=0.3, min_images=3))
+    data, control = select_pseudo_labels(pool(), RESULTS, COUNTS, SelectionPolicy(
+        "random", threshold=0.8, ignore_threshold=0.3, min_images=3, seed=seed))
+    assert control["selected_images"] == real["selected_images"] == len(data["images"]) == 3
+    assert (control["agreeing_images"], control["fallback_images"]) == (1, 2)
+    assert {im["id"] for im in data["images"]} <= {1, 2, 3}  # images with at least min_boxes labels
+
+
+def test_instance_policies_report_a_shortfall_without_a_fallback():
+    _, stats = select_pseudo_labels(pool(), RESULTS, None, SelectionPolicy("instance", threshold=0.8, min_images=4))
+    assert stats["selected_images"] == 3 and stats["fallback_images"] == 0 and stats["agreeing_images"] is None
+    assert stats["fallback"] is None and "fewer than the minimum 4" in stats["reason"]
+    with pytest.raises(ValueError, match="fallback should be one of"):
+        SelectionPolicy(fallback="nearest")

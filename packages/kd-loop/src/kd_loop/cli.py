@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from kd_loop.config import ConfigError, describe_keys, load_config
-from kd_loop.loop import format_table, round_rows, run_loop
+from kd_loop.loop import run_loop
+from kd_loop.summary import format_table, round_rows
 from rpc_metrics.io import FormatError
 
 USAGE_ERROR = 2
@@ -20,7 +21,15 @@ def main() -> None:
     """Iterative knowledge distillation with label-free pseudo-label selection."""
 
 
+def _print_keys(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        click.echo(describe_keys())
+        ctx.exit()
+
+
 @main.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("--help-config", is_flag=True, is_eager=True, expose_value=False, callback=_print_keys,
+              help="Print every config key with its default and meaning, and exit.")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--rounds", type=int, default=None, help="Number of distillation rounds (overrides the config).")

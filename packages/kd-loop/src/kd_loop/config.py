@@ -20,10 +20,19 @@ Paths are relative to the config file's folder. Example::
     [val]                                          # optional: the transfer protocol's threshold comes from here
     instances = "world/instances_val2019.json"
     images = "world/val2019"
+
+    [calibration]                                  # optional labelled split the selection calibrates on (default: val)
+    instances = "synth_heldout/instances.json"
+    images = "synth_heldout/images"
+
+    [test]                                         # optional, reporting only: each round's accuracy on it
+    instances = "world/instances_test2019.json"
+    images = "world/test2019"
 """
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,9 +55,16 @@ SCHEMA: dict[str, tuple[Any, str]] = {
     "pool.gt": ("", "ground truth of the pool, for reporting only (never seen by the selection)"),
     "val.instances": ("", "instances JSON with ground truth of a validation split (transfer protocol threshold)"),
     "val.images": ("", "image folder of the validation split"),
+    "calibration.instances": ("", "instances JSON with ground truth the selection calibrates on (target_precision, count_scale 'auto'), e.g. held-out synthesized images; empty: the val split"),
+    "calibration.images": ("", "image folder of the calibration split"),
+    "test.instances": ("", "instances JSON with ground truth of a test split, reporting only: each round's model is measured on it (the pool's own files: its predictions are reused, transductive)"),
+    "test.images": ("", "image folder of the test split"),
     "selection.policy": ("image+instance", "'image', 'instance', 'image+instance', or the controls 'random' (of image) and 'random-instance' (of instance)"),
     "selection.thresholds": ([0.80, 0.85, 0.90, 0.95], "score threshold per round (the last one repeats)"),
-    "selection.target_precision": (0.0, "when > 0: each round's threshold is the lowest score at which the teacher's detections on the labelled val split are right this often (needs [val]; replaces selection.thresholds); 0: the fixed schedule"),
+    "selection.target_precision": (0.0, "when > 0: each round's threshold is the lowest score at which the teacher's detections on the labelled calibration split are right this often (needs [calibration] or [val]; replaces selection.thresholds); 0: the fixed schedule"),
+    "selection.count_scale": ("auto", "the counting view's counts are multiplied by this before rounding in the agreement check: 'auto' (each round, true objects / counted on the calibration split, clipped to [0.25, 4]; 1 without one), 'none' (1) or a positive number"),
+    "selection.min_share": (0.1, "a round should keep at least ceil(this x pool images) images (0: no minimum); below it the image-level policies call selection.fallback, and the summary says so loudly"),
+    "selection.fallback": ("closest", "when fewer images agree than selection.min_share asks: 'closest' adds the other images with the least disagreement sum |detections - scaled count| (then lowest image id); 'none' adds none"),
     "selection.count_classes": ("auto", "granularity of the count agreement: auto (the counts file's own classes), category, supercategory or object (a per-category counts file is summed into the coarser classes)"),
     "selection.min_boxes": (1, "an image is selected only with at least this many kept boxes"),
     "selection.ignore_threshold": (0.5, "instance level: detections scoring in [this, threshold) become ignore regions"),
@@ -145,6 +161,42 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
     return LoopConfig(values=values, base_dir=base_dir)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_number(values: dict[str, Any], key: str, low: float, high: float = math.inf, *,
+                  integer: bool = False, low_open: bool = False, hint: str = "") -> None:
+    """Raise a ConfigError naming ``key`` unless its value is a finite number (an integer) in the range."""
+    value = values[key]
+    ok = (isinstance(value, int) and not isinstance(value, bool)) if integer else _is_number(value)
+    if not ok or not (low < value if low_open else low <= value) or not value <= high:
+        kind = "an integer" if integer else "a number"
+        bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]" if high < math.inf else f"{'>' if low_open else '>='} {low:g}"
+        raise ConfigError(f"{key} should be {kind} {'in ' if high < math.inf else ''}{bounds}{hint}, got {value!r}")
+
+
+def _check_splits(values: dict[str, Any]) -> None:
+    for split in ("val", "calibration", "test"):
+        if bool(values[f"{split}.instances"]) != bool(values[f"{split}.images"]):
+            raise ConfigError(f"{split}.instances and {split}.images go together (both or neither)")
+    if values["selection.target_precision"] > 0 and not (values["val.instances"] or values["calibration.instances"]):
+        raise ConfigError("selection.target_precision calibrates on a labelled split, and none is given: set "
+                          "val.instances and val.images (or calibration.instances and calibration.images), or "
+                          "set selection.target_precision=0 to use selection.thresholds")
+
+
+def _check_selection(values: dict[str, Any]) -> None:
+    scale = values["selection.count_scale"]
+    if scale not in ("auto", "none") and not (_is_number(scale) and scale > 0):
+        raise ConfigError(f"selection.count_scale should be 'auto', 'none' or a positive number, got {scale!r}")
+    _check_number(values, "selection.min_share", 0.0, 1.0, hint=" (0: no minimum)")
+    if values["selection.fallback"] not in ("closest", "none"):
+        raise ConfigError(f"selection.fallback should be 'closest' or 'none', got {values['selection.fallback']!r}")
+    _check_number(values, "selection.min_boxes", 0, integer=True)
+    _check_number(values, "selection.ignore_threshold", 0.0)
+
+
 def _check_values(values: dict[str, Any]) -> None:
     if values["selection.policy"] not in POLICIES:
         raise ConfigError(f"selection.policy should be one of {POLICIES}, got {values['selection.policy']!r}")
@@ -153,26 +205,20 @@ def _check_values(values: dict[str, Any]) -> None:
     if values["mix.student_init"] not in ("teacher", "scratch"):
         raise ConfigError("mix.student_init should be 'teacher' or 'scratch'")
     thresholds = values["selection.thresholds"]
-    if not isinstance(thresholds, list) or not thresholds or not all(isinstance(t, (int, float)) for t in thresholds):
+    if not isinstance(thresholds, list) or not thresholds or not all(_is_number(t) for t in thresholds):
         raise ConfigError("selection.thresholds should be a non-empty list of numbers, e.g. [0.8, 0.85, 0.9, 0.95]")
-    target = values["selection.target_precision"]
-    if not isinstance(target, (int, float)) or not 0.0 <= target <= 1.0:
-        raise ConfigError(f"selection.target_precision should be a number in [0, 1] (0: off), got {target!r}")
-    if target > 0 and not values["val.instances"]:
-        raise ConfigError("selection.target_precision calibrates on the labelled val split: set val.instances and "
-                          "val.images, or set selection.target_precision=0 to use selection.thresholds")
+    _check_number(values, "selection.target_precision", 0.0, 1.0, hint=" (0: off)")
+    _check_selection(values)
     if not isinstance(values["rounds"], int) or values["rounds"] < 0:
         raise ConfigError("rounds should be a non-negative integer")
     datasets = values["source.datasets"]
     if not isinstance(datasets, list) or not all(isinstance(d, Mapping) and "instances" in d and "images" in d
                                                  for d in datasets):
         raise ConfigError("source.datasets should be a list of {instances = ..., images = ..., weight = ...} tables")
-    if bool(values["val.instances"]) != bool(values["val.images"]):
-        raise ConfigError("val.instances and val.images go together (both or neither)")
+    _check_splits(values)
     if not isinstance(values["learner.kwargs"], Mapping):
         raise ConfigError("learner.kwargs should be a table of keyword arguments")
-    if values["mix.source_ratio"] < 0:
-        raise ConfigError("mix.source_ratio should be >= 0")
+    _check_number(values, "mix.source_ratio", 0.0)
 
 
 def describe_keys() -> str:

@@ -3,10 +3,12 @@
 Workdir layout::
 
     round_000/            the source model: fit.json (its checkpoint), predictions.json, counts.json,
-                          val_predictions.json (with a val split), metrics.json (with pool ground truth)
+                          val_predictions.json (with a val split), calibration_predictions.json (with a
+                          calibration split other than val, when the selection calibrates), test_predictions.json
+                          (with a test split other than the pool), metrics.json (with pool.gt or a test split)
     round_001/ ...        pseudo_labels.json and selection.json (from the previous round's predictions),
-                          mix.json (+ source_subset_*.json), fit.json, predictions.json, counts.json, metrics.json
-    summary.md            one row per round
+                          mix.json (+ source_subset_*.json), fit.json, then the predictions and metrics as above
+    summary.md            one row per round, and a loud note per round that kept too few images or none
 
 A step is done when its artefact exists; starting a killed run again continues with the first unfinished
 step, and the outputs equal those of an uninterrupted run (every random choice is seeded by round).
@@ -15,6 +17,7 @@ step, and the outputs equal those of an uninterrupted run (every random choice i
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -24,13 +27,15 @@ from typing import Any
 import numpy as np
 
 from kd_loop import report
-from kd_loop.calibration import precision_threshold
+from kd_loop.calibration import count_scale, precision_threshold
 from kd_loop.config import ConfigError, LoopConfig
 from kd_loop.protocols import Learner, Prediction, TrainingSet
-from kd_loop.selection import SelectionPolicy, select_pseudo_labels
+from kd_loop.selection import IMAGE_LEVEL, SelectionPolicy, select_pseudo_labels
+from kd_loop.summary import format_table as format_table  # kept importable from here, their former home
+from kd_loop.summary import round_rows as round_rows
+from kd_loop.summary import selection_notes, write_summary
 from rpc_metrics.io import (
     as_pool,
-    atomic_output,
     load_json,
     read_counts,
     read_instances,
@@ -39,6 +44,9 @@ from rpc_metrics.io import (
 )
 
 Log = Callable[[str], None]
+# Artefact name prefix of each split's predictions in a round folder.
+PREFIX = {"pool": "", "val": "val_", "calibration": "calibration_", "test": "test_"}
+LABELLED = ("val", "calibration", "test")
 
 
 def _stderr(message: str) -> None:
@@ -62,19 +70,53 @@ def load_learner(path: str, kwargs: dict[str, Any]) -> Learner:
 
 
 def check_inputs(config: LoopConfig) -> None:
-    """Fail early, naming the missing file or folder."""
+    """Fail early, naming the missing file or folder, or the labelled split without labels."""
     checks = [("pool.instances", config.path("pool.instances"), "file"), ("pool.images", config.path("pool.images"), "dir")]
-    for key in ("pool.gt", "val.instances"):
-        if config[key]:
-            checks.append((key, config.path(key), "file"))
-    if config["val.images"]:
-        checks.append(("val.images", config.path("val.images"), "dir"))
+    if config["pool.gt"]:
+        checks.append(("pool.gt", config.path("pool.gt"), "file"))
+    for split in LABELLED:
+        if config[f"{split}.instances"]:
+            checks += [(f"{split}.instances", config.path(f"{split}.instances"), "file"),
+                       (f"{split}.images", config.path(f"{split}.images"), "dir")]
     for i, ds in enumerate(config["source.datasets"]):
         checks.append((f"source.datasets[{i}].instances", config.base_dir / ds["instances"], "file"))
         checks.append((f"source.datasets[{i}].images", config.base_dir / ds["images"], "dir"))
     for key, path, kind in checks:
         if not (path.is_dir() if kind == "dir" else path.is_file()):
             raise ConfigError(f"{key}: {kind} {path} not found; fix the path in the config")
+    for split in LABELLED:
+        if config[f"{split}.instances"] and not load_json(config.path(f"{split}.instances")).get("annotations"):
+            raise ConfigError(f"{split}.instances: {config.path(f'{split}.instances')} has no annotations; the {split} "
+                              "split needs ground truth (an unlabeled pool goes in pool.instances)")
+    split = calibration_split(config)
+    pool_files = [config.path(key) for key in ("pool.instances", "pool.gt") if config[key]]
+    if split and calibrates(config) and any(_same_path(config.path(f"{split}.instances"), f) for f in pool_files):
+        raise ConfigError(f"{split}.instances is the pool's own file: calibrating on it would show the pool's labels "
+                          "to the selection; name another labelled split (calibration.instances), or set "
+                          "selection.count_scale=none and selection.target_precision=0")
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def calibration_split(config: LoopConfig) -> str | None:
+    """The labelled split the selection calibrates on: ``calibration``, ``val`` (also when the calibration keys
+    name the val split's files), or None."""
+    if not config["calibration.instances"]:
+        return "val" if config["val.instances"] else None
+    same = [_same_path(config.path(f"calibration.{kind}"), config.path(f"val.{kind}")) for kind in ("instances", "images")
+            if config["val.instances"]]
+    return "val" if same and all(same) else "calibration"
+
+
+def calibrates(config: LoopConfig) -> bool:
+    """Whether the selection reads the calibration split: for its threshold, or for an 'auto' count scale."""
+    counts_used = config["selection.policy"] in IMAGE_LEVEL and config["selection.count_scale"] == "auto"
+    return float(config["selection.target_precision"]) > 0 or counts_used
 
 
 class Run:
@@ -85,17 +127,39 @@ class Run:
         self.pool = as_pool(read_instances(config.path("pool.instances")))
         self.pool_images = config.path("pool.images")
         self.seed = int(config["seed"])
+        self.calibration = calibration_split(config)
+        # The transductive use: the test split is the pool itself, whose predictions are reused.
+        self.transductive = bool(config["test.instances"]) and all(
+            _same_path(a, b) for a, b in zip(self.split_files("test"), self.split_files("pool"), strict=True))
 
     def round_dir(self, r: int) -> Path:
         return self.workdir / f"round_{r:03d}"
+
+    def split_files(self, split: str) -> tuple[Path, Path]:
+        """The instances JSON and image folder of ``split`` (pool, val, calibration or test)."""
+        if split == "pool":
+            return self.config.path("pool.instances"), self.pool_images
+        return self.config.path(f"{split}.instances"), self.config.path(f"{split}.images")
+
+    def splits_to_predict(self, r: int, rounds: int) -> list[str]:
+        """The splits round ``r``'s model predicts: the pool, val, the calibration split when the next round's
+        selection calibrates on it (and it is not val), the test split unless it is the pool."""
+        splits = ["pool"]
+        if self.config["val.instances"]:
+            splits.append("val")
+        if self.calibration == "calibration" and calibrates(self.config) and r < rounds:
+            splits.append("calibration")
+        if self.config["test.instances"] and not self.transductive:
+            splits.append("test")
+        return splits
 
     def _step(self, r: int, name: str, artefact: Path, action: Callable[[], str]) -> None:
         if artefact.exists():
             self.log(f"[round {r}] {name}: done earlier ({artefact.name})")
             return
         start = time.perf_counter()
-        message = action()
-        self.log(f"[round {r}] {name}: {message} ({time.perf_counter() - start:.1f} s)")
+        first, *loud = action().split("\n")
+        self.log("\n".join([f"[round {r}] {name}: {first} ({time.perf_counter() - start:.1f} s)", *loud]))
 
     # -- steps -------------------------------------------------------------------------------------------
 
@@ -121,29 +185,60 @@ class Run:
             results = read_results(teacher / "predictions.json")
             counts_path = teacher / "counts.json"
             counts = read_counts(counts_path) if counts_path.exists() else None
+            # The labelled calibration split sets the threshold and the count scale, never the pool's labels.
+            labelled = self._teacher_on_calibration(r - 1)
             threshold, calibrated = self.config.threshold(r), None
             target = float(self.config["selection.target_precision"])
-            if target > 0:  # the labelled val split sets it, never the pool's labels
+            if target > 0:
                 calibrated = {"target_precision": target, **precision_threshold(
-                    read_results(teacher / "val_predictions.json"),
-                    read_instances(self.config.path("val.instances")), target)}
+                    read_results(labelled[0]), labelled[2], target)}
                 threshold = calibrated["threshold"]
+            scale = None
+            if self.config["selection.policy"] in IMAGE_LEVEL:
+                scale = {"split": self.calibration, **count_scale(
+                    self.config["selection.count_scale"], *(labelled[1:] if labelled else (None, None)))}
             policy = SelectionPolicy(
                 policy=self.config["selection.policy"], threshold=threshold,
                 ignore_threshold=min(float(self.config["selection.ignore_threshold"]), threshold),
                 count_classes=self.config["selection.count_classes"], min_boxes=int(self.config["selection.min_boxes"]),
-                seed=self.seed * 1000 + r,
+                seed=self.seed * 1000 + r, count_scale=scale["scale"] if scale else 1.0,
+                min_images=math.ceil(round(float(self.config["selection.min_share"]) * len(self.pool["images"]), 9)),
+                fallback=self.config["selection.fallback"],
             )
             dataset, stats = select_pseudo_labels(self.pool, results, counts, policy)
             if calibrated is not None:
                 stats["calibration"] = calibrated
+            if scale is not None:
+                stats["count_calibration"] = scale
             write_json(dataset, out / "pseudo_labels.json")
             write_json(stats, out / "selection.json", indent=2)
-            return (f"{stats['selected_images']} of {stats['pool_images']} images, {stats['boxes']} boxes, "
-                    f"{stats['ignore_regions']} ignore regions (threshold {stats['threshold']:.2f}"
-                    + (f", calibrated on val for precision {target:.2f})" if calibrated is not None else ")"))
+            return self._selection_message(r, stats)
 
         self._step(r, "select", out / "selection.json", action)
+
+    def _teacher_on_calibration(self, r: int) -> tuple[Path, dict | None, dict] | None:
+        """Round ``r``'s predictions (results path, counts or None) on the calibration split and its ground
+        truth; None without a calibration split or its predictions."""
+        if self.calibration is None:
+            return None
+        folder, prefix = self.round_dir(r), PREFIX[self.calibration]
+        if not (folder / f"{prefix}predictions.json").exists():
+            return None
+        counts_path = folder / f"{prefix}counts.json"
+        return (folder / f"{prefix}predictions.json", read_counts(counts_path) if counts_path.exists() else None,
+                read_instances(self.split_files(self.calibration)[0]))
+
+    def _selection_message(self, r: int, stats: dict) -> str:
+        calibrated = stats.get("calibration")
+        scale = stats.get("count_calibration")
+        agreed = ("" if stats["agreeing_images"] is None else
+                  f" ({stats['agreeing_images']} agreeing, {stats['fallback_images']} by fallback)")
+        message = (f"{stats['selected_images']} of {stats['pool_images']} images{agreed}, {stats['boxes']} boxes, "
+                   f"{stats['ignore_regions']} ignore regions (threshold {stats['threshold']:.2f}"
+                   + (f", calibrated on {self.calibration} for precision {calibrated['target_precision']:.2f}"
+                      if calibrated else "")
+                   + (f"; count scale {scale['scale']:.3g}, {scale['method']}" if scale else "") + ")")
+        return "".join([message, *(f"\n    !! {note.strip('*')}" for note in selection_notes(r, stats))])
 
     def mix(self, r: int) -> None:
         out = self.round_dir(r)
@@ -184,9 +279,8 @@ class Run:
 
     def predict(self, r: int, split: str = "pool") -> None:
         out = self.round_dir(r)
-        prefix = "" if split == "pool" else "val_"
-        instances = self.config.path(f"{split}.instances")
-        images = self.pool_images if split == "pool" else self.config.path("val.images")
+        prefix = PREFIX[split]
+        instances, images = self.split_files(split)
 
         def action() -> str:
             checkpoint = Path(load_json(out / "fit.json")["checkpoint"])
@@ -202,24 +296,30 @@ class Run:
         self._step(r, f"predict {split}", out / f"{prefix}predictions.json", action)
 
     def measure(self, r: int) -> None:
-        """Reporting only, with the pool's ground truth: nothing here feeds the selection."""
+        """Reporting only, with the pool's and the test split's ground truth: nothing here feeds the selection."""
         out = self.round_dir(r)
-        gt_path = self.config.path("pool.gt")
-        if gt_path is None:
+        gt_path, test_path = self.config.path("pool.gt"), self.config.path("test.instances")
+        if gt_path is None and test_path is None:
             return
 
         def action() -> str:
-            gt = read_instances(gt_path)
-            val = {}
+            val, search = {}, self.config["evaluate.search"]
             if self.config["val.instances"]:
                 val = {"val_results": str(out / "val_predictions.json"), "val_gt": str(self.config.path("val.instances"))}
-            metrics = {"round": r, **report.model_metrics(str(out / "predictions.json"), gt,
-                                                          search=self.config["evaluate.search"], **val)}
-            if r > 0:
-                metrics["selection"] = report.selection_quality(load_json(out / "pseudo_labels.json"), gt)
+            metrics: dict[str, Any] = {"round": r}
+            if gt_path is not None:
+                gt = read_instances(gt_path)
+                metrics.update(report.model_metrics(str(out / "predictions.json"), gt, search=search, **val))
+                if r > 0:
+                    metrics["selection"] = report.selection_quality(load_json(out / "pseudo_labels.json"), gt)
+            if test_path is not None:
+                results = out / ("predictions.json" if self.transductive else "test_predictions.json")
+                metrics["test"] = {"transductive": self.transductive, **report.model_metrics(
+                    str(results), read_instances(test_path), search=search, **val)}
             write_json(metrics, out / "metrics.json", indent=2)
-            headline = metrics.get("transfer", metrics["oracle"])
-            return f"cAcc {100 * headline['cacc']:.2f}% ({'transfer' if 'transfer' in metrics else 'oracle'})"
+            return "; ".join(f"{name} cAcc {100 * m.get('transfer', m['oracle'])['cacc']:.2f}% "
+                             f"({'transfer' if 'transfer' in m else 'oracle'})"
+                             for name, m in (("pool", metrics), ("test", metrics.get("test"))) if m and "oracle" in m)
 
         self._step(r, "measure", out / "metrics.json", action)
 
@@ -270,55 +370,8 @@ def run_loop(config: LoopConfig, *, rounds: int | None = None, workdir: Path | N
             run.select(r)
             run.mix(r)
             run.fit_student(r)
-        run.predict(r, "pool")
-        if config["val.instances"]:
-            run.predict(r, "val")
+        for split in run.splits_to_predict(r, rounds):
+            run.predict(r, split)
         run.measure(r)
         write_summary(workdir)
     return workdir / "summary.md"
-
-
-def round_rows(workdir: Path) -> list[dict]:
-    """What each finished step of each round recorded, for the summary and ``kd-loop status``."""
-    rows = []
-    for folder in sorted(Path(workdir).glob("round_[0-9][0-9][0-9]")):
-        row: dict[str, Any] = {"round": int(folder.name[6:])}
-        if (folder / "selection.json").exists():
-            row.update(load_json(folder / "selection.json"))
-        if (folder / "metrics.json").exists():
-            metrics = load_json(folder / "metrics.json")
-            row["selection_quality"] = metrics.get("selection")
-            row["transfer"] = metrics.get("transfer")
-            row["oracle"] = metrics.get("oracle")
-        row["done"] = (folder / "predictions.json").exists()
-        rows.append(row)
-    return rows
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
-def format_table(rows: list[dict]) -> str:
-    """Markdown table of rounds: selection counts, selection precision, cAcc (transfer and oracle)."""
-    lines = ["| round | selected images | boxes | ignore regions | image precision | box precision | "
-             "cAcc (transfer) | cAcc (oracle) | done |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |"]
-    for row in rows:
-        quality = row.get("selection_quality") or {}
-        lines.append(
-            f"| {row['round']} | {row.get('selected_images', '-')} | {row.get('boxes', '-')} | "
-            f"{row.get('ignore_regions', '-')} | {_pct(quality.get('image_precision'))} | "
-            f"{_pct(quality.get('box_precision'))} | {_pct((row.get('transfer') or {}).get('cacc'))} | "
-            f"{_pct((row.get('oracle') or {}).get('cacc'))} | {'yes' if row['done'] else 'no'} |"
-        )
-    return "\n".join(lines)
-
-
-def write_summary(workdir: Path) -> Path:
-    path = Path(workdir) / "summary.md"
-    text = ("# kd-loop summary\n\nRound 0 is the source model. Precision and cAcc use the pool's ground truth, "
-            "for reporting only.\n\n" + format_table(round_rows(workdir)) + "\n")
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)
-    return path

@@ -6,16 +6,19 @@ counts, and nothing else: it refuses a pool that carries annotations, so ground 
 Policies (composable):
 
 - ``image``: keep an image when, for every count class, the number of detections scoring ``>= threshold``
-  equals the counting view's count rounded half up; its confident detections become its labels.
+  equals the counting view's count times ``count_scale`` (its calibration, 1 by default) rounded half up; its
+  confident detections become its labels.
 - ``instance``: in every image, detections scoring ``>= threshold`` become labels and those scoring in
   ``[ignore_threshold, threshold)`` become ignore regions (``iscrowd: 1``: neither object nor background).
 - ``image+instance``: images chosen by ``image``, labelled by ``instance``.
-- ``random``: the control of ``image``: as many images as ``image`` would choose, drawn at random (seeded),
-  labelled by ``instance``.
+- ``random``: the control of ``image``: as many images as ``image`` would choose (fallback included), drawn at
+  random (seeded), labelled by ``instance``.
 - ``random-instance``: the control of ``instance``: as many labels as ``instance`` would keep, drawn at random
   (seeded) among the detections scoring ``>= ignore_threshold``; the other ones of those become ignore regions.
 
-An image needs at least ``min_boxes`` labels to be selected. The agreement is checked per ``count_classes``:
+An image needs at least ``min_boxes`` labels to be selected. When fewer than ``min_images`` images agree, the
+image-level policies top up with the ``fallback``: ``closest`` adds the other images (with ``min_boxes`` labels)
+closest to agreement (:func:`closest_to_agreement`), ``none`` adds nothing; ``stats`` says which and why. The agreement is checked per ``count_classes``:
 ``category``, ``supercategory``, ``object`` (one total per image), or ``auto`` (the default): the classes the
 counts file counts.
 """
@@ -30,6 +33,8 @@ import numpy as np
 from rpc_metrics.io import results_to_arrays
 
 POLICIES = ("image", "instance", "image+instance", "random", "random-instance")
+IMAGE_LEVEL = ("image", "image+instance", "random")
+FALLBACKS = ("closest", "none")
 GRANULARITY = {"category": 0, "supercategory": 1, "object": 2}
 
 
@@ -43,6 +48,9 @@ class SelectionPolicy:
     count_classes: str = "auto"
     min_boxes: int = 1
     seed: int = 0
+    count_scale: float = 1.0
+    min_images: int = 0
+    fallback: str = "closest"
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -51,6 +59,12 @@ class SelectionPolicy:
             raise ValueError(f"count_classes should be auto, {', '.join(GRANULARITY)}, got {self.count_classes!r}")
         if not self.ignore_threshold <= self.threshold:
             raise ValueError("ignore_threshold should be <= threshold")
+        if not (np.isfinite(self.count_scale) and self.count_scale > 0):
+            raise ValueError(f"count_scale should be a positive number, got {self.count_scale!r}")
+        if self.min_images < 0:
+            raise ValueError(f"min_images should be >= 0, got {self.min_images!r}")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback should be one of {', '.join(FALLBACKS)}, got {self.fallback!r}")
 
 
 def _count_class_index(pool: Mapping, count_classes: str) -> tuple[dict[int, int], list[str]]:
@@ -65,8 +79,8 @@ def _count_class_index(pool: Mapping, count_classes: str) -> tuple[dict[int, int
 
 
 def _view_counts(counts: Mapping, image_ids: np.ndarray, keys: list[str], count_classes: str,
-                 class_of: Mapping[int, int]) -> np.ndarray:
-    """The counting view's counts, rounded half up, as ``int[N images, C classes]``.
+                 class_of: Mapping[int, int], scale: float = 1.0) -> np.ndarray:
+    """The counting view's counts times ``scale``, rounded half up, as ``int[N images, C classes]``.
 
     A counts file finer than ``count_classes`` (per category, compared per supercategory or in total) is
     summed into the coarser classes before rounding: the agreement check may be coarser than the counter.
@@ -93,7 +107,20 @@ def _view_counts(counts: Mapping, image_ids: np.ndarray, keys: list[str], count_
             if column is not None and key not in column:
                 raise ValueError(f"counts of image {item['image_id']} name class {key!r}, which the pool does not have")
             matrix[r, 0 if column is None else column[key]] += float(value)
-    return np.floor(matrix + 0.5).astype(np.int64)
+    return np.floor(scale * matrix + 0.5).astype(np.int64)
+
+
+def closest_to_agreement(detected: np.ndarray, view: np.ndarray, image_ids: np.ndarray, candidates: np.ndarray,
+                         n: int) -> np.ndarray:
+    """The ``n`` candidate images closest to agreement, as row indices in that order.
+
+    ``detected`` and ``view`` are ``int[N, C]`` (confident detections and scaled rounded counts per class);
+    ``candidates`` is ``bool[N]``. Rows are ranked by the disagreement ``d_i = sum_k |detected_ik - view_ik|``,
+    ascending, ties broken by image id, ascending: the same inputs always give the same images.
+    """
+    rows = np.flatnonzero(candidates)
+    disagreement = np.abs(detected[rows] - view[rows]).sum(axis=1)
+    return rows[np.lexsort((image_ids[rows], disagreement))][:n]
 
 
 def select_pseudo_labels(pool: Mapping, results: list, counts: Mapping | None,
@@ -136,20 +163,13 @@ def select_pseudo_labels(pool: Mapping, results: list, counts: Mapping | None,
     detected = detected.reshape(n_images, n_classes)
     enough = detected.sum(axis=1) >= policy.min_boxes
 
-    if policy.policy in ("instance", "random-instance"):
-        selected = enough
-    else:
+    if policy.policy in IMAGE_LEVEL:
         if counts is None:
             raise ValueError(f"policy {policy.policy!r} needs the counting view's counts file")
-        view = _view_counts(counts, image_ids, keys, count_classes, class_of)
-        agree = (detected == view).all(axis=1) & enough
-        selected = agree
-        if policy.policy == "random":
-            rng = np.random.default_rng(policy.seed)
-            candidates = np.flatnonzero(enough)
-            chosen = rng.choice(candidates, size=int(agree.sum()), replace=False) if len(candidates) else candidates
-            selected = np.zeros(n_images, dtype=bool)
-            selected[chosen] = True
+        view = _view_counts(counts, image_ids, keys, count_classes, class_of, policy.count_scale)
+        selected, shortfall = _select_images(policy, detected, view, image_ids, enough)
+    else:
+        selected, shortfall = enough, _shortfall(policy, n_images, None, 0, int(enough.sum()))
 
     with_ignore = policy.policy != "image"
     keep = selected[row] & (confident | (uncertain & with_ignore))
@@ -158,8 +178,48 @@ def select_pseudo_labels(pool: Mapping, results: list, counts: Mapping | None,
         "policy": policy.policy, "threshold": policy.threshold, "ignore_threshold": policy.ignore_threshold,
         "pool_images": n_images, "selected_images": int(selected.sum()),
         "boxes": int((keep & confident).sum()), "ignore_regions": int((keep & ~confident).sum()),
+        "count_scale": policy.count_scale, "min_images": policy.min_images,
+        "fallback": policy.fallback if policy.policy in IMAGE_LEVEL else None, **shortfall,
     }
     return dataset, stats
+
+
+def _select_images(policy: SelectionPolicy, detected: np.ndarray, view: np.ndarray, image_ids: np.ndarray,
+                   enough: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The images (``bool[N]``) an image-level policy keeps: those whose detections agree with the scaled rounded
+    counts, topped up by the fallback up to ``min_images``; ``random`` draws as many among ``enough``."""
+    agree = (detected == view).all(axis=1) & enough
+    selected = agree.copy()
+    if policy.fallback == "closest" and agree.sum() < policy.min_images:
+        selected[closest_to_agreement(detected, view, image_ids, enough & ~agree,
+                                      policy.min_images - int(agree.sum()))] = True
+    shortfall = _shortfall(policy, len(image_ids), int(agree.sum()), int((selected & ~agree).sum()), 0)
+    if policy.policy == "random":
+        candidates = np.flatnonzero(enough)
+        chosen = np.random.default_rng(policy.seed).choice(candidates, size=int(selected.sum()), replace=False) \
+            if len(candidates) else candidates
+        selected = np.zeros(len(image_ids), dtype=bool)
+        selected[chosen] = True
+    return selected, shortfall
+
+
+def _shortfall(policy: SelectionPolicy, n_images: int, n_agree: int | None, n_fallback: int, n_labelled: int) -> dict:
+    """How many images agreed (None for instance-level policies, which have ``n_labelled`` images with labels and
+    no fallback), how many the fallback added, and why the minimum was missed (None when it was not)."""
+    reason = None
+    if n_agree is None:
+        if n_labelled < policy.min_images:
+            reason = (f"only {n_labelled} of {n_images} images have at least {policy.min_boxes} label(s), fewer than "
+                      f"the minimum {policy.min_images} (instance-level policies have no fallback)")
+    elif n_agree < policy.min_images:
+        reason = f"{n_agree} of {n_images} images agreed, fewer than the minimum {policy.min_images}: "
+        if policy.fallback == "none":
+            reason += "fallback 'none' adds no image"
+        else:
+            reason += (f"the fallback 'closest' added the {n_fallback} other images closest to agreement"
+                       + ("" if n_agree + n_fallback >= policy.min_images else
+                          f" (no other image has at least {policy.min_boxes} label(s))"))
+    return {"agreeing_images": n_agree, "fallback_images": n_fallback, "reason": reason}
 
 
 def _pseudo_dataset(pool: Mapping, selected_ids: np.ndarray, results: list, kept: np.ndarray,
