@@ -39,7 +39,7 @@ def main() -> None:
 @click.option("--style", type=click.Choice(world_mod.STYLES), default="gap", show_default=True,
               help="Checkout domain: 'gap' (camera above a woven tray, products lying and piled, shop light) or "
                    "'legacy' (the earlier releases' world, for comparison).")
-@click.option("--gap", type=click.FloatRange(0.0, 3.0), default=1.0, show_default=True,
+@click.option("--gap", type=click.FloatRange(0.0, 3.0), default=1.25, show_default=True,
               help="Strength of the checkout camera's photometric gap (gap style; 0: mild, 2: strong).")
 @click.option("--density", type=click.FloatRange(0.25, 3.0), default=1.0, show_default=True,
               help="How densely products pile (gap style): box overlap allowed 0.3 x this, gathered to the centre.")

@@ -77,7 +77,7 @@ class WorldConfig:
     pool_images: int = 240  # unlabeled checkout photos (the distillation pool)
     product_size: float | None = None  # checkout: px per world unit as a fraction of the image side
     min_visible: float | None = None  # checkout instances keep at least this fraction of their mask visible
-    gap: float = 1.0  # strength of the checkout camera's photometric gap (0: the legacy camera's, 2: strong)
+    gap: float = 1.25  # strength of the checkout camera's photometric gap (0: the legacy camera's, 2: strong)
     density: float = 1.0  # piling: box overlap allowed 0.3 x density, products gathered towards the tray's centre
     lying: float = 0.65  # share of products lying on a side (the camera above sees a side view)
     standing: float = 0.1  # share standing (seen from the top); the rest lean on others
