@@ -13,8 +13,8 @@ import pytest
 
 from rpc_metrics.io import LEVELS, read_instances
 from rpc_synth.baskets import LEVEL_RANGES
-from rpc_synth.compose import box_iou
 from rpc_synth.checkout_camera import checkout_elevation
+from rpc_synth.compose import box_iou
 from rpc_synth.world import (
     POOL_TRUTH,
     TRUE_MASKS,

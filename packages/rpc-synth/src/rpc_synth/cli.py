@@ -165,10 +165,13 @@ def _pair(text: str, name: str) -> tuple[float, float]:
 @click.option("--jpeg-quality", default=90, show_default=True, help="JPEG quality of the written images.")
 @click.option("--workers", default=1, show_default=True, help="Worker processes (output does not depend on it).")
 @click.option("--shard", default=None, help="Make only images with index % n == i, given as i/n.")
+@click.option("--settings", type=click.Path(dir_okay=False),
+              help="Settings JSON of `rpc-synth fit` (size, levels, ranges, scale, max_iou); options given here win.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @_fail_cleanly
 def generate(exemplars, images, out, n_images, size, seed, levels, ranges, categories, scale, max_iou, min_visible,
-             shadow_strength, squash, squash_min, squash_axis, color_jitter, backgrounds, jpeg_quality, workers, shard, quiet):
+             shadow_strength, squash, squash_min, squash_axis, color_jitter, backgrounds, jpeg_quality, workers, shard,
+             settings, quiet):
     """Synthesize checkout images (resumable: re-running skips finished images)."""
     from .generate import GenerateConfig
     from .generate import generate as run_generate
@@ -177,11 +180,21 @@ def generate(exemplars, images, out, n_images, size, seed, levels, ranges, categ
         category_ids = tuple(int(c) for c in categories.split(",") if c.strip())
     except ValueError:
         raise InputError(f"--categories should be comma-separated integers, got {categories!r}") from None
-    config = GenerateConfig(images=n_images, size=size, seed=seed, levels=tuple(v.strip() for v in levels.split(",")),
-                            ranges=ranges, categories=category_ids, scale=_pair(scale, "--scale"), max_iou=max_iou,
-                            min_visible=min_visible, shadow_strength=shadow_strength, color_jitter=color_jitter,
-                            backgrounds=backgrounds, jpeg_quality=jpeg_quality, squash=squash, squash_min=squash_min,
-                            squash_axis=squash_axis)
+    fields = dict(images=n_images, size=size, seed=seed, levels=tuple(v.strip() for v in levels.split(",")),
+                  ranges=ranges, categories=category_ids, scale=_pair(scale, "--scale"), max_iou=max_iou,
+                  min_visible=min_visible, shadow_strength=shadow_strength, color_jitter=color_jitter,
+                  backgrounds=backgrounds, jpeg_quality=jpeg_quality, squash=squash, squash_min=squash_min,
+                  squash_axis=squash_axis)
+    if settings:  # precedence: the options' defaults < the settings file < options given on the command line
+        from click.core import ParameterSource
+
+        from .fit import read_settings
+
+        ctx = click.get_current_context()
+        given = {"images" if name == "n_images" else name for name in ctx.params
+                 if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE}
+        fields.update({k: v for k, v in read_settings(settings).items() if k not in given})
+    config = GenerateConfig(**fields)
     dataset = run_generate(exemplars, images, out, config, workers=workers, shard=shard, progress=not quiet)
     if dataset is not None:
         click.echo(f"wrote {len(dataset['images'])} images, {len(dataset['annotations'])} instances to {out}")
@@ -285,3 +298,35 @@ def render_measure(images, ann, target, rendered, iou_threshold, min_crispness, 
 
     click.echo(json.dumps(measure_render(images, ann, target, rendered, iou_threshold=iou_threshold,
                                          min_crispness=min_crispness, workers=workers), indent=1))
+
+
+@main.command()
+@click.option("--exemplars", required=True, type=click.Path(dir_okay=False), help="poses.json (or instances_masks.json) of the exemplars.")
+@click.option("--images", required=True, type=click.Path(file_okay=False), help="Folder of the exemplar photos.")
+@click.option("--checkout", type=click.Path(dir_okay=False),
+              help="Labelled checkout split to match (RPC val/test instances JSON).")
+@click.option("--checkout-images", type=click.Path(file_okay=False),
+              help="Or a folder of unlabeled checkout photos: product size and count estimated from the pixels.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Settings JSON to write (for `generate --settings`).")
+@click.option("--probe-images", type=click.IntRange(3), default=48, show_default=True,
+              help="Images per simulated probe set (more: steadier, slower).")
+@click.option("--max-checkout-images", type=click.IntRange(1), default=200, show_default=True,
+              help="Unlabeled photos used at most (evenly spread over the file names).")
+@click.option("--seed", default=0, show_default=True, help="Random seed of the probe sets; the same seed gives the same file.")
+@_fail_cleanly
+def fit(exemplars, images, checkout, checkout_images, out, probe_images, max_checkout_images, seed):
+    """Fit synthesis size, products per tray, scale and overlap to the checkout images; writes a settings JSON."""
+    from rpc_metrics.io import write_json
+
+    from .fit import fit_generate_config, settings_document
+    from .unlabeled import unlabeled_stats
+
+    if (checkout is None) == (checkout_images is None):
+        raise InputError("pass exactly one of --checkout (a labelled instances JSON) or --checkout-images (a folder)")
+    target = checkout if checkout else unlabeled_stats(checkout_images, max_images=max_checkout_images)
+    config, report = fit_generate_config(exemplars, images, target, probe_images=probe_images, seed=seed)
+    write_json(settings_document(config, report), out, indent=1)
+    click.echo(f"wrote {out}: size {config.size}, ranges {config.ranges}, scale {config.scale[0]:.3f}-"
+               f"{config.scale[1]:.3f}, max_iou {config.max_iou}")
+    for warning in report["warnings"]:
+        click.echo(f"warning: {warning}", err=True)

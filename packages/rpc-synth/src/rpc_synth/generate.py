@@ -365,8 +365,10 @@ def assemble(out: Path, n_images: int, categories: list[dict], exemplars: Path) 
     for index in range(n_images):
         part = load_json(_part_path(out, index))
         image_id = index + 1
-        images.append({"file_name": part["file_name"], "width": part["width"], "height": part["height"],
-                       "id": image_id, "level": part["level"]})
+        image = {"file_name": part["file_name"], "width": part["width"], "height": part["height"], "id": image_id}
+        if part["level"] in LEVELS:  # a fitted pooled level ("all") is no RPC level: the images carry none
+            image["level"] = part["level"]
+        images.append(image)
         for ann in part["annotations"]:
             annotations.append({**ann, "id": len(annotations) + 1, "image_id": image_id})
     info = {"description": f"rpc-synth generate from {exemplars.name}", "year": 2019, "version": "1.0"}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -502,7 +503,7 @@ def build_world(out: str | Path, config: WorldConfig | None = None, *, workers: 
     train, views = _assemble_exemplars(config, results[:n_exemplars])
     mark_degenerate(views)
     ends = np.cumsum([n_exemplars, config.val_images, config.test_images, config.pool_images])
-    val, test, pool = (_assemble_checkout(config, results[a:b]) for a, b in zip(ends[:-1], ends[1:], strict=True))
+    val, test, pool = (_assemble_checkout(config, results[a:b]) for a, b in itertools.pairwise(ends))
     write_json({"views": views}, out / TRUE_MASKS / "views.json", indent=1)
     summary = world_summary(config)
     write_json(summary, out / "world.json", indent=1)
