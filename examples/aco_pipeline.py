@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 from aco_report import best_source, transfer_threshold, write_report
-from aco_stages import InputError, Stage, StageRunner, clock, run_command, tool
+from aco_stages import InputError, Stage, StageRunner, clock, parse_toml_value, run_command, to_toml, tool
 
 from rpc_metrics.io import as_pool, load_json, read_instances, write_json
 
@@ -45,6 +45,19 @@ class Recipe:
     heldout_images: int = 100
     synth_size: int | None = None
     synth_args: tuple[str, ...] = ()  # more `rpc-synth generate` options for both synthesized sets
+    # Product scale, objects per tray and overlap of the synthesized images fitted to the val split's boxes
+    # (`rpc-synth fit`) instead of generate's defaults, which suit one world only.
+    fit_synthesis: bool = True
+    # Distil on the test images themselves, as the paper does (transductive), instead of the world's unlabeled
+    # pool (pool2019/); forced when the data has no pool.
+    transductive: bool = False
+    # The distillation's two same-compute controls (random pseudo-labels; as many more steps on synthesized data),
+    # run after the report's other stages and compared with the last round in the report.
+    controls: bool = False
+    # How Syn+Render's images are rendered toward the checkout domain (`rpc-synth render apply --method`):
+    # "camera" (histogram matching, then blur, sensor noise and JPEG fitted to the unlabeled checkout photos) or
+    # "cyclegan" (the translator, trained render_iters iterations on render_crop px crops).
+    render_method: str = "camera"
     render_iters: int = 400
     render_crop: int = 96
     render_images: int | None = None  # translate only the first N synthesized images (None: all)
@@ -118,8 +131,9 @@ class Recipe:
     # train_step: a cpu-small step of 4 images in float32 on a 2-core AMD EPYC, 0.14 s there under bfloat16);
     # a training stage's budget is startup + steps x train_step, at most its time limit.
     budgets: dict[str, float] = field(default_factory=lambda: {
-        "world": 20, "masks": 20, "poses": 2, "synth": 20, "synth_heldout": 5, "pretrain": 440,
-        "checkout_unlabeled": 2, "render_train": 120, "render_apply": 75, "histogram": 10, "render_measure": 80,
+        "world": 30, "masks": 20, "poses": 2, "synth_fit": 30, "synth": 20, "synth_heldout": 5, "pretrain": 440,
+        "checkout_unlabeled": 2, "render_train": 120, "render_apply": 75, "render_camera": 60, "histogram": 10,
+        "render_measure": 80,
         "startup": 5,
         "train_step": 0.22, "predict_per_model": 40, "kd_predict_per_round": 26, "visualize": 15})
 
@@ -138,8 +152,9 @@ QUICK = Recipe(
     dpsnet_set=("train.warmup_steps=5", "train.log_every=10", "data.epoch_size=16", "model.min_size=[256]",
                 "model.max_size=256"),
     vis_images=2,
-    budgets={"world": 2, "masks": 2, "poses": 1, "synth": 1, "synth_heldout": 1, "pretrain": 4,
-             "checkout_unlabeled": 1, "render_train": 4, "render_apply": 5, "histogram": 1, "render_measure": 2,
+    budgets={"world": 2, "masks": 2, "poses": 1, "synth_fit": 5, "synth": 1, "synth_heldout": 1, "pretrain": 4,
+             "checkout_unlabeled": 1, "render_train": 4, "render_apply": 5, "render_camera": 5, "histogram": 1,
+             "render_measure": 2,
              "startup": 5,
              "train_step": 0.33, "predict_per_model": 3, "kd_predict_per_round": 1, "visualize": 6},
 )
@@ -160,8 +175,17 @@ class Layout:
         return self.rpc_root if self.rpc_root is not None else self.out / "world"
 
     def split(self, name: str) -> tuple[Path, Path]:
-        """(instances JSON, image folder) of the world's ``train``, ``val`` or ``test`` split."""
+        """(instances JSON, image folder) of the world's ``train``, ``val``, ``test`` or ``pool`` split."""
         return self.world / f"instances_{name}2019.json", self.world / f"{name}2019"
+
+    def has_pool(self) -> bool:
+        """Whether the data has an unlabeled pool of checkout photos (``pool2019/``), known once the world exists."""
+        return all(path.exists() for path in self.split("pool"))
+
+    def pool_truth(self) -> Path | None:
+        """The pool's labels (the mini world writes them apart, for measuring the selection only), if any."""
+        path = self.world / "pool_truth" / "instances_pool2019.json"
+        return path if path.is_file() else None
 
     def dataset(self, name: str) -> tuple[Path, Path]:
         """(instances JSON, image folder) of a made training set: synth, synth_heldout, histogram, render."""
@@ -278,6 +302,16 @@ class Pipeline:
             Stage("poses", "pose pruning (rpc-synth poses)", b["poses"], {},
                   lambda: self.run([tool("rpc-synth"), "poses", "--masks", p.out / "masks" / "instances_masks.json",
                                        "--out", p.out / "poses.json"])),
+        ]
+        if r.fit_synthesis:
+            val_json = p.split("val")[0]
+            stages.append(Stage(
+                "synth_fit", "synthesis settings fitted to the val split's boxes (rpc-synth fit)", b["synth_fit"],
+                {"seed": r.seed, "checkout": "val"},
+                lambda: self.run([tool("rpc-synth"), "fit", "--exemplars", p.out / "poses.json", "--images",
+                                  train_images, "--checkout", val_json, "--out", p.out / "synthesis.json",
+                                  "--seed", r.seed])))
+        stages += [
             self.generate_stage("synth", r.synth_images, r.seed, b["synth"]),
             self.generate_stage("synth_heldout", r.heldout_images, r.seed + 1, b["synth_heldout"]),
         ]
@@ -300,13 +334,38 @@ class Pipeline:
         stages.append(self.kd_stage())
         stages.append(Stage("visualize", "detections and density maps before/after distillation (dpsnet visualize)",
                             b["visualize"], {"images": r.vis_images}, self.visualize))
+        if r.controls:
+            stages += self.control_stages()
         return stages
+
+    def control_stages(self) -> list[Stage]:
+        """kd-loop's controls at the loop's compute: random selection, and the rounds' steps on synthesized data."""
+        import kd_controls
+
+        r = self.r
+        per_round = self.train_budget(r.kd_steps, r.kd_minutes) + r.budgets["kd_predict_per_round"]
+        settings = {"rounds": r.kd_rounds, "steps": r.kd_steps, "set": list(r.kd_set)}
+
+        def loop() -> dict:
+            return kd_controls.read_loop(self.p.out)
+
+        return [
+            Stage("control_random", "control: the loop with random pseudo-labels (kd-loop, same compute)",
+                  r.kd_rounds * per_round, settings,
+                  lambda: kd_controls.random_control(self.p.out, loop(), list(r.kd_set), threads=r.threads)),
+            Stage("control_steps", "control: the source model, as many more steps on synthesized data (dpsnet train)",
+                  self.train_budget(r.kd_rounds * (r.kd_steps or 0), None) + r.budgets["predict_per_model"], settings,
+                  lambda: kd_controls.steps_control(self.p.out, loop(), threads=r.threads)),
+        ]
 
     def generate_stage(self, name: str, images: int, seed: int, budget: float) -> Stage:
         _, train_images = self.p.split("train")
         size = ["--size", self.r.synth_size] if self.r.synth_size else []
+        if self.r.fit_synthesis:
+            size += ["--settings", self.p.out / "synthesis.json"]
         return Stage(name, f"synthesized checkout images, {name} ({images}; rpc-synth generate)", budget,
-                     {"images": images, "seed": seed, "size": self.r.synth_size, "args": list(self.r.synth_args)},
+                     {"images": images, "seed": seed, "size": self.r.synth_size, "args": list(self.r.synth_args),
+                      "fitted": self.r.fit_synthesis},
                      lambda: self.run([tool("rpc-synth"), "generate", "--exemplars", self.p.out / "poses.json",
                                           "--images", train_images, "--out", self.p.out / name, "--num-images", images,
                                           "--seed", seed, "--workers", self.r.workers, "--quiet", *size,
@@ -317,22 +376,32 @@ class Pipeline:
         synth_json, synth_images = p.dataset("synth")
         target = p.out / "checkout_unlabeled"
         translator = p.out / "render" / "translator.pt"
-        return [
-            # The translator's target: the checkout images' pixels only (val and test; no label file is read).
-            Stage("checkout_unlabeled", "unlabeled checkout images (val + test pixels) for rendering",
-                  b["checkout_unlabeled"], {},
-                  lambda: link_images([p.split("val")[1], p.split("test")[1]], target)),
-            Stage("render_train", "translator toward the checkout domain (rpc-synth render train)", b["render_train"],
-                  {"iters": r.render_iters, "crop": r.render_crop, "seed": r.seed},
-                  lambda: self.run([tool("rpc-synth"), "render", "train", "--source", synth_images,
-                                       "--source-ann", synth_json, "--target", target, "--out", translator,
-                                       "--iters", r.render_iters, "--size", r.render_crop, "--seed", r.seed,
-                                       "--threads", r.threads, "--quiet"])),
-            Stage("render_apply", "rendered images (rpc-synth render apply)", b["render_apply"],
-                  {"images": r.render_images},
-                  lambda: self.run([tool("rpc-synth"), "render", "apply", "--model", translator,
-                                    "--images", synth_images, "--ann", self.render_source(), "--out", p.out / "render",
-                                    "--threads", r.threads, "--quiet"])),
+        # The rendering's target: unlabeled checkout pixels (no label file is read): the pool's photos, or the val
+        # and test images when distilling transductively.
+        stages = [Stage("checkout_unlabeled", "unlabeled checkout images for rendering (the pool's, or val + test)",
+                        b["checkout_unlabeled"], {"transductive": r.transductive},
+                        lambda: link_images(self.unlabeled_folders(), target))]
+        if r.render_method == "cyclegan":
+            stages += [
+                Stage("render_train", "translator toward the checkout domain (rpc-synth render train)",
+                      b["render_train"], {"iters": r.render_iters, "crop": r.render_crop, "seed": r.seed},
+                      lambda: self.run([tool("rpc-synth"), "render", "train", "--source", synth_images,
+                                        "--source-ann", synth_json, "--target", target, "--out", translator,
+                                        "--iters", r.render_iters, "--size", r.render_crop, "--seed", r.seed,
+                                        "--threads", r.threads, "--quiet"])),
+                Stage("render_apply", "rendered images (rpc-synth render apply)", b["render_apply"],
+                      {"images": r.render_images},
+                      lambda: self.run([tool("rpc-synth"), "render", "apply", "--model", translator,
+                                        "--images", synth_images, "--ann", self.render_source(), "--out",
+                                        p.out / "render", "--threads", r.threads, "--quiet"]))]
+        else:
+            stages.append(Stage(
+                "render_apply", "rendered images, a camera fitted to the checkout photos (rpc-synth render apply "
+                "--method camera)", b["render_camera"], {"images": r.render_images, "method": "camera"},
+                lambda: self.run([tool("rpc-synth"), "render", "apply", "--method", "camera", "--target", target,
+                                  "--images", synth_images, "--ann", self.render_source(), "--out", p.out / "render",
+                                  "--quiet"])))
+        return stages + [
             Stage("histogram", "histogram-matched images, the baseline (rpc-synth render apply --method histogram)",
                   b["histogram"], {"images": r.render_images},
                   lambda: self.run([tool("rpc-synth"), "render", "apply", "--method", "histogram",
@@ -342,13 +411,23 @@ class Pipeline:
                   b["render_measure"], {"images": r.render_images}, lambda: self.measure_render(target)),
         ]
 
+    def distils_on_test(self) -> bool:
+        """Transductive distillation (the test images are the pool): asked for, or the data has no pool."""
+        return self.r.transductive or not self.p.has_pool()
+
+    def unlabeled_folders(self) -> list[Path]:
+        if self.distils_on_test():
+            return [self.p.split("val")[1], self.p.split("test")[1]]
+        return [self.p.split("pool")[1]]
+
     def measure_render(self, target: Path) -> None:
         """``render/measure.json``: both methods' measures against the checkout pixels (no labels read)."""
         from rpc_synth.render.measure import measure_render
 
         synth_images, source = self.p.dataset("synth")[1], self.render_source()
         measures = {}
-        for method, folder in (("histogram", "histogram"), ("translator", "render")):
+        rendered = "translator" if self.r.render_method == "cyclegan" else "camera"
+        for method, folder in (("histogram", "histogram"), (rendered, "render")):
             click.echo(f"  measuring {folder}/render2019 against {target.name}", err=True)
             measures[method] = measure_render(synth_images, source, target, self.p.out / folder / "render2019",
                                               workers=self.r.workers)
@@ -448,6 +527,13 @@ class Pipeline:
             overrides[key] = parse_toml_value(value)
         # kd-loop resolves relative paths against its config's folder: give it absolute ones.
         test_json, test_images, val_json, val_images = (Path(x).resolve() for x in (*p.split("test"), *p.split("val")))
+        if self.distils_on_test():  # the paper's use: the test images are the pool (labels dropped on load)
+            pool = {"instances": str(test_json), "images": str(test_images), "gt": str(test_json)}
+        else:
+            pool_json, pool_images = (Path(x).resolve() for x in p.split("pool"))
+            truth = p.pool_truth()
+            pool = {"instances": str(pool_json), "images": str(pool_images),
+                    **({"gt": str(truth.resolve())} if truth else {})}
         learner = {"preset": r.preset, "overrides": overrides, "echo": True}
         reclassifier = self.reclassifier()
         if reclassifier:
@@ -458,9 +544,10 @@ class Pipeline:
             "source": {"checkpoint": str((p.model(choice) / "last.pt").resolve()),
                        "datasets": [{"instances": str(Path(j).resolve()), "images": str(Path(i).resolve())}
                                     for j, i in map(p.dataset, names)]},
-            # The pool is the test images; kd-loop drops their annotations on load, `gt` is for reporting only.
-            "pool": {"instances": str(test_json), "images": str(test_images), "gt": str(test_json)},
+            # kd-loop drops the pool's annotations on load; `gt` and the test split are for reporting only.
+            "pool": pool,
             "val": {"instances": str(val_json), "images": str(val_images)},
+            "test": {"instances": str(test_json), "images": str(test_images)},
         }, choice
 
     def kd_stage(self) -> Stage:
@@ -476,10 +563,11 @@ class Pipeline:
             path.write_text(to_toml(config), encoding="utf-8")
             self.run([tool("kd-loop"), "run", path, *r.kd_set])
 
-        settings = {"rounds": r.kd_rounds, "steps": r.kd_steps, "minutes": r.kd_minutes, "lr": r.kd_lr, "set": list(r.kd_set),
+        settings = {"rounds": r.kd_rounds, "steps": r.kd_steps, "transductive": r.transductive, "minutes": r.kd_minutes, "lr": r.kd_lr, "set": list(r.kd_set),
                     "dpsnet_set": list(r.dpsnet_set), "preset": r.preset,
                     "reclassify_power": self.reclassify_setting()}
-        return Stage("kd", f"kd-loop: {r.kd_rounds} distillation round(s) on the unlabeled test images",
+        pool = "the test images (transductive)" if r.transductive else "the unlabeled pool"
+        return Stage("kd", f"kd-loop: {r.kd_rounds} distillation round(s) on {pool}",
                      r.budgets["kd_predict_per_round"] + r.kd_rounds * per_round, settings, action)
 
     def visualize(self) -> None:
@@ -510,39 +598,6 @@ class Pipeline:
             click.echo(f"  visualize {checkpoint} -> figures/vis_{name} (score >= {threshold:.4f})", err=True)
             visualize_files(checkpoint, figures / "vis_pool.json", test_images, figures / f"vis_{name}",
                             limit=len(picks), score_thresh=threshold)
-
-
-def parse_toml_value(text: str):
-    """A ``key=value`` override's value as TOML (as dpsnet and kd-loop parse it), else the bare string."""
-    import tomllib
-
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{toml_value(str(k))} = {toml_value(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def to_toml(config: dict) -> str:
-    """Write a config of top-level scalars and one level of tables (enough for kd-loop's)."""
-    lines = [f"{k} = {toml_value(v)}" for k, v in config.items() if not isinstance(v, dict)]
-    for table, values in config.items():
-        if isinstance(values, dict):
-            lines += ["", f"[{table}]"] + [f"{k} = {toml_value(v)}" for k, v in values.items()]
-    return "\n".join(lines) + "\n"
 
 
 def run_pipeline(recipe: Recipe, layout: Layout, *, title: str, until: str | None = None) -> Path | None:
@@ -598,11 +653,23 @@ def check_overrides(items: Sequence[str], option: str) -> None:
               help="More `rpc-synth world` options for the generated world, e.g. \"--gap 2 --density 1.5\" (a variant).")
 @click.option("--synth-args", default="", metavar="ARGS",
               help="More `rpc-synth generate` options for the synthesized sets, e.g. \"--scale 0.6,0.8\".")
+@click.option("--render-method", type=click.Choice(["camera", "cyclegan"]), default=None,
+              help="How Syn+Render's images are rendered: a camera fitted to the checkout photos (default) or the "
+                   "CycleGAN-style translator.")
+@click.option("--fit-synthesis/--no-fit-synthesis", default=None,
+              help="Fit synthesis scale, density and overlap to the val split's boxes (default) or use rpc-synth "
+                   "generate's defaults.")
+@click.option("--controls", is_flag=True,
+              help="Also run the distillation's two same-compute controls (random selection; more steps on synthesized "
+                   "data) and compare the last round with them; on a finished run it adds just them.")
+@click.option("--transductive", is_flag=True,
+              help="Distil on the test images themselves, as the paper does, instead of the unlabeled pool.")
 @click.option("--until", metavar="STAGE", default=None,
               help="Stop after this stage (its name as in stages/, e.g. render_measure): the data once, then "
                    "copies of the run (hard links) to try training recipes on.")
 def main(out, quick, seed, workers, synth_images, render_iters, source_steps, source_trunk_steps, source_minutes,
-         kd_rounds, kd_steps, kd_minutes, reclassify_power, dpsnet_set, kd_set, world_args, synth_args, until) -> None:
+         kd_rounds, kd_steps, kd_minutes, reclassify_power, dpsnet_set, kd_set, world_args, synth_args,
+         render_method, fit_synthesis, controls, transductive, until) -> None:
     """Run the whole ACO system on the embedded mini world and write a paper-style report."""
     check_overrides(dpsnet_set, "--dpsnet-set")
     check_overrides(kd_set, "--kd-set")
@@ -610,7 +677,8 @@ def main(out, quick, seed, workers, synth_images, render_iters, source_steps, so
     given = {"seed": seed, "workers": workers, "synth_images": synth_images, "render_iters": render_iters,
              "source_steps": source_steps, "source_trunk_steps": source_trunk_steps, "source_minutes": source_minutes,
              "kd_rounds": kd_rounds, "kd_steps": kd_steps, "kd_minutes": kd_minutes,
-             "reclassify_power": reclassify_power}
+             "reclassify_power": reclassify_power, "transductive": transductive or None, "controls": controls or None,
+             "fit_synthesis": fit_synthesis, "render_method": render_method}
     recipe = replace(recipe, **{k: v for k, v in given.items() if v is not None},
                      dpsnet_set=recipe.dpsnet_set + dpsnet_set, kd_set=recipe.kd_set + kd_set,
                      world_args=recipe.world_args + tuple(shlex.split(world_args)),

@@ -8,6 +8,7 @@ here flows back into training, model choice or pseudo-label selection.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import platform
@@ -17,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import aco_analysis
 import aco_figures
 from aco_stages import clock
 
@@ -46,28 +48,78 @@ def transfer_threshold(val_results: Path, val_gt: Path) -> float:
     return evaluate(val_results, val_gt, levels=["averaged"], compute_map=False).row("averaged").threshold
 
 
+def round_test_results(layout, r: int) -> Path:
+    """Round ``r``'s predictions on the test split: its own file, or the pool's when the pool was the test split."""
+    folder = layout.out / "kd" / f"round_{r:03d}"
+    own = folder / "test_predictions.json"
+    return own if own.is_file() else folder / "predictions.json"
+
+
 def _fmt(value: float | None, kind: str) -> str:
     if value is None:
         return "n/a"
     return f"{100 * value:.2f}%" if kind == "pct" else f"{value:.2f}"
 
 
-def evaluated_rows(layout, recipe, models: Sequence[tuple[str, str]]) -> list[dict]:
-    """Every stage's test predictions with both protocols: [{method, stage, transfer, oracle}, ...]."""
-    test_gt, val_gt = layout.split("test")[0], layout.split("val")[0]
-    entries = [(title, f"source_{key}", *(layout.predictions(key, s)[0] for s in ("test", "val")))
-               for key, title in models]
+def prediction_entries(layout, recipe, models: Sequence[tuple[str, str]]) -> list[dict]:
+    """Every stage's test and val predictions: [{method, stage, test, val}, ...], controls last when they ran."""
+    entries = [{"method": title, "stage": f"source_{key}", "test": layout.predictions(key, "test")[0],
+                "val": layout.predictions(key, "val")[0]} for key, title in models]
     for r in range(1, recipe.kd_rounds + 1):
-        folder = layout.out / "kd" / f"round_{r:03d}"
-        entries.append((f"+ distillation round {r}", f"kd_round_{r}", folder / "predictions.json",
-                        folder / "val_predictions.json"))
+        entries.append({"method": f"+ distillation round {r}", "stage": f"kd_round_{r}",
+                        "test": round_test_results(layout, r),
+                        "val": layout.out / "kd" / f"round_{r:03d}" / "val_predictions.json"})
+    for control in control_entries(layout, recipe):
+        entries.append(control)
+    return entries
+
+
+def control_entries(layout, recipe) -> list[dict]:
+    """The same-compute controls of the last round (`--controls`), when their predictions exist."""
+    out = layout.out / "controls"
+    rounds = recipe.kd_rounds
+    random_round = out / "random" / f"round_{rounds:03d}"
+    entries = []
+    if (random_round / "val_predictions.json").is_file():
+        test = random_round / "test_predictions.json"
+        entries.append({"method": f"control: random selection, round {rounds}", "stage": "control_random",
+                        "test": test if test.is_file() else random_round / "predictions.json",
+                        "val": random_round / "val_predictions.json"})
+    if (out / "steps" / "test_results.json").is_file():
+        entries.append({"method": "control: as many more steps on synthesized data", "stage": "control_steps",
+                        "test": out / "steps" / "test_results.json", "val": out / "steps" / "val_results.json"})
+    return entries
+
+
+def evaluated_rows(layout, recipe, entries: Sequence[dict]) -> list[dict]:
+    """Every entry's test predictions with both protocols (the transfer one with bootstrap intervals over the test
+    images): [{method, stage, transfer, oracle}, ...]."""
+    test_gt, val_gt = layout.split("test")[0], layout.split("val")[0]
     rows = []
-    for method, stage, test_results, val_results in entries:
-        transfer = evaluate(test_results, test_gt, protocol="transfer", val_results=val_results, val_gt=val_gt,
-                            method=method)
-        oracle = evaluate(test_results, test_gt, protocol="oracle", method=method)
-        rows.append({"method": method, "stage": stage, "transfer": transfer.to_dict(), "oracle": oracle.to_dict()})
+    for e in entries:
+        transfer = evaluate(e["test"], test_gt, protocol="transfer", val_results=e["val"], val_gt=val_gt,
+                            method=e["method"], intervals=aco_analysis.N_BOOT, interval_seed=recipe.seed)
+        oracle = evaluate(e["test"], test_gt, protocol="oracle", method=e["method"])
+        rows.append({"method": e["method"], "stage": e["stage"], "transfer": transfer.to_dict(),
+                     "oracle": oracle.to_dict()})
     return rows
+
+
+def paired_steps(layout, recipe, entries: Sequence[dict], models: Sequence[tuple[str, str]], choice: str) -> list[dict]:
+    """Each step of the method as a paired comparison on the test images: the two translations against Syn, the
+    first round against its teacher, each round against the one before, the last round against Syn+Render and
+    against each control."""
+    by_method = {e["method"]: e for e in entries}
+    titles = dict(models)
+    syn, render = titles[models[0][0]], titles[models[-1][0]]
+    pairs = [(syn, t) for _, t in models[1:]]
+    rounds = [f"+ distillation round {r}" for r in range(1, recipe.kd_rounds + 1)]
+    if rounds:
+        pairs += [(titles[choice], rounds[0]), *list(itertools.pairwise(rounds))]
+        pairs += [(render, rounds[-1]), (syn, rounds[-1])]
+        pairs += [(e["method"], rounds[-1]) for e in control_entries(layout, recipe)]
+    test_gt, val_gt = layout.split("test")[0], layout.split("val")[0]
+    return [aco_analysis.paired_step(by_method[a], by_method[b], test_gt, val_gt, seed=recipe.seed) for a, b in pairs]
 
 
 def heldout_rows(layout, models: Sequence[tuple[str, str]]) -> list[dict]:
@@ -87,6 +139,14 @@ def _row(report: dict, level: str) -> dict | None:
     return next((r for r in report["rows"] if r["level"] == level), None)
 
 
+def _cell(values: dict, key: str, kind: str) -> str:
+    """A metric's value, with its bootstrap interval where the evaluation computed one (cAcc and mAP50 shown)."""
+    interval = (values.get("intervals") or {}).get(key) if key in ("cacc", "map50") else None
+    if interval is None or values[key] is None:
+        return _fmt(values[key], kind)
+    return f"{_fmt(values[key], kind)} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+
+
 def ablation_table(rows: Sequence[dict], protocol: str) -> str:
     """The paper's table: one block of methods per level (easy, medium, hard, averaged)."""
     head = "| level | method | " + " | ".join(c for c, _, _ in COLUMNS) + " | threshold |"
@@ -96,7 +156,7 @@ def ablation_table(rows: Sequence[dict], protocol: str) -> str:
             values = _row(row[protocol], level)
             if values is None:
                 continue
-            cells = " | ".join(_fmt(values[k], kind) for _, k, kind in COLUMNS)
+            cells = " | ".join(_cell(values, k, kind) for _, k, kind in COLUMNS)
             lines.append(f"| {level} | {row['method']} | {cells} | {values['threshold']:.3f} |")
     return "\n".join(lines)
 
@@ -144,19 +204,36 @@ def machine() -> str:
             f"Python {sys.version.split()[0]}; " + ", ".join(versions))
 
 
-def checks(rows: Sequence[dict], models: Sequence[tuple[str, str]]) -> list[str]:
-    """The issue's acceptance, stated from the numbers (transfer protocol, averaged row)."""
+def checks(rows: Sequence[dict], steps: Sequence[dict], models: Sequence[tuple[str, str]], last_method: str) -> list[str]:
+    """The acceptance, stated from the numbers (transfer protocol, averaged row, paired 95% intervals)."""
     cacc = {row["method"]: _row(row["transfer"], "averaged")["cacc"] for row in rows}
-    syn, render = cacc[models[0][1]], cacc[models[-1][1]]
-    last_method = rows[-1]["method"]
-    last = cacc[last_method]
-    ok = "yes" if syn < render < last else "no"
-    return [
-        f"- cAcc improves from Syn ({100 * syn:.2f}%) to Syn+Render ({100 * render:.2f}%) to the last round "
-        f"({100 * last:.2f}%, {last_method}): **{ok}**.",
-        f"- last round >= 60% cAcc: **{'yes' if last >= 0.6 else 'no'}**; the moonshot, 80%: "
-        f"**{'yes' if last >= 0.8 else f'no, {100 * (0.8 - last):.1f} points short'}**.",
+    syn_title, render_title = models[0][1], models[-1][1]
+    syn, render, last = cacc[syn_title], cacc[render_title], cacc[last_method]
+    step = {(s["a"], s["b"]): s for s in steps}
+
+    def beyond(a: str, b: str) -> str:
+        s = step.get((a, b))
+        return "n/a" if s is None else "yes" if s["cacc_above_zero"] else "no"
+
+    lines = [
+        f"- cAcc rises from Syn ({100 * syn:.2f}%) to Syn+Render ({100 * render:.2f}%) to the last round "
+        f"({100 * last:.2f}%, {last_method}): **{'yes' if syn < render < last else 'no'}**; each step's paired 95% "
+        f"interval above zero: Syn+Render - Syn **{beyond(syn_title, render_title)}**, last round - Syn+Render "
+        f"**{beyond(render_title, last_method)}**.",
     ]
+    controls = [s for s in steps if s["a"].startswith("control:")]
+    if controls:
+        best = max(controls, key=lambda s: s["cacc"]["a"])
+        lines.append(f"- the last round against the better control ({best['a']}, {100 * best['cacc']['a']:.2f}%): "
+                     f"{_pts(best['cacc']['difference'])} points, paired interval above zero: "
+                     f"**{'yes' if best['cacc_above_zero'] else 'no'}** (goal +10 points).")
+    lines.append(f"- last round >= 40% cAcc: **{'yes' if last >= 0.4 else 'no'}**; the compass, 80%: "
+                 f"**{'yes' if last >= 0.8 else f'no, {100 * (0.8 - last):.1f} points short'}**.")
+    return lines
+
+
+def _pts(value: float) -> str:
+    return f"{100 * value:+.2f}"
 
 
 def last_stage_errors(layout, recipe, models: Sequence[tuple[str, str]]):
@@ -164,7 +241,7 @@ def last_stage_errors(layout, recipe, models: Sequence[tuple[str, str]]):
     test_gt, val_gt = layout.split("test")[0], layout.split("val")[0]
     if recipe.kd_rounds:
         folder = layout.out / "kd" / f"round_{recipe.kd_rounds:03d}"
-        test_results, val_results = folder / "predictions.json", folder / "val_predictions.json"
+        test_results, val_results = round_test_results(layout, recipe.kd_rounds), folder / "val_predictions.json"
     else:
         test_results, val_results = (layout.predictions(models[-1][0], s)[0] for s in ("test", "val"))
     return analyse_errors(test_results, test_gt, protocol="transfer", val_results=val_results, val_gt=val_gt)
@@ -246,83 +323,128 @@ def _finite(value: Any) -> bool:
     return value is None or not isinstance(value, float) or math.isfinite(value)
 
 
-def write_report(layout, recipe, records: dict[str, dict], models: Sequence[tuple[str, str]], *, title: str) -> Path:
-    """Evaluate every stage, draw the figures and write ``report.md`` and ``metrics.json`` (atomically)."""
-    rows = evaluated_rows(layout, recipe, models)
-    heldout = heldout_rows(layout, models)
-    errors = last_stage_errors(layout, recipe, models)
-    choice = load_json(layout.out / "kd" / "source_choice.json")["source_model"]
-    choice_title = dict(models)[choice]
-    pictures = figures(layout, recipe, rows)
-    kd_summary = (layout.out / "kd" / "summary.md").read_text(encoding="utf-8").split("\n\n", 2)[-1].strip()
-    metrics = {"title": title, "source_model": choice, "stages": rows, "heldout_synth": heldout,
-               "errors_last_stage": errors.to_dict(),
-               "timings": {name: r["seconds"] for name, r in records.items()}}
+def _kd_pool_line(layout, recipe) -> str:
+    """Which images the distillation took its pseudo-labels from, and which protocol set each threshold."""
+    loop = load_json(layout.out / "stages" / "kd.json").get("settings", {})
+    transductive = loop.get("transductive") or not layout.has_pool()
+    pool = ("the **test images themselves** (transductive, as the paper does; their labels are dropped on load)"
+            if transductive else "the world's **unlabeled pool** (`pool2019/`, never the test images)")
+    return (f"Distillation pool: {pool}. Thresholds: the operating threshold of every row is chosen on **val** "
+            "(`transfer`); the selection's threshold and count scale are calibrated each round on the labelled "
+            "**val** split (kd-loop's `selection.json` names them; no pool or test label is read).")
+
+
+def _render_lines(layout, metrics: dict) -> str:
     measure_path = layout.out / "render" / "measure.json"
-    render_lines = ["| images | domain gap to the checkout images (before -> after) | products kept | new blobs per image "
-                    "| new soft foreground regions per image |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| images | domain gap to the checkout images (before -> after) | products kept | new blobs per image "
+             "| new soft foreground regions per image |", "| --- | ---: | ---: | ---: | ---: |"]
     if measure_path.is_file():
         for method, m in load_json(measure_path).items():
-            render_lines.append(f"| {method} | {m['domain_gap_before']:.1f} -> {m['domain_gap_after']:.1f} | "
-                                f"{_fmt(m.get('products_kept_share'), 'pct')} | {m.get('new_blobs_per_image', 0):.2f} | "
-                                f"{m.get('new_foreground_regions_per_image', 0):.2f} |")
+            lines.append(f"| {method} | {m['domain_gap_before']:.1f} -> {m['domain_gap_after']:.1f} | "
+                         f"{_fmt(m.get('products_kept_share'), 'pct')} | {m.get('new_blobs_per_image', 0):.2f} | "
+                         f"{m.get('new_foreground_regions_per_image', 0):.2f} |")
         metrics["render"] = load_json(measure_path)
+    return "\n".join(lines)
+
+
+def _heldout_lines(heldout: Sequence[dict]) -> str:
+    return "\n".join(["| method | cAcc | ACD | mAP50 | mmAP | counting view right (its classes) |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: |"] + [
+        f"| {h['method']} | {_fmt(h['cacc'], 'pct')} | {_fmt(h['acd'], 'num')} | {_fmt(h['map50'], 'pct')} | "
+        f"{_fmt(h['mmap'], 'pct')} | {_fmt(h['counts_right'], 'pct')} ({h['count_classes']}) |" for h in heldout])
+
+
+def _intro(recipe, choice_title: str) -> str:
+    return (f"Seed {recipe.seed}; DPSNet preset `{recipe.preset}`; the three source models with the same budget each "
+            f"({_or_preset(recipe.source_steps)} steps, {_time_limit(recipe.source_minutes)}){_trunk(recipe)}; "
+            f"{recipe.kd_rounds} distillation rounds with kd-loop starting from **{choice_title}** (the source model "
+            f"with the best cAcc on the val split), {_or_preset(recipe.kd_steps)} student steps per round "
+            f"({_time_limit(recipe.kd_minutes)}).")
+
+
+def _measurements(layout, recipe, models, steps, metrics: dict) -> list[str]:
+    """The sections on the domain gap, synthesis against the checkout images and the counting view."""
+    gap = aco_analysis.gap_measurement(layout, *models[0])
+    metrics["gap"] = gap
+    sections = ["## The domain gap (the Syn model in its own domain and on checkout images)", aco_analysis.gap_lines(gap)]
+    synthesis = aco_analysis.synthesis_lines(layout)
+    if synthesis:
+        sections += ["## Synthesis fitted to the checkout images (rpc-synth fit, from the val split's boxes)",
+                     synthesis]
+    sections += [
+        "## The counting view under the shift",
+        "Mean (counted - true) objects per image, before rounding: a bias the checkout domain adds is what "
+        "kd-loop's count scale (fitted on val each round) corrects before the agreement check.",
+        aco_analysis.counting_shift(layout, models),
+        aco_analysis.count_scales(layout.out / "kd", recipe.kd_rounds)]
+    return sections
+
+
+def write_report(layout, recipe, records: dict[str, dict], models: Sequence[tuple[str, str]], *, title: str) -> Path:
+    """Evaluate every stage, draw the figures and write ``report.md`` and ``metrics.json`` (atomically)."""
+    choice = load_json(layout.out / "kd" / "source_choice.json")["source_model"]
+    choice_title = dict(models)[choice]
+    entries = prediction_entries(layout, recipe, models)
+    rows = evaluated_rows(layout, recipe, entries)
+    method_rows = [row for row in rows if not row["stage"].startswith("control")]
+    last_method = method_rows[-1]["method"]
+    steps = paired_steps(layout, recipe, entries, models, choice)
+    heldout = heldout_rows(layout, models)
+    errors = last_stage_errors(layout, recipe, models)
+    pictures = figures(layout, recipe, method_rows)
+    kd_summary = (layout.out / "kd" / "summary.md").read_text(encoding="utf-8").split("\n\n", 2)[-1].strip()
+    metrics = {"title": title, "source_model": choice, "stages": rows, "paired_steps": steps, "heldout_synth": heldout,
+               "errors_last_stage": errors.to_dict(), "timings": {name: r["seconds"] for name, r in records.items()}}
+    render_lines = _render_lines(layout, metrics)
+    measurements = _measurements(layout, recipe, models, steps, metrics)
     bad = [(row["method"], k) for row in rows for p in ("transfer", "oracle") for r in row[p]["rows"]
            for k, v in r.items() if not _finite(v)]
     if bad:
         raise FloatingPointError(f"non-finite metric {bad[0]}")
     write_json(metrics, layout.out / "metrics.json", indent=2)
-    heldout_lines = ["| method | cAcc | ACD | mAP50 | mmAP | counting view right (its classes) |",
-                     "| --- | ---: | ---: | ---: | ---: | ---: |"] + [
-        f"| {h['method']} | {_fmt(h['cacc'], 'pct')} | {_fmt(h['acd'], 'num')} | {_fmt(h['map50'], 'pct')} | "
-        f"{_fmt(h['mmap'], 'pct')} | {_fmt(h['counts_right'], 'pct')} ({h['count_classes']}) |" for h in heldout]
     sections = [
-        f"# {title}",
-        f"Seed {recipe.seed}; DPSNet preset `{recipe.preset}`; the three source models with the same budget each "
-        f"({_or_preset(recipe.source_steps)} steps, {_time_limit(recipe.source_minutes)}){_trunk(recipe)}; "
-        f"{recipe.kd_rounds} distillation rounds with kd-loop starting from **{choice_title}** (the source model "
-        f"with the best cAcc on the val split), {_or_preset(recipe.kd_steps)} student steps per round "
-        f"({_time_limit(recipe.kd_minutes)}).",
+        f"# {title}", _intro(recipe, choice_title), _kd_pool_line(layout, recipe),
         "## Ablation (test split, protocol `transfer`: the headline)",
         "The score threshold is the one maximising cAcc on the **val** split's averaged row, applied to every row "
         "of the test split (a store knows neither the test labels nor an image's level). Pseudo-labels are "
-        "selected without any label (kd-loop reads the test ground truth for reporting only), and the source "
-        "model for distillation is chosen on val. Rows `+ distillation round r` continue from the row above them "
-        f"that kd-loop started from ({choice_title}). Syn+histogram and Syn+Render train on half synthesized, "
-        "half translated images.",
+        "selected without any label, and the source model for distillation is chosen on val. Rows `+ distillation "
+        f"round r` continue from {choice_title}. Syn+histogram and Syn+Render train on half synthesized, half "
+        f"translated images. cAcc and mAP50 carry a 95% bootstrap interval over the test images "
+        f"({aco_analysis.N_BOOT} resamples, seed {recipe.seed}).",
         ablation_table(rows, "transfer"),
+        "## Each step, paired on the same test images",
+        "B - A with a paired bootstrap interval (the same resampled images for both models, each at its own "
+        "val-chosen threshold); a step counts only when its whole interval lies above zero.",
+        aco_analysis.steps_table(steps),
+        "## Checks",
+        "\n".join(checks(rows, steps, models, last_method)),
         "## The same predictions, protocol `oracle` (threshold chosen on the test images, as papers report)",
         "For comparison with published numbers only: this threshold uses the test labels.",
         ablation_table(rows, "oracle"),
-        "## Checks",
-        "\n".join(checks(rows, models)),
+        *measurements,
         "## What holds cAcc back (last stage, test split, transfer threshold)",
         "From `rpc-metrics errors` (the test labels, for reporting only): each detection above the threshold takes "
         "the object of its own SKU it overlaps most (IoU >= 0.5); the rest are matched across SKUs (wrong SKU); "
-        "objects left are missed and detections left are extra. The in-domain check further down tells whether "
-        "the detector does better on images of its own training domain.",
-        errors_section(errors, rows[-1]["method"]),
-        "## Distillation rounds (kd-loop summary; precision measured with the test labels, for reporting only)",
+        "objects left are missed and detections left are extra.",
+        errors_section(errors, last_method),
+        "## Distillation rounds (kd-loop summary; precision measured with the pool's labels, for reporting only)",
         kd_summary,
         "## Rendering: how far the translated images moved toward the checkout domain",
         "Domain gap: the Fréchet distance between colour and texture feature statistics of the synthesized (or "
         "translated) images and the checkout images' pixels (rpc-synth's README defines it); products kept: "
         "foreground inside each box still there after translation (IoU >= 0.5); new blobs: product-like "
-        "(crisp-edged: boundary gradient / contrast >= 0.15) foreground that appeared outside every box; new soft "
-        "foreground regions: all foreground that appeared outside every box, soft-edged tray texture included.",
-        "\n".join(render_lines),
+        "(crisp-edged) foreground that appeared outside every box; new soft foreground regions: all foreground "
+        "that appeared outside every box, soft-edged tray texture included.",
+        render_lines,
         "## In-domain check: source models on held-out synthesized images (oracle threshold)",
-        "\n".join(heldout_lines),
+        _heldout_lines(heldout),
         "## Figures",
         "\n\n".join(f"![{caption}]({path})\n\n*{caption}*" for caption, path in pictures),
-        "## Timings",
-        timings_table(records),
-        "## Machine",
-        machine(),
+        "## Timings", timings_table(records), "## Machine", machine(),
         "## Files",
-        "`metrics.json` (every row, both protocols, all levels), `stages/*.json` (each stage's settings and time), "
-        "`models/*/` (source runs: config, logs, checkpoints, predictions), `kd/` (kd-loop's rounds and "
-        "`summary.md`), `figures/`.",
+        "`metrics.json` (every row, both protocols, all levels, the paired steps), `stages/*.json` (each stage's "
+        "settings and time), `models/*/` (source runs), `kd/` (kd-loop's rounds and `summary.md`), `controls/` "
+        "(with `--controls`), `figures/`.",
     ]
     path = layout.out / "report.md"
     with atomic_output(path) as tmp:

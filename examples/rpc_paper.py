@@ -25,10 +25,11 @@ from aco_stages import InputError
 # 16+ CPU cores; dpsnet's measured rpc-paper step is 63 ms per GPU (packages/dpsnet/benchmarks/GPU_STEP.md).
 RPC_PAPER = Recipe(
     workers=os.cpu_count() or 1, threads=0, refine_px=400, synth_images=100_000, heldout_images=1000,
-    synth_size=800, render_iters=2000, render_crop=96, render_images=20_000, pretrain_steps=0, preset="rpc-paper",
+    synth_size=800, render_method="cyclegan", render_iters=2000, render_crop=96, render_images=20_000, pretrain_steps=0,
+    preset="rpc-paper",
     source_steps=None, source_trunk_steps=0, source_minutes=None, kd_rounds=4, kd_steps=20_000, kd_minutes=None, vis_images=4,
-    budgets={"world": 0, "masks": 1800, "poses": 10, "synth": 3600, "synth_heldout": 60, "pretrain": 0,
-             "checkout_unlabeled": 60, "render_train": 900, "render_apply": 7200, "histogram": 1200, "render_measure": 1800,
+    budgets={"world": 0, "masks": 1800, "poses": 10, "synth_fit": 120, "synth": 3600, "synth_heldout": 60, "pretrain": 0,
+             "checkout_unlabeled": 60, "render_train": 900, "render_apply": 7200, "render_camera": 3600, "histogram": 1200, "render_measure": 1800,
              "startup": 120, "train_step": 0.09, "predict_per_model": 900, "kd_predict_per_round": 600,
              "visualize": 60},
 )

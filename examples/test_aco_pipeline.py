@@ -16,7 +16,7 @@ EXAMPLES = Path(__file__).parent
 LEVELS = ("easy", "medium", "hard", "averaged")
 METHODS = ("Syn", "Syn+histogram", "Syn+Render", "+ distillation round 1", "+ distillation round 2",
            "+ distillation round 3")
-STAGES = ("world", "masks", "poses", "synth", "synth_heldout", "pretrain", "checkout_unlabeled", "render_train",
+STAGES = ("world", "masks", "poses", "synth_fit", "synth", "synth_heldout", "pretrain", "checkout_unlabeled",
           "render_apply", "histogram", "render_measure", "source_trunk", "source_syn", "source_hist", "source_render",
           "kd", "visualize")
 
@@ -46,8 +46,26 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(quick_demo):
     assert report.strip() in done.stdout
     for heading in ("## Ablation (test split, protocol `transfer`", "protocol `oracle`", "## Checks",
                     "## Distillation rounds", "## Rendering", "## Timings", "## Machine", "## Figures",
-                    "## What holds cAcc back"):
+                    "## What holds cAcc back", "## Each step, paired on the same test images", "## The domain gap",
+                    "## Synthesis fitted to the checkout images", "## The counting view under the shift"):
         assert heading in report
+    # distillation took its pseudo-labels from the unlabeled pool, not the test images, and said so
+    assert "the world's **unlabeled pool**" in report
+    loop = (out / "kd" / "loop.toml").read_text()
+    assert "pool2019" in loop and '[test]' in loop
+    # every step is a paired comparison with an interval; the ablation rows carry bootstrap intervals
+    metrics = json.loads((out / "metrics.json").read_text())
+    pairs = [(s["a"], s["b"]) for s in metrics["paired_steps"]]
+    assert ("Syn", "Syn+Render") in pairs and ("Syn+Render", "+ distillation round 3") in pairs
+    for step in metrics["paired_steps"]:
+        lo, hi = step["cacc"]["interval"]
+        assert lo <= step["cacc"]["difference"] <= hi
+    averaged = next(r for r in metrics["stages"][0]["transfer"]["rows"] if r["level"] == "averaged")
+    lo, hi = averaged["intervals"]["cacc"]
+    assert lo <= averaged["cacc"] <= hi
+    # synthesis was fitted to the val split's boxes, and the generate stages used it
+    assert (out / "synthesis.json").is_file()
+    assert json.loads((out / "stages" / "synth.json").read_text())["settings"]["fitted"] is True
     # the last round's errors add up to its objects and detections, at the transfer threshold of the table above
     errors = json.loads((out / "metrics.json").read_text())["errors_last_stage"]
     last = next(r for r in errors["rows"] if r["level"] == "averaged")
@@ -139,19 +157,21 @@ def test_other_settings_in_the_same_folder_exit_2(quick_demo):
 
 
 @pytest.mark.slow
-def test_kd_controls_on_the_quick_demo(quick_demo):
+def test_controls_added_to_a_finished_quick_demo(quick_demo):
     out, _ = quick_demo
-    done = run_example("kd_controls.py", "--demo", out.name, cwd=out.parent)  # relative, as in the README
+    done = run_example("aco_pipeline.py", "--quick", "--out", out.name, "--controls", cwd=out.parent)
     assert done.returncode == 0, done.stderr[-4000:]
-    report = (out / "controls" / "controls.md").read_text()
-    for r in range(4):
-        assert f"| loop (label-free selection) | {r} |" in report and f"| control: random selection | {r} |" in report
-    assert "| control: 24 more steps on synthesized data |" in report and "minus the better control" in report
-    data = json.loads((out / "controls" / "controls.json").read_text())
-    for row in [*data["loop"], *data["random"], data["steps"]]:
-        assert all(math.isfinite(row[k]) for k in ("cacc", "acd", "cacc_oracle"))
-    # The random control reads the same pool and selection settings: its round 1 drew from the same teacher.
-    assert json.loads((out / "controls" / "random" / "round_001" / "selection.json").read_text())["policy"] == "random-instance"
+    assert done.stderr.count("done earlier, skipped") == len(STAGES)  # only the two controls ran
+    report = (out / "report.md").read_text()
+    for method in ("control: random selection, round 3", "control: as many more steps on synthesized data"):
+        assert f"| averaged | {method} | " in report
+        assert f"| + distillation round 3 - {method} | " in report
+    assert "the last round against the better control" in report
+    # the random control reads the same pool and selection settings, from the loop's own round 0 (not redone)
+    assert json.loads((out / "controls" / "random" / "round_001" / "selection.json").read_text())["policy"] == \
+        "random-instance"
+    assert (out / "controls" / "random" / "round_000" / "fit.json").samefile(out / "kd" / "round_000" / "fit.json")
+    assert json.loads((out / "controls" / "steps" / "model" / "done.json").read_text())["steps"] == 24
 
 
 def test_bad_override_exits_2(tmp_path):

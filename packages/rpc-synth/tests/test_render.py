@@ -340,7 +340,7 @@ def test_gpu_translation_matches_the_cpu(seed):
         assert diff.mean() < mean and diff.max() <= most, (amp, diff.mean(), diff.max())
 
 
-@pytest.mark.parametrize("method", ["cyclegan", "histogram"])
+@pytest.mark.parametrize("method", ["cyclegan", "camera", "histogram"])
 def test_apply_passes_annotations_through(method, tiny_world, tiny_generate, tiny_model, tmp_path, helpers):
     ann = tiny_generate / "instances_synth2019.json"
     render_dataset(tiny_generate / "synth2019", ann, tmp_path, method=method, model=tiny_model,
@@ -355,8 +355,9 @@ def test_apply_checks_inputs_before_writing(tiny_generate, tmp_path):
     ann = tiny_generate / "instances_synth2019.json"
     with pytest.raises(InputError, match="--model"):
         render_dataset(tiny_generate / "synth2019", ann, tmp_path / "a", method="cyclegan", progress=False)
-    with pytest.raises(InputError, match="--target"):
-        render_dataset(tiny_generate / "synth2019", ann, tmp_path / "b", method="histogram", progress=False)
+    for method in ("histogram", "camera"):
+        with pytest.raises(InputError, match="--target"):
+            render_dataset(tiny_generate / "synth2019", ann, tmp_path / "b", method=method, progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

@@ -260,10 +260,12 @@ def render_train(source, source_ann, target, out, size, iters, batch, seed, gen_
 @click.option("--images", required=True, type=click.Path(file_okay=False), help="Folder of the images to translate.")
 @click.option("--ann", required=True, type=click.Path(dir_okay=False), help="Their instances JSON (copied, boxes unchanged).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (render2019/, instances_render2019.json).")
-@click.option("--method", type=click.Choice(["cyclegan", "histogram"]), default="cyclegan", show_default=True,
-              help="Translator checkpoint, or per-channel histogram matching (no torch).")
+@click.option("--method", type=click.Choice(["cyclegan", "camera", "histogram"]), default="cyclegan", show_default=True,
+              help="Translator checkpoint; a camera (histogram matching, blur, noise, JPEG) fitted to the target "
+                   "photos; or per-channel histogram matching alone (camera and histogram need no torch).")
 @click.option("--model", type=click.Path(dir_okay=False), help="Checkpoint of `render train` (cyclegan).")
-@click.option("--target", type=click.Path(file_okay=False), help="Folder of checkout images whose histograms are matched (histogram).")
+@click.option("--target", type=click.Path(file_okay=False),
+              help="Folder of checkout images to match (camera, histogram; pixels only).")
 @click.option("--jpeg-quality", default=95, show_default=True, help="JPEG quality of the written images.")
 @click.option("--threads", default=1, show_default=True, help="CPU threads for torch (0: torch's default).")
 @click.option("--amp/--no-amp", default=None,

@@ -1,4 +1,5 @@
-"""Apply a method (``cyclegan`` translator or ``histogram`` matching) to a dataset; write images + annotations.
+"""Apply a method (``cyclegan`` translator, ``camera`` fitted to the checkout photos, or ``histogram`` matching) to a
+dataset; write images + annotations.
 
 Output, directly usable as a training dataset: ``OUT/render2019/<file_name>`` (same names as the input)
 and ``OUT/instances_render2019.json`` (the input JSON unchanged but for a top-level ``render`` record of
@@ -18,9 +19,11 @@ from ..generate import InputError
 from ..progress import Progress
 from . import native_bf16_cpu, require_torch
 from .data import folder_images, read_image
+from .camera import files_jpeg_quality, fit_camera, render_camera
 from .histogram import channel_histograms, match_histograms
 
-METHODS = ("cyclegan", "histogram")
+METHODS = ("cyclegan", "camera", "histogram")
+FIT_SOURCES, FIT_TARGETS = 32, 120  # images the camera is fitted on (evenly spaced through each set)
 IMAGES_DIR = "render2019"
 INSTANCES = "instances_render2019.json"
 
@@ -48,6 +51,13 @@ def translate_image(generator, image: np.ndarray, seed: int = 0, amp: bool = Fal
             y = generator(x, add_noise=False)
         y = generator.add_noise(y.float().clamp(-1, 1), torch.Generator().manual_seed(seed))[..., :h, :w]
     return to_image(y)[0]
+
+
+def _spaced(items: list, n: int) -> list:
+    """At most ``n`` of ``items``, evenly spaced (all when there are fewer)."""
+    if len(items) <= n:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
 
 
 def _write_image(path: Path, image: np.ndarray, jpeg_quality: int) -> None:
@@ -102,10 +112,18 @@ def render_dataset(images: str | Path, ann: str | Path, out: str | Path, *, meth
                   "device": dev.type}
     else:
         if target is None:
-            raise InputError("--method histogram needs --target (a folder of checkout images)")
-        counts = channel_histograms(read_image(p) for p in folder_images(target))
-        translate = lambda image, _image_id: match_histograms(image, counts)  # noqa: E731
+            raise InputError(f"--method {method} needs --target (a folder of checkout images)")
+        targets = folder_images(target)
+        counts = channel_histograms(read_image(p) for p in targets)
         record = {"method": method, "target": str(target)}
+        if method == "camera":
+            camera, fit = fit_camera([read_image(p) for p in _spaced(paths, FIT_SOURCES)],
+                                     [read_image(p) for p in _spaced(targets, FIT_TARGETS)], counts,
+                                     files_jpeg_quality(targets))
+            record["camera"] = fit
+            translate = lambda image, image_id: render_camera(image, counts, camera, image_id)  # noqa: E731
+        else:
+            translate = lambda image, _image_id: match_histograms(image, counts)  # noqa: E731
     out = Path(out)
     bar = Progress(len(paths), f"rpc-synth render apply ({method})", enabled=progress)
     try:
