@@ -401,15 +401,7 @@ class Pipeline:
                 lambda: self.run([tool("rpc-synth"), "render", "apply", "--method", "camera", "--target", target,
                                   "--images", synth_images, "--ann", self.render_source(), "--out", p.out / "render",
                                   "--quiet"])))
-        return stages + [
-            Stage("histogram", "histogram-matched images, the baseline (rpc-synth render apply --method histogram)",
-                  b["histogram"], {"images": r.render_images},
-                  lambda: self.run([tool("rpc-synth"), "render", "apply", "--method", "histogram",
-                                    "--target", target, "--images", synth_images, "--ann", self.render_source(),
-                                    "--out", p.out / "histogram", "--quiet"])),
-            Stage("render_measure", "domain gap, products kept, new blobs (rpc-synth render measure)",
-                  b["render_measure"], {"images": r.render_images}, lambda: self.measure_render(target)),
-        ]
+        return [*stages, Stage("histogram", "histogram-matched images, the baseline (rpc-synth render apply --method histogram)", b["histogram"], {"images": r.render_images}, lambda: self.run([tool("rpc-synth"), "render", "apply", "--method", "histogram", "--target", target, "--images", synth_images, "--ann", self.render_source(), "--out", p.out / "histogram", "--quiet"])), Stage("render_measure", "domain gap, products kept, new blobs (rpc-synth render measure)", b["render_measure"], {"images": r.render_images}, lambda: self.measure_render(target))]
 
     def distils_on_test(self) -> bool:
         """Transductive distillation (the test images are the pool): asked for, or the data has no pool."""

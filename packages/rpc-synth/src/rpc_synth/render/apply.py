@@ -18,8 +18,8 @@ from rpc_metrics.io import FormatError, atomic_output, image_path, read_instance
 from ..generate import InputError
 from ..progress import Progress
 from . import native_bf16_cpu, require_torch
-from .data import folder_images, read_image
 from .camera import files_jpeg_quality, fit_camera, render_camera
+from .data import folder_images, read_image
 from .histogram import channel_histograms, match_histograms
 
 METHODS = ("cyclegan", "camera", "histogram")
