@@ -35,6 +35,22 @@ def test_ignore_mask_marks_pixel_centres_inside_boxes():
     assert mask[1].min() == 1
 
 
+def test_labelled_boxes_keep_their_supervision_inside_ignore_regions():
+    """An ignore box over a labelled product (a lower-scoring duplicate) must not erase the product's density."""
+    ignore = [torch.tensor([[0.0, 0, 32, 24]])]
+    labelled = [torch.tensor([[8.0, 8, 24, 24]])]
+    mask = ignore_mask(ignore, (4, 5), stride=8, labelled_boxes=labelled)
+    expected = torch.ones(4, 5)
+    expected[:3, :4] = 0  # pixel centres 4, 12, 20 (rows) and 4..28 (columns) inside the ignore box
+    expected[1:3, 1:3] = 1  # but those inside the labelled box count
+    assert torch.equal(mask[0, 0], expected)
+    target = density_targets(labelled, [torch.tensor([0])], (4, 5), num_classes=1, stride=8)
+    kept = (target * mask).sum() / target.sum()
+    assert kept > 0.5 and kept > (target * ignore_mask(ignore, (4, 5), stride=8)).sum() / target.sum()
+    assert torch.equal(ignore_mask(ignore, (4, 5), stride=8, labelled_boxes=[torch.zeros(0, 4)]),
+                       ignore_mask(ignore, (4, 5), stride=8))
+
+
 def test_density_loss_values():
     target = torch.zeros(1, 2, 2, 2)
     target[0, 0, 0, 0] = 1.0

@@ -47,23 +47,32 @@ def density_targets(
                                       sigma_scale=sigma_scale, min_sigma=min_sigma, check=check)
 
 
-def ignore_mask(ignore_boxes: Sequence[Tensor], map_size: tuple[int, int], stride: float) -> Tensor:
-    """Tensor[B, 1, H, W] float: 0 where a map pixel's centre lies inside an ignore box, 1 elsewhere.
+def ignore_mask(ignore_boxes: Sequence[Tensor], map_size: tuple[int, int], stride: float,
+                labelled_boxes: Sequence[Tensor] | None = None) -> Tensor:
+    """Tensor[B, 1, H, W] float: 0 where a map pixel's centre lies inside an ignore box and inside no labelled
+    box, 1 elsewhere.
+
+    A pseudo-labelled image's uncertain detections become ignore regions; one may overlap a confidently labelled
+    product (a lower-scoring duplicate of another class, say), whose density must stay supervised there.
 
     Args:
         ignore_boxes (list[Tensor[M_i, 4]]): ignore regions (x1, y1, x2, y2) in image pixels, per image.
+        labelled_boxes (list[Tensor[K_i, 4]] | None): the labelled objects' boxes, per image; they win over
+            ignore regions.
     """
     height, width = map_size
     device = ignore_boxes[0].device
     ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) * stride
     xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) * stride
-    masks = []
-    for boxes in ignore_boxes:
+
+    def covered(boxes: Tensor) -> Tensor:
         boxes = boxes.reshape(-1, 4).float()
         inside_y = (ys[None, :] >= boxes[:, 1:2]) & (ys[None, :] <= boxes[:, 3:4])  # [M, H]
         inside_x = (xs[None, :] >= boxes[:, 0:1]) & (xs[None, :] <= boxes[:, 2:3])  # [M, W]
-        covered = (inside_y[:, :, None] & inside_x[:, None, :]).any(dim=0)
-        masks.append((~covered).float())
+        return (inside_y[:, :, None] & inside_x[:, None, :]).any(dim=0)
+
+    labelled = labelled_boxes if labelled_boxes is not None else [b.new_zeros(0, 4) for b in ignore_boxes]
+    masks = [(~(covered(ignore) & ~covered(kept))).float() for ignore, kept in zip(ignore_boxes, labelled, strict=True)]
     return torch.stack(masks)[:, None]
 
 

@@ -304,7 +304,7 @@ class DPSNet(nn.Module):
                                  [self.count_class_of_label[t["labels"]] for t in targets], map_size,
                                  num_classes=self.num_count_classes, stride=stride, sigma_scale=self.sigma_scale,
                                  min_sigma=self.min_sigma, check=False)  # in range: count_class_of_label's values
-        mask = ignore_mask([t["ignore_boxes"] for t in targets], map_size, stride)
+        mask = ignore_mask([t["ignore_boxes"] for t in targets], map_size, stride, [t["boxes"] for t in targets])
         losses = density_loss(density, target, mask, density_scale=self.density_scale,
                               pixel_weight=self.density_loss_weight, count_weight=self.count_loss_weight)
         if class_logits is not None:
