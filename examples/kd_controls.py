@@ -26,7 +26,6 @@ from pathlib import Path
 import click
 from aco_stages import run_command, to_toml, toml_value, tool
 
-from kd_loop.config import SCHEMA, parse_overrides
 from rpc_metrics.io import atomic_output, write_json
 
 
@@ -62,15 +61,13 @@ def _link_or_copy(src: str, dst: str) -> None:
 def random_control(demo: Path, loop: dict, kd_set: list[str], *, threads: int = 0) -> Path:
     """The loop again with random pseudo-labels (as many as the loop keeps), from the loop's own round 0."""
     out = demo / "controls" / "random"
-    policy = parse_overrides(kd_set).get("selection.policy",
-                                         loop.get("selection", {}).get("policy", SCHEMA["selection.policy"][0]))
-    control = "random-instance" if policy == "instance" else "random"
     out.mkdir(parents=True, exist_ok=True)
     _link_tree(demo / "kd" / "round_000", out / "round_000")
     config = demo / "controls" / "random.toml"
     with atomic_output(config) as tmp:
         Path(tmp).write_text(to_toml({**loop, "workdir": str(out)}), encoding="utf-8")
-    run([tool("kd-loop"), "run", config, *kd_set, f'selection.policy="{control}"'], threads)
+    # kd-loop's own control of the loop's schedule: each round draws as many images (or labels) as its policy keeps.
+    run([tool("kd-loop"), "run", config, *kd_set, 'selection.control="random"'], threads)
     return out
 
 

@@ -83,12 +83,13 @@ JOBS = [
     *[(pyramid_fuse._interp_transpose_kernel.fn, PYRAMID_T, {"LAST_AXIS": last, "ACC": tl.float32, "BLOCK_A": 16,
                                                           "BLOCK_B": 32})
       for last in (True, False)],
-    (density_render._density_render_kernel.fn, DENSITY, {"NORM_BLOCK": 128, "SCAN": 256, "BLOCK_H": 16, "BLOCK_W": 128,
-                                                       "TILES_H": 2}),
+    *[(density_render._density_render_kernel.fn, DENSITY, {"NORM_BLOCK": 128, "SCAN": 256, "BLOCK_H": 16,
+                                                         "BLOCK_W": 128, "TILES_H": 2, "SHORT_SIDE": short})
+      for short in (False, True)],
     # triton turns an int argument equal to 1 into a constant: a 1x1 map must compile too (failed on the H100)
     (density_render._density_render_kernel.fn, {k: v for k, v in DENSITY.items() if k not in ("height", "width")},
      {"height": 1, "width": 1, "NORM_BLOCK": 16, "SCAN": 16, "BLOCK_H": 32, "BLOCK_W": 32,
-      "TILES_H": 1}),
+      "TILES_H": 1, "SHORT_SIDE": False}),
     (pyramid_fuse._pyramid_fuse_fwd_kernel.fn, {k: v for k, v in PYRAMID.items() if k not in ("h4", "w4")},
      {"h4": 1, "w4": 1, "NUM_LEVELS": 5, "IDENTITY": -1, "ACC": tl.float32, "BLOCK_H": 16, "BLOCK_W": 32}),
     *[(roi_align._roi_align_kernel, _roi("*fp32" if backward else "*bf16"),

@@ -80,6 +80,39 @@ def test_density_sigma_rule():
     torch.testing.assert_close(cy, torch.tensor([1.0, 10.0]))
 
 
+def test_density_short_side_rule_is_the_released_dpsnet_rule():
+    # The released DPSNet (jianzhnie/DPSNet @ d327140, maskrcnn_benchmark/utils/density.py:58-61): in map pixels,
+    # sigma = max(min_sigma, min(w, h) / 2 * 5 / (4 * 3)), min_sigma 1 at stride 8 (engine/trainer.py:207-212).
+    g = torch.Generator().manual_seed(0)
+    sizes = torch.rand(50, 2, generator=g) * 300 + torch.tensor([[0.5, 2.0]])
+    stride = 8.0
+    released = [max(1.0, min(w / stride, h / stride) / 2 * 5 / (4 * 3)) for w, h in sizes.tolist()]
+    _, _, sigma = density_params(torch.zeros(50, 2), sizes, map_size=(100, 100), stride=stride, sigma_scale=5 / 24,
+                                 min_sigma=1.0, truncate=3.0, sigma_rule="short_side")
+    torch.testing.assert_close(sigma, torch.tensor(released), rtol=1e-6, atol=1e-6)
+    assert min(released) == 1.0 and max(released) > 3.0  # both branches of the max
+
+
+@pytest.mark.parametrize("map_size,stride", [((9, 13), 8), ((17, 5), 2.5)])
+def test_density_render_short_side_matches_reference(kernel_path, map_size, stride):
+    image_hw = (map_size[0] * stride, map_size[1] * stride)
+    for seed in range(2):
+        args = _instances(11, 2, 3, image_hw, seed)
+        kwargs = {"num_images": 2, "num_classes": 3, "map_size": map_size, "stride": stride,
+                  "sigma_scale": 5 / 24, "sigma_rule": "short_side"}
+        out = _render(args, **kwargs)
+        torch.testing.assert_close(out, density_render_reference(*args, **kwargs), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out.sum(), torch.tensor(11.0), rtol=1e-5, atol=1e-5)
+        # the rule matters: long thin boxes get narrower Gaussians than under the area rule
+        assert not torch.allclose(out, _render(args, **{**kwargs, "sigma_rule": "area"}))
+
+
+def test_density_render_rejects_an_unknown_sigma_rule():
+    with pytest.raises(ValueError, match="sigma_rule should be one of"):
+        aco_kernels.density_render(torch.zeros(1, 2), torch.ones(1, 2), torch.tensor([0]), torch.tensor([0]),
+                                   num_images=1, num_classes=1, map_size=(4, 4), stride=4, sigma_rule="diagonal")
+
+
 def test_density_render_unchecked_drops_out_of_range_instances_on_the_kernel_path(kernel_path):
     # check=False (no host sync): an instance whose label or image is out of range matches no plane
     centers = torch.tensor([[10.0, 10.0], [20.0, 12.0], [5.0, 5.0], [12.0, 3.0]])

@@ -63,6 +63,7 @@ def test_kd_loss_gpu(dtype, other_path, shape, monkeypatch):
 @pytest.mark.parametrize("dtype,other_path", [*PATHS, (torch.float32, "planes"), (torch.bfloat16, "coarse")])
 @pytest.mark.parametrize("sizes,target", [
     ([(200, 200), (100, 100), (50, 50), (25, 25), (13, 13)], (200, 200)),  # DPSNet P2-P6
+    ([(200, 200), (100, 100), (50, 50), (25, 25), (13, 13)], (100, 100)),  # P2-P6 at P3, the released counting view
     ([(37, 29), (19, 15), (10, 8)], (37, 29)),  # odd
     ([(3, 3)], (64, 65)),  # one level, upsampled
     ([(40, 40), (100, 100), (50, 50), (13, 13)], (50, 50)),  # down- and upsampled, no level at stride 8 first
@@ -95,8 +96,9 @@ def test_pyramid_fuse_gpu(dtype, other_path, sizes, target, monkeypatch):
         _close(a.grad, b.grad, dtype, scale=max(1.0, target[0] * target[1] / b.shape[2] / b.shape[3]))
 
 
+@pytest.mark.parametrize("sigma_rule", ["area", "short_side"])
 @pytest.mark.parametrize("map_size,stride,num", [((100, 100), 8, 20), ((13, 17), 8, 5), ((1, 1), 8, 3)])
-def test_density_render_gpu(map_size, stride, num):
+def test_density_render_gpu(map_size, stride, num, sigma_rule):
     g = _gen(2)
     num_images, num_classes = 8, 200
     h, w = map_size[0] * stride, map_size[1] * stride
@@ -105,7 +107,8 @@ def test_density_render_gpu(map_size, stride, num):
     sizes = torch.rand(k, 2, device="cuda", generator=g) * 200 + 1
     labels = torch.randint(0, num_classes, (k,), device="cuda", generator=g)
     batch_index = torch.arange(num_images, device="cuda").repeat_interleave(num)
-    kwargs = {"num_images": num_images, "num_classes": num_classes, "map_size": map_size, "stride": stride}
+    kwargs = {"num_images": num_images, "num_classes": num_classes, "map_size": map_size, "stride": stride,
+              "sigma_rule": sigma_rule, "sigma_scale": 0.15 if sigma_rule == "area" else 5 / 24}
     out = aco_kernels.density_render(centers, sizes, labels, batch_index, **kwargs)
     ref = density_render_reference(centers, sizes, labels, batch_index, **kwargs)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-6)

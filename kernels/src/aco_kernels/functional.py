@@ -27,6 +27,7 @@ def density_render(
     sigma_scale: float = 0.15,
     min_sigma: float = 1.0,
     truncate: float = 3.0,
+    sigma_rule: str = "area",
     check: bool = True,
 ) -> Tensor:
     """Render per-class Gaussian density maps, each instance summing to exactly 1 on the map.
@@ -37,8 +38,10 @@ def density_render(
         labels (Tensor[K] int): class index in ``[0, num_classes)``.
         batch_index (Tensor[K] int): image index in ``[0, num_images)``.
         map_size ((H, W)): size of the density map; ``stride`` is image pixels per map pixel.
-        sigma_scale, min_sigma, truncate: ``sigma = max(min_sigma, sigma_scale * sqrt(w * h) / stride)`` in map
-            pixels; the Gaussian is cut at ``truncate * sigma`` (square window) and renormalised inside the map.
+        sigma_scale, min_sigma, truncate: ``sigma = max(min_sigma, sigma_scale * side / stride)`` in map pixels;
+            the Gaussian is cut at ``truncate * sigma`` (square window) and renormalised inside the map.
+        sigma_rule: ``side`` is ``sqrt(w * h)`` (``"area"``) or ``min(w, h)`` (``"short_side"``, the released
+            DPSNet's rule with ``sigma_scale = 5 / 24``).
         check: verify that labels and batch indices are in range (a ``ValueError`` if not). It costs one host
             sync on CUDA; ``False`` skips it, for callers whose indices are in range by construction (DPSNet's
             training step): the kernel then draws no instance whose plane is out of range, and the reference
@@ -53,6 +56,7 @@ def density_render(
                          f"{tuple(sizes.shape)}, {tuple(labels.shape)}, {tuple(batch_index.shape)}")
     if stride <= 0:
         raise ValueError(f"stride should be > 0, got {stride}")
+    reference.check_density_args(min_sigma, truncate, sigma_rule)
     # One host sync for all four range checks; none while a CUDA graph is being captured (syncs are illegal
     # there): the kernel path then relies on the caller, and an out-of-range index fails on the device.
     if check and num > 0 and not (centers.is_cuda and torch.cuda.is_current_stream_capturing()):
@@ -63,7 +67,7 @@ def density_render(
         if lo_image < 0 or hi_image >= num_images:
             raise ValueError(f"batch_index should be in [0, num_images={num_images}), got [{lo_image}, {hi_image}]")
     args = (centers, sizes, labels, batch_index, num_images, num_classes, tuple(map_size), stride, sigma_scale,
-            min_sigma, truncate)
+            min_sigma, truncate, sigma_rule)
     if use_kernel(centers):
         from .ops.density_render import density_render_triton
 

@@ -16,10 +16,17 @@ from torch import Tensor
 # --------------------------------------------------------------------------------------------- density
 
 
-def check_density_args(min_sigma: float, truncate: float) -> None:
+# How a box's size sets its Gaussian's sigma: "area", sigma_scale * sqrt(w * h) (the toolkit's), or
+# "short_side", sigma_scale * min(w, h) (the released DPSNet's, with sigma_scale 5/24: its density.py:60-61).
+SIGMA_RULES = ("area", "short_side")
+
+
+def check_density_args(min_sigma: float, truncate: float, sigma_rule: str = "area") -> None:
     if min_sigma <= 0 or truncate * min_sigma < 1.0:
         raise ValueError(f"min_sigma * truncate should be >= 1 (so every instance covers a pixel), got "
                          f"min_sigma={min_sigma}, truncate={truncate}")
+    if sigma_rule not in SIGMA_RULES:
+        raise ValueError(f"sigma_rule should be one of {SIGMA_RULES}, got {sigma_rule!r}")
 
 
 def density_params(
@@ -30,20 +37,23 @@ def density_params(
     sigma_scale: float,
     min_sigma: float,
     truncate: float,
+    sigma_rule: str = "area",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The one sigma rule, shared by the reference and the kernel.
 
     Returns ``(cx, cy, sigma)``, each Tensor[K] float32 in map pixels: the centre divided by ``stride`` and
-    clamped into the map ``[0, W] x [0, H]``, and ``sigma = max(min_sigma, sigma_scale * sqrt(w * h) / stride)``
-    for an instance box of ``w x h`` image pixels.
+    clamped into the map ``[0, W] x [0, H]``, and for an instance box of ``w x h`` image pixels
+    ``sigma = max(min_sigma, sigma_scale * side / stride)`` with ``side = sqrt(w * h)`` (``sigma_rule="area"``)
+    or ``min(w, h)`` (``"short_side"``).
     """
-    check_density_args(min_sigma, truncate)
+    check_density_args(min_sigma, truncate, sigma_rule)
     height, width = map_size
     centers = centers.to(torch.float32) / stride
     sizes = sizes.to(torch.float32).clamp(min=0)
     cx = centers[:, 0].clamp(0.0, float(width))
     cy = centers[:, 1].clamp(0.0, float(height))
-    sigma = (sigma_scale * torch.sqrt(sizes[:, 0] * sizes[:, 1]) / stride).clamp(min=min_sigma)
+    side = torch.sqrt(sizes[:, 0] * sizes[:, 1]) if sigma_rule == "area" else torch.minimum(sizes[:, 0], sizes[:, 1])
+    sigma = (sigma_scale * side / stride).clamp(min=min_sigma)
     return cx, cy, sigma
 
 
@@ -68,6 +78,7 @@ def density_render_reference(
     sigma_scale: float = 0.15,
     min_sigma: float = 1.0,
     truncate: float = 3.0,
+    sigma_rule: str = "area",
 ) -> Tensor:
     """Per-class density maps Tensor[B, C, H, W] float32; each instance sums to 1 (see ``density_params``).
 
@@ -77,7 +88,7 @@ def density_render_reference(
     height, width = map_size
     out = torch.zeros(num_images * num_classes, height, width, dtype=torch.float32, device=centers.device)
     if centers.shape[0] > 0 and height > 0 and width > 0:
-        cx, cy, sigma = density_params(centers, sizes, map_size, stride, sigma_scale, min_sigma, truncate)
+        cx, cy, sigma = density_params(centers, sizes, map_size, stride, sigma_scale, min_sigma, truncate, sigma_rule)
         gx = _gaussian_1d(cx, sigma, width, truncate)
         gy = _gaussian_1d(cy, sigma, height, truncate)
         plane = batch_index.to(torch.int64) * num_classes + labels.to(torch.int64)

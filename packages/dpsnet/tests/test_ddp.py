@@ -33,12 +33,18 @@ def test_two_process_cpu_training_and_prediction(world, tmp_path):
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ckpt["step"] == 3 and len(ckpt["rng"]) == 2 and (tmp_path / "run" / "best.pt").is_file()
 
-    # The counter refined alone under DDP: only the counting view is trainable (and reduced across ranks).
-    refine = {**overrides, "train.trainable": "counting", "train.max_steps": 2, "data.val_instances": "",
-              "train.init_checkpoint": str(tmp_path / "run" / "last.pt")}
+    # The counter refined alone under DDP: only the counting view is trainable (and reduced across ranks). Its
+    # schedule is given for a total batch of 1 image (train.reference_batch): 4 steps at lr 0.01 become 2 steps of
+    # 2 images (1 per process) at 0.02.
+    refine = {**overrides, "train.trainable": "counting", "train.max_steps": 4, "data.val_instances": "",
+              "train.init_checkpoint": str(tmp_path / "run" / "last.pt"), "train.reference_batch": 1}
     proc = torchrun("train", "--out", tmp_path / "count", *[f"{k}={json.dumps(v)}" for k, v in refine.items()])
     assert proc.returncode == 0, proc.stderr[-3000:]
     refined = torch.load(tmp_path / "count" / "last.pt", weights_only=True)
+    records = [json.loads(line) for line in (tmp_path / "count" / "log.jsonl").read_text().splitlines()]
+    scaling = next(r for r in records if r["type"] == "batch_scaling")
+    assert (scaling["total_batch"], scaling["train.max_steps"], scaling["train.lr"]) == (2, 2, 0.02)
+    assert refined["step"] == 2 and refined["config"]["train.max_steps"] == 4
     changed = {k for k, v in ckpt["model"].items() if not torch.equal(refined["model"][k], v)}
     assert changed and all(k.startswith("counting_view.") for k in changed), sorted(changed)
 

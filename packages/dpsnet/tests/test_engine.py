@@ -191,3 +191,46 @@ def test_trainable_errors(world, tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         train(make_config("cpu-small", tiny_overrides(world, **overrides)), tmp_path, echo=False)
     assert not (tmp_path / "last.pt").exists()
+
+
+def test_constant_schedule_keeps_the_peak_after_warmup():
+    kw = {"max_steps": 100, "warmup_steps": 10, "warmup_factor": 0.1, "schedule": "constant", "lr_steps": (50,)}
+    assert lr_factor(0, **kw) == pytest.approx(0.1)
+    assert [lr_factor(s, **kw) for s in (10, 50, 99)] == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 8])
+def test_the_schedule_per_image_does_not_depend_on_the_processes(batch_size):
+    """train.reference_batch: lr per image and images per lr phase are those of the reference batch."""
+    from dpsnet.config import scale_to_batch
+
+    config = make_config("rpc-paper", {"train.batch_size": batch_size})
+    assert config["train.reference_batch"] == 8  # the released IMS_PER_BATCH (its SRC config, line 37)
+    for processes in (1, 2, 4, 8):
+        total = batch_size * processes
+        scaled = scale_to_batch(config, processes)
+        assert scaled["train.lr"] / total == pytest.approx(0.01 / 8)
+        assert scaled["train.max_steps"] * total == pytest.approx(180000 * 8, rel=1e-4)
+        assert [s * total for s in scaled["train.lr_steps"]] == pytest.approx([120000 * 8, 160000 * 8], rel=1e-4)
+        assert scaled["train.warmup_steps"] * total == pytest.approx(500 * 8, rel=0.01)
+    assert scale_to_batch(make_config("cpu-small"), 4) == {}  # 0: the keys as given
+    assert scale_to_batch({**config, "train.lr_steps": [0], "train.warmup_steps": 0}, 1)["train.lr_steps"] == [0]
+
+
+def test_train_scales_the_schedule_to_its_batch_and_logs_it(world, tmp_path):
+    config = make_config(None, tiny_overrides(world, **{"train.reference_batch": 8, "train.max_steps": 1,
+                                                        "train.lr_steps": [1], "train.warmup_steps": 0,
+                                                        "train.lr": 0.04}))
+    summary = train(config, tmp_path, echo=False)
+    assert summary["steps"] == 4  # 1 step of 8 images = 4 steps of 2
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    scaling = next(r for r in records if r["type"] == "batch_scaling")
+    assert scaling["total_batch"] == 2 and scaling["train.max_steps"] == 4 and scaling["train.lr"] == 0.01
+    assert [r["lr"] for r in records if r["type"] == "train"] == pytest.approx([0.01, 0.01, 0.01, 0.001])
+    assert "given for 8 (linear rule): lr 0.04 -> 0.01, steps 1 -> 4" in (tmp_path / "log.txt").read_text()
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["config"]["train.max_steps"] == 1  # saved as given: a resume scales it again, not twice
+    ckpt["rng"] = ckpt["rng"] * 2  # as if two processes had trained it
+    torch.save(ckpt, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match="trained by 2 process"):
+        train(config, tmp_path, resume=True, echo=False)

@@ -83,3 +83,38 @@ def test_one_kd_loop_round_with_dpsnet(world, tmp_path):
     run = tmp_path / "run"
     assert (run / "round_001" / "fit.json").is_file() and (run / "round_001" / "metrics.json").is_file()
     assert "| 1 |" in summary.read_text()
+
+
+@pytest.mark.slow
+def test_a_kd_loop_schedule_ends_with_a_detector_only_stage(world, tmp_path):
+    """kd-loop's per-round keys drive dpsnet: an instance-level round, then a last stage on the
+    pseudo-labels alone with the counting losses off (the released DPSNet's final stage), each round its own
+    learner settings."""
+    import json
+
+    kd_loop = pytest.importorskip("kd_loop")
+    overrides = {k: v for k, v in tiny_overrides(world).items() if not k.startswith("data.train")}
+    table = {
+        "rounds": 2, "seed": 0, "workdir": str(tmp_path / "run"),
+        "learner": {"path": "dpsnet.kd:Learner",
+                    "kwargs": {"preset": "cpu-small", "overrides": {**overrides, "train.threads": 1},
+                               "batch_size": 2, "device": "cpu"}},
+        "source": {"datasets": [{"instances": str(world / "instances.json"), "images": str(world / "images")}]},
+        "pool": {"instances": str(world / "pool.json"), "images": str(world / "images")},
+        "selection": {"policies": ["instance"], "thresholds": [0.0], "ignore_threshold": 0.0},
+        "mix": {"source_ratios": [1.0, 0.0]},
+    }
+    final = {"model.density_loss_weight": 0.0, "model.count_loss_weight": 0.0, "train.schedule": "constant"}
+    config = kd_loop.load_config(table=table, overrides=[
+        "learner.round_kwargs=[{}, { overrides = { " + ", ".join(f'"{k}" = {json.dumps(v)}' for k, v in final.items())
+        + " } }]"])
+    kd_loop.run_loop(config, log=lambda message: None)
+    run = tmp_path / "run"
+    mixes = [json.loads((run / f"round_{r:03d}" / "mix.json").read_text()) for r in (1, 2)]
+    assert mixes[0]["source_images"] > 0 and mixes[1]["source_images"] == 0 and len(mixes[1]["datasets"]) == 1
+    logs = [[json.loads(line) for line in (run / f"round_{r:03d}" / "model" / "log.jsonl").read_text().splitlines()]
+            for r in (1, 2)]
+    steps = [[rec for rec in log if rec["type"] == "train"] for log in logs]
+    assert any(rec["loss_density"] > 0 for rec in steps[0])
+    assert steps[1] and all(rec["loss_density"] == rec["loss_count"] == 0 for rec in steps[1])  # detector alone
+    assert len({rec["lr"] for rec in steps[1]}) == 1  # constant after warmup (tiny_overrides' 1 step)

@@ -456,7 +456,10 @@ def test_box_head_never_samples_proposals_inside_ignore_region():
 
 
 def test_counting_view_ignores_ignore_regions():
-    """The density and count losses do not depend on the prediction inside an ignore region."""
+    """The density and count losses do not depend on the prediction inside an ignore region, except where a
+    labelled box overlaps it (its product keeps its supervision)."""
+    from dpsnet.counting import ignore_mask
+
     model = tiny_model().train()
     images, targets = batch()
     batch_t, targets_t = model.transform(images, targets)
@@ -467,8 +470,13 @@ def test_counting_view_ignores_ignore_regions():
     sum(losses.values()).backward()
     stride = model.counting_view.stride
     x2, y2 = (det_targets[0]["ignore_boxes"][0, 2:] / stride).floor().int().tolist()
-    assert density.grad[0, :, : y2 - 1, : x2 - 1].abs().max() == 0
-    assert density.grad[0].abs().sum() > 0
+    ignored = ignore_mask([t["ignore_boxes"] for t in det_targets], tuple(density.shape[-2:]), stride)[0, 0] == 0
+    masked = ignore_mask([t["ignore_boxes"] for t in det_targets], tuple(density.shape[-2:]), stride,
+                         [t["boxes"] for t in det_targets])[0, 0] == 0
+    assert masked.any() and (ignored & ~masked).any()  # the labelled box [10, 10, 40, 50] overlaps the ignore box
+    assert density.grad[0][:, masked].abs().max() == 0
+    assert density.grad[0][:, ignored & ~masked].abs().sum() > 0
+    assert density.grad[0, :, : y2 - 1, : x2 - 1].abs().sum() > 0
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -601,3 +609,52 @@ def test_counting_head_norm_and_legacy_checkpoints():
     assert make_config(saved)["model.count_norm"] == "none"
     assert make_config({**saved, "model.count_norm": "batch"})["model.count_norm"] == "batch"
     assert make_config("cpu-small")["model.count_norm"] == "batch"
+
+
+def _slow_counting_view(view, features, padded_size):
+    """The counting view written out level by level: each level's 1x1 projection, bilinearly resized on its own
+    to the map (align_corners=False), summed, then the head."""
+    import torch.nn.functional as F
+
+    size = (math.ceil(padded_size[0] / view.stride), math.ceil(padded_size[1] / view.stride))
+    fused = 0
+    for proj, key in zip(view.projections, view.levels, strict=True):
+        fused = fused + F.interpolate(proj(features[key].float()), size=size, mode="bilinear", align_corners=False)
+    return view.predictor(view.convs(fused))
+
+
+def test_counting_view_fuses_p2_to_p6_at_p3_as_the_slow_reference():
+    """model.count_levels with P6 ("pool"): the released DPSNet's counting view fuses P2-P6 at P3 (stride 8)."""
+    levels = ["0", "1", "2", "3", "pool"]
+    model = tiny_model(count_levels=levels, count_stride=8).eval()
+    images, _ = batch()
+    with torch.no_grad():
+        transformed, _ = model.transform(images)
+        features = model.backbone(transformed.tensors)
+        padded = tuple(transformed.tensors.shape[-2:])
+        fast = model.counting_view(features, padded)
+        slow = _slow_counting_view(model.counting_view, features, padded)
+    assert [features[k].shape[-1] for k in levels] == [24, 12, 6, 3, 2]  # strides 4 .. 64 of a 96 px batch
+    assert fast.shape == (2, 3, 12, 12)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    losses = model.train()(*batch())
+    assert math.isfinite(losses["loss_density"].item()) and math.isfinite(losses["loss_count"].item())
+    for bad in (["1", "9"], ["1", "1"], []):
+        with pytest.raises(ValueError, match="count_levels should be distinct pyramid levels"):
+            tiny_model(count_levels=bad)
+
+
+def test_sigma_rule_short_side_reaches_the_density_targets():
+    """The released rule gives a thin box a narrower Gaussian than the area rule; each box still sums to 1."""
+    from dpsnet.counting import density_targets
+
+    boxes, classes = [torch.tensor([[8.0, 8.0, 168.0, 56.0]])], [torch.tensor([0])]  # sigma 2.28 vs 1.25 px
+    area = density_targets(boxes, classes, (12, 24), num_classes=1, stride=8, sigma_scale=5 / 24)
+    short = density_targets(boxes, classes, (12, 24), num_classes=1, stride=8, sigma_scale=5 / 24,
+                            sigma_rule="short_side")
+    torch.testing.assert_close(short.sum(), torch.tensor(1.0))
+    assert short.max() > area.max()
+    model = tiny_model(sigma_rule="short_side", sigma_scale=5 / 24)
+    assert model.sigma_rule == "short_side"
+    with pytest.raises(ValueError, match="sigma_rule"):
+        tiny_model(sigma_rule="diagonal")

@@ -47,7 +47,7 @@ def _gaussian(pos, center, radius, inv_two_var):
 
 @triton.jit
 def _instance_tile(centers_ptr, sizes_ptr, i, x, y, height, width, inv_stride, sigma_scale, min_sigma, truncate,
-                   NORM_BLOCK: tl.constexpr):
+                   NORM_BLOCK: tl.constexpr, SHORT_SIDE: tl.constexpr):
     """The [BLOCK_H, BLOCK_W] tile of instance ``i``'s normalised Gaussian."""
     # reference.density_params: centre / stride clamped into the map, sigma from the box area
     cx = tl.load(centers_ptr + 2 * i).to(tl.float32) * inv_stride
@@ -56,7 +56,11 @@ def _instance_tile(centers_ptr, sizes_ptr, i, x, y, height, width, inv_stride, s
     cy = tl.minimum(tl.maximum(cy, 0.0), height * 1.0)
     bw = tl.maximum(tl.load(sizes_ptr + 2 * i).to(tl.float32), 0.0)
     bh = tl.maximum(tl.load(sizes_ptr + 2 * i + 1).to(tl.float32), 0.0)
-    sigma = tl.maximum(sigma_scale * tl.sqrt(bw * bh) * inv_stride, min_sigma)
+    if SHORT_SIDE:  # the released DPSNet's rule (sigma_rule="short_side")
+        side = tl.minimum(bw, bh)
+    else:
+        side = tl.sqrt(bw * bh)
+    sigma = tl.maximum(sigma_scale * side * inv_stride, min_sigma)
     radius = truncate * sigma
     inv_two_var = 1.0 / (2.0 * sigma * sigma)
     norm = (_axis_sum(cx, radius, inv_two_var, width, NORM_BLOCK)
@@ -80,7 +84,7 @@ _CONFIGS = autotune_configs(
 def _density_render_kernel(
     centers_ptr, sizes_ptr, labels_ptr, batch_ptr, out_ptr,
     num, num_classes, height, width, inv_stride, sigma_scale, min_sigma, truncate,
-    NORM_BLOCK: tl.constexpr, SCAN: tl.constexpr,
+    NORM_BLOCK: tl.constexpr, SCAN: tl.constexpr, SHORT_SIDE: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, TILES_H: tl.constexpr,
 ):
     plane = tl.program_id(0).to(tl.int64)
@@ -112,7 +116,8 @@ def _density_render_kernel(
                         i = tl.min(tl.where(match, k, num), axis=0)  # the next instance of this plane
                         match = match & (k != i)
                         acc += _instance_tile(centers_ptr, sizes_ptr, i.to(tl.int64), x, y, height, width,
-                                              inv_stride, sigma_scale, min_sigma, truncate, NORM_BLOCK)
+                                              inv_stride, sigma_scale, min_sigma, truncate, NORM_BLOCK,
+                                              SHORT_SIDE)
             mask = (y < height)[:, None] & (x < width)[None, :]
             tl.store(out_plane + y[:, None] * width + x[None, :], acc, mask=mask)
 
@@ -120,9 +125,10 @@ def _density_render_kernel(
 def density_render_triton(
     centers: Tensor, sizes: Tensor, labels: Tensor, batch_index: Tensor, num_images: int, num_classes: int,
     map_size: tuple[int, int], stride: float, sigma_scale: float, min_sigma: float, truncate: float,
+    sigma_rule: str = "area",
 ) -> Tensor:
     """Kernel path of :func:`aco_kernels.density_render` (arguments already validated)."""
-    check_density_args(min_sigma, truncate)
+    check_density_args(min_sigma, truncate, sigma_rule)
     height, width = map_size
     out = torch.empty(num_images, num_classes, height, width, dtype=torch.float32, device=centers.device)
     if out.numel() == 0:
@@ -137,6 +143,6 @@ def density_render_triton(
         centers.contiguous(), sizes.contiguous(), labels.contiguous(), batch_index.contiguous(), out,
         centers.shape[0], num_classes, height, width, 1.0 / stride, float(sigma_scale), float(min_sigma),
         float(truncate), NORM_BLOCK=min(256, max(16, triton.next_power_of_2(max(height, width)))),
-        SCAN=min(MAX_SCAN, max(16, triton.next_power_of_2(centers.shape[0]))),
+        SCAN=min(MAX_SCAN, max(16, triton.next_power_of_2(centers.shape[0]))), SHORT_SIDE=sigma_rule == "short_side",
     )
     return out

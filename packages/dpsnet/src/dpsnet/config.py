@@ -44,7 +44,7 @@ SCHEMA: list[tuple[str, Any, str]] = [
     ("model.ignore_ioa", 0.5, "An anchor/proposal this much inside an ignore region (iscrowd=1) is not background."),
     ("model.roi_pool", "auto", "Box RoI pooler: auto (aco_kernels where its kernel path runs, e.g. CUDA; elsewhere the gather, or torchvision's compiled RoIAlign for an adaptive sampling ratio), aco, torchvision or gather (one gather over the pyramid, whose backward is about 5x faster than torchvision's on CPU)."),
     ("model.roi_sampling_ratio", 2, "RoIAlign samples per bin side for the box head (torchvision's 2; 1 makes a CPU step faster)."),
-    ("model.count_levels", ["1", "2", "3"], "Pyramid levels fused by the counting view (\"0\"-\"3\" = P2-P5)."),
+    ("model.count_levels", ["1", "2", "3"], "Pyramid levels fused by the counting view at model.count_stride (\"0\"-\"3\" = P2-P5, \"pool\" = P6; the released DPSNet fuses P2-P6 at stride 8)."),
     ("model.count_stride", 8, "Stride of the fused map and of the density maps, in image pixels."),
     ("model.count_channels", 64, "Width of the counting head."),
     ("model.count_convs", 2, "3x3 convolutions in the counting head."),
@@ -52,7 +52,8 @@ SCHEMA: list[tuple[str, Any, str]] = [
     ("model.count_norm", "batch", "Normalisation in the counting head's convolutions: batch (BatchNorm before each ReLU) or none (the first versions; their ReLUs could all die, leaving a constant map)."),
     ("model.count_feature_grad", 1.0, "Scale of the counting view's gradient into the shared pyramid and backbone (1: all of it, 0: none; its own layers always learn at the full loss), so that the count losses can be weighted up without taking the pyramid over from the detector."),
     ("model.density_scale", 100.0, "The counting head predicts densities times this factor."),
-    ("model.sigma_scale", 0.15, "Density Gaussian sigma = sigma_scale * sqrt(box area) (aco_kernels' rule)."),
+    ("model.sigma_scale", 0.15, "Density Gaussian sigma = sigma_scale * the box side of model.sigma_rule (aco_kernels' rule), at least 1 map pixel."),
+    ("model.sigma_rule", "area", "Box side that sets the density Gaussian's sigma: area (sqrt(w * h)) or short_side (min(w, h): the released DPSNet's rule, with model.sigma_scale = 5/24)."),
     ("model.density_loss_weight", 1.0, "Weight of the per-pixel density loss."),
     ("model.count_loss_weight", 1.0, "Weight of the count loss on the density integrals."),
     ("model.class_loss_weight", 1.0, "Weight of the factorized counting head's per-pixel class cross-entropy."),
@@ -84,13 +85,14 @@ SCHEMA: list[tuple[str, Any, str]] = [
     ("train.init_checkpoint", "", "A DPSNet checkpoint whose model weights start the run (a student from its teacher); empty: none."),
     ("train.threads", 0, "CPU threads per process (torch.set_num_threads); 0: torch's default. 1 is fastest on a shared, busy CPU."),
     ("train.batch_size", 2, "Images per step per process."),
+    ("train.reference_batch", 0, "When > 0: train.lr, train.max_steps, train.lr_steps and train.warmup_steps are given for this total batch (images per step over all processes), and the run scales them to its own total (train.batch_size x processes) by the linear rule, lr x total / reference, steps x reference / total (logged at the start): the schedule per image does not depend on the number of GPUs. 0: used as given."),
     ("train.max_steps", 1000, "Optimiser steps of the whole run."),
     ("train.time_limit_min", 0.0, "Stop (and save) after this many minutes of training; 0: no limit."),
     ("train.optimizer", "sgd", "sgd or adamw."),
     ("train.lr", 0.02, "Peak learning rate."),
     ("train.momentum", 0.9, "SGD momentum (AdamW: beta1)."),
     ("train.weight_decay", 1e-4, "Weight decay."),
-    ("train.schedule", "step", "Learning-rate schedule after warmup: step or cosine."),
+    ("train.schedule", "step", "Learning-rate schedule after warmup: step, cosine or constant (the peak lr throughout, e.g. one round of a longer schedule)."),
     ("train.warmup_steps", 500, "Linear warmup steps."),
     ("train.warmup_factor", 0.001, "Learning-rate factor at the first warmup step."),
     ("train.lr_steps", [0], "Step schedule: steps where the lr is multiplied by lr_gamma; [0]: at 2/3 and 8/9 of max_steps."),
@@ -111,9 +113,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.count_classes": ("category", "supercategory", "object"),
     "model.count_head": ("direct", "factorized"),
     "model.count_norm": ("batch", "none"),
+    "model.sigma_rule": ("area", "short_side"),
     "model.roi_pool": ("auto", "aco", "torchvision", "gather"),
     "train.optimizer": ("sgd", "adamw"),
-    "train.schedule": ("step", "cosine"),
+    "train.schedule": ("step", "cosine", "constant"),
     "train.eval_metric": ("map50", "cacc", "count_acc"),
     "train.trainable": ("all", "counting"),
 }
@@ -247,6 +250,34 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return repr(value)
+
+
+SCHEDULE_KEYS = ("train.lr", "train.max_steps", "train.lr_steps", "train.warmup_steps")
+
+
+def scale_to_batch(config: Mapping[str, Any], world_size: int = 1) -> dict[str, Any]:
+    """The schedule keys (:data:`SCHEDULE_KEYS`) for the run's total batch ``train.batch_size x world_size``,
+    given for ``train.reference_batch`` images per step (the linear rule: the lr times ``total / reference``,
+    every step count times ``reference / total``, rounded, at least 1 for a positive count), so that each image
+    meets the same learning rate whatever the number of processes. ``{}`` when ``train.reference_batch`` is 0.
+
+    >>> scale_to_batch({"train.reference_batch": 8, "train.batch_size": 2, "train.lr": 0.01,
+    ...                 "train.max_steps": 180000, "train.lr_steps": [120000, 160000], "train.warmup_steps": 500}, 1)
+    {'train.lr': 0.0025, 'train.max_steps': 720000, 'train.lr_steps': [480000, 640000], 'train.warmup_steps': 2000}
+    """
+    reference = int(config["train.reference_batch"])
+    if reference <= 0:
+        return {}
+    if world_size < 1:
+        raise ValueError(f"world_size should be >= 1, got {world_size}")
+    factor = config["train.batch_size"] * world_size / reference
+
+    def steps(count: int) -> int:
+        return max(1, round(count / factor)) if count > 0 else count
+
+    return {"train.lr": config["train.lr"] * factor, "train.max_steps": steps(config["train.max_steps"]),
+            "train.lr_steps": [steps(s) for s in config["train.lr_steps"]],
+            "train.warmup_steps": steps(config["train.warmup_steps"])}
 
 
 def model_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:

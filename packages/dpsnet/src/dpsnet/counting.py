@@ -26,6 +26,7 @@ def density_targets(
     stride: float,
     sigma_scale: float = 0.15,
     min_sigma: float = 1.0,
+    sigma_rule: str = "area",
     check: bool = True,
 ) -> Tensor:
     """Ground-truth density maps Tensor[B, num_classes, H, W]; each box adds exactly 1 to its class map.
@@ -34,6 +35,7 @@ def density_targets(
         boxes (list[Tensor[K_i, 4]]): (x1, y1, x2, y2) in (resized) image pixels, one tensor per image.
         classes (list[Tensor[K_i] int]): counting class in ``[0, num_classes)`` per box.
         map_size ((H, W)): density map size; ``stride`` image pixels per map pixel.
+        sigma_scale, min_sigma, sigma_rule: each box's Gaussian (``aco_kernels.density_render``).
         check: verify the classes' range (one host sync on CUDA; see ``aco_kernels.density_render``).
     """
     device = boxes[0].device if len(boxes) else torch.device("cpu")
@@ -44,7 +46,8 @@ def density_targets(
     batch_index = torch.cat([torch.full((len(b),), i, dtype=torch.int64, device=device) for i, b in enumerate(boxes)])
     return aco_kernels.density_render(centers, sizes, labels.to(torch.int64), batch_index, num_images=len(boxes),
                                       num_classes=num_classes, map_size=map_size, stride=stride,
-                                      sigma_scale=sigma_scale, min_sigma=min_sigma, check=check)
+                                      sigma_scale=sigma_scale, min_sigma=min_sigma, sigma_rule=sigma_rule,
+                                      check=check)
 
 
 def ignore_mask(ignore_boxes: Sequence[Tensor], map_size: tuple[int, int], stride: float,
@@ -151,7 +154,8 @@ class CountingView(nn.Module):
 
     Args:
         in_channels: pyramid width. num_classes: density maps (SKUs, supercategories or one object class).
-        levels: pyramid keys fused, finest first, e.g. ``("1", "2", "3")`` (strides 8, 16, 32).
+        levels: pyramid keys fused, finest first, e.g. ``("1", "2", "3")`` (strides 8, 16, 32), or the released
+            DPSNet's ``("0", "1", "2", "3", "pool")`` (P2-P6) at stride 8.
         stride: the fused map's stride in image pixels. channels: head width. num_convs: 3x3 convs in the head.
         head: ``"direct"``: one unconstrained map per class; ``"factorized"``: one non-negative object density
             (softplus) times per-pixel class probabilities (softmax over the classes), so that a class's map

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from rpc_metrics import evaluate
 from rpc_metrics.io import atomic_output, read_instances
 
-from .config import model_kwargs
+from .config import model_kwargs, scale_to_batch
 from .data import Augment, CategoryMap, InstancesDataset, MixedDataset, MixSampler, collate
 from .distill import SoftDistiller
 from .distributed import DistInfo, any_rank, barrier, gather_lists, init_distributed
@@ -30,15 +30,18 @@ from .model import DPSNet, dpsnet_model
 def lr_factor(step: int, *, max_steps: int, warmup_steps: int = 0, warmup_factor: float = 0.001,
               schedule: str = "step", lr_steps: tuple[int, ...] = (), gamma: float = 0.1) -> float:
     """Learning-rate multiplier at ``step`` (0-based): linear warmup from ``warmup_factor`` to 1 over
-    ``warmup_steps``, then ``gamma ** (number of lr_steps passed)`` (``step``) or a half cosine to 0 (``cosine``)."""
-    if schedule not in ("step", "cosine"):
-        raise ValueError(f"schedule should be 'step' or 'cosine', got {schedule!r}")
+    ``warmup_steps``, then ``gamma ** (number of lr_steps passed)`` (``step``), a half cosine to 0 (``cosine``)
+    or 1 (``constant``)."""
+    if schedule not in ("step", "cosine", "constant"):
+        raise ValueError(f"schedule should be 'step', 'cosine' or 'constant', got {schedule!r}")
     warm = 1.0
     if step < warmup_steps:
         alpha = step / warmup_steps
         warm = warmup_factor * (1 - alpha) + alpha
     if schedule == "step":
         return warm * gamma ** sum(step >= s for s in lr_steps)
+    if schedule == "constant":
+        return warm
     progress = min(1.0, max(0.0, (step - warmup_steps) / max(1, max_steps - warmup_steps)))
     return warm * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -235,6 +238,9 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
     if config["train.threads"] > 0:
         torch.set_num_threads(config["train.threads"])
 
+    # The schedule for this run's total batch (train.reference_batch); ``config`` stays as given (saved, resumed).
+    scaled = scale_to_batch(config, info.world_size)
+    schedule = {**config, **scaled}
     datasets, categories = train_datasets(config)
     kwargs = model_kwargs(config)
     model = dpsnet_model(categories.num_classes, categories.count_class_of_label,
@@ -247,8 +253,8 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
             raise ValueError("train.trainable='counting' trains the counting view alone; soft distillation "
                              "(train.distill_weight > 0) needs the box head: set one of them back")
         model.train_counting_only()
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, config)
+    optimizer = build_optimizer(model, schedule)
+    scheduler = build_scheduler(optimizer, schedule)
     ratios = [r for r in config["data.train_ratios"] if r > 0] or None
     sampler = MixSampler([len(d) for d in datasets], ratios, seed=config["train.seed"],
                          epoch_size=config["data.epoch_size"] or None, rank=info.rank, world_size=info.world_size)
@@ -274,6 +280,10 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        if scaled and len(ckpt["rng"]) != info.world_size:
+            raise ValueError(f"--resume: {last_path} was trained by {len(ckpt['rng'])} process(es) and this run has "
+                             f"{info.world_size}; with train.reference_batch the schedule depends on the total batch: "
+                             "resume with the same number of processes")
         step, epoch, position, best = ckpt["step"], ckpt["epoch"], ckpt["position"], ckpt["best"]
         torch.set_rng_state(ckpt["rng"][info.rank % len(ckpt["rng"])])
 
@@ -282,7 +292,7 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
     log = RunLog(out_dir, info.is_main, echo)
     amp = config["train.amp"] and native_bf16(device)
     batch_size = config["train.batch_size"]
-    max_steps = config["train.max_steps"]
+    max_steps = schedule["train.max_steps"]
     limit_s = config["train.time_limit_min"] * 60
     has_val = bool(config["data.val_instances"])
     metric_name = config["train.eval_metric"]
@@ -309,6 +319,14 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
                 save_checkpoint(state, best_path)
         return metrics
 
+    if scaled:
+        log.write({"type": "batch_scaling", "reference_batch": config["train.reference_batch"],
+                   "total_batch": batch_size * info.world_size, **scaled},
+                  f"schedule for a total batch of {batch_size * info.world_size} ({batch_size} x {info.world_size} "
+                  f"process(es)), given for {config['train.reference_batch']} (linear rule): lr {config['train.lr']:g} "
+                  f"-> {scaled['train.lr']:g}, steps {config['train.max_steps']} -> {scaled['train.max_steps']}, "
+                  f"lr drops {config['train.lr_steps']} -> {scaled['train.lr_steps']}, warmup "
+                  f"{config['train.warmup_steps']} -> {scaled['train.warmup_steps']}")
     log.write({"type": "start", "step": step, "device": str(device), "world_size": info.world_size,
                "precision": "bfloat16 autocast" if amp else "float32", "trainable": trainable,
                "new_counting_view": fresh_view},

@@ -122,6 +122,7 @@ class DPSNet(nn.Module):
         count_feature_grad: float = 1.0,
         density_scale: float = 100.0,
         sigma_scale: float = 0.15,
+        sigma_rule: str = "area",
         min_sigma: float = 1.0,
         density_loss_weight: float = 1.0,
         count_loss_weight: float = 1.0,
@@ -141,6 +142,9 @@ class DPSNet(nn.Module):
         self.register_buffer("count_class_of_label", torch.as_tensor(list(count_class_of_label), dtype=torch.int64))
         self.num_count_classes = num_count_classes
         self.density_scale, self.sigma_scale, self.min_sigma = density_scale, sigma_scale, min_sigma
+        if sigma_rule not in ("area", "short_side"):
+            raise ValueError(f"sigma_rule should be 'area' or 'short_side', got {sigma_rule!r}")
+        self.sigma_rule = sigma_rule
         self.density_loss_weight, self.count_loss_weight = density_loss_weight, count_loss_weight
         self.class_loss_weight = class_loss_weight
         self.return_density = False
@@ -183,6 +187,10 @@ class DPSNet(nn.Module):
         # layers still run in the autocast dtype. Hooks keep the state dict's keys those of torchvision.
         self.rpn.head.register_forward_hook(_float32_outputs)
         self.roi_heads.box_predictor.register_forward_hook(_float32_outputs)
+        count_levels = tuple(str(lv) for lv in count_levels)
+        if not count_levels or len(set(count_levels)) != len(count_levels) or set(count_levels) - set(PYRAMID_LEVELS):
+            raise ValueError(f"count_levels should be distinct pyramid levels among {PYRAMID_LEVELS}, got "
+                             f"{list(count_levels)}")
         self.counting_view = CountingView(channels, num_count_classes, levels=count_levels, stride=count_stride,
                                           channels=count_channels, num_convs=count_convs, head=count_head,
                                           norm=count_norm, feature_grad=count_feature_grad)
@@ -303,7 +311,7 @@ class DPSNet(nn.Module):
         target = density_targets([t["boxes"] for t in targets],
                                  [self.count_class_of_label[t["labels"]] for t in targets], map_size,
                                  num_classes=self.num_count_classes, stride=stride, sigma_scale=self.sigma_scale,
-                                 min_sigma=self.min_sigma, check=False)  # in range: count_class_of_label's values
+                                 sigma_rule=self.sigma_rule, min_sigma=self.min_sigma, check=False)  # in range: count_class_of_label's values
         mask = ignore_mask([t["ignore_boxes"] for t in targets], map_size, stride, [t["boxes"] for t in targets])
         losses = density_loss(density, target, mask, density_scale=self.density_scale,
                               pixel_weight=self.density_loss_weight, count_weight=self.count_loss_weight)

@@ -17,6 +17,7 @@ step, and the outputs equal those of an uninterrupted run (every random choice i
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import sys
 import time
@@ -113,9 +114,14 @@ def calibration_split(config: LoopConfig) -> str | None:
     return "val" if same and all(same) else "calibration"
 
 
-def calibrates(config: LoopConfig) -> bool:
-    """Whether the selection reads the calibration split: for its threshold, or for an 'auto' count scale."""
-    counts_used = config["selection.policy"] in IMAGE_LEVEL and config["selection.count_scale"] == "auto"
+def calibrates(config: LoopConfig, round_index: int | None = None) -> bool:
+    """Whether round ``round_index``'s selection (None: any round's) reads the calibration split: for its
+    threshold, or for an 'auto' count scale with an image-level policy."""
+    if round_index is None:
+        policies = [config.policy(r) for r in range(1, len(config["selection.policies"]) + 2)]
+    else:
+        policies = [config.policy(round_index)]
+    counts_used = any(p in IMAGE_LEVEL for p in policies) and config["selection.count_scale"] == "auto"
     return float(config["selection.target_precision"]) > 0 or counts_used
 
 
@@ -124,6 +130,7 @@ class Run:
 
     def __init__(self, config: LoopConfig, workdir: Path, learner: Learner, log: Log = _stderr):
         self.config, self.workdir, self.learner, self.log = config, workdir, learner, log
+        self._round_learners: dict[str, Learner] = {}
         self.pool = as_pool(read_instances(config.path("pool.instances")))
         self.pool_images = config.path("pool.images")
         self.seed = int(config["seed"])
@@ -131,6 +138,17 @@ class Run:
         # The transductive use: the test split is the pool itself, whose predictions are reused.
         self.transductive = bool(config["test.instances"]) and all(
             _same_path(a, b) for a, b in zip(self.split_files("test"), self.split_files("pool"), strict=True))
+
+    def learner_for(self, r: int) -> Learner:
+        """Round ``r``'s learner: the run's own unless ``learner.round_kwargs`` gives the round other keyword
+        arguments, then one built from ``learner.path`` with them (one per distinct set, reused)."""
+        kwargs = self.config.learner_kwargs(r)
+        if kwargs == dict(self.config["learner.kwargs"]):
+            return self.learner
+        key = json.dumps(kwargs, sort_keys=True, default=str)
+        if key not in self._round_learners:
+            self._round_learners[key] = load_learner(self.config["learner.path"], kwargs)
+        return self._round_learners[key]
 
     def round_dir(self, r: int) -> Path:
         return self.workdir / f"round_{r:03d}"
@@ -147,7 +165,7 @@ class Run:
         splits = ["pool"]
         if self.config["val.instances"]:
             splits.append("val")
-        if self.calibration == "calibration" and calibrates(self.config) and r < rounds:
+        if self.calibration == "calibration" and r < rounds and calibrates(self.config, r + 1):
             splits.append("calibration")
         if self.config["test.instances"] and not self.transductive:
             splits.append("test")
@@ -187,18 +205,18 @@ class Run:
             counts = read_counts(counts_path) if counts_path.exists() else None
             # The labelled calibration split sets the threshold and the count scale, never the pool's labels.
             labelled = self._teacher_on_calibration(r - 1)
-            threshold, calibrated = self.config.threshold(r), None
+            threshold, calibrated, policy_name = self.config.threshold(r), None, self.config.policy(r)
             target = float(self.config["selection.target_precision"])
             if target > 0:
                 calibrated = {"target_precision": target, **precision_threshold(
                     read_results(labelled[0]), labelled[2], target)}
                 threshold = calibrated["threshold"]
             scale = None
-            if self.config["selection.policy"] in IMAGE_LEVEL:
+            if policy_name in IMAGE_LEVEL:
                 scale = {"split": self.calibration, **count_scale(
                     self.config["selection.count_scale"], *(labelled[1:] if labelled else (None, None)))}
             policy = SelectionPolicy(
-                policy=self.config["selection.policy"], threshold=threshold,
+                policy=policy_name, threshold=threshold,
                 ignore_threshold=min(float(self.config["selection.ignore_threshold"]), threshold),
                 count_classes=self.config["selection.count_classes"], min_boxes=int(self.config["selection.min_boxes"]),
                 seed=self.seed * 1000 + r, count_scale=scale["scale"] if scale else 1.0,
@@ -250,7 +268,7 @@ class Run:
                 teacher = load_json(self.round_dir(r - 1) / "fit.json")["checkpoint"]
                 datasets.append({"instances": str(out / "pseudo_labels.json"), "images": str(self.pool_images),
                                  "weight": 1.0, "teacher": teacher})
-            n_source = round(float(self.config["mix.source_ratio"]) * n_pseudo)
+            n_source = self.config.source_images(r, n_pseudo)
             datasets += self._source_subsets(out, n_source, seed=self.seed * 1000 + r)
             write_json({"pseudo_images": n_pseudo, "source_images": n_source, "datasets": datasets},
                        out / "mix.json", indent=2)
@@ -271,7 +289,7 @@ class Run:
             sets = [TrainingSet(Path(d["instances"]), Path(d["images"]), float(d["weight"]),
                                 Path(d["teacher"]) if d.get("teacher") else None) for d in mix["datasets"]]
             init = teacher if self.config["mix.student_init"] == "teacher" else None
-            checkpoint = self.learner.fit(sets, init=init, out_dir=out / "model", seed=self.seed + r)
+            checkpoint = self.learner_for(r).fit(sets, init=init, out_dir=out / "model", seed=self.seed + r)
             write_json({"checkpoint": str(checkpoint)}, out / "fit.json", indent=2)
             return f"student {checkpoint}"
 
@@ -286,7 +304,8 @@ class Run:
             checkpoint = Path(load_json(out / "fit.json")["checkpoint"])
             pool_file = out / f"{prefix}pool.json"
             write_json(as_pool(read_instances(instances)), pool_file)
-            prediction: Prediction = self.learner.predict(checkpoint, pool_file, images, out_dir=out / f"{prefix}predict")
+            prediction: Prediction = self.learner_for(r).predict(checkpoint, pool_file, images,
+                                                                 out_dir=out / f"{prefix}predict")
             results = read_results(prediction.results)
             if prediction.counts is not None:
                 write_json(read_counts(prediction.counts), out / f"{prefix}counts.json")

@@ -34,6 +34,9 @@ from rpc_metrics.io import results_to_arrays
 
 POLICIES = ("image", "instance", "image+instance", "random", "random-instance")
 IMAGE_LEVEL = ("image", "image+instance", "random")
+# Each policy's same-compute random control (kd-loop's ``selection.control = "random"``).
+RANDOM_CONTROL = {"image": "random", "image+instance": "random", "random": "random", "instance": "random-instance",
+                  "random-instance": "random-instance"}
 FALLBACKS = ("closest", "none")
 GRANULARITY = {"category": 0, "supercategory": 1, "object": 2}
 
