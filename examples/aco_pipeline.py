@@ -556,7 +556,9 @@ class Pipeline:
         settings = {"rounds": r.kd_rounds, "steps": r.kd_steps, "transductive": r.transductive, "minutes": r.kd_minutes, "lr": r.kd_lr, "set": list(r.kd_set),
                     "dpsnet_set": list(r.dpsnet_set), "preset": r.preset,
                     "reclassify_power": self.reclassify_setting()}
-        pool = "the test images (transductive)" if r.transductive else "the unlabeled pool"
+        # A given RPC folder is there already; a generated world has a pool (known before it is built).
+        on_test = r.transductive or (r.rpc_root is not None and not self.p.has_pool())
+        pool = "the test images (transductive)" if on_test else "the unlabeled pool"
         return Stage("kd", f"kd-loop: {r.kd_rounds} distillation round(s) on {pool}",
                      r.budgets["kd_predict_per_round"] + r.kd_rounds * per_round, settings, action)
 

@@ -329,9 +329,13 @@ def _kd_pool_line(layout, recipe) -> str:
     transductive = loop.get("transductive") or not layout.has_pool()
     pool = ("the **test images themselves** (transductive, as the paper does; their labels are dropped on load)"
             if transductive else "the world's **unlabeled pool** (`pool2019/`, never the test images)")
+    calibrated = any(item.startswith("selection.target_precision=") and float(item.partition("=")[2]) > 0
+                     for item in loop.get("set", []))
+    selection = ("calibrated each round on the labelled **val** split to the teacher's box precision"
+                 if calibrated else "the fixed schedule of the run's kd-loop settings")
     return (f"Distillation pool: {pool}. Thresholds: the operating threshold of every row is chosen on **val** "
-            "(`transfer`); the selection's threshold and count scale are calibrated each round on the labelled "
-            "**val** split (kd-loop's `selection.json` names them; no pool or test label is read).")
+            f"(`transfer`); the selection's threshold is {selection}, and kd-loop's `selection.json` records it and "
+            "the count scale of each round (no pool or test label is read).")
 
 
 def _render_lines(layout, metrics: dict) -> str:
