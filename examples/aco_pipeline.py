@@ -61,6 +61,7 @@ class Recipe:
     render_iters: int = 400
     render_crop: int = 96
     render_images: int | None = None  # translate only the first N synthesized images (None: all)
+    measure_images: int | None = 200  # the rendering's domain gap measured on the first N translated images
     # Backbone: `dpsnet pretrain` steps (0: none) or a weights file (ImageNet for the ResNets).
     pretrain_steps: int = 3000
     pretrain_batch: int = 64
@@ -131,7 +132,7 @@ class Recipe:
     budgets: dict[str, float] = field(default_factory=lambda: {
         "world": 30, "masks": 20, "poses": 2, "synth_fit": 30, "synth": 20, "synth_heldout": 5, "pretrain": 440,
         "checkout_unlabeled": 2, "render_train": 120, "render_apply": 75, "render_camera": 60, "histogram": 10,
-        "render_measure": 80,
+        "render_measure": 20,
         "startup": 5,
         "train_step": 0.22, "predict_per_model": 40, "kd_predict_per_round": 70, "visualize": 15})
 
@@ -399,7 +400,17 @@ class Pipeline:
                 lambda: self.run([tool("rpc-synth"), "render", "apply", "--method", "camera", "--target", target,
                                   "--images", synth_images, "--ann", self.render_source(), "--out", p.out / "render",
                                   "--quiet"])))
-        return [*stages, Stage("histogram", "histogram-matched images, the baseline (rpc-synth render apply --method histogram)", b["histogram"], {"images": r.render_images}, lambda: self.run([tool("rpc-synth"), "render", "apply", "--method", "histogram", "--target", target, "--images", synth_images, "--ann", self.render_source(), "--out", p.out / "histogram", "--quiet"])), Stage("render_measure", "domain gap, products kept, new blobs (rpc-synth render measure)", b["render_measure"], {"images": r.render_images}, lambda: self.measure_render(target))]
+        return [
+            *stages,
+            Stage("histogram", "histogram-matched images, the baseline (rpc-synth render apply --method histogram)",
+                  b["histogram"], {"images": r.render_images},
+                  lambda: self.run([tool("rpc-synth"), "render", "apply", "--method", "histogram",
+                                    "--target", target, "--images", synth_images, "--ann", self.render_source(),
+                                    "--out", p.out / "histogram", "--quiet"])),
+            Stage("render_measure", "domain gap, products kept, new blobs (rpc-synth render measure)",
+                  b["render_measure"], {"images": r.render_images, "measured": r.measure_images},
+                  lambda: self.measure_render(target)),
+        ]
 
     def distils_on_test(self) -> bool:
         """Transductive distillation (the test images are the pool): asked for, or the data has no pool."""
@@ -414,7 +425,8 @@ class Pipeline:
         """``render/measure.json``: both methods' measures against the checkout pixels (no labels read)."""
         from rpc_synth.render.measure import measure_render
 
-        synth_images, source = self.p.dataset("synth")[1], self.render_source()
+        synth_images = self.p.dataset("synth")[1]
+        source = self.first_images(self.render_source(), self.r.measure_images, "instances_measure_subset.json")
         measures = {}
         rendered = "translator" if self.r.render_method == "cyclegan" else "camera"
         for method, folder in (("histogram", "histogram"), (rendered, "render")):
@@ -425,14 +437,17 @@ class Pipeline:
 
     def render_source(self) -> Path:
         """The synthesized set to translate: all of it, or its first ``render_images`` images."""
-        synth_json = self.p.dataset("synth")[0]
-        if self.r.render_images is None:
-            return synth_json
-        data = read_instances(synth_json)
-        images = data["images"][: self.r.render_images]
+        return self.first_images(self.p.dataset("synth")[0], self.r.render_images, "instances_render_subset.json")
+
+    def first_images(self, instances: Path, n: int | None, name: str) -> Path:
+        """``instances``, or a copy of its first ``n`` images (and their annotations) in ``synth/name``."""
+        data = read_instances(instances)
+        if n is None or n >= len(data["images"]):
+            return instances
+        images = data["images"][:n]
         ids = {image["id"] for image in images}
         subset = {**data, "images": images, "annotations": [a for a in data["annotations"] if a["image_id"] in ids]}
-        return write_json(subset, self.p.out / "synth" / "instances_render_subset.json")
+        return write_json(subset, self.p.out / "synth" / name)
 
     def train(self, run_dir: Path, overrides: Sequence[str]) -> None:
         """`dpsnet train` into ``run_dir``, resuming from its last checkpoint when there is one."""
