@@ -1,6 +1,6 @@
 """The one reader, writer and validator of the toolkit's file formats.
 
-Formats (see the repository's ARCHITECTURE.md):
+Formats (see docs/FORMATS.md at the repository root):
 
 - **instances**: COCO instances JSON with the RPC extras (``images[].level``,
   ``categories[].supercategory``, ``annotations[].point_xy``). Unknown keys (``__raw_Chinese_name_df``, ...)

@@ -202,7 +202,7 @@ def generate(exemplars, images, out, n_images, size, seed, levels, ranges, categ
 
 @main.group()
 def render() -> None:
-    """Translate synthesized images toward the checkout domain (cyclegan translator or histogram matching)."""
+    """Translate synthesized images toward the checkout domain (cyclegan translator, fitted camera, histogram matching)."""
 
 
 @render.command("train")

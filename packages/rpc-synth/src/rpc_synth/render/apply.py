@@ -72,8 +72,8 @@ def render_dataset(images: str | Path, ann: str | Path, out: str | Path, *, meth
                    progress: bool = True) -> dict:
     """Translate every image listed in ``ann`` (from folder ``images``) into ``OUT/render2019/``.
 
-    ``cyclegan`` needs ``model`` (a ``render train`` checkpoint); ``histogram`` needs ``target`` (a folder of
-    checkout images whose pooled per-channel histograms are matched). Every input is checked before
+    ``cyclegan`` needs ``model`` (a ``render train`` checkpoint); ``camera`` and ``histogram`` need ``target`` (a
+    folder of checkout images whose pooled per-channel histograms are matched, and to which the camera is fitted). Every input is checked before
     anything is written. ``threads`` sets torch's CPU threads while translating; ``device`` (``cpu``,
     ``cuda[:N]``, ``auto``) runs the translator there; ``amp`` runs it under bfloat16 autocast (None: on a GPU,
     and on a CPU that computes bfloat16 natively). Returns the written dataset.
