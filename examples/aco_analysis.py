@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from dpsnet.inference import count_error
+from dpsnet.metrics import count_error
 from rpc_metrics import compare, evaluate
 from rpc_metrics.io import load_json
 

@@ -22,7 +22,8 @@ import aco_analysis
 import aco_figures
 from aco_stages import clock
 
-from dpsnet.inference import count_accuracy, cpu_bf16_units
+from dpsnet.device import cpu_bf16_units
+from dpsnet.metrics import count_accuracy
 from rpc_metrics import analyse_errors, evaluate
 from rpc_metrics.io import atomic_output, image_path, load_json, write_json
 

@@ -32,7 +32,7 @@ dpsnet train --config cpu-small --out run \
 # Optional: the counter refined alone on the trained model's frozen features (train.trainable=counting), a
 # new, deeper head (4 convolutions), e.g. COUNT_REFINE_STEPS=1800 (steps of about a third of a full step each),
 # AdamW at 0.001, on 2400 more synthesized images (another seed: the head alone overfits the detector's 800);
-# detection is unchanged (packages/dpsnet/README.md, "The counter refined alone").
+# detection is unchanged (docs/RESULTS.md, dpsnet: the counter refined alone).
 CKPT=run/last.pt
 if [ "${COUNT_REFINE_STEPS:-0}" -gt 0 ]; then
   [ -f synth_count/instances_synth2019.json ] || rpc-synth generate --exemplars poses.json --images world/train2019 --out synth_count --num-images 2400 --seed 3 --quiet

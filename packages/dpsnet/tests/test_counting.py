@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dpsnet.counting import CountingView, class_loss, crop_counts, density_loss, density_targets, ignore_mask
+from dpsnet.counting import CountingView, crop_counts, density_loss, density_targets, ignore_mask
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -78,67 +78,6 @@ def test_counting_view_output_size():
     view = CountingView(16, 3, levels=("1", "2"), stride=8, channels=8)
     feats = {"1": torch.rand(2, 16, 12, 10), "2": torch.rand(2, 16, 6, 5)}
     assert view(feats, (96, 80)).shape == (2, 3, 12, 10)
-
-
-def test_factorized_head_is_object_density_times_class_probabilities():
-    torch.manual_seed(0)
-    view = CountingView(16, 3, levels=("1", "2"), stride=8, channels=8, head="factorized")
-    torch.nn.init.normal_(view.predictor.weight, std=1.0)  # away from the near-empty start
-    feats = {"1": torch.rand(2, 16, 12, 10), "2": torch.rand(2, 16, 6, 5)}
-    maps, logits = view.parts(feats, (96, 80))
-    assert maps.shape == logits.shape == (2, 3, 12, 10)
-    assert (maps >= 0).all() and torch.equal(view(feats, (96, 80)), maps)
-    # the maps' sum over classes is the object density; their ratios are the softmax of the logits
-    objects = maps.sum(dim=1, keepdim=True)
-    torch.testing.assert_close(maps / objects, logits.softmax(dim=1))
-    assert CountingView(16, 3, levels=("1",), channels=8).parts({"1": torch.rand(1, 16, 4, 4)}, (32, 32))[1] is None
-    with pytest.raises(ValueError, match="head should be one of"):
-        CountingView(16, 3, head="mixed")
-
-
-def _class_loss_slow(logits, target, mask):
-    """The class loss pixel by pixel: density-weighted cross-entropy against the classes' shares."""
-    num = den = 0.0
-    b, _, h, w = target.shape
-    for i in range(b):
-        for y in range(h):
-            for x in range(w):
-                total = float(target[i, :, y, x].sum()) * float(mask[i, 0, y, x])
-                if total == 0:
-                    continue
-                logp = torch.log_softmax(logits[i, :, y, x].double(), dim=0)
-                shares = target[i, :, y, x].double() / target[i, :, y, x].sum()
-                num += total * float(-(shares * logp).sum())
-                den += total
-    return num / max(den, 1e-6)
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_class_loss_matches_pixel_by_pixel_reference(seed):
-    g = torch.Generator().manual_seed(seed)
-    boxes = [torch.tensor([[4.0, 4, 30, 20], [20, 10, 44, 40]]), torch.tensor([[0.0, 0, 12, 12]])]
-    classes = [torch.tensor([0, 2]), torch.tensor([1])]
-    target = density_targets(boxes, classes, (6, 6), num_classes=3, stride=8)
-    logits = torch.randn(2, 3, 6, 6, generator=g)
-    mask = (torch.rand(2, 1, 6, 6, generator=g) > 0.2).float()
-    loss = class_loss(logits, target, mask, weight=2.0)
-    assert loss.item() == pytest.approx(2.0 * _class_loss_slow(logits, target, mask), rel=1e-5)
-
-
-def test_class_loss_edge_cases():
-    target = torch.zeros(1, 2, 3, 3)
-    logits = torch.zeros(1, 2, 3, 3, requires_grad=True)
-    empty = class_loss(logits, target, torch.ones(1, 1, 3, 3))
-    empty.backward()  # no object: zero, and still differentiable
-    assert empty.item() == 0
-    target[0, 1, 1, 1] = 1.0
-    confident = torch.zeros(1, 2, 3, 3)
-    confident[0, 1] = 20.0
-    assert class_loss(confident, target, torch.ones(1, 1, 3, 3)).item() < 1e-6
-    assert class_loss(-confident, target, torch.ones(1, 1, 3, 3)).item() == pytest.approx(20.0, rel=1e-6)
-    ignored = torch.ones(1, 1, 3, 3)
-    ignored[0, 0, 1, 1] = 0  # the only object pixel is an ignore region
-    assert class_loss(-confident, target, ignored).item() == 0
 
 
 @pytest.mark.parametrize("scale", [0.0, 0.1, 0.5])

@@ -89,19 +89,6 @@ def test_colour_jitter_is_the_three_steps_composed(seed, strengths):
     assert np.array_equal(bright, np.full((4, 4, 3), 0.9, np.float32))
 
 
-def test_camera_effects_in_augment_keep_boxes_and_follow_the_seed():
-    rng = np.random.default_rng(0)
-    image = rng.random((32, 48, 3), dtype=np.float32)
-    boxes = np.array([[4.0, 5, 20, 30]], np.float32)
-    plain = Augment(hflip=0.0, vflip=0.0)
-    camera = Augment(hflip=0.0, vflip=0.0, camera=1.0)
-    out, out_boxes = camera(image, boxes, np.random.default_rng(5))
-    again, _ = camera(image, boxes, np.random.default_rng(5))
-    assert np.array_equal(out, again) and np.array_equal(out_boxes, boxes)
-    assert out.shape == image.shape and out.dtype == np.float32 and 0 <= out.min() <= out.max() <= 1
-    assert not np.allclose(out, plain(image, boxes, np.random.default_rng(5))[0], atol=1e-3)
-
-
 def test_mix_sampler_ratios_determinism_and_shards():
     sampler = MixSampler([10, 3], [0.5, 0.5], seed=3, epoch_size=20)
     samples = sampler.epoch_samples(0)

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from dpsnet.checkpoint import model_from_checkpoint
 from dpsnet.config import make_config
 from dpsnet.data import InstancesDataset, collate
-from dpsnet.distill import SoftDistiller
-from dpsnet.engine import train
-from dpsnet.inference import model_from_checkpoint
 from dpsnet.kd import Learner
+from dpsnet.training import train
+from dpsnet.training.distill import SoftDistiller
 
 from .conftest import tiny_overrides
 
@@ -38,40 +38,38 @@ def test_loss_is_the_kl_to_the_teacher_on_flagged_images(world, teacher, flags):
     for p in student.roi_heads.box_predictor.parameters():  # a student that differs from its teacher
         p.data.add_(torch.randn_like(p) * 0.3)
     distiller = SoftDistiller(teacher, categories, weight=2.0, temperature=3.0)
-    distiller.attach(student)
     student.train()
     images, targets = collate([InstancesDataset(world / "instances.json", world / "images", categories)[i]
                                for i in range(2)])
-    student(images, targets)
-    loss = distiller.loss(student, list(flags))
-    s_logits = student.roi_heads.recorded_logits.detach()
-    proposals = student.roi_heads.recorded_proposals
+    _, box_head = student(images, targets, return_box_logits=True)
+    loss = distiller.loss(box_head, list(flags))
+    s_logits = box_head.class_logits.detach()
+    proposals = box_head.proposals
     # The teacher's logits by hand: its own modules, the student's batch and sampled proposals.
     t_model = distiller.teacher
     with torch.no_grad():
-        feats = t_model.backbone(student.recorded_batch.tensors)
-        pooled = t_model.roi_heads.box_roi_pool(feats, proposals, student.recorded_batch.image_sizes)
+        feats = t_model.backbone(box_head.images.tensors)
+        pooled = t_model.roi_heads.box_roi_pool(feats, proposals, box_head.images.image_sizes)
         t_logits = t_model.roi_heads.box_predictor(t_model.roi_heads.box_head(pooled))[0]
     rows = explicit_kd(s_logits, t_logits, 3.0)
     chosen = torch.cat([rows[sum(len(p) for p in proposals[:i]):][:len(proposals[i])] for i in range(2) if flags[i]])
     assert loss.item() == pytest.approx(2.0 * chosen.mean().item(), rel=1e-4)
     loss.backward()
     assert student.roi_heads.box_predictor.cls_score.weight.grad.abs().sum() > 0
-    assert distiller.loss(student, [False, False]).item() == 0
+    assert distiller.loss(box_head, [False, False]).item() == 0
 
 
 def test_identical_student_and_teacher_have_zero_loss(world, teacher):
     student, categories = model_from_checkpoint(teacher)
     distiller = SoftDistiller(teacher, categories)
-    distiller.attach(student)
     student.train()
     for m in student.modules():  # batch norm in eval mode: the student computes what the teacher does
         if isinstance(m, torch.nn.BatchNorm2d):
             m.eval()
     images, targets = collate([InstancesDataset(world / "instances.json", world / "images", categories)[i]
                                for i in range(2)])
-    student(images, targets)
-    assert abs(distiller.loss(student, [True, True]).item()) < 1e-5
+    _, box_head = student(images, targets, return_box_logits=True)
+    assert abs(distiller.loss(box_head, [True, True]).item()) < 1e-5
 
 
 def test_engine_trains_with_soft_distillation_on_flagged_sets(world, teacher, tmp_path):

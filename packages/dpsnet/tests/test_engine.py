@@ -1,14 +1,18 @@
-"""Engine: schedules, a short training run, logs, checkpoints (weights_only), resume, validation."""
+"""Detector training: schedules, a short training run, logs, results.csv and curves, checkpoints (weights_only),
+resume, determinism, validation."""
 
+import csv
 import json
 import math
 
+import cv2
 import pytest
 import torch
 
+from dpsnet.checkpoint import model_from_checkpoint
 from dpsnet.config import make_config
-from dpsnet.engine import build_optimizer, lr_factor, train
-from dpsnet.inference import model_from_checkpoint, native_bf16
+from dpsnet.device import native_bf16
+from dpsnet.training import build_optimizer, lr_factor, train
 
 from .conftest import tiny_overrides
 
@@ -29,11 +33,12 @@ def test_lr_factor_warmup_step_and_cosine():
 
 def test_optimizer_choices():
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    config = make_config(None, {"train.optimizer": "adamw", "train.lr": 0.001})
-    opt = build_optimizer(net, config)
+    opt = build_optimizer(net, name="adamw", lr=0.001)
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[1]["weight_decay"] == 0.0
     with pytest.raises(ValueError, match="optimizer"):
-        build_optimizer(net, make_config(None, {"train.optimizer": "lamb"}))
+        build_optimizer(net, name="lamb", lr=0.001)
+    with pytest.raises(ValueError, match="optimizer"):
+        make_config(None, {"train.optimizer": "lamb"})
 
 
 def test_train_writes_logs_and_loadable_checkpoints(world, tmp_path):
@@ -49,7 +54,17 @@ def test_train_writes_logs_and_loadable_checkpoints(world, tmp_path):
         assert {"lr", "loss", "loss_density", "loss_count", "loss_classifier", "images_per_s", "eta_s"} <= set(r)
         assert math.isfinite(r["loss"]) and r["images_per_s"] > 0
     assert [r["step"] for r in records if r["type"] == "eval"] == [2, 3]
-    assert "img/s" in (tmp_path / "log.txt").read_text()
+    text = (tmp_path / "log.txt").read_text()
+    assert "img/s" in text and "eta " in text and "train: step 3/3" in text
+    # results.csv: one row per log step with the step, the lr, each loss and images/s; the curves as a PNG
+    with open(tmp_path / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    for row, record in zip(rows, steps, strict=True):
+        assert {"lr", "loss", "loss_density", "loss_count", "loss_classifier", "images_per_s"} <= set(row)
+        assert float(row["lr"]) == pytest.approx(record["lr"]) and float(row["loss"]) == pytest.approx(record["loss"])
+    picture = cv2.imread(str(tmp_path / "results.png"))
+    assert picture is not None and picture.shape[0] >= 600  # the losses and, below, the validation metrics
     for name in ("last.pt", "best.pt"):
         ckpt = torch.load(tmp_path / name, map_location="cpu", weights_only=True)
         assert ckpt["categories"]["category_ids"] == [3, 5, 9]
@@ -90,7 +105,7 @@ def test_native_bf16_on_an_older_torch_is_float32(monkeypatch):
 def test_train_amp_follows_the_hardware_and_the_key(world, tmp_path, monkeypatch, native):
     """``train.amp`` trains under bfloat16 autocast where the CPU has it natively (forced here either way),
     with finite float32 losses; ``train.amp=false`` always trains in float32."""
-    monkeypatch.setattr("dpsnet.engine.native_bf16", lambda device: native)
+    monkeypatch.setattr("dpsnet.training.detector.native_bf16", lambda device: native)
     for amp in (True, False):
         out = tmp_path / str(amp)
         train(make_config(None, tiny_overrides(world, **{"train.max_steps": 2, "train.amp": amp})), out, echo=False)
@@ -98,6 +113,16 @@ def test_train_amp_follows_the_hardware_and_the_key(world, tmp_path, monkeypatch
         assert records[0]["type"] == "start"
         assert records[0]["precision"] == ("bfloat16 autocast" if amp and native else "float32")
         assert all(math.isfinite(r["loss"]) for r in records if r["type"] == "train")
+
+
+def test_training_is_deterministic_given_its_seed(world, tmp_path):
+    """The same seed gives the same weights, bit for bit (augmentation included); another seed other weights."""
+    base = tiny_overrides(world, **{"train.max_steps": 3, "data.brightness": 0.2, "data.scale_min": 0.8})
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        train(make_config(None, {**base, "train.seed": seed}), tmp_path / name, echo=False)
+    a, b, c = (torch.load(tmp_path / name / "last.pt", weights_only=True)["model"] for name in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_resume_without_checkpoint_is_an_error(world, tmp_path):
@@ -153,7 +178,7 @@ def test_counting_only_refinement_trains_the_counter_alone(world, tmp_path):
 
 
 def test_counting_only_mode_keeps_the_rest_in_eval():
-    from dpsnet.model import dpsnet_model
+    from dpsnet import dpsnet_model
 
     model = dpsnet_model(4, count_class_of_label=[0, 0, 0, 0], num_count_classes=1, small_channels=[8, 16, 16, 32],
                          fpn_channels=16, min_size=[64], max_size=64, count_channels=8)

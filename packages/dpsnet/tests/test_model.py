@@ -45,26 +45,11 @@ def test_train_losses_finite_and_backward():
     assert any(p.grad.abs().sum().item() > 0 for p in model.counting_view.parameters())
 
 
-def test_factorized_counting_head_losses_and_counts():
-    model = tiny_model(count_head="factorized").train()
-    images, targets = batch()
-    losses = model(images, targets)
-    assert "loss_count_class" in losses and "loss_density" in losses and "loss_count" in losses
-    assert all(v.dim() == 0 and math.isfinite(v.item()) for v in losses.values())
-    losses["loss_count_class"].backward()
-    assert model.counting_view.predictor.weight.grad[1:].abs().sum() > 0  # the class logits learn from it
-    model.eval()
-    with torch.no_grad():
-        out = model(images)
-    assert all(det["counts"].shape == (3,) and (det["counts"] >= 0).all() for det in out)
-
-
 def test_eval_outputs_per_image():
     model = tiny_model(count_class_of_label=[0, 0, 1, 0]).eval()
-    model.return_density = True
     images, _ = batch()
     with torch.no_grad():
-        out = model(images)
+        out = model(images, return_density=True)
     assert len(out) == 2
     for det, img in zip(out, images, strict=True):
         n = det["boxes"].shape[0]
@@ -236,14 +221,14 @@ def test_model_test_flips_fuse_the_flipped_views(flips):
     flipped = tiny_model(box_score_thresh=0.0, box_agnostic_nms_thresh=0.4, box_agnostic_nms_decay=0.01,
                          test_flips=flips, test_flip_iou=0.5).eval()
     flipped.load_state_dict(plain.state_dict())
-    plain.return_density = flipped.return_density = True
     names = parse_test_flips(flips)
     dims = {"h": [2], "v": [1], "hv": [1, 2]}
     with torch.no_grad():
-        got = flipped(images)
+        got = flipped(images, return_density=True)
         for img, det in zip(images, got, strict=True):
             height, width = img.shape[1:]
-            views = [plain([img])[0]] + [plain([torch.flip(img, dims[n])])[0] for n in names]
+            views = [plain([img], return_density=True)[0]] + [
+                plain([torch.flip(img, dims[n])], return_density=True)[0] for n in names]
             boxes, counts, density = [views[0]["boxes"]], [views[0]["counts"]], [views[0]["density"]]
             for name, view in zip(names, views[1:], strict=True):
                 x1, y1, x2, y2 = view["boxes"].unbind(1)
@@ -577,38 +562,44 @@ def test_gather_roi_pool_is_deterministic_under_bf16_autocast():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_counting_head_norm_and_legacy_checkpoints():
+def test_counting_head_norm_makes_maps_independent_of_the_batch():
     """The head normalises before its ReLUs (eval: running statistics, so an image's maps do not depend on its
-    batch); a checkpoint saved before `count_norm` existed loads with the plain conv + ReLU head."""
-    from dpsnet.data import CategoryMap
-    from dpsnet.inference import model_from_checkpoint
-
+    batch); checkpoints of the retired plain head are refused by dpsnet.checkpoint (test_checkpoint.py)."""
     model = tiny_model().eval()
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.counting_view.convs)
-    model.return_density = True
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.counting_view.convs) == 2
     images, _ = batch()
     with torch.no_grad():
-        together = model(images)
-        alone = model([images[1]])[0]
+        together = model(images, return_density=True)
+        alone = model([images[1]], return_density=True)[0]
     torch.testing.assert_close(together[1]["density"], alone["density"])
-    with pytest.raises(ValueError, match="norm should be one of"):
-        tiny_model(count_norm="group")
+    for retired in ({"count_norm": "none"}, {"count_head": "factorized"}, {"class_loss_weight": 1.0}):
+        with pytest.raises(TypeError, match=next(iter(retired))):
+            tiny_model(**retired)
 
-    legacy = tiny_model(count_norm="none")
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in legacy.counting_view.convs)
-    categories = CategoryMap.from_categories([{"id": i} for i in (1, 2, 3)])
-    kwargs = {**TINY, "min_size": (96,)}  # model_kwargs as the engine saves them, without count_norm
-    ckpt = {"model": legacy.state_dict(), "model_kwargs": kwargs, "categories": categories.to_dict()}
-    loaded, _ = model_from_checkpoint(ckpt)
-    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), legacy.state_dict().values(),
-                                                 strict=True))
-    # a run saved before the key resumes with its own head; new configs get the normed one
-    from dpsnet.config import make_config
 
-    saved = {k: v for k, v in make_config("cpu-small").items() if k != "model.count_norm"}
-    assert make_config(saved)["model.count_norm"] == "none"
-    assert make_config({**saved, "model.count_norm": "batch"})["model.count_norm"] == "batch"
-    assert make_config("cpu-small")["model.count_norm"] == "batch"
+def test_box_logits_for_distillation_come_from_the_forward():
+    """return_box_logits: the losses as without it (same samplers' draws), plus the batch, the sampled proposals
+    and their class logits, which the box head's own classifier gives on those proposals."""
+    model = tiny_model().train()
+    for m in model.modules():  # batch norm in eval mode: a second forward computes the same features
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    images, targets = batch()
+    torch.manual_seed(4)
+    plain = model(images, targets)
+    torch.manual_seed(4)
+    losses, box_head = model(images, targets, return_box_logits=True)
+    assert set(losses) == set(plain) and all(torch.equal(losses[k], plain[k]) for k in plain)
+    assert len(box_head.proposals) == 2 and box_head.class_logits.shape == (sum(map(len, box_head.proposals)), 4)
+    with torch.no_grad():
+        features = model.backbone(box_head.images.tensors)
+        pooled = model.roi_heads.box_roi_pool(features, box_head.proposals, box_head.images.image_sizes)
+        want = model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))[0]
+    torch.testing.assert_close(box_head.class_logits.detach(), want, rtol=1e-4, atol=1e-5)
+    assert box_head.class_logits.requires_grad
+    model.train_counting_only()
+    with pytest.raises(ValueError, match="return_box_logits"):
+        model(images, targets, return_box_logits=True)
 
 
 def _slow_counting_view(view, features, padded_size):

@@ -1,6 +1,7 @@
 """predict (files validated by rpc-metrics), evaluate, visualize and the CLI's errors."""
 
 import json
+import re
 
 import cv2
 import numpy as np
@@ -10,8 +11,8 @@ from click.testing import CliRunner
 
 from dpsnet.cli import main
 from dpsnet.config import DEFAULTS, make_config
-from dpsnet.engine import train
-from dpsnet.inference import count_accuracy, count_error
+from dpsnet.metrics import count_accuracy, count_error
+from dpsnet.training import train
 from rpc_metrics.io import read_counts, read_pool, read_results
 
 from .conftest import tiny_overrides
@@ -47,7 +48,7 @@ def test_predict_writes_valid_results_and_counts(world, checkpoint, tmp_path):
 def test_predict_amp_option(world, checkpoint, tmp_path, monkeypatch, native):
     """--amp (default) predicts under bfloat16 autocast where the CPU has it natively (forced here either way),
     with counts from the float32 counting view; without native bfloat16, --amp is exactly --no-amp."""
-    monkeypatch.setattr("dpsnet.inference.native_bf16", lambda device: native)
+    monkeypatch.setattr("dpsnet.inference.prediction.native_bf16", lambda device: native)
     files = {}
     for flag in ("--amp", "--no-amp"):
         res = invoke("predict", "--checkpoint", checkpoint, "--instances", world / "pool.json", "--images",
@@ -258,13 +259,25 @@ def test_train_cli_runs_and_resumes(world, tmp_path):
 
 
 def test_progress_in_a_log_is_a_line_per_quarter(capsys):
-    from dpsnet.inference import _ProgressLine
+    from dpsnet.progress import Progress
 
-    progress = _ProgressLine()
+    progress = Progress("predict")
     for done in (4, 8, 12, 16, 18):
         progress(done, 18)
     lines = capsys.readouterr().err.splitlines()
-    assert lines == ["predict: 8/18 images", "predict: 12/18 images", "predict: 16/18 images", "predict: 18/18 images"]
+    assert [line.split(",")[0] for line in lines] == [
+        "predict: 8/18 images", "predict: 12/18 images", "predict: 16/18 images", "predict: 18/18 images"]
+    assert all(re.fullmatch(r"predict: \d+/18 images, [\d.]+ images/s, eta (\d+:\d\d:\d\d|\?)", line)
+               for line in lines), lines
+    assert lines[-1].endswith("eta 0:00:00")
+
+
+def test_predict_prints_its_progress_line(world, checkpoint, tmp_path):
+    res = invoke("predict", "--checkpoint", checkpoint, "--instances", world / "pool.json", "--images",
+                 world / "images", "--out-results", tmp_path / "r.json", "--out-counts", tmp_path / "c.json",
+                 "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert "predict: 7/7 images" in res.output and "images/s, eta 0:00:00" in res.output
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -8,21 +8,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dpsnet import pretrain as pretrain_module
 from dpsnet.backbone import build_backbone
+from dpsnet.classifier import CropClassifier
 from dpsnet.cli import main
-from dpsnet.data import camera_effects
-from dpsnet.pretrain import (
-    CropClassifier,
-    apply_crop_params,
-    augment_crops,
-    confusable_pairs,
-    draw_crop_params,
-    exemplar_crops,
-    pretrain_backbone,
-    train_specialist,
-)
-from dpsnet.reclassify import CropRescorer
+from dpsnet.inference import CropRescorer
+from dpsnet.training import crop_autocast, pretrain_backbone
+from dpsnet.training import specialists as specialists_module
+from dpsnet.training.crops import apply_crop_params, augment_crops, draw_crop_params, exemplar_crops
+from dpsnet.training.specialists import confusable_pairs, train_specialist
 
 
 def test_exemplar_crops_and_augmentation(world):
@@ -38,14 +31,16 @@ def test_exemplar_crops_and_augmentation(world):
 def test_camera_effects_deterministic_and_bounded():
     rng = np.random.default_rng(3)
     image = rng.uniform(0, 1, size=(24, 24, 3)).astype(np.float32)
-    for seed in range(3):
-        a = camera_effects(image, np.random.default_rng(seed))
-        b = camera_effects(image, np.random.default_rng(seed))
-        assert a.dtype == np.float32 and a.shape == image.shape and np.array_equal(a, b)
+    crops = (image[None].repeat(4, 0) * 255).astype(np.uint8)
+    for seed in range(3):  # every crop gets the camera effects, with the flips and jitter drawn alike
+        params = draw_crop_params(np.random.default_rng(seed), 4, 24, (1.0, 1.0), camera=1.0)
+        plain = apply_crop_params(crops, {**params, "camera": np.zeros(4, dtype=bool)}).numpy()
+        a = apply_crop_params(crops, params).numpy()
+        b = apply_crop_params(crops, params).numpy()
+        assert a.dtype == np.float32 and a.shape == crops.shape and np.array_equal(a, b)
         assert 0 <= float(a.min()) <= float(a.max()) <= 1
         # a degradation, not a new picture: the result stays close to the input (JPEG + noise + a cast)
-        assert 0 < float(np.abs(a - image).mean()) < 0.25
-    crops = (image[None].repeat(4, 0) * 255).astype(np.uint8)
+        assert 0 < float(np.abs(a - plain).mean()) < 0.25
     # camera=0 draws nothing more from the generator: the batch is the one made without the option
     plain = augment_crops(crops, np.random.default_rng(1))
     assert torch.equal(plain, augment_crops(crops, np.random.default_rng(1), camera=0.0))
@@ -124,16 +119,16 @@ def test_augment_crops_follows_the_seed_and_is_channels_last():
 
 
 def test_crop_autocast_needs_bfloat16_units_and_crops_of_32_px(monkeypatch):
-    from dpsnet import inference
+    from dpsnet import device
 
-    monkeypatch.setattr(inference, "cpu_bf16_units", lambda: ["AMX", "AVX512-BF16"])
-    assert pretrain_module.crop_autocast("auto", 64) and pretrain_module.crop_autocast("auto", 32)
-    assert not pretrain_module.crop_autocast("auto", 16)  # the 2x2 input whose bfloat16 gradients are NaN
-    assert not pretrain_module.crop_autocast("float32", 64) and pretrain_module.crop_autocast("bfloat16", 16)
-    monkeypatch.setattr(inference, "cpu_bf16_units", lambda: [])
-    assert not pretrain_module.crop_autocast("auto", 64)
+    monkeypatch.setattr(device, "cpu_bf16_units", lambda: ["AMX", "AVX512-BF16"])
+    assert crop_autocast("auto", 64) and crop_autocast("auto", 32)
+    assert not crop_autocast("auto", 16)  # the 2x2 input whose bfloat16 gradients are NaN
+    assert not crop_autocast("float32", 64) and crop_autocast("bfloat16", 16)
+    monkeypatch.setattr(device, "cpu_bf16_units", lambda: [])
+    assert not crop_autocast("auto", 64)
     with pytest.raises(ValueError, match="precision"):
-        pretrain_module.crop_autocast("fp16")
+        crop_autocast("fp16")
 
 
 def test_pretrain_stops_on_a_diverged_loss_naming_the_step(world, tmp_path):
@@ -166,6 +161,11 @@ def test_pretrain_cli_writes_loadable_weights(world, tmp_path):
     backbone = build_backbone("small", weights=tmp_path / "w.pt", small_channels=(8, 16, 16, 32), out_channels=16)
     saved = torch.load(tmp_path / "w.pt", weights_only=True)["model"]
     assert torch.equal(backbone.body.stem[0][0].weight, saved["stem.0.0.weight"])
+    # the run's progress lines, results.csv (one row per log step) and curves
+    assert "pretrain: step 2/2" in res.output and "crops/s" in res.output and "eta " in res.output
+    rows = (tmp_path / "w.pt.results.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and "loss_classifier" in rows[0] and "train_acc" in rows[0] and len(rows) == 2
+    assert cv2.imread(str(tmp_path / "w.pt.results.png")) is not None
 
 
 def _slow_confusable_pairs(truth, named, num_classes, min_rate, min_errors, max_pairs):
@@ -210,8 +210,8 @@ def test_specialist_sees_its_pair_balanced_and_is_deterministic(monkeypatch):
     crops[:, 0, 0, 0] = labels  # each crop says its class in one pixel
     body = CropClassifier(3, (4, 8, 8, 8)).body.state_dict()
     seen = []
-    real = pretrain_module.augment_crops
-    monkeypatch.setattr(pretrain_module, "augment_crops",
+    real = specialists_module.augment_crops
+    monkeypatch.setattr(specialists_module, "augment_crops",
                         lambda c, r, **kw: (seen.append(c[:, 0, 0, 0].copy()), real(c, r, **kw))[1])
     kwargs = dict(channels=(4, 8, 8, 8), norm="batch", steps=3, batch_size=8, lr=0.05, camera=0.5)
     a = train_specialist(crops, labels, (0, 2), body, seed=4, **kwargs)
@@ -227,11 +227,14 @@ def test_specialist_sees_its_pair_balanced_and_is_deterministic(monkeypatch):
 
 
 def test_pretrain_cli_writes_specialists_the_rescorer_loads(world, tmp_path):
+    out = tmp_path / "new" / "w.pt"  # into a folder that does not exist yet, as the demo's pretrain/ stage does
     res = CliRunner().invoke(main, ["pretrain", "--instances", str(world / "instances.json"), "--images",
-                                    str(world / "images"), "--out", str(tmp_path / "w.pt"), "--size", "16",
+                                    str(world / "images"), "--out", str(out), "--size", "16",
                                     "--channels", "4,8,8,8", "--steps", "2", "--batch-size", "4",
                                     "--specialist-steps", "2", "--specialist-min-rate", "0.0001"])
     assert res.exit_code == 0, res.output
+    assert (tmp_path / "new" / "w.pt.results.csv").is_file()
+    tmp_path = tmp_path / "new"
     summary = json.loads((tmp_path / "w.pt.json").read_text())
     saved = torch.load(tmp_path / "w.pt", weights_only=True)
     assert summary["specialist_steps"] == 2 and len(saved["specialists"]) == len(summary["specialists"])

@@ -9,12 +9,11 @@ import torch
 from click.testing import CliRunner
 from torchvision.ops import roi_align
 
+from dpsnet.classifier import CropClassifier
 from dpsnet.cli import main
 from dpsnet.config import make_config
-from dpsnet.engine import train
-from dpsnet.inference import model_from_checkpoint
-from dpsnet.pretrain import CropClassifier
-from dpsnet.reclassify import CropRescorer, crop_boxes
+from dpsnet.inference import CropRescorer, crop_accuracy, crop_boxes, model_from_checkpoint
+from dpsnet.training import train
 from rpc_metrics.io import read_pool, read_results
 
 from .conftest import tiny_overrides
@@ -95,16 +94,13 @@ def trained(world, tmp_path_factory):
     return out / "last.pt", out / "crops.pt"
 
 
-def test_model_hook_rescales_the_box_heads_scores(world, trained):
+def test_rescore_argument_rescales_the_box_heads_scores(world, trained):
     checkpoint, crops = trained
     model, categories = model_from_checkpoint(checkpoint)
-    keys = set(model.state_dict())
     images = [torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(s)) for s in range(2)]
     plain = model(images)
     rescorer = CropRescorer.from_file(crops, categories.category_ids, power=1.0)
-    model.set_rescorer(rescorer)
-    assert set(model.state_dict()) == keys  # not part of the model's state
-    rescored = model(images)
+    rescored = model(images, rescore=rescorer)
     for p, r, img in zip(plain, rescored, images, strict=True):
         # no agnostic NMS here: the same detections, each score times its crop's probability of its label
         assert len(p["scores"]) == len(r["scores"]) > 0
@@ -113,8 +109,7 @@ def test_model_hook_rescales_the_box_heads_scores(world, trained):
         order = want.argsort(descending=True, stable=True)
         torch.testing.assert_close(r["scores"], want[order], rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(r["boxes"], p["boxes"][order])
-    model.set_rescorer(None)
-    torch.testing.assert_close(model(images)[0]["scores"], plain[0]["scores"])
+    torch.testing.assert_close(model(images)[0]["scores"], plain[0]["scores"])  # nothing stays behind
 
 
 def test_predict_option_and_its_errors(world, trained, tmp_path):
@@ -161,7 +156,6 @@ def test_kd_learner_predicts_with_the_reclassifier(world, trained, tmp_path):
 
 def test_crop_accuracy_matches_a_box_by_box_reference(world, trained, tmp_path):
     from dpsnet.data import read_image
-    from dpsnet.reclassify import crop_accuracy
 
     _, crops = trained
     gt = json.loads((world / "instances.json").read_text())

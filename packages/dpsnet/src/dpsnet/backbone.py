@@ -47,7 +47,7 @@ class SmallBody(nn.Module):
     def __init__(self, channels: tuple[int, ...] = (32, 64, 128, 256), norm: str = "batch"):
         super().__init__()
         layer = norm_layer(norm)
-        self.channels = tuple(channels)
+        self.channels, self.norm = tuple(channels), norm
         self.stem = nn.Sequential(_conv_norm_relu(3, channels[0] // 2, 2, layer),
                                   _conv_norm_relu(channels[0] // 2, channels[0], 2, layer))
         stages = []

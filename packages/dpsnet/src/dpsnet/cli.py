@@ -1,4 +1,4 @@
-"""``dpsnet`` command line: a thin click layer over :mod:`dpsnet.engine`, :mod:`dpsnet.inference`, rpc-metrics.
+"""``dpsnet`` command line: a thin click layer over :mod:`dpsnet.training`, :mod:`dpsnet.inference`, rpc-metrics.
 
 Bad input (missing files, bad config keys or values, malformed JSON) prints one line naming the problem and
 exits with status 2.
@@ -48,9 +48,9 @@ def main() -> None:
 @click.argument("overrides", nargs=-1)
 def train_command(config_name, out, resume, overrides) -> None:
     """Train DPSNet; OVERRIDES are config keys as key=value (see `dpsnet config`). Works under torchrun."""
+    from .checkpoint import load_checkpoint
     from .distributed import shutdown_distributed
-    from .engine import train
-    from .inference import load_checkpoint
+    from .training import train
 
     if resume:  # the run's own config, with the command line's overrides (e.g. a larger train.max_steps)
         saved = _run(load_checkpoint, Path(out) / "last.pt")["config"]
@@ -96,13 +96,13 @@ def config_command(config_name, overrides) -> None:
 @click.option("--test-flip-iou", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="IoU grouping the views' detections (model.test_flip_iou; default: the model's).")
 @click.option("--reclassifier", type=click.Path(dir_okay=False), default=None,
-              help="A `dpsnet pretrain` file: its crop classifier re-scores each detection (dpsnet.reclassify).")
+              help="A `dpsnet pretrain` file: its crop classifier re-scores each detection (dpsnet.inference.CropRescorer).")
 @click.option("--reclassifier-power", type=click.FloatRange(0.0), default=0.5, show_default=True,
               help="New score = score x p(SKU) ** power.")
 @click.option("--amp/--no-amp", default=True, show_default=True,
               help="bfloat16 autocast where the device computes it natively (CUDA, CPUs with AMX or AVX512-BF16); boxes and "
                    "counts stay float32.")
-@click.option("--quiet", is_flag=True, help="No progress line.")
+@click.option("--quiet", is_flag=True, help="No progress line (images done, rate, time left).")
 def predict_command(checkpoint, instances, images, out_results, out_counts, batch_size, device, score_thresh,
                     agnostic_nms, test_flips, test_flip_iou, reclassifier, reclassifier_power, amp, quiet) -> None:
     """Detect and count every image of a pool; write COCO results and the counts file. Works under torchrun."""
@@ -128,7 +128,7 @@ def predict_command(checkpoint, instances, images, out_results, out_counts, batc
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the metrics as JSON.")
 def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, counts, json_out) -> None:
     """Print the RPC table (rpc-metrics) for RESULTS against GT, plus the counting view's accuracy."""
-    from .inference import count_accuracy, count_error
+    from .metrics import count_accuracy, count_error
 
     for name, path in (("--results", results), ("--gt", gt), ("--val-results", val_results),
                        ("--val-gt", val_gt), ("--counts", counts)):
@@ -181,7 +181,7 @@ def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, coun
 def pretrain_command(instances, images, out, size, channels, steps, batch_size, lr, camera, specialist_steps,
                      specialist_min_rate, max_specialists, specialist_pairs, precision, seed) -> None:
     """Pretrain the small backbone as an SKU classifier on exemplar crops (the stand-in for ImageNet weights)."""
-    from .pretrain import pretrain_backbone
+    from .training import pretrain_backbone
 
     for name, path in (("--instances", instances), ("--images", images)):
         if not Path(path).exists():
@@ -209,7 +209,7 @@ def pretrain_command(instances, images, out, size, channels, steps, batch_size, 
 def crop_accuracy_command(classifier, instances, images, top, json_out) -> None:
     """How often the crop classifier (the re-scorer of `predict --reclassifier`) names each product's SKU from
     its true box, and its most frequent confusions."""
-    from .reclassify import crop_accuracy
+    from .inference import crop_accuracy
 
     for name, path in (("--classifier", classifier), ("--instances", instances), ("--images", images)):
         if not Path(path).exists():

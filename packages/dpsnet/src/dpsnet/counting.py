@@ -109,27 +109,6 @@ def density_loss(
     return {"loss_density": pixel * pixel_weight, "loss_count": count * count_weight}
 
 
-def class_loss(logits: Tensor, target: Tensor, mask: Tensor, *, weight: float = 1.0) -> Tensor:
-    """The factorized head's class term: cross-entropy of the per-pixel class logits against the classes'
-    shares of the ground-truth density, each pixel weighted by its ground-truth density (so every object
-    weighs the same, whatever its size) and restricted to ``mask``.
-
-    Args:
-        logits (Tensor[B, C, H, W]): per-pixel class logits.
-        target (Tensor[B, C, H, W]): ground-truth densities (unscaled; each object sums to 1).
-        mask (Tensor[B, 1, H, W]): 1 where pixels count, 0 in ignore regions.
-
-    Returns:
-        ``weight * sum_pixels d(x) * CE(x) / sum_pixels d(x)`` with ``d`` the masked total density; 0 (with a
-        gradient path) for a batch without objects.
-    """
-    objects = target.sum(dim=1, keepdim=True)
-    total = objects * mask
-    shares = target / objects.clamp(min=1e-12)
-    ce = -(shares * logits.float().log_softmax(dim=1)).sum(dim=1, keepdim=True)
-    return weight * (ce * total).sum() / total.sum().clamp(min=1e-6)
-
-
 def crop_counts(density: Tensor, image_sizes: Sequence[tuple[int, int]], stride: float, density_scale: float) -> Tensor:
     """Per-image, per-class counts Tensor[B, C]: each map summed over its image's area (padding excluded),
     divided by ``density_scale`` and clamped at 0."""
@@ -156,71 +135,40 @@ class CountingView(nn.Module):
         in_channels: pyramid width. num_classes: density maps (SKUs, supercategories or one object class).
         levels: pyramid keys fused, finest first, e.g. ``("1", "2", "3")`` (strides 8, 16, 32), or the released
             DPSNet's ``("0", "1", "2", "3", "pool")`` (P2-P6) at stride 8.
-        stride: the fused map's stride in image pixels. channels: head width. num_convs: 3x3 convs in the head.
-        head: ``"direct"``: one unconstrained map per class; ``"factorized"``: one non-negative object density
-            (softplus) times per-pixel class probabilities (softmax over the classes), so that a class's map
-            is the share of the objects' density that the pixel's class scores give it (trained with
-            :func:`class_loss` on top of :func:`density_loss`).
-        norm: ``"batch"``: batch normalisation before each ReLU of the head (in eval its running statistics, so
-            an image's maps do not depend on the batch or its padding, as they would with group normalisation);
-            ``"none"``: plain conv + ReLU, as in the first versions, whose ReLUs the count loss's large early
-            gradients (a map's sum over thousands of pixels) could all silence, leaving a constant map
-            (checkpoints saved without the setting load as ``"none"``).
+        stride: the fused map's stride in image pixels. channels: head width. num_convs: 3x3 convs in the head,
+            each followed by batch normalisation and a ReLU (in eval its running statistics, so an image's maps do
+            not depend on the batch or its padding; without it the ReLUs could all die, leaving a constant map).
         feature_grad: the share of the view's gradient that reaches the pyramid features it reads (and through
             them the backbone): 1 all, 0 none (the features are detached); the view's own layers get all of it.
             The value is the same; only the backward is scaled.
     """
 
-    HEADS = ("direct", "factorized")
-    NORMS = ("batch", "none")
-
     def __init__(self, in_channels: int, num_classes: int, *, levels: Sequence[str] = ("1", "2", "3"),
-                 stride: int = 8, channels: int = 64, num_convs: int = 2, head: str = "direct",
-                 norm: str = "batch", feature_grad: float = 1.0):
+                 stride: int = 8, channels: int = 64, num_convs: int = 2, feature_grad: float = 1.0):
         super().__init__()
         if not 0.0 <= feature_grad <= 1.0:
             raise ValueError(f"feature_grad should be in [0, 1], got {feature_grad}")
         self.feature_grad = float(feature_grad)
-        if head not in self.HEADS:
-            raise ValueError(f"head should be one of {self.HEADS}, got {head!r}")
-        if norm not in self.NORMS:
-            raise ValueError(f"norm should be one of {self.NORMS}, got {norm!r}")
         self.levels = tuple(levels)
         self.stride = stride
-        self.head = head
         self.projections = nn.ModuleList(nn.Conv2d(in_channels, channels, 1) for _ in self.levels)
         convs = []
         for _ in range(num_convs):
-            if norm == "batch":
-                convs += [nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels)]
-            else:
-                convs.append(nn.Conv2d(channels, channels, 3, padding=1))
-            convs.append(nn.ReLU(inplace=True))
+            convs += [nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+                      nn.ReLU(inplace=True)]
         self.convs = nn.Sequential(*convs)
-        factorized = head == "factorized"
-        self.predictor = nn.Conv2d(channels, num_classes + factorized, 1)
+        self.predictor = nn.Conv2d(channels, num_classes, 1)
         nn.init.normal_(self.predictor.weight, std=0.01)
         nn.init.zeros_(self.predictor.bias)
-        if factorized:  # start near an empty map (softplus(0) per pixel would be dozens of objects)
-            nn.init.constant_(self.predictor.bias[:1], -4.0)
 
-    def parts(self, features: OrderedDict[str, Tensor], padded_size: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
-        """``(maps, class_logits)``: the density maps Tensor[B, num_classes, ceil(H / stride), ceil(W / stride)]
-        for padded images [H, W], and for the factorized head the per-pixel class logits (else ``None``)."""
+    def forward(self, features: OrderedDict[str, Tensor], padded_size: tuple[int, int]) -> Tensor:
+        """Density maps Tensor[B, num_classes, ceil(H / stride), ceil(W / stride)] for padded images [H, W]."""
         size = (-(-padded_size[0] // self.stride), -(-padded_size[1] // self.stride))
         device_type = features[self.levels[0]].device.type
         # In float32 under autocast too: a count sums a map's pixels, and bfloat16 maps moved held-out
-        # synthesized images' rounded counts (41% -> 38% right, demo14's Syn model); the head is small.
+        # synthesized images' rounded counts (41% -> 38% right); the head is small.
         with torch.autocast(device_type, enabled=False):
             projected = [proj(_scale_grad(features[key].float(), self.feature_grad))
                          for proj, key in zip(self.projections, self.levels, strict=True)]
             fused = aco_kernels.pyramid_fuse(projected, size)
-            out = self.predictor(self.convs(fused))
-        if self.head == "direct":
-            return out, None
-        objects, logits = out[:, :1], out[:, 1:]
-        return F.softplus(objects.float()) * logits.float().softmax(dim=1), logits
-
-    def forward(self, features: OrderedDict[str, Tensor], padded_size: tuple[int, int]) -> Tensor:
-        """Density maps Tensor[B, num_classes, ceil(H / stride), ceil(W / stride)] for padded images [H, W]."""
-        return self.parts(features, padded_size)[0]
+            return self.predictor(self.convs(fused))

@@ -64,8 +64,7 @@ class CategoryMap:
 
 @dataclass
 class Augment:
-    """Training augmentation: flips, scale jitter (image resized by a factor in ``scale``), colour jitter, and
-    with probability ``camera`` :func:`camera_effects` (cast, blur, noise, JPEG)."""
+    """Training augmentation: flips, scale jitter (image resized by a factor in ``scale``), colour jitter."""
 
     hflip: float = 0.5
     vflip: float = 0.5
@@ -73,7 +72,6 @@ class Augment:
     brightness: float = 0.0
     contrast: float = 0.0
     saturation: float = 0.0
-    camera: float = 0.0
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``image`` float32 [H, W, 3] RGB in [0, 1], ``boxes`` float32 [K, 4] (x1, y1, x2, y2) -> both augmented."""
@@ -91,8 +89,6 @@ class Augment:
             image = image[::-1]
             boxes = np.stack([boxes[:, 0], h - boxes[:, 3], boxes[:, 2], h - boxes[:, 1]], axis=1)
         image = colour_jitter(image, rng, self.brightness, self.contrast, self.saturation)
-        if self.camera and rng.random() < self.camera:
-            image = camera_effects(np.ascontiguousarray(image), rng)
         return np.ascontiguousarray(image), boxes.astype(np.float32)
 
 
@@ -124,21 +120,10 @@ def jitter_map(b: np.ndarray, c: np.ndarray, s: np.ndarray, mean: np.ndarray) ->
     return matrix, (1 - c) * b * mean
 
 
-def camera_effects(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """What a checkout camera does to a clean render, at random strengths: a colour cast (per-channel gain in
-    [0.85, 1.15]), defocus (Gaussian blur, sigma up to 1.2 px), sensor noise (sigma up to 6 grey levels) and JPEG
-    compression (quality 60-95). ``image``: float32 RGB [S, S, 3] in [0, 1]; returns the same (:func:`camera_shot`
-    with these draws)."""
-    gain = rng.uniform(0.85, 1.15, size=(1, 3))
-    sigma = np.array([rng.uniform(0.0, 1.2)])
-    noise = rng.normal(0.0, rng.uniform(0.0, 6.0) / 255.0, size=(1, *image.shape)).astype(np.float32)
-    quality = np.array([rng.integers(60, 96)])
-    return camera_shot(image[None], gain, sigma, noise, quality)[0]
-
-
 def camera_shot(images: np.ndarray, gain: np.ndarray, sigma: np.ndarray, noise: np.ndarray,
                 quality: np.ndarray) -> np.ndarray:
-    """Camera effects on float32 RGB images [B, H, W, 3] in [0, 1] with given strengths: per-channel ``gain``
+    """What a checkout camera does to a clean render (the crop classifier's training crops get it: see
+    :func:`dpsnet.training.crops.draw_crop_params`), on float32 RGB images [B, H, W, 3] in [0, 1] with given strengths: per-channel ``gain``
     [B, 3], Gaussian blur of ``sigma`` [B] px (none up to 0.3), additive ``noise`` [B, H, W, 3] (float32, already
     scaled), then 8-bit quantisation and a JPEG round trip at ``quality`` [B]. Returns float32 [B, H, W, 3]."""
     shot = images * gain.astype(np.float32)[:, None, None, :]

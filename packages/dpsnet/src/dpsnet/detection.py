@@ -1,4 +1,5 @@
-"""The detection view: torchvision's RPN and RoI heads, taught about ignore regions, and the kernel pooler.
+"""The detection view: torchvision's RPN and RoI heads taught about ignore regions, NMS across classes, the fusion
+of test-time views, and the RoI pooler (aco_kernels, torchvision, or one gather).
 
 Ignore regions (``iscrowd: 1`` annotations) reach these modules as ``targets[i]["ignore_boxes"]``; an anchor or
 proposal that would be background but lies mostly inside an ignore region (intersection over its own area
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import MultiScaleRoIAlign, box_iou, nms
 
@@ -126,70 +129,71 @@ def fuse_views(boxes: Tensor, scores: Tensor, labels: Tensor, views: Tensor, num
     return fused_boxes[g[order]], out_scores, classes[cls[order]]
 
 
+class BoxHeadOutput(NamedTuple):
+    """What a training forward of the box head saw, for soft distillation (:mod:`dpsnet.training.distill`).
+
+    ``images``: the resized, normalised batch (an ``ImageList``); ``proposals`` (list[Tensor[N_i, 4]]): the
+    proposals it sampled per image (detached); ``class_logits`` (Tensor[sum N_i, num_classes]): its class logits
+    (bfloat16 under autocast).
+    """
+
+    images: ImageList
+    proposals: list[Tensor]
+    class_logits: Tensor
+
+
 class IgnoreAwareRoIHeads(RoIHeads):
     """torchvision's RoI box head whose background proposals inside ignore regions are not sampled.
 
-    With ``agnostic_nms_thresh > 0``, inference ends with a class-agnostic NMS at that IoU (:func:`agnostic_nms`);
-    with a ``rescorer`` (:class:`dpsnet.reclassify.CropRescorer`, set by :meth:`DPSNet.set_rescorer`), the
-    detections are re-scored by the crop classifier before it.
-    With ``record = True``, a training forward keeps its sampled proposals (``recorded_proposals``, per image)
-    and their class logits (``recorded_logits``) for soft distillation (:mod:`dpsnet.distill`).
+    ``forward`` is torchvision's box path (no masks or keypoints) returning ``(detections, losses, sampled)``:
+    in training ``sampled = (proposals, class_logits)``, what soft distillation needs; in eval the detections
+    after the per-class NMS (``sampled`` is None).
     """
 
-    def __init__(self, *args, ignore_ioa: float = 0.5, agnostic_nms_thresh: float = 0.0,
-                 agnostic_nms_decay: float = 0.0, **kwargs):
+    def __init__(self, *args, ignore_ioa: float = 0.5, **kwargs):
         super().__init__(*args, **kwargs)
-        if not 0.0 <= agnostic_nms_thresh <= 1.0:
-            raise ValueError(f"agnostic_nms_thresh should be in [0, 1] (0: off), got {agnostic_nms_thresh}")
-        if not 0.0 <= agnostic_nms_decay < 1.0:
-            raise ValueError(f"agnostic_nms_decay should be in [0, 1) (0: drop), got {agnostic_nms_decay}")
         self.ignore_ioa = ignore_ioa
-        self.agnostic_nms_thresh = agnostic_nms_thresh
-        self.agnostic_nms_decay = agnostic_nms_decay
-        self._ignore_boxes: list[Tensor | None] | None = None
-        # A dpsnet.reclassify.CropRescorer and its input for this call (DPSNet.set_rescorer): kept out of the
-        # module tree, so that it is neither in the state dict nor in checkpoints.
-        self.__dict__["rescorer"] = None
-        self._rescore_input: tuple[Tensor, list[tuple[int, int]]] | None = None
-        self.record = False
-        self.recorded_proposals: list[Tensor] | None = None
-        self.recorded_logits: Tensor | None = None
-        self.box_predictor.register_forward_hook(self._record_logits)
 
-    def _record_logits(self, _module, _inputs, output) -> None:
-        if self.record and self.training:
-            self.recorded_logits = output[0]
-
-    def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
-        boxes, scores, labels = super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
-        if self.rescorer is not None and self._rescore_input is not None:
-            images, sizes = self._rescore_input
-            scores = self.rescorer(images, boxes, scores, labels, sizes)
-            order = [s.argsort(descending=True, stable=True) for s in scores]
-            boxes, scores, labels = ([b[o] for b, o in zip(part, order, strict=True)] for part in (boxes, scores, labels))
-        if self.agnostic_nms_thresh > 0:
-            kept = [agnostic_nms(b, s, lab, self.agnostic_nms_thresh, self.agnostic_nms_decay)
-                    for b, s, lab in zip(boxes, scores, labels, strict=True)]
-            boxes, scores, labels = (list(part) for part in zip(*kept, strict=True)) if kept else ([], [], [])
-        return boxes, scores, labels
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if self.training:
+            if targets is None:
+                raise ValueError("targets should be given in training mode")
+            for t in targets:
+                if not t["boxes"].is_floating_point() or t["labels"].dtype != torch.int64:
+                    raise TypeError(f"target boxes should be floating point and labels int64, got "
+                                    f"{t['boxes'].dtype} and {t['labels'].dtype}")
+            proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+        pooled = self.box_roi_pool(features, proposals, image_shapes)
+        class_logits, box_regression = self.box_predictor(self.box_head(pooled))
+        # Under bfloat16 autocast the predictor's outputs are bfloat16; the loss and the box decoding take them in
+        # float32 (torchvision would decode boxes in the deltas' dtype), distillation the logits as they came.
+        logits, regression = class_logits.float(), box_regression.float()
+        if self.training:
+            loss_classifier, loss_box_reg = fastrcnn_loss(logits, regression, labels, regression_targets)
+            losses = {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+            return [], losses, ([p.detach() for p in proposals], class_logits)
+        boxes, scores, labels = self.postprocess_detections(logits, regression, proposals, image_shapes)
+        detections = [{"boxes": b, "labels": lab, "scores": s} for b, s, lab in zip(boxes, scores, labels, strict=True)]
+        return detections, {}, None
 
     def select_training_samples(self, proposals, targets):
-        # assign_targets_to_proposals does not see the targets; hand it the ignore regions for this call.
-        self._ignore_boxes = [t.get("ignore_boxes") for t in targets]
-        try:
-            samples = super().select_training_samples(proposals, targets)
-        finally:
-            self._ignore_boxes = None
-        if self.record:
-            self.recorded_proposals = [p.detach() for p in samples[0]]
-        return samples
-
-    def assign_targets_to_proposals(self, proposals, gt_boxes, gt_labels):
-        matched_idxs, labels = super().assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
-        if self._ignore_boxes is not None:
-            labels = [mark_ignored(lab, prop, ign, self.ignore_ioa)
-                      for lab, prop, ign in zip(labels, proposals, self._ignore_boxes, strict=True)]
-        return matched_idxs, labels
+        """torchvision's sampling, with background proposals inside ``targets[i]["ignore_boxes"]`` labelled -1
+        (never sampled). Returns ``(proposals, matched_idxs, labels, regression_targets)`` per image."""
+        self.check_targets(targets)
+        dtype, device = proposals[0].dtype, proposals[0].device
+        gt_boxes = [t["boxes"].to(dtype) for t in targets]
+        gt_labels = [t["labels"] for t in targets]
+        proposals = self.add_gt_proposals(proposals, gt_boxes)
+        matched_idxs, labels = self.assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
+        labels = [mark_ignored(lab, prop, t.get("ignore_boxes"), self.ignore_ioa)
+                  for lab, prop, t in zip(labels, proposals, targets, strict=True)]
+        sampled = self.subsample(labels)
+        matched_gt_boxes = []
+        for i, keep in enumerate(sampled):
+            proposals[i], labels[i], matched_idxs[i] = proposals[i][keep], labels[i][keep], matched_idxs[i][keep]
+            image_boxes = gt_boxes[i] if gt_boxes[i].numel() else torch.zeros((1, 4), dtype=dtype, device=device)
+            matched_gt_boxes.append(image_boxes[matched_idxs[i]])
+        return proposals, matched_idxs, labels, self.box_coder.encode(matched_gt_boxes, proposals)
 
 
 def _axis_samples(coord: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:

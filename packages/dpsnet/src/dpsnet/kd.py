@@ -1,6 +1,6 @@
 """DPSNet as a kd-loop learner: ``learner.path = "dpsnet.kd:Learner"`` in a kd-loop config.
 
-``fit`` trains with :func:`dpsnet.engine.train` on the round's dataset mix (ignore regions included),
+``fit`` trains with :func:`dpsnet.training.train` on the round's dataset mix (ignore regions included),
 starting from the teacher's weights when kd-loop passes ``init``; ``predict`` writes the COCO results and the
 counts file of a pool with :func:`dpsnet.inference.predict_files`. Files in, files out: kd-loop never
 imports dpsnet, and dpsnet does not import kd-loop (the returned prediction only needs ``results`` and
@@ -17,8 +17,8 @@ from typing import Any
 from rpc_metrics.io import load_json
 
 from .config import make_config
-from .engine import train
 from .inference import predict_files
+from .training import train
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,10 @@ class Learner:
         batch_size: images per batch at prediction.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         soft_distillation: on the pseudo-labelled sets (those with a ``teacher``), the student's box classifier
-            also matches the teacher's class distributions (``aco_kernels.kd_loss``, see :mod:`dpsnet.distill`)
+            also matches the teacher's class distributions (``aco_kernels.kd_loss``, see :mod:`dpsnet.training.distill`)
             with weight ``distill_weight`` at ``distill_temperature``.
         reclassifier: a ``dpsnet pretrain`` file whose crop classifier re-scores the teacher's detections when it
-            predicts the pool (:mod:`dpsnet.reclassify`, ``reclassifier_power``); None: off.
+            predicts the pool (:class:`dpsnet.inference.CropRescorer`, ``reclassifier_power``); None: off.
     """
 
     def __init__(self, preset: str = "cpu-small", overrides: Mapping[str, Any] | None = None, *,

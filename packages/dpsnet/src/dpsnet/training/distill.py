@@ -5,6 +5,7 @@ box head samples is shown to the teacher too (same resized batch, same boxes, th
 head), and ``aco_kernels.kd_loss`` adds ``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` averaged over
 those proposals. Hard pseudo-labels say what the teacher was sure of; the soft targets also carry what it was
 unsure between (look-alike products), which the student would otherwise learn as plain background or one class.
+The student's forward returns what this needs (``model(images, targets, return_box_logits=True)``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from torch import Tensor
 
 import aco_kernels
 
-from .data import CategoryMap
-from .inference import model_from_checkpoint
-from .model import DPSNet
+from ..checkpoint import model_from_checkpoint
+from ..data import CategoryMap
+from ..detection import BoxHeadOutput
 
 
 class SoftDistiller:
@@ -47,27 +48,18 @@ class SoftDistiller:
         self.teacher.eval().requires_grad_(False)
         self.weight, self.temperature = weight, temperature
 
-    @staticmethod
-    def attach(student: DPSNet) -> None:
-        """Make the student's training forwards record what the loss needs."""
-        student.roi_heads.record = True
-
     @torch.no_grad()
-    def teacher_logits(self, student: DPSNet) -> Tensor:
-        """Teacher class logits Tensor[N, num_classes] for the proposals the student sampled in its last forward."""
-        batch, proposals = student.recorded_batch, student.roi_heads.recorded_proposals
-        heads = self.teacher.roi_heads
+    def teacher_logits(self, student: BoxHeadOutput) -> Tensor:
+        """Teacher class logits Tensor[N, num_classes] for the proposals the student sampled (same batch)."""
+        batch, heads = student.images, self.teacher.roi_heads
         features = self.teacher.backbone(batch.tensors)
-        pooled = heads.box_roi_pool(features, proposals, batch.image_sizes)
+        pooled = heads.box_roi_pool(features, student.proposals, batch.image_sizes)
         return heads.box_predictor(heads.box_head(pooled))[0].float()
 
-    def loss(self, student: DPSNet, distill_images: Sequence[bool] | Tensor) -> Tensor:
+    def loss(self, student: BoxHeadOutput, distill_images: Sequence[bool] | Tensor) -> Tensor:
         """The weighted loss over the proposals of the images flagged in ``distill_images`` (one flag per image
-        of the last batch); 0 (still in the graph) when none is flagged."""
-        logits = student.roi_heads.recorded_logits
-        proposals = student.roi_heads.recorded_proposals
-        if logits is None or proposals is None:
-            raise RuntimeError("SoftDistiller.loss: call attach(student) and a training forward first")
+        of the batch); 0 (still in the graph) when none is flagged."""
+        logits, proposals = student.class_logits, student.proposals
         flags = torch.as_tensor(distill_images, dtype=torch.float32, device=logits.device)
         rows = torch.repeat_interleave(flags, torch.tensor([len(p) for p in proposals], device=logits.device))
         if float(rows.sum()) == 0:

@@ -1,20 +1,13 @@
-"""A second opinion on each detection's SKU: the pretrained crop classifier re-scores the box head's detections.
+"""A second opinion on each detection's SKU: the pretrained crop classifier (and its pair specialists) re-score
+the box head's detections, as post-processing between the per-class and the class-agnostic NMS.
 
 ``dpsnet pretrain`` trains the small body plus a linear layer to name product crops (square, a 10% margin,
-64 px, the way :func:`dpsnet.pretrain.exemplar_crops` cuts them); its file keeps the whole classifier. At
-inference, :class:`CropRescorer` cuts the same crop around every detection of the box head (after the per-class
-NMS, before the class-agnostic one), classifies it in its four 90-degree rotations (a top view has no up) and
-multiplies the detection's score by ``p(its SKU) ** power``. The class-agnostic NMS that follows then keeps, at
-each place, the SKU that both opinions favour. All crops of a batch are cut with one ``roi_align`` call.
-
-Measured on the mini world (``runs/recipe4``'s model on the checkout test images, classifier pretrained 6000
-steps, power 0.5, no test-time flips): mAP50 84.9% -> 87.8%, ACD 3.19 -> 2.46, transfer cAcc 17.5% -> 17.5%.
-
-Pair specialists (``dpsnet pretrain --specialist-steps``) share out the classifier's probability of each SKU pair
-it confuses: the generalist, spread over every SKU, learns colours first and names look-alikes (two letters and
-a logo colour apart) barely better than a coin; a two-class classifier trained on the pair alone reads the
-detail. On runs/demo11's classifier (3 specialists, 400 steps each): checkout test products named right from
-their true boxes 88.5% -> 92.9%, look-alike errors 121 -> 56.
+64 px, as :func:`dpsnet.training.crops.exemplar_crops` cuts them); its file keeps the whole classifier. At
+inference, :class:`CropRescorer` cuts the same crop around every detection of the box head, classifies it in its
+four 90-degree rotations (a top view has no up) and multiplies the detection's score by ``p(its SKU) ** power``;
+the class-agnostic NMS that follows then keeps, at each place, the SKU that both opinions favour. All crops of a
+batch are cut with one ``roi_align`` call. Pair specialists (two-class classifiers of the SKU pairs the
+generalist confuses) share out the generalist's probability of their pair.
 """
 
 from __future__ import annotations
@@ -27,12 +20,15 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from .pretrain import CropClassifier
+from rpc_metrics.io import image_path, read_instances
+
+from ..classifier import CropClassifier, load_crop_classifier
+from ..data import coco_to_xyxy, read_image
 
 
 def crop_boxes(boxes: Tensor, height: int, width: int, margin: float = 0.1) -> Tensor:
     """[N, 4] (x1, y1, x2, y2) -> the squares of side ``max(w, h) * (1 + 2 margin)`` around their centres,
-    clipped to the image (as :func:`dpsnet.pretrain.exemplar_crops` cuts its training crops)."""
+    clipped to the image (as :func:`dpsnet.training.crops.exemplar_crops` cuts its training crops)."""
     side = (boxes[:, 2:] - boxes[:, :2]).max(dim=1).values * (1 + 2 * margin)
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
     half = (side / 2)[:, None]
@@ -42,14 +38,16 @@ def crop_boxes(boxes: Tensor, height: int, width: int, margin: float = 0.1) -> T
 
 
 class CropRescorer(nn.Module):
-    """Re-score detections with a crop classifier (see the module docstring).
+    """Re-score detections with a crop classifier (see the module docstring); pass it as ``model(images,
+    rescore=rescorer)``.
 
     Args:
-        classifier: a :class:`dpsnet.pretrain.CropClassifier` (eval mode is set here).
+        classifier: a :class:`dpsnet.classifier.CropClassifier` (eval mode is set here).
         class_of_label: Tensor[num_labels], the classifier's class index for each detection label (-1: a label
             the classifier does not know, whose scores stay as they are).
         power: exponent of the classifier's probability in the new score (0: no change).
         size: crop side in pixels (the classifier's training size); margin: crop margin on each side.
+        specialists: ``(classes, classifier)`` pairs: the two classes of the generalist a specialist tells apart.
     """
 
     def __init__(self, classifier: CropClassifier, class_of_label: Tensor, *, power: float = 0.5, size: int = 64,
@@ -58,7 +56,6 @@ class CropRescorer(nn.Module):
         if power < 0:
             raise ValueError(f"power should be >= 0, got {power}")
         self.classifier = classifier.eval()
-        # Pair specialists (dpsnet.pretrain.train_specialist): (the classifier's classes, their classifier).
         self.specialists = nn.ModuleList(m.eval() for _, m in specialists)
         self.specialist_classes = [list(map(int, c)) for c, _ in specialists]
         self.register_buffer("class_of_label", torch.as_tensor(class_of_label, dtype=torch.int64))
@@ -67,28 +64,13 @@ class CropRescorer(nn.Module):
     @classmethod
     def from_file(cls, path: str | Path, category_ids: Sequence[int], **kwargs) -> CropRescorer:
         """From a ``dpsnet pretrain`` file; ``category_ids[l - 1]`` is detection label ``l``'s category."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"reclassifier file not found: {path}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if "fc" not in ckpt or "category_ids" not in ckpt:
-            raise ValueError(f"{path}: no classifier layer in this file (written by an older `dpsnet pretrain`, or "
-                             "not by it); run `dpsnet pretrain` again to get a file that can re-classify")
-        classifier = CropClassifier(len(ckpt["category_ids"]), tuple(ckpt["channels"]), ckpt.get("norm", "batch"))
-        classifier.body.load_state_dict(ckpt["model"])
-        classifier.fc.load_state_dict(ckpt["fc"])
-        specialists = []
-        for spec in ckpt.get("specialists", []):
-            model = CropClassifier(len(spec["classes"]), tuple(ckpt["channels"]), ckpt.get("norm", "batch"))
-            model.body.load_state_dict(spec["model"])
-            model.fc.load_state_dict(spec["fc"])
-            specialists.append((spec["classes"], model))
-        index = {int(c): i for i, c in enumerate(ckpt["category_ids"])}
+        saved = load_crop_classifier(path)
+        index = {c: i for i, c in enumerate(saved.category_ids)}
         known = [index.get(int(c), -1) for c in category_ids]
         if all(k < 0 for k in known):
             raise ValueError(f"{path}: the classifier knows none of the model's categories "
                              f"(its ids {sorted(index)[:10]}..., the model's {list(category_ids)[:10]}...)")
-        return cls(classifier, torch.tensor([-1, *known]), size=int(ckpt.get("size", 64)), specialists=specialists,
+        return cls(saved.classifier, torch.tensor([-1, *known]), size=saved.size, specialists=saved.specialists,
                    **kwargs)
 
     @torch.no_grad()
@@ -136,10 +118,6 @@ def crop_accuracy(classifier: str | Path, instances: str | Path, images: str | P
     are skipped. Returns ``{"accuracy", "products", "right", "confusions"}`` where ``confusions`` lists
     ``[true category, named category, n]``, most frequent first. Images are read one at a time.
     """
-    from rpc_metrics.io import image_path, read_instances
-
-    from .data import coco_to_xyxy, read_image
-
     dataset = read_instances(instances)
     category_ids = sorted(c["id"] for c in dataset["categories"])
     rescorer = CropRescorer.from_file(classifier, category_ids)
