@@ -10,21 +10,27 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import platform
-import sys
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import aco_analysis
 import aco_figures
-from aco_stages import clock
+from aco_sections import (
+    errors_section,
+    fmt,
+    heldout_lines,
+    heldout_rows,
+    intro,
+    kd_pool_line,
+    last_stage_errors,
+    machine,
+    render_lines,
+    round_test_results,
+    timings_table,
+)
 
-from dpsnet.device import cpu_bf16_units
-from dpsnet.metrics import count_accuracy
-from rpc_metrics import analyse_errors, evaluate
+from rpc_metrics import evaluate
 from rpc_metrics.io import atomic_output, image_path, load_json, write_json
 
 LEVELS = ("easy", "medium", "hard", "averaged")
@@ -47,19 +53,6 @@ def best_source(layout, keys: Sequence[str]) -> str:
 def transfer_threshold(val_results: Path, val_gt: Path) -> float:
     """The threshold the transfer protocol applies to test: cAcc's optimum on val's averaged row."""
     return evaluate(val_results, val_gt, levels=["averaged"], compute_map=False).row("averaged").threshold
-
-
-def round_test_results(layout, r: int) -> Path:
-    """Round ``r``'s predictions on the test split: its own file, or the pool's when the pool was the test split."""
-    folder = layout.out / "kd" / f"round_{r:03d}"
-    own = folder / "test_predictions.json"
-    return own if own.is_file() else folder / "predictions.json"
-
-
-def _fmt(value: float | None, kind: str) -> str:
-    if value is None:
-        return "n/a"
-    return f"{100 * value:.2f}%" if kind == "pct" else f"{value:.2f}"
 
 
 def prediction_entries(layout, recipe, models: Sequence[tuple[str, str]]) -> list[dict]:
@@ -123,19 +116,6 @@ def paired_steps(layout, recipe, entries: Sequence[dict], models: Sequence[tuple
     return [aco_analysis.paired_step(by_method[a], by_method[b], test_gt, val_gt, seed=recipe.seed) for a, b in pairs]
 
 
-def heldout_rows(layout, models: Sequence[tuple[str, str]]) -> list[dict]:
-    """The source models on held-out synthesized images (their own domain): is the detector learning at all?"""
-    gt = layout.dataset("synth_heldout")[0]
-    rows = []
-    for key, title in models:
-        results, counts = layout.predictions(key, "synth_heldout")
-        counts = load_json(counts)
-        rows.append({"method": title, **evaluate(results, gt, levels=["averaged"], method=title).to_dict()["rows"][0],
-                     # The counting view alone, rounded: every count of its classes right (one class: the total).
-                     "count_classes": counts["count_classes"], "counts_right": count_accuracy(counts, gt)})
-    return rows
-
-
 def _row(report: dict, level: str) -> dict | None:
     return next((r for r in report["rows"] if r["level"] == level), None)
 
@@ -144,8 +124,8 @@ def _cell(values: dict, key: str, kind: str) -> str:
     """A metric's value, with its bootstrap interval where the evaluation computed one (cAcc and mAP50 shown)."""
     interval = (values.get("intervals") or {}).get(key) if key in ("cacc", "map50") else None
     if interval is None or values[key] is None:
-        return _fmt(values[key], kind)
-    return f"{_fmt(values[key], kind)} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+        return fmt(values[key], kind)
+    return f"{fmt(values[key], kind)} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
 
 
 def ablation_table(rows: Sequence[dict], protocol: str) -> str:
@@ -160,49 +140,6 @@ def ablation_table(rows: Sequence[dict], protocol: str) -> str:
             cells = " | ".join(_cell(values, k, kind) for _, k, kind in COLUMNS)
             lines.append(f"| {level} | {row['method']} | {cells} | {values['threshold']:.3f} |")
     return "\n".join(lines)
-
-
-def timings_table(records: dict[str, dict]) -> str:
-    lines = ["| stage | budget | time | this run |", "| --- | ---: | ---: | --- |"]
-    total = 0.0
-    for record in records.values():
-        total += record["seconds"]
-        status = "done earlier (resumed)" if record.get("skipped") else "ran"
-        lines.append(f"| {record['title']} | {clock(record['budget_s'])} | {clock(record['seconds'])} | {status} |")
-    lines.append(f"| **all stages** | {clock(sum(r['budget_s'] for r in records.values()))} | **{clock(total)}** | |")
-    return "\n".join(lines)
-
-
-def machine() -> str:
-    """CPU model and cores, memory, OS, Python and library versions, GPU if any."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            memory = f"{int(f.readline().split()[1]) / 2**20:.1f} GiB RAM"
-    except OSError:
-        memory = "memory unknown"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    versions = []
-    for name in ("torch", "torchvision", "numpy", "opencv-python"):
-        try:
-            versions.append(f"{name} {metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            pass
-    gpu, bf16 = "no GPU used", "unknown"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
-        # dpsnet and rpc-synth train and translate under bfloat16 autocast where the CPU has these units.
-        units = cpu_bf16_units()
-        bf16 = " and ".join(units) + " (bfloat16 autocast)" if units else "none (float32)"
-    except ImportError:
-        pass
-    return (f"{cpu}, {cores} cores available, {memory}; CPU bfloat16 units: {bf16}; {gpu}; {platform.platform()}; "
-            f"Python {sys.version.split()[0]}; " + ", ".join(versions))
 
 
 def checks(rows: Sequence[dict], steps: Sequence[dict], models: Sequence[tuple[str, str]], last_method: str) -> list[str]:
@@ -235,32 +172,6 @@ def checks(rows: Sequence[dict], steps: Sequence[dict], models: Sequence[tuple[s
 
 def _pts(value: float) -> str:
     return f"{100 * value:+.2f}"
-
-
-def last_stage_errors(layout, recipe, models: Sequence[tuple[str, str]]):
-    """The error breakdown (rpc_metrics.errors) of the last stage's test predictions at the transfer threshold."""
-    test_gt, val_gt = layout.split("test")[0], layout.split("val")[0]
-    if recipe.kd_rounds:
-        folder = layout.out / "kd" / f"round_{recipe.kd_rounds:03d}"
-        test_results, val_results = round_test_results(layout, recipe.kd_rounds), folder / "val_predictions.json"
-    else:
-        test_results, val_results = (layout.predictions(models[-1][0], s)[0] for s in ("test", "val"))
-    return analyse_errors(test_results, test_gt, protocol="transfer", val_results=val_results, val_gt=val_gt)
-
-
-def errors_section(report, method: str) -> str:
-    """Why the last stage's test images are miscounted, with the reading of the table in words."""
-    row = report.row("averaged")
-    n = max(row.n_images, 1)
-    kinds = {"missed": "every missed object were found", "wrong_sku": "every SKU were named right",
-             "extra": "no extra detection were left"}
-    best = max(kinds, key=lambda k: row.right_if[k])
-    small = sum(b["missed"] for b in row.size_bins if b["hi"] is not None and b["hi"] <= 32)
-    reading = (f"{method}: {100 * row.images_right / n:.1f}% of the test images are counted right; "
-               f"{100 * row.right_if[best] / n:.1f}% would be if {kinds[best]} (the largest of the three). "
-               f"{row.missed} of {row.objects} objects are missed ({small} of them shorter than 32 px on a side), "
-               f"{row.wrong_sku} given the wrong SKU, and {row.extra} detections are extra.")
-    return "\n\n".join([reading, report.to_markdown()])
 
 
 def figures(layout, recipe, rows: Sequence[dict]) -> list[tuple[str, str]]:
@@ -297,74 +208,12 @@ def figures(layout, recipe, rows: Sequence[dict]) -> list[tuple[str, str]]:
     return made
 
 
-def _or_preset(value) -> str:
-    return "the preset's" if value is None else str(value)
-
-
-def _time_limit(minutes) -> str:
-    """A training run's time limit as the report says it (0: none, the steps decide)."""
-    if minutes is None:
-        return "the preset's time limit"
-    return f"time limit {minutes} min" if minutes else "no time limit"
-
-
-def _trunk(recipe) -> str:
-    """How the source models start: the pretrained body, or a fine-tune of the shared Syn trunk."""
-    if not recipe.source_trunk_steps:
-        return ""
-    return (f", each a fine-tune (peak learning rate {recipe.source_branch_lr}) of one shared trunk trained on Syn "
-            f"for {recipe.source_trunk_steps} steps")
-
-
 def _short(method: str) -> str:
     return method.replace("+ distillation round ", "KD round ").replace("histogram", "hist")
 
 
 def _finite(value: Any) -> bool:
     return value is None or not isinstance(value, float) or math.isfinite(value)
-
-
-def _kd_pool_line(layout, recipe) -> str:
-    """Which images the distillation took its pseudo-labels from, and which protocol set each threshold."""
-    loop = load_json(layout.out / "stages" / "kd.json").get("settings", {})
-    transductive = loop.get("transductive") or not layout.has_pool()
-    pool = ("the **test images themselves** (transductive, as the paper does; their labels are dropped on load)"
-            if transductive else "the world's **unlabeled pool** (`pool2019/`, never the test images)")
-    calibrated = any(item.startswith("selection.target_precision=") and float(item.partition("=")[2]) > 0
-                     for item in loop.get("set", []))
-    selection = ("calibrated each round on the labelled **val** split to the teacher's box precision"
-                 if calibrated else "the fixed schedule of the run's kd-loop settings")
-    return (f"Distillation pool: {pool}. Thresholds: the operating threshold of every row is chosen on **val** "
-            f"(`transfer`); the selection's threshold is {selection}, and kd-loop's `selection.json` records it and "
-            "the count scale of each round (no pool or test label is read).")
-
-
-def _render_lines(layout, metrics: dict) -> str:
-    measure_path = layout.out / "render" / "measure.json"
-    lines = ["| images | domain gap to the checkout images (before -> after) | products kept | new blobs per image "
-             "| new soft foreground regions per image |", "| --- | ---: | ---: | ---: | ---: |"]
-    if measure_path.is_file():
-        for method, m in load_json(measure_path).items():
-            lines.append(f"| {method} | {m['domain_gap_before']:.1f} -> {m['domain_gap_after']:.1f} | "
-                         f"{_fmt(m.get('products_kept_share'), 'pct')} | {m.get('new_blobs_per_image', 0):.2f} | "
-                         f"{m.get('new_foreground_regions_per_image', 0):.2f} |")
-        metrics["render"] = load_json(measure_path)
-    return "\n".join(lines)
-
-
-def _heldout_lines(heldout: Sequence[dict]) -> str:
-    return "\n".join(["| method | cAcc | ACD | mAP50 | mmAP | counting view right (its classes) |",
-                      "| --- | ---: | ---: | ---: | ---: | ---: |"] + [
-        f"| {h['method']} | {_fmt(h['cacc'], 'pct')} | {_fmt(h['acd'], 'num')} | {_fmt(h['map50'], 'pct')} | "
-        f"{_fmt(h['mmap'], 'pct')} | {_fmt(h['counts_right'], 'pct')} ({h['count_classes']}) |" for h in heldout])
-
-
-def _intro(recipe, choice_title: str) -> str:
-    return (f"Seed {recipe.seed}; DPSNet preset `{recipe.preset}`; the three source models with the same budget each "
-            f"({_or_preset(recipe.source_steps)} steps, {_time_limit(recipe.source_minutes)}){_trunk(recipe)}; "
-            f"{recipe.kd_rounds} distillation rounds with kd-loop starting from **{choice_title}** (the source model "
-            f"with the best cAcc on the val split), {_or_preset(recipe.kd_steps)} student steps per round "
-            f"({_time_limit(recipe.kd_minutes)}).")
 
 
 def _measurements(layout, recipe, models, steps, metrics: dict) -> list[str]:
@@ -400,7 +249,7 @@ def write_report(layout, recipe, records: dict[str, dict], models: Sequence[tupl
     kd_summary = (layout.out / "kd" / "summary.md").read_text(encoding="utf-8").split("\n\n", 2)[-1].strip()
     metrics = {"title": title, "source_model": choice, "stages": rows, "paired_steps": steps, "heldout_synth": heldout,
                "errors_last_stage": errors.to_dict(), "timings": {name: r["seconds"] for name, r in records.items()}}
-    render_lines = _render_lines(layout, metrics)
+    rendering = render_lines(layout, metrics)
     measurements = _measurements(layout, recipe, models, steps, metrics)
     bad = [(row["method"], k) for row in rows for p in ("transfer", "oracle") for r in row[p]["rows"]
            for k, v in r.items() if not _finite(v)]
@@ -408,7 +257,7 @@ def write_report(layout, recipe, records: dict[str, dict], models: Sequence[tupl
         raise FloatingPointError(f"non-finite metric {bad[0]}")
     write_json(metrics, layout.out / "metrics.json", indent=2)
     sections = [
-        f"# {title}", _intro(recipe, choice_title), _kd_pool_line(layout, recipe),
+        f"# {title}", intro(recipe, choice_title), kd_pool_line(layout, recipe),
         "## Ablation (test split, protocol `transfer`: the headline)",
         "The score threshold is the one maximising cAcc on the **val** split's averaged row, applied to every row "
         "of the test split (a store knows neither the test labels nor an image's level). Pseudo-labels are "
@@ -440,9 +289,9 @@ def write_report(layout, recipe, records: dict[str, dict], models: Sequence[tupl
         "foreground inside each box still there after translation (IoU >= 0.5); new blobs: product-like "
         "(crisp-edged) foreground that appeared outside every box; new soft foreground regions: all foreground "
         "that appeared outside every box, soft-edged tray texture included.",
-        render_lines,
+        rendering,
         "## In-domain check: source models on held-out synthesized images (oracle threshold)",
-        _heldout_lines(heldout),
+        heldout_lines(heldout),
         "## Figures",
         "\n\n".join(f"![{caption}]({path})\n\n*{caption}*" for caption, path in pictures),
         "## Timings", timings_table(records), "## Machine", machine(),

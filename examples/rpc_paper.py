@@ -28,22 +28,12 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import aco_pipeline
 import click
-from aco_pipeline import (
-    SOURCE_MODELS,
-    Layout,
-    Pipeline,
-    Recipe,
-    check_overrides,
-    check_rpc_root,
-    overrides_option,
-    run_pipeline,
-)
+from aco_pipeline import Pipeline, check_overrides, overrides_option, run_pipeline
+from aco_recipe import SOURCE_MODELS, Layout, Recipe, check_rpc_root
 from aco_stages import InputError, toml_value, tool
 
 # The released code's values (jianzhnie/DPSNet @ d327140; paths under its dpsnet/ folder). KD = configs/
@@ -155,11 +145,19 @@ def paper_recipe(*, rounds: int = KD_ROUNDS, steps: int = KD_STEPS, final_steps:
 
 
 class PlanPipeline(Pipeline):
-    """The pipeline with every command recorded instead of run, and nothing written."""
+    """The pipeline with every command recorded instead of run, nothing written, and the distilled source model
+    ``choice`` (chosen on val when the run gets there)."""
 
-    def __init__(self, recipe: Recipe, layout: Layout):
+    def __init__(self, recipe: Recipe, layout: Layout, choice: str):
         super().__init__(recipe, layout)
         self.commands: list[list[str]] = []
+        self.choice = choice
+
+    def source_choice(self) -> str:
+        return self.choice
+
+    def link_unlabeled(self, target: Path) -> None:
+        self.commands.append(["(in process) link the unlabeled checkout images into", str(target)])
 
     def run(self, args: Sequence) -> None:
         self.commands.append([str(a) for a in args])
@@ -178,19 +176,6 @@ class PlanPipeline(Pipeline):
 
     def visualize(self) -> None:
         self.commands.append(["(in process) dpsnet.inference.visualize_files", str(self.p.out / "figures")])
-
-
-@contextmanager
-def _no_side_effects(choice: str):
-    """While planning: no image folder is linked, and the distilled source model is ``choice`` (chosen on val
-    when the run gets there)."""
-    saved = aco_pipeline.link_images, aco_pipeline.best_source
-    aco_pipeline.link_images = lambda sources, dest: None
-    aco_pipeline.best_source = lambda layout, keys: choice
-    try:
-        yield
-    finally:
-        aco_pipeline.link_images, aco_pipeline.best_source = saved
 
 
 def per_image(config: dict, world_size: int) -> dict:
@@ -225,18 +210,17 @@ def resolve_plan(recipe: Recipe, layout: Layout, *, choice: str = "render") -> d
     kd-loop's rounds, without running anything (no GPU, no file written)."""
     from kd_loop.config import load_config
 
-    pipeline = PlanPipeline(recipe, layout)
+    pipeline = PlanPipeline(recipe, layout, choice)
     stages = []
-    with _no_side_effects(choice):
-        loop, _ = pipeline.kd_config()  # what the kd stage writes to OUT/kd/loop.toml
-        for stage in pipeline.stages():
-            start = len(pipeline.commands)
-            if stage.name == "kd":  # its action also writes the loop's config: only its command here
-                pipeline.run([tool("kd-loop"), "run", layout.out / "kd" / "loop.toml", *recipe.kd_set])
-            else:
-                stage.action()
-            stages.append({"name": stage.name, "title": stage.title, "commands": pipeline.commands[start:],
-                           "settings": json.loads(json.dumps(stage.settings, default=str))})
+    loop, _ = pipeline.kd_config()  # what the kd stage writes to OUT/kd/loop.toml
+    for stage in pipeline.stages():
+        start = len(pipeline.commands)
+        if stage.name == "kd":  # its action also writes the loop's config: only its command here
+            pipeline.run([tool("kd-loop"), "run", layout.out / "kd" / "loop.toml", *recipe.kd_set])
+        else:
+            stage.action()
+        stages.append({"name": stage.name, "title": stage.title, "commands": pipeline.commands[start:],
+                       "settings": json.loads(json.dumps(stage.settings, default=str))})
     training = {}
     for key, _, names in SOURCE_MODELS:
         config = _dpsnet_config(recipe.preset, pipeline.source_overrides(names))

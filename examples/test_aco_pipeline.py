@@ -232,7 +232,7 @@ def test_report_machine_line_names_the_bfloat16_units(monkeypatch, amx, avx512_b
 
     sys.path.insert(0, str(EXAMPLES))
     try:
-        from aco_report import machine
+        from aco_sections import machine
     finally:
         sys.path.remove(str(EXAMPLES))
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)

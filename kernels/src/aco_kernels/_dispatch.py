@@ -17,6 +17,8 @@ from collections.abc import Iterator
 
 import torch
 
+# The kernels take pyramid levels as separate kernel arguments (ops._common); more levels use the reference.
+KERNEL_MAX_LEVELS = 6
 FORCE_REFERENCE_ENV = "ACO_KERNELS_FORCE_REFERENCE"
 FORCE_TRITON_ENV = "ACO_KERNELS_FORCE_TRITON"
 _MODES = ("auto", "reference", "triton")

@@ -8,10 +8,7 @@ import torch
 from torch import Tensor
 
 from . import reference
-from ._dispatch import use_kernel
-
-# The kernels take pyramid levels as separate kernel arguments (ops._common); more levels use the reference.
-KERNEL_MAX_LEVELS = 6
+from ._dispatch import KERNEL_MAX_LEVELS, use_kernel
 
 
 def density_render(

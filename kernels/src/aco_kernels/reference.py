@@ -119,24 +119,26 @@ def roi_levels(rois: Tensor, scales: Sequence[float], canonical_scale: float = 2
     return box_levels(rois[:, 1:], k_min, k_max, canonical_scale, canonical_level)
 
 
+def roi_axis_samples(coord: Tensor, size: int | Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """torchvision's RoIAlign bilinear rule along one axis, the one rule of every torch RoIAlign path here (the
+    Triton kernel writes it again in ``ops.roi_align._bilinear``): for sample coordinates ``coord`` (any shape) on
+    an axis of ``size`` pixels (an int, or a tensor broadcasting with ``coord``), the low and high pixel indices
+    (int64), the weight of the high one, and whether the sample counts (at most one pixel outside the map)."""
+    inside = (coord >= -1.0) & (coord <= size)
+    coord = coord.clamp(min=0)
+    low = coord.to(torch.int64)
+    top = low >= size - 1
+    low = torch.where(top, size - 1, low)
+    high = torch.where(top, size - 1, low + 1)
+    frac = torch.where(top, torch.zeros_like(coord), coord - low.to(coord.dtype))
+    return low, high, frac, inside
+
+
 def _bilinear_gather(feature_hwc: Tensor, batch: Tensor, y: Tensor, x: Tensor, height: int, width: int) -> Tensor:
     """torchvision's RoIAlign bilinear sample of ``feature_hwc`` [B*H*W, C] at float (y, x) of any shape S:
     Tensor[*S, C]; points more than one pixel outside the map give 0."""
-    outside = (y < -1.0) | (y > height) | (x < -1.0) | (x > width)
-    y = y.clamp(min=0)
-    x = x.clamp(min=0)
-    y_low = y.to(torch.int64)
-    x_low = x.to(torch.int64)
-    y_top = y_low >= height - 1
-    x_top = x_low >= width - 1
-    y_low = torch.where(y_top, height - 1, y_low)
-    x_low = torch.where(x_top, width - 1, x_low)
-    y = torch.where(y_top, y_low.to(y.dtype), y)
-    x = torch.where(x_top, x_low.to(x.dtype), x)
-    y_high = torch.where(y_top, y_low, y_low + 1)
-    x_high = torch.where(x_top, x_low, x_low + 1)
-    ly = y - y_low
-    lx = x - x_low
+    y_low, y_high, ly, y_inside = roi_axis_samples(y, height)
+    x_low, x_high, lx, x_inside = roi_axis_samples(x, width)
     hy = 1.0 - ly
     hx = 1.0 - lx
     base = batch * (height * width)
@@ -146,7 +148,7 @@ def _bilinear_gather(feature_hwc: Tensor, batch: Tensor, y: Tensor, x: Tensor, h
 
     val = ((hy * hx)[..., None] * at(y_low, x_low) + (hy * lx)[..., None] * at(y_low, x_high)
            + (ly * hx)[..., None] * at(y_high, x_low) + (ly * lx)[..., None] * at(y_high, x_high))
-    return torch.where(outside[..., None], torch.zeros_like(val), val)
+    return torch.where((y_inside & x_inside)[..., None], val, torch.zeros_like(val))
 
 
 def roi_align_reference(feature: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,

@@ -9,8 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._dispatch import interpreting
-from ..functional import KERNEL_MAX_LEVELS
+from .._dispatch import KERNEL_MAX_LEVELS, interpreting
 
 TL_DTYPES = {
     torch.float32: tl.float32,

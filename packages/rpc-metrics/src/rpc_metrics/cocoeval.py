@@ -83,10 +83,40 @@ def _group_starts(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sorted_keys[starts], starts
 
 
+def _greedy(pair_det: np.ndarray, pair_gt: np.ndarray, pair_iou: np.ndarray, rank_bounds: np.ndarray,
+            gt_crowd: np.ndarray, gt_ignore: np.ndarray, n_det: int, thresholds: np.ndarray) -> np.ndarray:
+    """pycocotools' greedy matching, one detection rank at a time over every group: the (detection, ground truth)
+    pairs sorted by rank, ``rank_bounds`` where each rank's pairs start; ``thresholds (float64[T, 1])``. Returns
+    the position of the ground truth each detection matched, ``int64[T, n_det]`` (-1: none)."""
+    n_t = len(thresholds)
+    gt_matched = np.zeros((n_t, len(gt_ignore)), dtype=bool)
+    dt_match_gt = np.full((n_t, n_det), -1, dtype=np.int64)
+    for rank in range(len(rank_bounds) - 1):
+        lo, hi = rank_bounds[rank], rank_bounds[rank + 1]
+        if lo == hi:
+            continue
+        dets, gts, iou = pair_det[lo:hi], pair_gt[lo:hi], pair_iou[lo:hi]
+        seg_start = np.flatnonzero(np.r_[True, dets[1:] != dets[:-1]])
+        seg_of_pair = np.cumsum(np.r_[False, dets[1:] != dets[:-1]])
+        ok = (iou >= thresholds) & (~gt_matched[:, gts] | gt_crowd[gts])
+        best = np.full((n_t, len(seg_start)), -1, dtype=np.int64)
+        # Regular ground truths first; ignored ones only for detections that matched none of them.
+        for candidates in (ok & ~gt_ignore[gts], ok & gt_ignore[gts]):
+            key = np.where(candidates, iou, -1.0)
+            seg_max = np.maximum.reduceat(key, seg_start, axis=1)
+            winner = candidates & (key == seg_max[:, seg_of_pair])
+            last = np.maximum.reduceat(np.where(winner, np.arange(hi - lo), -1), seg_start, axis=1)
+            best = np.where(best >= 0, best, last)
+        t_idx, s_idx = np.nonzero(best >= 0)
+        matched_gt = gts[best[t_idx, s_idx]]
+        dt_match_gt[t_idx, dets[seg_start[s_idx]]] = matched_gt
+        gt_matched[t_idx, matched_gt] = True
+    return dt_match_gt
+
+
 def match(gt: BoxSet, dt: BoxSet, n_categories: int, *, max_dets: int = 100,
           iou_thresholds: np.ndarray = IOU_THRESHOLDS, area_range: tuple[float, float] = AREA_ALL) -> Matching:
     """Greedy COCO matching of every detection group at once (see the module docstring)."""
-    n_t = len(iou_thresholds)
     # Ground truth: per (image, category) group, regular ones first, then ignored, each in file order.
     gt_area = gt.area if gt.area is not None else gt.boxes[:, 2] * gt.boxes[:, 3]
     gt_crowd = gt.iscrowd.astype(bool)
@@ -127,32 +157,9 @@ def match(gt: BoxSet, dt: BoxSet, n_categories: int, *, max_dets: int = 100,
     pair_det, pair_gt = pair_det[by_rank], pair_gt[by_rank]
     pair_iou = box_iou_coco(dt_boxes[pair_det], gt_boxes[pair_gt], gt_crowd_s[pair_gt])
     n_ranks = int(dt_rank.max()) + 1 if n_det else 0
-    rank_bounds = np.searchsorted(dt_rank[pair_det], np.arange(n_ranks + 1))
 
-    gt_matched = np.zeros((n_t, len(gt_key_s)), dtype=bool)
-    dt_match_gt = np.full((n_t, n_det), -1, dtype=np.int64)
-    thresholds = np.minimum(iou_thresholds, 1 - 1e-10)[:, None]
-    for rank in range(n_ranks):
-        lo, hi = rank_bounds[rank], rank_bounds[rank + 1]
-        if lo == hi:
-            continue
-        dets, gts, iou = pair_det[lo:hi], pair_gt[lo:hi], pair_iou[lo:hi]
-        seg_start = np.flatnonzero(np.r_[True, dets[1:] != dets[:-1]])
-        seg_of_pair = np.cumsum(np.r_[False, dets[1:] != dets[:-1]])
-        ok = (iou >= thresholds) & (~gt_matched[:, gts] | gt_crowd_s[gts])
-        best = np.full((n_t, len(seg_start)), -1, dtype=np.int64)
-        # Regular ground truths first; ignored ones only for detections that matched none of them.
-        for candidates in (ok & ~gt_ignore[gts], ok & gt_ignore[gts]):
-            key = np.where(candidates, iou, -1.0)
-            seg_max = np.maximum.reduceat(key, seg_start, axis=1)
-            winner = candidates & (key == seg_max[:, seg_of_pair])
-            last = np.maximum.reduceat(np.where(winner, np.arange(hi - lo), -1), seg_start, axis=1)
-            best = np.where(best >= 0, best, last)
-        t_idx, s_idx = np.nonzero(best >= 0)
-        matched_gt = gts[best[t_idx, s_idx]]
-        dt_match_gt[t_idx, dets[seg_start[s_idx]]] = matched_gt
-        gt_matched[t_idx, matched_gt] = True
-
+    dt_match_gt = _greedy(pair_det, pair_gt, pair_iou, np.searchsorted(dt_rank[pair_det], np.arange(n_ranks + 1)),
+                          gt_crowd_s, gt_ignore, n_det, np.minimum(iou_thresholds, 1 - 1e-10)[:, None])
     matched = dt_match_gt >= 0
     # Unmatched detections look up a padding entry past the last ground truth.
     safe = np.where(matched, dt_match_gt, len(gt_ignore))

@@ -31,7 +31,6 @@ import numpy as np
 from rpc_metrics import cocoeval
 from rpc_metrics.evaluate import (
     _levels_required,
-    _pct,
     _prepare,
     _Prepared,
     _row_masks,
@@ -39,6 +38,7 @@ from rpc_metrics.evaluate import (
     _rows_and_validation,
     check_protocol,
 )
+from rpc_metrics.report import _pct
 
 KINDS = ("missed", "wrong_sku", "extra")
 DEFAULT_SIZE_BINS = (16, 24, 32, 48, 64, 96)
