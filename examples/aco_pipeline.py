@@ -28,6 +28,7 @@ from aco_stages import InputError, Stage, StageRunner, clock, tool
 from aco_training import ModelStages
 
 from rpc_metrics.io import read_instances, write_json
+from rpc_metrics.toml import parse_override
 
 __all__ = ["QUICK", "SOURCE_MODELS", "Layout", "Pipeline", "Recipe", "check_rpc_root", "run_pipeline"]
 
@@ -226,13 +227,15 @@ def overrides_option(name: str, help_text: str):
 
 def check_overrides(items: Sequence[str], option: str) -> None:
     for item in items:
-        if "=" not in item or not item.partition("=")[0].strip():
-            raise InputError(f"{option} {item!r}: should look like KEY=VALUE (e.g. train.lr=0.01)")
+        try:
+            parse_override(item)
+        except ValueError as err:
+            raise InputError(f"{option}: {err} (e.g. train.lr=0.01)") from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Report folder (default runs/demo, or runs/demo-quick with --quick); an existing run resumes.")
+              help="Report folder (default runs/mini, or runs/mini-quick with --quick); an existing run resumes.")
 @click.option("--quick", is_flag=True, help="Tiny sizes (a few images, ~20 training steps): under 3 minutes.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every stage (same seed, same run).")
 @click.option("--workers", type=int, default=None, help="Processes for world, masks and synthesis (default 2; quick 1).")
@@ -285,7 +288,7 @@ def main(out, quick, seed, workers, synth_images, render_iters, source_steps, so
                      dpsnet_set=recipe.dpsnet_set + dpsnet_set, kd_set=recipe.kd_set + kd_set,
                      world_args=recipe.world_args + tuple(shlex.split(world_args)),
                      synth_args=recipe.synth_args + tuple(shlex.split(synth_args)))
-    out = out or Path("runs/demo-quick" if quick else "runs/demo")
+    out = out or Path("runs/mini-quick" if quick else "runs/mini")
     report = run_pipeline(recipe, Layout(out.resolve()), title="ACO demo on the mini world" + (" (quick)" if quick else ""),
                           until=until)
     if report is not None:

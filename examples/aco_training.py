@@ -13,9 +13,10 @@ from pathlib import Path
 import click
 from aco_recipe import SOURCE_MODELS, Layout, Recipe
 from aco_report import best_source, transfer_threshold
-from aco_stages import InputError, Stage, parse_toml_value, run_command, to_toml, tool
+from aco_stages import InputError, Stage, run_command, tool
 
 from rpc_metrics.io import as_pool, load_json, read_instances, write_json
+from rpc_metrics.toml import parse_override, to_toml
 
 
 class ModelStages:
@@ -155,8 +156,8 @@ class ModelStages:
         if r.kd_lr is not None:
             overrides.update({"train.lr": r.kd_lr, "train.warmup_steps": 20})
         for item in r.dpsnet_set:
-            key, _, value = item.partition("=")
-            overrides[key] = parse_toml_value(value)
+            key, value = parse_override(item)
+            overrides[key] = value
         # kd-loop resolves relative paths against its config's folder: give it absolute ones.
         test_json, test_images, val_json, val_images = (Path(x).resolve() for x in (*p.split("test"), *p.split("val")))
         if self.distils_on_test():  # the paper's use: the test images are the pool (labels dropped on load)

@@ -12,7 +12,7 @@ loop's; the random control starts from the loop's round 0 (hard links: the sourc
 Every step resumes (kd-loop resumes itself, `dpsnet train --resume`, files written atomically). Outputs under
 ``OUT/controls/``: ``random/`` (a kd-loop workdir) and ``steps/`` (model, val and test predictions). The paired
 comparison of the last round against each control is in the run's report. On a finished run,
-`python examples/aco_pipeline.py --out runs/demo --controls` adds them (the other stages are done) and rewrites
+`python examples/aco_pipeline.py --out runs/mini --controls` adds them (the other stages are done) and rewrites
 the report.
 """
 
@@ -24,9 +24,10 @@ import tomllib
 from pathlib import Path
 
 import click
-from aco_stages import run_command, to_toml, toml_value, tool
+from aco_stages import run_command, tool
 
 from rpc_metrics.io import atomic_output, write_json
+from rpc_metrics.toml import to_toml, toml_value
 
 
 def run(args: list, threads: int = 0) -> None:

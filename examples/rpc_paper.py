@@ -34,7 +34,9 @@ from pathlib import Path
 import click
 from aco_pipeline import Pipeline, check_overrides, overrides_option, run_pipeline
 from aco_recipe import SOURCE_MODELS, Layout, Recipe, check_rpc_root
-from aco_stages import InputError, toml_value, tool
+from aco_stages import InputError, tool
+
+from rpc_metrics.toml import toml_value
 
 # The released code's values (jianzhnie/DPSNet @ d327140; paths under its dpsnet/ folder). KD = configs/
 # e2e_faster_rcnn_R_101_FPN_1x_rpc_syn_render_cross_finetune.yaml, IS = configs/..._rpc_instance_select.yaml.

@@ -30,7 +30,7 @@ def run_example(script: str, *args: str, cwd: Path | None = None) -> subprocess.
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     parent = tmp_path_factory.mktemp("demo")
-    # A relative --out, as `make demo` gives (runs/demo): every tool must see paths that work from its cwd.
+    # A relative --out, as `make demo` gives (runs/mini): every tool must see paths that work from its cwd.
     done = run_example("aco_pipeline.py", "--quick", "--out", "demo", cwd=parent)
     assert done.returncode == 0, done.stderr[-4000:]
     return parent / "demo", done
