@@ -28,13 +28,11 @@ from rpc_metrics.bootstrap import (
 from rpc_metrics.counting import counting_metrics
 from rpc_metrics.evaluate import (
     _finite,
-    _levels_required,
-    _prepare,
+    _prepare_rows,
     _Prepared,
     _row_count_matrices,
     _row_masks,
     _row_threshold,
-    _rows_and_validation,
     check_protocol,
 )
 from rpc_metrics.io import _load
@@ -175,8 +173,8 @@ class _Model:
 
 def _model(results: Any, gt_data: dict, gt_name: str, levels: Sequence[str] | None, protocol: str,
            val_results: Any, val_gt: Any, search: str, compute_map: bool) -> tuple[_Model, Sequence[str]]:
-    p, _, _ = _prepare(results, gt_data, require_levels=_levels_required(levels), gt_source=gt_name)
-    levels, validation_threshold = _rows_and_validation(p, levels, protocol, val_results, val_gt, search)
+    p, _, _, levels, validation_threshold = _prepare_rows(results, gt_data, levels, protocol, val_results, val_gt,
+                                                          search, gt_source=gt_name)
     matching = cocoeval.match(p.gt, p.dt, len(p.category_ids)) if compute_map else None
     return _Model(p, validation_threshold, matching), levels
 

@@ -30,12 +30,9 @@ import numpy as np
 
 from rpc_metrics import cocoeval
 from rpc_metrics.evaluate import (
-    _levels_required,
-    _prepare,
+    _prepare_rows,
     _Prepared,
-    _row_masks,
-    _row_threshold,
-    _rows_and_validation,
+    _rows_with_thresholds,
     check_protocol,
 )
 from rpc_metrics.report import _pct
@@ -294,11 +291,10 @@ def analyse_errors(
     edges = np.asarray(size_bins, dtype=np.float64)
     if edges.ndim != 1 or (edges <= 0).any() or (np.diff(edges) <= 0).any():
         raise ValueError(f"size_bins should be increasing positive pixel sizes, got {list(size_bins)}")
-    p, _, _ = _prepare(results, gt, require_levels=_levels_required(levels))
-    levels, validation_threshold = _rows_and_validation(p, levels, protocol, val_results, val_gt, search)
+    p, _, _, levels, validation_threshold = _prepare_rows(results, gt, levels, protocol, val_results, val_gt, search)
     rows, matched = [], {}
-    for level, mask in _row_masks(p, levels).items():
-        row_threshold = _row_threshold(p, mask, protocol, threshold, validation_threshold, search)
+    for level, mask, row_threshold in _rows_with_thresholds(p, levels, protocol, threshold, validation_threshold,
+                                                            search):
         if row_threshold not in matched:
             matched[row_threshold] = _outcomes(p, row_threshold, iou)
         rows.append(_row_errors(p, matched[row_threshold], level, mask, row_threshold, edges))

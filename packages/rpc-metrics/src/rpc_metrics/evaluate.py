@@ -18,7 +18,7 @@ import contextlib
 import copy
 import io as _stdio
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,17 +141,20 @@ def _levels_required(levels: Sequence[str] | None) -> bool:
     return levels is not None and any(lv != "averaged" for lv in levels)
 
 
-def _rows_and_validation(p: _Prepared, levels: Sequence[str] | None, protocol: str, val_results: Any, val_gt: Any,
-                         search: str) -> tuple[Sequence[str], float | None]:
-    """The rows to report (default: every level when each image has one, else averaged) and the transfer
-    protocol's threshold, chosen on the validation pair's averaged row (None for the other protocols)."""
+def _prepare_rows(results: Any, gt: Any, levels: Sequence[str] | None, protocol: str, val_results: Any,
+                  val_gt: Any, search: str, *, gt_source: str | None = None
+                  ) -> tuple[_Prepared, dict, list, Sequence[str], float | None]:
+    """:func:`_prepare` the files, then the rows to report (default: every level when each image has one, else
+    averaged) and the transfer protocol's threshold, chosen on the validation pair's averaged row (None for the
+    other protocols). Returns ``(prepared, gt_data, results_data, levels, validation_threshold)``."""
+    p, gt_data, res_data = _prepare(results, gt, require_levels=_levels_required(levels), gt_source=gt_source)
     if levels is None:
         levels = ROWS if len(p.image_ids) and all(p.image_levels != "") else ("averaged",)
     validation_threshold = None
     if protocol == "transfer":
         vp, _, _ = _prepare(val_results, val_gt, require_levels=False)
         validation_threshold = _choose(_row_intervals(vp, np.ones(len(vp.image_ids), bool)), search).threshold
-    return levels, validation_threshold
+    return p, gt_data, res_data, levels, validation_threshold
 
 
 def _row_threshold(p: _Prepared, mask: np.ndarray, protocol: str, threshold: float | None,
@@ -159,6 +162,14 @@ def _row_threshold(p: _Prepared, mask: np.ndarray, protocol: str, threshold: flo
     if protocol == "oracle":
         return _choose(_row_intervals(p, mask), search).threshold
     return float(threshold if protocol == "fixed" else validation_threshold)
+
+
+def _rows_with_thresholds(p: _Prepared, levels: Sequence[str], protocol: str, threshold: float | None,
+                          validation_threshold: float | None, search: str
+                          ) -> Iterator[tuple[str, np.ndarray, float]]:
+    """Each row's ``(level, image mask, threshold)`` under the protocol."""
+    for level, mask in _row_masks(p, levels).items():
+        yield level, mask, _row_threshold(p, mask, protocol, threshold, validation_threshold, search)
 
 
 def _row_count_matrices(p: _Prepared, mask: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -251,15 +262,15 @@ def evaluate(
         raise ValueError(f"map_backend should be 'fast' or 'pycocotools', got {map_backend!r}")
     check_protocol(protocol, threshold, val_results, val_gt, search, levels)
     check_bootstrap(intervals, confidence, interval_seed, name="intervals")
-    p, gt_data, res_data = _prepare(results, gt, require_levels=_levels_required(levels))
-    levels, validation_threshold = _rows_and_validation(p, levels, protocol, val_results, val_gt, search)
+    p, gt_data, res_data, levels, validation_threshold = _prepare_rows(results, gt, levels, protocol, val_results,
+                                                                       val_gt, search)
 
     matching = None
     if compute_map and (map_backend == "fast" or intervals):
         matching = cocoeval.match(p.gt, p.dt, len(p.category_ids))
     rows = []
-    for level, mask in _row_masks(p, levels).items():
-        row_threshold = _row_threshold(p, mask, protocol, threshold, validation_threshold, search)
+    for level, mask, row_threshold in _rows_with_thresholds(p, levels, protocol, threshold, validation_threshold,
+                                                            search):
         metrics, columns = _row_counting(p, mask, row_threshold)
         mmap = map50 = None
         if compute_map:

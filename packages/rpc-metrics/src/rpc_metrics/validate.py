@@ -41,6 +41,16 @@ def _check_box(box: Any, source: str, entry: str) -> None:
         _fail(source, entry, f"bbox width and height must be >= 0, got {box!r}")
 
 
+def _check_object(item: Any, required: Sequence[str], source: str, entry: str,
+                  message: str = "should be an object") -> None:
+    """Fail with ``message`` unless ``item`` is an object, then at its first missing ``required`` field."""
+    if not isinstance(item, Mapping):
+        _fail(source, entry, message)
+    for field in required:
+        if field not in item:
+            _fail(source, entry, f"missing required field '{field}'")
+
+
 def _check_segmentation(seg: Any, image: Mapping | None, source: str, entry: str) -> None:
     if isinstance(seg, list):
         for poly in seg:
@@ -69,11 +79,7 @@ def _index_by_id(items: Any, key: str, source: str, required: Sequence[str]) -> 
         _fail(source, key, f"should be a list, got {type(items).__name__}")
     index: dict[int, Mapping] = {}
     for i, item in enumerate(items):
-        if not isinstance(item, Mapping):
-            _fail(source, f"{key}[{i}]", "should be an object")
-        for field in required:
-            if field not in item:
-                _fail(source, f"{key}[{i}]", f"missing required field '{field}'")
+        _check_object(item, required, source, f"{key}[{i}]")
         item_id = item["id"]
         if not _is_int(item_id):
             _fail(source, f"{key}[{i}]", f"id should be an integer, got {item_id!r}")
@@ -176,11 +182,7 @@ def _explain_bad_annotation(annotations: list, images: Mapping, categories: Mapp
     seen: set[int] = set()
     for i, ann in enumerate(annotations):
         entry = f"annotations[{i}]"
-        if not isinstance(ann, Mapping):
-            _fail(source, entry, "should be an object")
-        for field in ("id", "image_id", "category_id", "bbox"):
-            if field not in ann:
-                _fail(source, entry, f"missing required field '{field}'")
+        _check_object(ann, ("id", "image_id", "category_id", "bbox"), source, entry)
         if not _is_int(ann["id"]) or ann["id"] in seen:
             _fail(source, entry, f"id {ann['id']!r} should be a unique integer")
         seen.add(ann["id"])
@@ -251,11 +253,8 @@ def _explain_bad_result(results: Sequence[Any], source: str) -> None:
     """Slow path: find the first malformed detection and say what is wrong with it."""
     for i, d in enumerate(results):
         entry = f"[{i}]"
-        if not isinstance(d, Mapping):
-            _fail(source, entry, "each detection should be an object {image_id, category_id, bbox, score}")
-        for field in ("image_id", "category_id", "bbox", "score"):
-            if field not in d:
-                _fail(source, entry, f"missing required field '{field}'")
+        _check_object(d, ("image_id", "category_id", "bbox", "score"), source, entry,
+                      "each detection should be an object {image_id, category_id, bbox, score}")
         for field in ("image_id", "category_id"):
             if not _is_int(d[field]):
                 _fail(source, entry, f"{field} should be an integer, got {d[field]!r}")
