@@ -203,7 +203,7 @@ def test_resume_equals_an_uninterrupted_run(tiny_world, tiny_generate, tmp_path)
 
 
 def test_prematching_stores_the_target_histograms(tiny_world, tiny_model, tmp_path):
-    from rpc_synth.render.data import folder_images, read_image
+    from rpc_synth.image_files import folder_images, read_image
 
     _generator, counts = load_translator(tiny_model)
     expected = channel_histograms(read_image(p) for p in folder_images(tiny_world / "val2019"))

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from rpc_metrics.cocoeval import BoxSet, match
+from rpc_metrics.counts import true_totals, view_totals
 
 
 def box_set(dataset: Mapping, image_ids: np.ndarray, cat_ids: np.ndarray, *, detections: bool) -> BoxSet:
@@ -81,29 +82,10 @@ def precision_threshold(results: list[Mapping], gt: Mapping, target: float) -> d
 SCALE_RANGE = (0.25, 4.0)
 
 
-def true_totals(gt: Mapping, image_ids: np.ndarray) -> np.ndarray:
-    """``t_i``: the number of true (non-crowd) objects of each image of ``image_ids``, ``float[N]``."""
-    row = {int(i): k for k, i in enumerate(image_ids.tolist())}
-    totals = np.zeros(len(image_ids), dtype=np.float64)
-    for ann in gt["annotations"]:
-        if not ann.get("iscrowd", 0) and ann["image_id"] in row:
-            totals[row[ann["image_id"]]] += 1
-    return totals
-
-
-def view_totals(counts: Mapping, image_ids: np.ndarray) -> np.ndarray:
-    """``v_i = sum_k c_ik``: the counting view's unrounded total of each image over the counts file's classes
-    (category, supercategory or object: the total is the same), ``float[N]``; an unlisted image counts 0."""
-    row = {int(i): k for k, i in enumerate(image_ids.tolist())}
-    totals = np.zeros(len(image_ids), dtype=np.float64)
-    for item in counts["images"]:
-        if item["image_id"] in row:
-            totals[row[item["image_id"]]] += sum(float(v) for v in item["counts"].values())
-    return totals
-
-
 def fit_count_scale(truth: np.ndarray, view: np.ndarray, clip: tuple[float, float] = SCALE_RANGE) -> dict:
-    """The ratio estimator ``s = sum_i t_i / sum_i v_i`` over the calibration images, clipped to ``clip``.
+    """The ratio estimator ``s = sum_i t_i / sum_i v_i`` over the calibration images, clipped to ``clip``: ``t_i``
+    the true objects of image ``i`` and ``v_i`` the counting view's unrounded total
+    (:func:`rpc_metrics.counts.true_totals`, :func:`rpc_metrics.counts.view_totals`).
 
     One global scale for every class: ``s * c_ik`` is the calibrated count of class ``k`` in image ``i``.
     Returns ``{"scale", "unclipped", "clipped", "true_objects", "counted"}``; when the view counted nothing

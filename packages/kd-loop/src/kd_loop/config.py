@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from kd_loop.selection import GRANULARITY, POLICIES, RANDOM_CONTROL
+from rpc_metrics import toml
 
 # key -> (default, help). A default of None means "required" for the keys in REQUIRED.
 SCHEMA: dict[str, tuple[Any, str]] = {
@@ -152,33 +153,13 @@ def merge_tables(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str,
     return merged
 
 
-def _flatten(table: Mapping, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and dotted != "learner.kwargs":
-            flat.update(_flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare string
-
-
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
-    """``["selection.min_boxes=2", "learner.kwargs.steps=50"]`` -> dotted keys and TOML-parsed values."""
-    parsed: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} should look like key=value (e.g. selection.min_boxes=2)")
-        parsed[key.strip()] = _parse_value(value.strip())
-    return parsed
+    """``["selection.min_boxes=2", "learner.kwargs.steps=50"]`` -> dotted keys and TOML-parsed values
+    (:func:`rpc_metrics.toml.parse_overrides`); a malformed one is a :class:`ConfigError` with an example."""
+    try:
+        return toml.parse_overrides(overrides)
+    except ValueError as err:
+        raise ConfigError(f"{err} (e.g. selection.min_boxes=2)") from None
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *,
@@ -195,7 +176,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML ({err})") from None
         base_dir = path.resolve().parent
-    flat = _flatten(table or {})
+    flat = toml.flatten(table or {}, leaves=("learner.kwargs",))
     for key, value in parse_overrides(overrides).items():
         if key.startswith("learner.kwargs."):
             kwargs = dict(flat.get("learner.kwargs", {}))

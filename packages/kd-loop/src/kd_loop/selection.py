@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rpc_metrics.counts import count_class_index
 from rpc_metrics.io import results_to_arrays
 
 POLICIES = ("image", "instance", "image+instance", "random", "random-instance")
@@ -68,17 +69,6 @@ class SelectionPolicy:
             raise ValueError(f"min_images should be >= 0, got {self.min_images!r}")
         if self.fallback not in FALLBACKS:
             raise ValueError(f"fallback should be one of {', '.join(FALLBACKS)}, got {self.fallback!r}")
-
-
-def _count_class_index(pool: Mapping, count_classes: str) -> tuple[dict[int, int], list[str]]:
-    """category id -> index of its count class, and the count-file keys of the classes."""
-    categories = sorted(pool["categories"], key=lambda c: c["id"])
-    if count_classes == "object":
-        return {c["id"]: 0 for c in categories}, ["object"]
-    if count_classes == "supercategory":
-        names = sorted({str(c.get("supercategory", "")) for c in categories})
-        return {c["id"]: names.index(str(c.get("supercategory", ""))) for c in categories}, names
-    return {c["id"]: i for i, c in enumerate(categories)}, [str(c["id"]) for c in categories]
 
 
 def _view_counts(counts: Mapping, image_ids: np.ndarray, keys: list[str], count_classes: str,
@@ -144,7 +134,7 @@ def select_pseudo_labels(pool: Mapping, results: list, counts: Mapping | None,
         if count_classes not in GRANULARITY:
             raise ValueError(f"the counts file's count_classes should be one of {', '.join(GRANULARITY)}, "
                              f"got {count_classes!r}")
-    class_of, keys = _count_class_index(pool, count_classes)
+    class_of, keys = count_class_index(pool["categories"], count_classes)
     cat_ids = np.array(sorted(class_of), dtype=np.int64)
     known = np.isin(det.image_ids, image_ids) & np.isin(det.category_ids, cat_ids)
     if not known.all():

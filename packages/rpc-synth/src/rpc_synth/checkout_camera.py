@@ -41,7 +41,9 @@ def checkout_elevation(rng: np.random.Generator, lying: float, standing: float) 
     return float(rng.uniform(20.0, 55.0))
 
 
-def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+def smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """A smooth random field, about [-1, 1], ``float32[size, size]``: a ``cells`` x ``cells`` grid of uniform draws
+    upsampled (cubic)."""
     grid = rng.uniform(-1, 1, size=(cells, cells)).astype(np.float32)
     return cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
 
@@ -59,7 +61,7 @@ def woven_tray(rng: np.random.Generator, size: int, strength: float) -> np.ndarr
     checker = np.sign(np.sin(u / 2) * np.sin(v / 2))
     weave = np.where(checker > 0, np.abs(np.sin(u)), np.abs(np.sin(v))) - 0.6
     grain = rng.normal(0, 1, size=(size, size)).astype(np.float32)
-    texture = 0.10 * strength * weave + 0.03 * grain + 0.06 * _smooth_field(rng, size, 8)
+    texture = 0.10 * strength * weave + 0.03 * grain + 0.06 * smooth_field(rng, size, 8)
     return color * (1.0 + texture)[..., None]
 
 

@@ -26,7 +26,6 @@ import numpy as np
 from rpc_metrics.io import (
     LEVELS,
     FormatError,
-    atomic_output,
     decode_mask,
     encode_mask,
     load_json,
@@ -35,15 +34,16 @@ from rpc_metrics.io import (
 )
 
 from .baskets import parse_ranges, sample_basket
+from .checkout_camera import smooth_field
 from .compose import cast_shadow, paste, place, squash_sprite, transform_sprite, visible_parts
 from .exemplars import Exemplar, load_exemplars
+from .image_files import folder_images, read_image, write_jpeg
 from .parallel import map_ordered
 from .progress import Progress
 from .views import Sprite
 
 IMAGE_DIR = "synth2019"
 OUTPUT_JSON = "instances_synth2019.json"
-BACKGROUND_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 class InputError(ValueError):
@@ -123,9 +123,7 @@ class ExemplarBank:
 
     @staticmethod
     def _cut_out(exemplar: Exemplar) -> Sprite:
-        image = cv2.imread(str(exemplar.path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise FormatError(str(exemplar.path), "", "cannot read this exemplar image")
+        image = read_image(exemplar.path, what="exemplar image")
         mask = decode_mask(exemplar.annotation["segmentation"])
         if mask.shape != image.shape[:2]:
             raise FormatError(str(exemplar.path), "", f"mask size {mask.shape} differs from the image {image.shape[:2]}")
@@ -175,9 +173,7 @@ def _background(config: GenerateConfig, rng: np.random.Generator, backgrounds: l
     size = config.size
     if backgrounds:
         path = backgrounds[int(rng.integers(len(backgrounds)))]
-        photo = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if photo is None:
-            raise FormatError(str(path), "", "cannot read this background image")
+        photo = read_image(path, what="background image")
         h, w = photo.shape[:2]
         side = min(h, w)
         y0, x0 = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
@@ -185,8 +181,7 @@ def _background(config: GenerateConfig, rng: np.random.Generator, backgrounds: l
         return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
     canvas = np.empty((size, size, 3), np.float32)
     canvas[:] = rng.uniform(60, 200, size=3)
-    grid = rng.uniform(-1, 1, size=(6, 6)).astype(np.float32)
-    canvas *= (1.0 + 0.12 * cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC))[..., None]
+    canvas *= (1.0 + 0.12 * smooth_field(rng, size, 6))[..., None]
     return canvas
 
 
@@ -262,10 +257,10 @@ def _generate_task(task: tuple[dict, int]) -> dict:
     except FormatError as err:
         return {"error": str(err)}
     name = image_file_name(index)
-    with atomic_output(out / IMAGE_DIR / name) as tmp:
-        params = [cv2.IMWRITE_JPEG_QUALITY, job["config"].jpeg_quality, cv2.IMWRITE_JPEG_OPTIMIZE, 0]
-        if not cv2.imwrite(str(tmp), image, params):
-            return {"error": f"could not write {out / IMAGE_DIR / name}"}
+    try:
+        write_jpeg(out / IMAGE_DIR / name, image, job["config"].jpeg_quality, optimize=False)
+    except FormatError as err:
+        return {"error": str(err)}
     part = {"index": index, "file_name": name, "width": job["config"].size, "height": job["config"].size,
             "level": level, "annotations": annotations}
     write_json(part, _part_path(out, index))
@@ -311,10 +306,10 @@ def _check_settings(out: Path, settings: dict) -> None:
 def _list_backgrounds(folder: str | None) -> list[Path]:
     if folder is None:
         return []
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in BACKGROUND_SUFFIXES)
-    if not paths:
-        raise InputError(f"{folder}: no background images ({', '.join(BACKGROUND_SUFFIXES)}) in this folder")
-    return paths
+    try:
+        return folder_images(folder, "background images")
+    except FormatError as err:
+        raise InputError(str(err)) from None
 
 
 def generate(

@@ -17,9 +17,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from rpc_metrics.io import FormatError, atomic_output, encode_mask, load_json, write_instances, write_json
+from rpc_metrics.io import FormatError, encode_mask, load_json, write_instances, write_json
 
 from .exemplars import Exemplar, load_exemplars
+from .image_files import read_image, write_mask
 from .parallel import map_ordered
 from .progress import Progress
 
@@ -177,27 +178,23 @@ def _mask_task(task: tuple[Exemplar, str, bool, int]) -> dict:
     part = out_dir / "parts" / (mask_file_name(exemplar.file_name) + ".json")
     if part.is_file():
         return load_json(part)
-    image = cv2.imread(str(exemplar.path), cv2.IMREAD_COLOR)
-    if image is None:
-        return {"error": f"cannot read image file {exemplar.path}", "image_id": exemplar.image_id}
+    try:
+        image = read_image(exemplar.path, what="exemplar image")
+    except FormatError as err:
+        return {"error": str(err), "image_id": exemplar.image_id}
     if image.shape[:2] != (exemplar.height, exemplar.width):
         return {"error": f"image is {image.shape[1]}x{image.shape[0]}, the JSON says {exemplar.width}x{exemplar.height}",
                 "image_id": exemplar.image_id}
     result = exemplar_masks(image, exemplar.bbox, refine_px=refine_px)
     fine = result.full("fine", image.shape[:2])
     name = mask_file_name(exemplar.file_name)
-    _write_mask(out_dir / name, fine)
+    write_mask(out_dir / name, fine)
     if keep_coarse:
-        _write_mask(out_dir / "coarse" / name, result.full("coarse", image.shape[:2]))
+        write_mask(out_dir / "coarse" / name, result.full("coarse", image.shape[:2]))
     record = {"image_id": exemplar.image_id, "mask_file": name, "mask_score": round(result.score, 4),
               "segmentation": encode_mask(fine), "mask_area": int(fine.sum())}
     write_json(record, part)
     return record
-
-
-def _write_mask(path: Path, mask: np.ndarray) -> None:
-    with atomic_output(path) as tmp:
-        cv2.imwrite(str(tmp), mask.astype(np.uint8) * 255, [cv2.IMWRITE_PNG_COMPRESSION, 3])
 
 
 def build_masks(

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from rpc_metrics.io import FormatError, load_json, read_instances
+from rpc_metrics.io import load_json, read_instances
 
+from .image_files import read_image
 from .masks import mask_file_name
 from .world import TRUE_MASKS
 
 
 def _read_mask(path: Path) -> np.ndarray:
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise FormatError(str(path), "", "mask file not found or unreadable")
-    return mask > 127
+    return read_image(path, what="mask file", grayscale=True) > 127
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -24,7 +24,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .generate import BACKGROUND_SUFFIXES, InputError
+from rpc_metrics.io import FormatError
+
+from .generate import InputError
+from .image_files import folder_images, read_image
 from .stats import POOLED
 
 
@@ -243,11 +246,10 @@ def summarize_found(found: list[np.ndarray], sides: list[float], *, source: str)
 
 
 def _image_paths(folder: Path, max_images: int | None) -> list[Path]:
-    if not folder.is_dir():
-        raise InputError(f"{folder}: not a folder; pass the folder of unlabeled checkout photos")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in BACKGROUND_SUFFIXES)
-    if not paths:
-        raise InputError(f"{folder}: no images ({', '.join(BACKGROUND_SUFFIXES)}) in this folder")
+    try:
+        paths = folder_images(folder, "unlabeled checkout photos")
+    except FormatError as err:
+        raise InputError(str(err)) from None
     if max_images and len(paths) > max_images:  # an even spread over the sorted names, deterministic
         paths = [paths[i] for i in np.linspace(0, len(paths) - 1, max_images).round().astype(int)]
     return paths
@@ -266,9 +268,10 @@ def unlabeled_stats(image_folder: str | Path, *, max_images: int | None = 200, s
     folder = Path(image_folder)
     found, sides = [], []
     for path in _image_paths(folder, max_images):
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise InputError(f"{path}: cannot read this image")
+        try:
+            image = read_image(path)
+        except FormatError as err:
+            raise InputError(str(err)) from None
         found.append(components(image, seg))
         sides.append(float(np.sqrt(image.shape[0] * image.shape[1])))
     try:

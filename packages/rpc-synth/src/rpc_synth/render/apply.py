@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from rpc_metrics.io import FormatError, atomic_output, image_path, read_instances, write_instances
+from rpc_metrics.io import FormatError, image_path, read_instances, write_instances
 
 from ..generate import InputError
+from ..image_files import folder_images, read_image, write_jpeg
 from ..progress import Progress
 from . import native_bf16_cpu, require_torch
 from .camera import files_jpeg_quality, fit_camera, render_camera
-from .data import folder_images, read_image
 from .histogram import channel_histograms, match_histograms
 
 METHODS = ("cyclegan", "camera", "histogram")
@@ -58,12 +57,6 @@ def _spaced(items: list, n: int) -> list:
     if len(items) <= n:
         return list(items)
     return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
-
-
-def _write_image(path: Path, image: np.ndarray, jpeg_quality: int) -> None:
-    with atomic_output(path) as tmp:
-        if not cv2.imwrite(str(tmp), image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]):
-            raise FormatError(str(path), "", "could not write the image (unknown extension?)")
 
 
 def render_dataset(images: str | Path, ann: str | Path, out: str | Path, *, method: str = "cyclegan",
@@ -128,8 +121,8 @@ def render_dataset(images: str | Path, ann: str | Path, out: str | Path, *, meth
     bar = Progress(len(paths), f"rpc-synth render apply ({method})", enabled=progress)
     try:
         for im, path in zip(dataset["images"], paths, strict=True):
-            _write_image(image_path(out / IMAGES_DIR, im["file_name"], source=str(ann)),
-                         translate(read_image(path), int(im["id"])), jpeg_quality)
+            write_jpeg(image_path(out / IMAGES_DIR, im["file_name"], source=str(ann)),
+                       translate(read_image(path), int(im["id"])), jpeg_quality)
             bar.update()
     finally:
         if method == "cyclegan":

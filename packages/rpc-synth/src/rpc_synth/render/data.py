@@ -9,33 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from rpc_metrics.io import FormatError, decode_mask, image_path, read_instances
 
+from ..image_files import read_image
 from .histogram import match_histograms
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-
-
-def read_image(path: Path, source: str = "") -> np.ndarray:
-    """BGR ``uint8[H, W, 3]``; a missing or unreadable file is a ``FormatError``."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FormatError(source or str(path), str(path), "image file not found or unreadable")
-    return image
-
-
-def folder_images(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name (the target domain needs no JSON, only pixels)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FormatError(str(folder), "", "not a folder of images")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not paths:
-        raise FormatError(str(folder), "", f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-    return paths
 
 
 def product_mask(annotations: list[dict], height: int, width: int) -> np.ndarray:

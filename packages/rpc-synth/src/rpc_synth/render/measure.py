@@ -30,8 +30,8 @@ import numpy as np
 
 from rpc_metrics.io import image_path, read_instances
 
+from ..image_files import folder_images, read_image
 from ..parallel import map_ordered
-from .data import folder_images, read_image
 
 GRADIENT_BINS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, np.inf)
 FEATURE_NAMES = ("L_mean", "a_mean", "b_mean", "L_std", "a_std", "b_std",

@@ -18,8 +18,9 @@ from torch import nn
 from rpc_metrics.io import FormatError, atomic_output
 
 from ..generate import InputError
+from ..image_files import folder_images, read_image
 from ..progress import Progress
-from .data import SourceImages, folder_images, read_image, training_batch
+from .data import SourceImages, training_batch
 from .histogram import channel_histograms
 from .losses import lsgan_loss, preservation_loss
 from .networks import PatchDiscriminator, ResnetGenerator
