@@ -50,6 +50,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/python tools/check_duplicates.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

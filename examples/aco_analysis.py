@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from dpsnet.metrics import count_error
 from rpc_metrics import compare, evaluate
+from rpc_metrics.counts import count_error
 from rpc_metrics.io import load_json
 
 N_BOOT = 1000  # bootstrap resamples of the test images for every interval of the report

@@ -10,17 +10,11 @@ import cv2
 import numpy as np
 
 from rpc_metrics.io import decode_mask, image_path, load_json
+from rpc_synth.image_files import read_image, write_image
 
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
 # BGR colours of the metric lines.
 LINE_COLOURS = ((200, 90, 30), (40, 160, 40), (30, 30, 200), (150, 60, 150))
-
-
-def read_image(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"{path}: image not found or unreadable")
-    return image
 
 
 def fit_height(image: np.ndarray, height: int) -> np.ndarray:
@@ -56,11 +50,7 @@ def vstack(rows: Sequence[np.ndarray], gap: int = 6) -> np.ndarray:
 
 def save_png(image: np.ndarray, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    if not cv2.imwrite(str(tmp), image):
-        raise OSError(f"could not write {tmp}")
-    tmp.replace(path)
-    return path
+    return write_image(path, image)
 
 
 def exemplar_with_mask(poses_json: Path, images: Path, out: Path) -> Path:

@@ -15,8 +15,8 @@ from pathlib import Path
 from aco_stages import clock
 
 from dpsnet.device import cpu_bf16_units
-from dpsnet.metrics import count_accuracy
 from rpc_metrics import analyse_errors, evaluate
+from rpc_metrics.counts import count_accuracy
 from rpc_metrics.io import load_json
 
 

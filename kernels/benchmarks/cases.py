@@ -133,10 +133,7 @@ def pyramid_fuse_case(dtype=torch.float32) -> Case:
            for name, settings in [
                ("kernel, coarse rows prefetched too", {"PREFETCH_COARSE": True}),
                ("kernel, rows loaded when summed (no prefetch)", {"PREFETCH": False}),
-               ("kernel, groups of planes per program", {"PLANES": True}),
                ("kernel, one y pass per level in the backward", {"FUSED_BACKWARD": False}),
-               ("kernel, 2-D tiles forward, y pass per level (the former kernels)",
-                {"FORWARD": "tiles", "FUSED_BACKWARD": False}),
            ]},
         "eager reference": _eager(lambda lv, s, w: aco_kernels.pyramid_fuse(lv, s, w)),
         "compiled reference": _compiled(reference.pyramid_fuse_reference),

@@ -56,10 +56,7 @@ JOBS = [
       for labels, write_grad in ((True, True), (True, False), (False, True))],
     (kd_loss._kd_bwd_kernel, KD_BWD, {"HAS_LABELS": True, "HAS_WEIGHTS": True, "ROW_GRAD": True, "BLOCK": 256,
                                       "ACC": tl.float32}),
-    *[(pyramid_fuse._pyramid_fuse_fwd_kernel.fn, PYRAMID, {"NUM_LEVELS": 5, "IDENTITY": identity,
-                                                           "ACC": tl.float32, "BLOCK_H": 16, "BLOCK_W": 32})
-      for identity in (-1, 1)],
-    # the rows kernels with one plane per program and with a group of planes (BLOCK_C)
+    # the rows kernels with one plane per program (a GPU's configs) and with a group of planes (BLOCK_C)
     *[(pyramid_fuse._pyramid_fuse_rows_body, PYRAMID_ROWS, {"NUM_LEVELS": n, "IDENTITY": identity,
                                                             "ACC": tl.float32, "PREFETCH": prefetch,
                                                             "COARSE_PREFETCH": coarse, "BLOCK_C": planes,
@@ -90,8 +87,6 @@ JOBS = [
     (density_render._density_render_kernel.fn, {k: v for k, v in DENSITY.items() if k not in ("height", "width")},
      {"height": 1, "width": 1, "NORM_BLOCK": 16, "SCAN": 16, "BLOCK_H": 32, "BLOCK_W": 32,
       "TILES_H": 1, "SHORT_SIDE": False}),
-    (pyramid_fuse._pyramid_fuse_fwd_kernel.fn, {k: v for k, v in PYRAMID.items() if k not in ("h4", "w4")},
-     {"h4": 1, "w4": 1, "NUM_LEVELS": 5, "IDENTITY": -1, "ACC": tl.float32, "BLOCK_H": 16, "BLOCK_W": 32}),
     *[(roi_align._roi_align_kernel, _roi("*fp32" if backward else "*bf16"),
        {"POOLED_H": 7, "POOLED_W": 7, "SAMPLING": sr, "ALIGNED": sr > 0, "NUM_LEVELS": levels, "DTYPE": tl.bfloat16,
         "ACC": tl.float32, "BACKWARD": backward, "BINS_FAST": bins_fast, "BLOCK_P": 64, "BLOCK_C": 64,

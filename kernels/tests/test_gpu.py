@@ -60,7 +60,7 @@ def test_kd_loss_gpu(dtype, other_path, shape, monkeypatch):
     _close(s_ker.grad, s_ref.grad, dtype, scale=1e-2)
 
 
-@pytest.mark.parametrize("dtype,other_path", [*PATHS, (torch.float32, "planes"), (torch.bfloat16, "coarse")])
+@pytest.mark.parametrize("dtype,other_path", [*PATHS, (torch.float32, "no prefetch"), (torch.bfloat16, "coarse")])
 @pytest.mark.parametrize("sizes,target", [
     ([(200, 200), (100, 100), (50, 50), (25, 25), (13, 13)], (200, 200)),  # DPSNet P2-P6
     ([(200, 200), (100, 100), (50, 50), (25, 25), (13, 13)], (100, 100)),  # P2-P6 at P3, the released counting view
@@ -72,12 +72,9 @@ def test_kd_loss_gpu(dtype, other_path, shape, monkeypatch):
 def test_pyramid_fuse_gpu(dtype, other_path, sizes, target, monkeypatch):
     from aco_kernels.ops import pyramid_fuse as module
 
-    # other path: the 2-D tile forward and one y pass per level in the backward; "planes": the rows kernels with
-    # groups of planes per program (2 x 19 planes end on a partial group), each row loaded when it is summed
-    monkeypatch.setattr(module, "FORWARD", "tiles" if other_path is True else "rows")
+    # other path: one y pass per level in the backward; "no prefetch": each row loaded when it is summed
     monkeypatch.setattr(module, "FUSED_BACKWARD", other_path is not True)
-    monkeypatch.setattr(module, "PLANES", other_path == "planes")
-    monkeypatch.setattr(module, "PREFETCH", other_path != "planes")
+    monkeypatch.setattr(module, "PREFETCH", other_path != "no prefetch")
     monkeypatch.setattr(module, "PREFETCH_COARSE", other_path == "coarse")  # coarser rows loaded ahead too
     g = _gen(1)
     levels = [torch.randn(2, 19, h, w, device="cuda", generator=g).to(dtype) for h, w in sizes]

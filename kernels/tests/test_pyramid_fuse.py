@@ -49,23 +49,33 @@ def test_pyramid_fuse_matches_interpolate(kernel_path, sizes, target):
 
 
 @pytest.mark.parametrize("sizes,target", [*CASES, ([(9, 7), (40, 11), (5, 3), (3, 2)], (40, 11))])
-def test_pyramid_fuse_other_paths_match_interpolate(kernel_path, monkeypatch, sizes, target):
-    """The backward with one y pass per level, and the 2-D tile forward."""
+def test_pyramid_fuse_per_level_backward_matches_interpolate(kernel_path, monkeypatch, sizes, target):
+    """The backward with one y pass per level (``FUSED_BACKWARD = False``)."""
     from aco_kernels.ops import pyramid_fuse as module
 
-    monkeypatch.setattr(module, "FORWARD", "tiles")
     monkeypatch.setattr(module, "FUSED_BACKWARD", False)
     _check_against_interpolate(sizes, target, torch.Generator().manual_seed(5), batch=1, channels=2)
 
 
-@pytest.mark.parametrize("sizes,target", [CASES[2], ([(40, 11), (9, 7), (3, 2), (40, 5)], (40, 11))])
-def test_pyramid_fuse_plane_groups_without_prefetch_match_interpolate(kernel_path, monkeypatch, sizes, target):
-    """The rows kernels' other settings: ``PLANES`` (under the interpreter, which pays per program, the default
-    takes 8 planes per program, so that the other tests' 2 x 3 planes are a partial group, and ``PLANES`` one)
-    and without loading one row ahead (``PREFETCH = False``)."""
+def _one_plane_per_program(monkeypatch):
+    """The rows kernels with the GPU's one plane per program (under the interpreter, which pays per program,
+    they take 8, so that the other tests' 2 x 3 planes are a partial group)."""
+    import triton
+
     from aco_kernels.ops import pyramid_fuse as module
 
-    monkeypatch.setattr(module, "PLANES", True)
+    monkeypatch.setattr(module._pyramid_fuse_rows_kernel, "configs",
+                        [triton.Config({"BLOCK_C": 1, "BLOCK_H": 16, "BLOCK_W": 64}, num_warps=2)])
+    monkeypatch.setattr(module._pyramid_fuse_bwd_rows_kernel, "configs",
+                        [triton.Config({"BLOCK_C": 1, "BLOCK_T": 8, "BLOCK_W": 32}, num_warps=1)])
+
+
+@pytest.mark.parametrize("sizes,target", [CASES[2], ([(40, 11), (9, 7), (3, 2), (40, 5)], (40, 11))])
+def test_pyramid_fuse_one_plane_without_prefetch_matches_interpolate(kernel_path, monkeypatch, sizes, target):
+    """The rows kernels with one plane per program, and without loading one row ahead (``PREFETCH = False``)."""
+    from aco_kernels.ops import pyramid_fuse as module
+
+    _one_plane_per_program(monkeypatch)
     monkeypatch.setattr(module, "PREFETCH", False)
     _check_against_interpolate(sizes, target, torch.Generator().manual_seed(7), batch=1, channels=2)
 
@@ -78,7 +88,7 @@ def test_pyramid_fuse_coarse_rows_prefetched_match_interpolate(kernel_path, monk
 
     monkeypatch.setattr(module, "PREFETCH_COARSE", True)
     _check_against_interpolate(sizes, target, torch.Generator().manual_seed(10), batch=1, channels=2)
-    monkeypatch.setattr(module, "PLANES", True)  # and with one plane per program (the PLANES interpreter config)
+    _one_plane_per_program(monkeypatch)  # and with one plane per program
     _check_against_interpolate(sizes, target, torch.Generator().manual_seed(11), batch=1, channels=2)
 
 
@@ -118,11 +128,3 @@ def test_pyramid_fuse_rejects_mismatched_levels():
     with pytest.raises(ValueError, match="levels"):
         aco_kernels.pyramid_fuse([torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3, 3)], (3, 3))
 
-
-def test_pyramid_fuse_rejects_unknown_forward(monkeypatch):
-    pytest.importorskip("triton")
-    from aco_kernels.ops import pyramid_fuse as module
-
-    monkeypatch.setattr(module, "FORWARD", "spiral")
-    with pytest.raises(ValueError, match="FORWARD"), aco_kernels.dispatch_mode("triton"):
-        module.pyramid_fuse_triton([torch.zeros(1, 1, 2, 2)], (2, 2), [1.0])

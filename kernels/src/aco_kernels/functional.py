@@ -1,4 +1,5 @@
-"""Public ops: validate arguments, then run the Triton kernel or the torch reference (see ``_dispatch``)."""
+"""Public ops: validate arguments, then run the Triton kernel or the torch reference (see ``_dispatch``), or for
+RoIAlign on request the plain-torch gather (:mod:`aco_kernels.gather`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ from torch import Tensor
 
 from . import reference
 from ._dispatch import KERNEL_MAX_LEVELS, use_kernel
+from .gather import gather_roi_align
+
+# How multiscale_roi_align computes: "auto", the Triton kernel where it runs (``_dispatch``), else the torch
+# reference; "gather", one gather over the pyramid in plain torch (:mod:`aco_kernels.gather`).
+ROI_ALIGN_METHODS = ("auto", "gather")
 
 
 def density_render(
@@ -93,6 +99,7 @@ def multiscale_roi_align(
     canonical_scale: float = 224,
     canonical_level: float = 4,
     aligned: bool = True,
+    method: str = "auto",
 ) -> Tensor:
     """Assign each box an FPN level and RoIAlign it there: torchvision's MultiScaleRoIAlign in one launch.
 
@@ -105,17 +112,26 @@ def multiscale_roi_align(
         sampling_ratio: samples per bin side; ``<= 0`` adapts to ``ceil(roi size / output size)``.
         canonical_scale, canonical_level: ``level = floor(canonical_level + log2(sqrt(area) / canonical_scale))``.
         aligned: shift by half a pixel (RoIAlign ``aligned=True``); ``False`` equals torchvision's pooler.
+        method: ``"auto"``, the Triton kernel where it runs (CUDA tensors, or forced: see ``dispatch_mode``), else
+            the torch reference; ``"gather"``, one gather over the pyramid's pixels in plain torch
+            (:func:`aco_kernels.gather.gather_roi_align`: a fixed ``sampling_ratio >= 1``, float32 out, a
+            backward several times faster on CPU than torchvision's compiled op).
 
     Returns:
-        Tensor[K, C, oh, ow] in the order of the boxes, in the features' dtype.
+        Tensor[K, C, oh, ow] in the order of the boxes, in the features' dtype (float32 for ``"gather"``).
     """
     if len(features) == 0:
         raise ValueError("features should hold at least one level")
+    if method not in ROI_ALIGN_METHODS:
+        raise ValueError(f"method should be one of {ROI_ALIGN_METHODS}, got {method!r}")
     if isinstance(output_size, int):
         output_size = (output_size, output_size)
     output_size = (int(output_size[0]), int(output_size[1]))
     rois = _to_rois(boxes).to(device=features[0].device)
     scales = reference.infer_scales(features, image_shapes)
+    if method == "gather":
+        levels = reference.roi_levels(rois, scales, float(canonical_scale), float(canonical_level))
+        return gather_roi_align(features, rois, levels, scales, output_size, sampling_ratio, aligned)
     args = (list(features), rois, scales, output_size, sampling_ratio, float(canonical_scale),
             float(canonical_level), aligned)
     if use_kernel(*features, rois) and len(features) <= KERNEL_MAX_LEVELS:

@@ -29,16 +29,8 @@ def check_density_args(min_sigma: float, truncate: float, sigma_rule: str = "are
         raise ValueError(f"sigma_rule should be one of {SIGMA_RULES}, got {sigma_rule!r}")
 
 
-def density_params(
-    centers: Tensor,
-    sizes: Tensor,
-    map_size: tuple[int, int],
-    stride: float,
-    sigma_scale: float,
-    min_sigma: float,
-    truncate: float,
-    sigma_rule: str = "area",
-) -> tuple[Tensor, Tensor, Tensor]:
+def density_params(centers: Tensor, sizes: Tensor, map_size: tuple[int, int], stride: float, sigma_scale: float,
+                   min_sigma: float, truncate: float, sigma_rule: str = "area") -> tuple[Tensor, Tensor, Tensor]:
     """The one sigma rule, shared by the reference and the kernel.
 
     Returns ``(cx, cy, sigma)``, each Tensor[K] float32 in map pixels: the centre divided by ``stride`` and
@@ -66,20 +58,9 @@ def _gaussian_1d(center: Tensor, sigma: Tensor, length: int, truncate: float) ->
     return g / g.sum(dim=1, keepdim=True)
 
 
-def density_render_reference(
-    centers: Tensor,
-    sizes: Tensor,
-    labels: Tensor,
-    batch_index: Tensor,
-    num_images: int,
-    num_classes: int,
-    map_size: tuple[int, int],
-    stride: float,
-    sigma_scale: float = 0.15,
-    min_sigma: float = 1.0,
-    truncate: float = 3.0,
-    sigma_rule: str = "area",
-) -> Tensor:
+def density_render_reference(centers: Tensor, sizes: Tensor, labels: Tensor, batch_index: Tensor, num_images: int,
+                             num_classes: int, map_size: tuple[int, int], stride: float, sigma_scale: float = 0.15,
+                             min_sigma: float = 1.0, truncate: float = 3.0, sigma_rule: str = "area") -> Tensor:
     """Per-class density maps Tensor[B, C, H, W] float32; each instance sums to 1 (see ``density_params``).
 
     The Gaussian is separable and truncated to a square ``|dx|, |dy| <= truncate * sigma``, then
@@ -214,16 +195,10 @@ def infer_scales(features: Sequence[Tensor], image_shapes: Sequence[tuple[int, i
     return [2.0 ** round(math.log2(f.shape[-2] / original[0])) for f in features]
 
 
-def multiscale_roi_align_reference(
-    features: Sequence[Tensor],
-    rois: Tensor,
-    scales: Sequence[float],
-    output_size: tuple[int, int] = (7, 7),
-    sampling_ratio: int = 2,
-    canonical_scale: float = 224,
-    canonical_level: float = 4,
-    aligned: bool = True,
-) -> Tensor:
+def multiscale_roi_align_reference(features: Sequence[Tensor], rois: Tensor, scales: Sequence[float],
+                                   output_size: tuple[int, int] = (7, 7), sampling_ratio: int = 2,
+                                   canonical_scale: float = 224, canonical_level: float = 4, aligned: bool = True
+                                   ) -> Tensor:
     """FPN level per box (torchvision's LevelMapper) then RoIAlign on that level: rois [K, 5] -> [K, C, oh, ow].
 
     With one level every box uses it (as torchvision does). Loops over levels only, like torchvision.
@@ -255,16 +230,9 @@ def pyramid_fuse_reference(levels: Sequence[Tensor], size: tuple[int, int], weig
 # --------------------------------------------------------------------------------------------- kd loss
 
 
-def kd_loss_reference(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    temperature: float = 1.0,
-    labels: Tensor | None = None,
-    alpha: float = 0.5,
-    weights: Tensor | None = None,
-    reduction: str = "mean",
-    ignore_index: int = -100,
-) -> Tensor:
+def kd_loss_reference(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0,
+                      labels: Tensor | None = None, alpha: float = 0.5, weights: Tensor | None = None,
+                      reduction: str = "mean", ignore_index: int = -100) -> Tensor:
     """Distillation loss per row ``T^2 KL(softmax(t/T) || softmax(s/T))``, with labels mixed as
     ``alpha * CE(s, y) + (1 - alpha) * T^2 KL``; rows scaled by ``weights``; ``mean`` divides by N rows.
     Computed in float32 (float64 for float64 logits); the teacher is a constant (detached)."""

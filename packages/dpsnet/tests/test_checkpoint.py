@@ -84,3 +84,9 @@ def test_retired_config_keys(world, tmp_path):
     assert res.exit_code == 2 and "11.67%" in res.output
     for preset in PRESETS:
         assert not set(load_toml(preset)[0]) & set(RETIRED)
+
+
+def test_a_malformed_override_names_itself_and_the_valid_keys():
+    with pytest.raises(ConfigError, match=r"override 'train\.lr' should look like key=value, e\.g\. .*valid keys: .*"
+                                          r"train\.lr"):
+        make_config("cpu-small", ["train.lr"])

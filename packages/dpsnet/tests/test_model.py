@@ -526,25 +526,6 @@ def test_gather_roi_pool_matches_torchvision_forward_and_backward(seed, sampling
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_gather_roi_pool_aligned_matches_torchvision(seed):
-    from torchvision.ops import roi_align
-
-    from dpsnet.detection import gather_roi_align
-
-    feats, boxes, _ = _pool_case(seed, levels=1)
-    level = feats["0"].detach()
-    rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(boxes)])
-    for aligned in (True, False):
-        out = gather_roi_align([level], rois, torch.zeros(len(rois), dtype=torch.int64), [0.25], (5, 4), 2, aligned)
-        ref = roi_align(level, rois, (5, 4), spatial_scale=0.25, sampling_ratio=2, aligned=aligned)
-        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="sampling_ratio"):
-        gather_roi_align([level], rois, torch.zeros(len(rois), dtype=torch.int64), [0.25], (5, 4), 0)
-    empty = gather_roi_align([level], rois[:0], torch.zeros(0, dtype=torch.int64), [0.25], (7, 7), 1)
-    assert empty.shape == (0, 5, 7, 7)
-
-
 def test_gather_roi_pool_is_deterministic_under_bf16_autocast():
     """Same inputs, same outputs and gradients, bit for bit, with bfloat16 levels under autocast (float32 out)."""
     from dpsnet.detection import KernelRoIPool

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from dpsnet.cli import main
 from dpsnet.config import DEFAULTS, make_config
-from dpsnet.metrics import count_accuracy, count_error
 from dpsnet.training import train
+from rpc_metrics.counts import count_accuracy, count_error
 from rpc_metrics.io import read_counts, read_pool, read_results
 
 from .conftest import tiny_overrides

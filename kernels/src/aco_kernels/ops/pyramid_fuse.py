@@ -2,8 +2,11 @@
 
 Forward: one program per (batch x channel plane, strip of output rows x columns) walks its rows in order; a
 level at the output size is one plain row load, each coarser level keeps the two x-interpolated source rows
-the output row lies between and loads a new one when the output row moves onto it (``FORWARD``; the former
-2-D tile kernel, 4 gathered loads per coarser level and pixel, is kept as ``"tiles"``).
+the output row lies between and loads a new one when the output row moves onto it. Measured and not kept: the
+2-D tile forward (4 gathered loads per coarser level and pixel; 0.842 against 0.699 ms of device time on an
+H100, 0.810 against 0.521 on an H200, P2-P6 to 200x200, B=8, C=256: benchmarks/RESULTS*.md), groups of planes
+per program (0.754 against 0.646 ms forward, 1.761 against 1.669 forward+backward on an H200), and predicated
+loads of the new rows instead of branches (13% slower on an H100).
 
 Backward, without atomics (so deterministic): the gradient of a level is the transpose of its separable
 interpolation, ``grad_l = w_l * A_h^T G A_w`` with ``A`` the per-axis bilinear matrices (two non-zeros per
@@ -26,19 +29,9 @@ from torch import Tensor
 
 from ._common import acc_dtypes, autotune_configs, level_args, pad_levels, pick
 
-# The forward kernel: "rows" (each program walks its output rows and keeps, per coarser level, the two
-# x-interpolated source rows it is between: about 3 loads per output pixel) or "tiles" (2-D tiles, 4 gathered
-# loads per coarser level and pixel: 17 with P2-P6). Both are tested; the benchmarks time both. (Loading the
-# new rows with predicated loads instead of branches was measured 13% slower on an H100 and not kept.)
-FORWARD = "rows"
 # The backward: True, one y pass over the output gradient for every level (when every level is upsampled
 # or equal in y, as in a feature pyramid), else one y pass per level; each level's x pass follows.
 FUSED_BACKWARD = True
-# The rows kernels (the "rows" forward and the fused backward): True, each program takes a group of planes
-# (channels), autotuned among several group sizes; False, one plane per program. Groups were measured slower
-# on an H200 (forward 0.754 against 0.646 ms of device time, forward+backward 1.761 against 1.669 ms at DPSNet
-# sizes, same run): the registers of BLOCK_C rows per level cost the resident programs what they add in flight.
-PLANES = False
 # The rows kernels load the next row of the level at the output size (forward) or of the gradient (backward)
 # while the current one is summed (a software pipeline: two rows in flight per program); False: one at a time.
 PREFETCH = True
@@ -56,56 +49,6 @@ def _source_index(dst, scale, size):
     high = tl.minimum(low + 1, size - 1)
     lam = tl.minimum(tl.maximum(src - low.to(tl.float32), 0.0), 1.0)
     return low, high, lam
-
-
-_FWD_CONFIGS = autotune_configs([
-    triton.Config({"BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw)
-    for bh, bw, nw in [(16, 32, 4), (8, 64, 4), (16, 64, 4), (32, 64, 8), (8, 128, 4), (16, 128, 8), (4, 256, 4),
-                       (32, 128, 8), (64, 64, 8), (8, 256, 8), (32, 32, 4)]
-])
-
-
-@triton.autotune(configs=_FWD_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS"])
-@triton.jit
-def _pyramid_fuse_fwd_kernel(
-    p0, p1, p2, p3, p4, p5, out_ptr,
-    h0, h1, h2, h3, h4, h5, w0, w1, w2, w3, w4, w5,
-    sh0, sh1, sh2, sh3, sh4, sh5, sw0, sw1, sw2, sw3, sw4, sw5, k0, k1, k2, k3, k4, k5,
-    out_h, out_w,
-    NUM_LEVELS: tl.constexpr, IDENTITY: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
-):
-    plane = tl.program_id(0).to(tl.int64)
-    tile = tl.program_id(1)
-    tiles_w = tl.cdiv(out_w, BLOCK_W)
-    oy = (tile // tiles_w) * BLOCK_H + tl.arange(0, BLOCK_H)
-    ox = (tile % tiles_w) * BLOCK_W + tl.arange(0, BLOCK_W)
-    mask = (oy < out_h)[:, None] & (ox < out_w)[None, :]
-    acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=ACC)
-    for lvl in tl.static_range(NUM_LEVELS):
-        h = pick(lvl, h0, h1, h2, h3, h4, h5)
-        w = pick(lvl, w0, w1, w2, w3, w4, w5)
-        weight = pick(lvl, k0, k1, k2, k3, k4, k5).to(ACC)
-        base = pick(lvl, p0, p1, p2, p3, p4, p5) + plane * h * w
-        if lvl == IDENTITY:  # this level is already at the output size: a plain tile load
-            v = tl.load(base + oy[:, None] * w + ox[None, :], mask=mask, other=0.0).to(ACC)
-            acc += weight * v
-        else:
-            y0, y1, ly = _source_index(oy, pick(lvl, sh0, sh1, sh2, sh3, sh4, sh5), h)
-            x0, x1, lx = _source_index(ox, pick(lvl, sw0, sw1, sw2, sw3, sw4, sw5), w)
-            ly = ly.to(ACC)[:, None]
-            lx = lx.to(ACC)[None, :]
-            r0 = y0[:, None] * w
-            r1 = y1[:, None] * w
-            v00 = tl.load(base + r0 + x0[None, :], mask=mask, other=0.0).to(ACC)
-            v01 = tl.load(base + r0 + x1[None, :], mask=mask, other=0.0).to(ACC)
-            v10 = tl.load(base + r1 + x0[None, :], mask=mask, other=0.0).to(ACC)
-            v11 = tl.load(base + r1 + x1[None, :], mask=mask, other=0.0).to(ACC)
-            top = v00 + (v01 - v00) * lx
-            bottom = v10 + (v11 - v10) * lx
-            acc += weight * (top + (bottom - top) * ly)
-    tl.store(out_ptr + plane * out_h * out_w + oy[:, None] * out_w + ox[None, :],
-             acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -161,23 +104,15 @@ def _level_row(lvl: tl.constexpr, acc, cached, top, bottom, n0, n1, oy, ox, mask
     return acc, cached, top, bottom, n0, n1
 
 
-# one plane per program (BLOCK_C = 1, the former kernel: ``PLANES = False``) or several
+# one plane per program on a GPU (groups of planes per program measured slower on an H200: see the README)
 _ROW_CONFIGS = autotune_configs([
     triton.Config({"BLOCK_C": 1, "BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw)
     for bh, bw, nw in [(16, 128, 4), (8, 128, 4), (32, 128, 4), (16, 64, 2), (32, 64, 2), (16, 128, 2),
                        (8, 64, 1), (4, 64, 1), (16, 64, 1), (8, 128, 1), (4, 128, 1), (8, 32, 1), (4, 32, 1),
                        (2, 64, 1)]
 ], triton.Config({"BLOCK_C": 8, "BLOCK_H": 16, "BLOCK_W": 64}, num_warps=2))
-# (Under the interpreter, which pays per program, the default rows kernels take 8 planes per program and the
-# PLANES variant's one: both code paths run in the CPU tests.)
-# Several planes (channels) per program: every load and store of a step is BLOCK_C rows of different planes,
-# in flight together, while the per-row index work and the branches are shared by the planes.
-_ROW_PLANE_CONFIGS = autotune_configs([
-    triton.Config({"BLOCK_C": bc, "BLOCK_H": bh, "BLOCK_W": bw}, num_warps=nw)
-    for bc, bh, bw, nw in [(4, 16, 64, 2), (4, 16, 64, 1), (8, 16, 64, 2), (8, 16, 64, 4), (4, 16, 128, 2),
-                           (4, 32, 64, 2), (8, 8, 64, 2), (2, 16, 128, 2), (16, 16, 64, 4), (8, 16, 128, 4),
-                           (2, 16, 256, 4), (4, 16, 256, 8)]
-], triton.Config({"BLOCK_C": 1, "BLOCK_H": 16, "BLOCK_W": 64}, num_warps=2))  # interpreter: see above
+# (Under the interpreter, which pays per program, 8 planes per program: the BLOCK_C loop is tested on CPU, and
+# the tests also run the GPU's one plane per program.)
 
 
 @triton.jit
@@ -275,9 +210,6 @@ def _pyramid_fuse_rows_body(
 
 _pyramid_fuse_rows_kernel = triton.autotune(
     configs=_ROW_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS", "PREFETCH", "COARSE_PREFETCH"])(
-    _pyramid_fuse_rows_body)
-_pyramid_fuse_rows_planes_kernel = triton.autotune(
-    configs=_ROW_PLANE_CONFIGS, key=["out_h", "out_w", "num_planes", "NUM_LEVELS", "PREFETCH", "COARSE_PREFETCH"])(
     _pyramid_fuse_rows_body)
 
 
@@ -402,12 +334,6 @@ _BWD_ROW_CONFIGS = autotune_configs([
     for bt, bw, nw in [(64, 64, 1), (128, 64, 1), (32, 64, 1), (64, 128, 2), (128, 128, 2), (64, 128, 4),
                        (256, 64, 1), (64, 32, 1), (128, 256, 4)]
 ], triton.Config({"BLOCK_C": 8, "BLOCK_T": 8, "BLOCK_W": 32}, num_warps=1))  # interpreter: strips, halos walked
-# several planes per program, as in the forward (``PLANES``)
-_BWD_ROW_PLANE_CONFIGS = autotune_configs([
-    triton.Config({"BLOCK_C": bc, "BLOCK_T": bt, "BLOCK_W": bw}, num_warps=nw)
-    for bc, bt, bw, nw in [(4, 64, 64, 2), (4, 128, 64, 2), (8, 64, 64, 2), (8, 128, 64, 4), (4, 64, 64, 1),
-                           (2, 128, 128, 2), (4, 64, 128, 4), (8, 64, 64, 4), (16, 64, 64, 4), (2, 64, 256, 4)]
-], triton.Config({"BLOCK_C": 1, "BLOCK_T": 8, "BLOCK_W": 32}, num_warps=1))
 
 
 @triton.jit
@@ -509,9 +435,6 @@ def _pyramid_fuse_bwd_rows_body(
 
 _pyramid_fuse_bwd_rows_kernel = triton.autotune(
     configs=_BWD_ROW_CONFIGS, key=["out_h", "out_w", "NUM_LEVELS", "PREFETCH"])(_pyramid_fuse_bwd_rows_body)
-_pyramid_fuse_bwd_rows_planes_kernel = triton.autotune(
-    configs=_BWD_ROW_PLANE_CONFIGS, key=["out_h", "out_w", "num_planes", "NUM_LEVELS", "PREFETCH"])(
-    _pyramid_fuse_bwd_rows_body)
 
 
 def _identity_level(shapes, size) -> int:
@@ -544,7 +467,7 @@ def _x_pass(rows: Tensor, grad: Tensor, out_w: int, weight: float, acc) -> None:
         grad.copy_(rows.view(grad.shape).to(acc_dtypes(grad.dtype)[1]) * weight)
 
 
-def _fused_backward(grad_out: Tensor, shapes, weights, size, dtype, planes: bool, prefetch: bool) -> list[Tensor]:
+def _fused_backward(grad_out: Tensor, shapes, weights, size, dtype, prefetch: bool) -> list[Tensor]:
     """Every level's gradient with one y pass over ``grad_out`` (all levels upsampled or equal in y), then
     each level's x pass on its [P, h, out_w] rows."""
     acc, acc_torch = acc_dtypes(dtype)
@@ -564,8 +487,7 @@ def _fused_backward(grad_out: Tensor, shapes, weights, size, dtype, planes: bool
         return (triton.cdiv(batch * channels, meta["BLOCK_C"]),
                 triton.cdiv(out_h, meta["BLOCK_T"]) * triton.cdiv(out_w, meta["BLOCK_W"]))
 
-    kernel = _pyramid_fuse_bwd_rows_planes_kernel if planes else _pyramid_fuse_bwd_rows_kernel
-    kernel[grid](
+    _pyramid_fuse_bwd_rows_kernel[grid](
         grad_out, *level_args(rows), *pad_levels([shape[2] for shape in shapes], 1),
         *pad_levels([shape[2] / out_h for shape in shapes], 1.0),
         float(weights[identity]) if identity >= 0 else 0.0, out_h, out_w, halo, batch * channels,
@@ -580,8 +502,6 @@ def _fused_backward(grad_out: Tensor, shapes, weights, size, dtype, planes: bool
 class PyramidFuseFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, size, weights, *levels):
-        if FORWARD not in ("rows", "tiles"):
-            raise ValueError(f"aco_kernels.ops.pyramid_fuse.FORWARD should be 'rows' or 'tiles', got {FORWARD!r}")
         levels = [lv.contiguous() for lv in levels]
         dtype = levels[0].dtype
         if any(lv.dtype != dtype or lv.device != levels[0].device for lv in levels):
@@ -592,31 +512,24 @@ class PyramidFuseFunction(torch.autograd.Function):
             n = len(levels)
 
             def grid(meta):
-                return (triton.cdiv(batch * channels, meta.get("BLOCK_C", 1)),
+                return (triton.cdiv(batch * channels, meta["BLOCK_C"]),
                         triton.cdiv(size[0], meta["BLOCK_H"]) * triton.cdiv(size[1], meta["BLOCK_W"]))
 
             identity = _identity_level([lv.shape for lv in levels], size)
-            if FORWARD == "tiles":
-                kernel, extra, options = _pyramid_fuse_fwd_kernel, (), {}
-            else:
-                kernel = _pyramid_fuse_rows_planes_kernel if PLANES else _pyramid_fuse_rows_kernel
-                extra = (batch * channels,)
-                options = {"PREFETCH": PREFETCH and identity >= 0, "COARSE_PREFETCH": PREFETCH_COARSE}
-            kernel[grid](
+            _pyramid_fuse_rows_kernel[grid](
                 *level_args(levels), out,
                 *pad_levels([lv.shape[2] for lv in levels], 1), *pad_levels([lv.shape[3] for lv in levels], 1),
                 *pad_levels([lv.shape[2] / size[0] for lv in levels], 1.0),
                 *pad_levels([lv.shape[3] / size[1] for lv in levels], 1.0),
                 *pad_levels([float(w) for w in weights], 0.0),
-                size[0], size[1], *extra,
-                NUM_LEVELS=n, IDENTITY=identity,
-                ACC=acc_dtypes(dtype)[0], **options,
+                size[0], size[1], batch * channels,
+                NUM_LEVELS=n, IDENTITY=identity, ACC=acc_dtypes(dtype)[0],
+                PREFETCH=PREFETCH and identity >= 0, COARSE_PREFETCH=PREFETCH_COARSE,
             )
         elif out.numel() > 0:
             raise ValueError("levels should not be empty when the output is not")
         ctx.size = size
         ctx.fused_backward = FUSED_BACKWARD  # chosen with the forward (a setting changed in between has no say)
-        ctx.planes = PLANES
         ctx.prefetch = PREFETCH
         ctx.weights = list(weights)
         ctx.shapes = [lv.shape for lv in levels]
@@ -631,7 +544,7 @@ class PyramidFuseFunction(torch.autograd.Function):
         if (ctx.fused_backward and grad_out.numel() > 0 and all(shape[2] * shape[3] > 0 for shape in ctx.shapes)
                 and all(shape[2] <= out_h for shape in ctx.shapes)):
             return (None, None, *_fused_backward(grad_out, ctx.shapes, ctx.weights, ctx.size, ctx.dtype,
-                                                 ctx.planes, ctx.prefetch))
+                                                 ctx.prefetch))
         grads = []
         for shape, weight in zip(ctx.shapes, ctx.weights, strict=True):
             batch, channels, h, w = shape

@@ -6,6 +6,7 @@ exits with status 2.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from pathlib import Path
 
@@ -35,7 +36,16 @@ def _run(fn, *args, **kwargs):
         raise SystemExit(1) from None
 
 
+def _installed_version() -> str:
+    """This distribution's installed version; "unknown" when run from a source folder that is not installed."""
+    try:
+        return importlib.metadata.version("dpsnet")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_installed_version(), prog_name="dpsnet")
 def main() -> None:
     """DPSNet for Automatic Check-Out: train, predict, evaluate and visualise a detector + counter."""
 
@@ -128,7 +138,7 @@ def predict_command(checkpoint, instances, images, out_results, out_counts, batc
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the metrics as JSON.")
 def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, counts, json_out) -> None:
     """Print the RPC table (rpc-metrics) for RESULTS against GT, plus the counting view's accuracy."""
-    from .metrics import count_accuracy, count_error
+    from rpc_metrics.counts import count_accuracy, count_error
 
     for name, path in (("--results", results), ("--gt", gt), ("--val-results", val_results),
                        ("--val-gt", val_gt), ("--counts", counts)):

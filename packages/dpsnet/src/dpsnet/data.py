@@ -1,4 +1,5 @@
-"""Datasets: RPC/COCO instances JSON + image folder, mixed with sampling ratios, with deterministic augmentation.
+"""Datasets: RPC/COCO instances JSON + image folder, mixed with sampling ratios, with deterministic augmentation;
+image files read (decompression bombs refused) and written (atomically).
 
 Samples are addressed as ``(dataset_index, image_index, seed)`` by :class:`MixSampler`, so the augmentation of a
 sample depends only on the run's seed, the epoch and its position: the same with any number of workers or
@@ -18,7 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rpc_metrics.io import COUNT_CLASSES, image_path, read_instances
+from rpc_metrics.counts import count_class_index
+from rpc_metrics.files import write_bytes
+from rpc_metrics.images import check_image_size
+from rpc_metrics.io import image_path, read_instances
 
 
 @dataclass
@@ -38,18 +42,12 @@ class CategoryMap:
 
     @classmethod
     def from_categories(cls, categories: Sequence[Mapping], count_classes: str = "category") -> CategoryMap:
-        if count_classes not in COUNT_CLASSES:
-            raise ValueError(f"count_classes should be one of {COUNT_CLASSES}, got {count_classes!r}")
+        """Labels in category id order; the counting classes as rpc-metrics reads counts files
+        (:func:`rpc_metrics.counts.count_class_index`)."""
+        class_of, names = count_class_index(categories, count_classes)
         cats = sorted(categories, key=lambda c: c["id"])
-        if count_classes == "category":
-            names = [str(c["id"]) for c in cats]
-            of_cat = list(range(len(cats)))
-        elif count_classes == "supercategory":
-            names = sorted({str(c.get("supercategory", "")) for c in cats})
-            of_cat = [names.index(str(c.get("supercategory", ""))) for c in cats]
-        else:
-            names, of_cat = ["object"], [0] * len(cats)
-        return cls([c["id"] for c in cats], count_classes, names, [0, *of_cat], [c.get("name", "") for c in cats])
+        return cls([c["id"] for c in cats], count_classes, names, [0, *(class_of[c["id"]] for c in cats)],
+                   [c.get("name", "") for c in cats])
 
     @property
     def num_classes(self) -> int:
@@ -139,11 +137,24 @@ def camera_shot(images: np.ndarray, gain: np.ndarray, sigma: np.ndarray, noise: 
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An image file as float32 RGB [H, W, 3] in [0, 1]; a missing or unreadable file raises naming it."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """An image file as float32 RGB [H, W, 3] in [0, 1]. A missing file or a header claiming too many pixels (a
+    decompression bomb, refused before decoding: :func:`rpc_metrics.images.check_image_size`) raises
+    ``FormatError``, a file OpenCV cannot decode ``FileNotFoundError``, each naming the file."""
+    check_image_size(path)
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise FileNotFoundError(f"image not found or unreadable: {path}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+
+
+def write_image(path: str | Path, picture: np.ndarray) -> Path:
+    """Write a BGR uint8 picture to ``path``, encoded by its suffix (``.png``, ``.jpg``), atomically
+    (:func:`rpc_metrics.files.write_bytes`: a killed writer leaves no half-written file)."""
+    ok, buffer = cv2.imencode(Path(path).suffix, picture)
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    return write_bytes(buffer.tobytes(), path)
 
 
 def coco_to_xyxy(bbox: Sequence[float]) -> list[float]:

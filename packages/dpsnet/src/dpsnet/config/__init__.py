@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from rpc_metrics import toml
+
 from .keys import (
     CHOICES,
     DEFAULTS,
@@ -76,42 +78,27 @@ def _coerce_item(default: Any, value: Any) -> Any:
     return float(value)
 
 
-def flatten(table: Mapping, prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
-    out = {}
-    for key, value in table.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
 def load_toml(name_or_path: str) -> tuple[dict[str, Any], str]:
     """A preset's or TOML file's flat values and its name; a missing file raises ``FileNotFoundError``."""
     if name_or_path in PRESETS:
         text = resources.files("dpsnet").joinpath("presets", f"{name_or_path}.toml").read_text(encoding="utf-8")
-        return flatten(tomllib.loads(text)), f"preset {name_or_path}"
+        return toml.flatten(tomllib.loads(text)), f"preset {name_or_path}"
     path = Path(name_or_path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path} (presets: {', '.join(PRESETS)})")
     try:
-        return flatten(tomllib.loads(path.read_text(encoding="utf-8"))), str(path)
+        return toml.flatten(tomllib.loads(path.read_text(encoding="utf-8"))), str(path)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: malformed TOML ({err})") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``"train.lr=0.01"`` -> ``("train.lr", 0.01)``; the value is read as TOML when it parses, else as text."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} should be key=value; valid keys: {valid_keys_text()}")
-    key, raw = (s.strip() for s in text.split("=", 1))
+    """``"train.lr=0.01"`` -> ``("train.lr", 0.01)`` (:func:`rpc_metrics.toml.parse_override`: the value read as
+    TOML when it parses, else as text); a malformed override is a :class:`ConfigError` listing the valid keys."""
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key, value
+        return toml.parse_override(text)
+    except ValueError as err:
+        raise ConfigError(f"{err}, e.g. train.lr=0.01; valid keys: {valid_keys_text()}") from None
 
 
 def _retired(key: str, value: Any, source: str) -> bool:
@@ -167,18 +154,8 @@ def describe(config: Mapping[str, Any] | None = None) -> str:
             section = table
         lines.append(f"# {text}")
         value = config[key]
-        lines.append(f"{name} = {_toml_value(value)}")
+        lines.append(f"{name} = {toml.toml_value(value)}")
     return "\n".join(lines).lstrip() + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return repr(value)
 
 
 SCHEDULE_KEYS = ("train.lr", "train.max_steps", "train.lr_steps", "train.warmup_steps")

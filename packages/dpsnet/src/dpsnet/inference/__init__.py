@@ -1,18 +1,17 @@
 """Inference: predict a pool (COCO results + counts file), re-score detections by the crop classifier, draw them.
 
-Nothing here imports training code (a test walks the imports). The names below are the public API; the count
-metrics and the checkpoint and device helpers are re-exported from their own modules for existing callers.
+Nothing here imports training code (a test walks the imports). The names below are the public API; the
+checkpoint and device helpers are re-exported from their own modules for existing callers.
 """
 
 from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..device import cpu_bf16_units, native_bf16, resolve_device
-from ..metrics import count_accuracy, count_error
 from .prediction import counts_entry, detections_to_results, predict, predict_files
 from .rescore import CropRescorer, crop_accuracy, crop_boxes
 from .visualize import draw, visualize_files
 
 __all__ = [
-    "CropRescorer", "count_accuracy", "count_error", "counts_entry", "cpu_bf16_units", "crop_accuracy",
+    "CropRescorer", "counts_entry", "cpu_bf16_units", "crop_accuracy",
     "crop_boxes", "detections_to_results", "draw", "load_checkpoint", "model_from_checkpoint", "native_bf16",
     "predict", "predict_files", "resolve_device", "visualize_files",
 ]

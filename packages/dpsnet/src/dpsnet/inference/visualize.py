@@ -12,7 +12,7 @@ import torch
 from rpc_metrics.io import read_pool
 
 from ..checkpoint import model_from_checkpoint
-from ..data import CategoryMap, InstancesDataset
+from ..data import CategoryMap, InstancesDataset, write_image
 from ..device import resolve_device
 
 
@@ -52,7 +52,5 @@ def visualize_files(checkpoint: str | Path, instances: str | Path, images: str |
         image, target = dataset[i]
         det = model([image.to(dev)], return_density=True)[0]
         path = out_dir / f"{target['image_id']}.png"
-        if not cv2.imwrite(str(path), draw(image.permute(1, 2, 0).numpy(), det, categories, score_thresh)):
-            raise OSError(f"could not write {path}")
-        written.append(path)
+        written.append(write_image(path, draw(image.permute(1, 2, 0).numpy(), det, categories, score_thresh)))
     return written

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rpc_metrics.io import atomic_output
+from ..data import write_image
 
 WIDTH, HEIGHT, MARGIN = 900, 300, 60
 COLOURS = [(180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148), (75, 86, 140),
@@ -60,9 +60,4 @@ def draw_curves(rows: Sequence[dict], evals: Sequence[dict], path: str | Path) -
     metrics = sorted({k for r in evals for k, v in r.items() if k not in ("type", "step") and isinstance(v, float)})
     if metrics:
         panels.append(_panel("validation", {k: _numeric(evals, k) for k in metrics}))
-    ok, buffer = cv2.imencode(".png", np.concatenate(panels, axis=0))
-    if not ok:
-        raise OSError(f"could not encode {path}")
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(buffer.tobytes())
-    return Path(path)
+    return write_image(path, np.concatenate(panels, axis=0))

@@ -14,6 +14,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from rpc_metrics import evaluate
+from rpc_metrics.counts import count_accuracy
 
 from ..checkpoint import check_state, save_checkpoint
 from ..config import Sections, make_config, model_kwargs, scale_to_batch, sections
@@ -21,7 +22,6 @@ from ..data import CategoryMap, InstancesDataset, MixedDataset, MixSampler
 from ..device import native_bf16, resolve_device
 from ..distributed import DistInfo, any_rank, barrier, gather_lists, init_distributed
 from ..inference.prediction import predict
-from ..metrics import count_accuracy
 from ..model import DPSNet, dpsnet_model
 from ..progress import format_seconds
 from .data import EpochBatches, soft_distiller, to_device, train_datasets
