@@ -69,7 +69,7 @@ def machine() -> str:
         memory = "memory unknown"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     versions = []
-    for name in ("torch", "torchvision", "numpy", "opencv-python"):
+    for name in ("torch", "torchvision", "numpy", "opencv-python-headless", "opencv-python"):
         try:
             versions.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:

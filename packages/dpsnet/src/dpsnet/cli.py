@@ -6,7 +6,6 @@ exits with status 2.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import click
 
 from rpc_metrics import evaluate
 from rpc_metrics.io import FormatError, read_counts, write_json
+from rpc_metrics.version import version_option
 
 from .config import PRESETS, ConfigError, describe, make_config
 
@@ -36,16 +36,8 @@ def _run(fn, *args, **kwargs):
         raise SystemExit(1) from None
 
 
-def _installed_version() -> str:
-    """This distribution's installed version; "unknown" when run from a source folder that is not installed."""
-    try:
-        return importlib.metadata.version("dpsnet")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(_installed_version(), prog_name="dpsnet")
+@version_option("dpsnet")
 def main() -> None:
     """DPSNet for Automatic Check-Out: train, predict, evaluate and visualise a detector + counter."""
 

@@ -11,12 +11,13 @@ from kd_loop.config import ConfigError, describe_keys, load_config
 from kd_loop.loop import run_loop
 from kd_loop.summary import format_table, round_rows
 from rpc_metrics.io import FormatError
+from rpc_metrics.version import version_option
 
 USAGE_ERROR = 2
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="kd-loop")
+@version_option("kd-loop")
 def main() -> None:
     """Iterative knowledge distillation with label-free pseudo-label selection."""
 

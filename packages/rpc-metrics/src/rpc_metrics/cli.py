@@ -13,6 +13,7 @@ from rpc_metrics.compare import compare
 from rpc_metrics.errors import DEFAULT_SIZE_BINS, analyse_errors
 from rpc_metrics.evaluate import PROTOCOLS, ROWS, SEARCHES, evaluate
 from rpc_metrics.io import FormatError, atomic_output, load_json, read_instances, validate_file, write_json
+from rpc_metrics.version import version_option
 
 USAGE_ERROR = 2
 
@@ -31,7 +32,7 @@ def _parse_levels(values: tuple[str, ...]) -> list[str] | None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="rpc-metrics")
+@version_option("rpc-metrics")
 def main() -> None:
     """Exact, fast RPC checkout evaluation (cAcc, mCIoU, ACD, mCCD, mAP50, mmAP per level)."""
 

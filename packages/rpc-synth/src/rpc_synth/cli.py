@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from typing import Any
 
 import click
 
 from rpc_metrics.io import FormatError
+from rpc_metrics.version import version_option
 
 from . import world as world_mod
 from .generate import InputError
@@ -29,40 +31,47 @@ def _fail_cleanly(fn):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("rpc-synth")
 def main() -> None:
     """Synthesized checkout images from single-product exemplars, and an embedded mini RPC world."""
 
 
+def _world_option(flag: str, kind: Any, help: str, field: str | None = None):
+    """An option of ``rpc-synth world`` for :class:`~rpc_synth.world.WorldConfig`'s ``field`` (by default the
+    flag's name), its default the config's own (one home for the world's defaults)."""
+    field = field or flag.removeprefix("--").replace("-", "_")
+    default = getattr(world_mod.WorldConfig, field)
+    return click.option(flag, field, type=kind, default=default, show_default=default is not None, help=help)
+
+
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the world into (RPC layout).")
-@click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives the same bytes.")
-@click.option("--style", type=click.Choice(world_mod.STYLES), default="gap", show_default=True,
-              help="Checkout domain: 'gap' (camera above a woven tray, products lying and piled, shop light) or "
-                   "'legacy' (the earlier releases' world, for comparison).")
-@click.option("--gap", type=click.FloatRange(0.0, 3.0), default=1.25, show_default=True,
-              help="Strength of the checkout camera's photometric gap (gap style; 0: mild, 2: strong).")
-@click.option("--density", type=click.FloatRange(0.25, 3.0), default=1.0, show_default=True,
-              help="How densely products pile (gap style): box overlap allowed 0.3 x this, gathered to the centre.")
-@click.option("--product-size", type=click.FloatRange(0.02, 0.6), default=None,
-              help="Checkout product scale: px per world unit as a fraction of the image side (default: gap 0.26, "
-                   "legacy 0.2).")
-@click.option("--lying", type=click.FloatRange(0.0, 1.0), default=0.65, show_default=True,
-              help="Share of checkout products lying on a side (gap style).")
-@click.option("--standing", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True,
-              help="Share of checkout products standing, seen from the top (gap style).")
-@click.option("--skus", default=24, show_default=True, help="Number of products (at least 10).")
-@click.option("--lookalike-pairs", type=click.IntRange(0), default=4, show_default=True,
-              help="Pairs of SKUs that differ only in small details.")
-@click.option("--elevations", default="0,30,60,90", show_default=True, help="Exemplar camera elevations in degrees, comma-separated.")
-@click.option("--azimuths", default=8, show_default=True, help="Turntable rotations per elevation.")
-@click.option("--exemplar-size", default=320, show_default=True, help="Exemplar width in px (height is 3/4 of it).")
-@click.option("--size", "checkout_size", default=384, show_default=True, help="Checkout image side in px (RPC: about 1815).")
-@click.option("--val", "val_images", type=click.IntRange(0), default=60, show_default=True,
-              help="Number of val checkout images (equal thirds per level).")
-@click.option("--test", "test_images", type=click.IntRange(0), default=120, show_default=True,
-              help="Number of test checkout images (equal thirds per level).")
-@click.option("--pool", "pool_images", type=click.IntRange(0), default=240, show_default=True,
-              help="Number of unlabeled checkout photos (pool2019/, the distillation pool; labels in pool_truth/).")
+@_world_option("--seed", int, "Random seed; the same seed gives the same bytes.")
+@_world_option("--style", click.Choice(world_mod.STYLES),
+               "Checkout domain: 'gap' (camera above a woven tray, products lying and piled, shop light) or "
+               "'legacy' (the earlier releases' world, for comparison).")
+@_world_option("--gap", click.FloatRange(0.0, 3.0),
+               "Strength of the checkout camera's photometric gap (gap style; 0: mild, 2: strong).")
+@_world_option("--density", click.FloatRange(0.25, 3.0),
+               "How densely products pile (gap style): box overlap allowed 0.3 x this, gathered to the centre.")
+@_world_option("--product-size", click.FloatRange(0.02, 0.6),
+               "Checkout product scale: px per world unit as a fraction of the image side (default: gap 0.26, "
+               "legacy 0.2).")
+@_world_option("--lying", click.FloatRange(0.0, 1.0), "Share of checkout products lying on a side (gap style).")
+@_world_option("--standing", click.FloatRange(0.0, 1.0),
+               "Share of checkout products standing, seen from the top (gap style).")
+@_world_option("--skus", int, "Number of products (at least 10).")
+@_world_option("--lookalike-pairs", click.IntRange(0), "Pairs of SKUs that differ only in small details.")
+@click.option("--elevations", default=",".join(f"{e:g}" for e in world_mod.WorldConfig.elevations), show_default=True,
+              help="Exemplar camera elevations in degrees, comma-separated.")
+@_world_option("--azimuths", int, "Turntable rotations per elevation.")
+@_world_option("--exemplar-size", int, "Exemplar width in px (height is 3/4 of it).")
+@_world_option("--size", int, "Checkout image side in px (RPC: about 1815).", "checkout_size")
+@_world_option("--val", click.IntRange(0), "Number of val checkout images (equal thirds per level).", "val_images")
+@_world_option("--test", click.IntRange(0), "Number of test checkout images (equal thirds per level).", "test_images")
+@_world_option("--pool", click.IntRange(0),
+               "Number of unlabeled checkout photos (pool2019/, the distillation pool; labels in pool_truth/).",
+               "pool_images")
 @click.option("--workers", default=1, show_default=True, help="Worker processes.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @_fail_cleanly
