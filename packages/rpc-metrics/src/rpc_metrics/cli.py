@@ -11,7 +11,7 @@ import click
 
 from rpc_metrics.compare import compare
 from rpc_metrics.errors import DEFAULT_SIZE_BINS, analyse_errors
-from rpc_metrics.evaluate import PROTOCOLS, ROWS, SEARCHES, evaluate
+from rpc_metrics.evaluate import COMPATS, PROTOCOLS, ROWS, SEARCHES, evaluate
 from rpc_metrics.io import FormatError, atomic_output, load_json, read_instances, validate_file, write_json
 from rpc_metrics.version import version_option
 
@@ -57,6 +57,18 @@ def _check_protocol(protocol, threshold, val_results, val_gt) -> None:
         raise click.UsageError("--protocol transfer needs --val-results and --val-gt")
     if threshold is not None and protocol != "fixed":
         raise click.UsageError("--threshold is only used with --protocol fixed")
+
+
+def _check_compat(compat, protocol, search, intervals) -> None:
+    """One-line refusals (exit 2) of what --compat rpctool cannot reproduce."""
+    if compat is None:
+        return
+    if protocol != "oracle":
+        _fail(f"--compat rpctool reproduces rpctool's oracle threshold: it cannot be used with --protocol {protocol}")
+    if search != "grid":
+        _fail("--compat rpctool reproduces rpctool's grid search: add --search grid")
+    if intervals:
+        _fail("--compat rpctool gives rpctool's point estimates only: drop --intervals")
 
 
 def _parse_bins(value: str) -> list[float]:
@@ -111,15 +123,19 @@ def _threshold_options(command):
               help="Seed of the bootstrap resamples (the same seed gives the same intervals).")
 @click.option("--confidence", type=float, default=0.95, show_default=True, callback=_confidence,
               help="Coverage of the intervals, between 0 and 1.")
+@click.option("--compat", type=click.Choice(COMPATS), default=None,
+              help="Reproduce rpctool 0.1.6 exactly (needs --search grid, oracle protocol): counting metrics over the "
+                   "images with a detection at the threshold only.")
 def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, search, no_map, levels, method,
-                     map_backend, json_out, csv_out, intervals, interval_seed, confidence) -> None:
+                     map_backend, json_out, csv_out, intervals, interval_seed, confidence, compat) -> None:
     """Evaluate RESULTS (COCO results JSON) against GT (RPC instances JSON) and print the markdown table."""
     _check_protocol(protocol, threshold, val_results, val_gt)
+    _check_compat(compat, protocol, search, intervals)
     try:
         report = evaluate(
             results, gt, protocol=protocol, threshold=threshold, val_results=val_results, val_gt=val_gt,
             search=search, compute_map=not no_map, levels=_parse_levels(levels), map_backend=map_backend,
-            method=method, intervals=intervals, interval_seed=interval_seed, confidence=confidence,
+            method=method, intervals=intervals, interval_seed=interval_seed, confidence=confidence, compat=compat,
         )
     except ValueError as err:  # FormatError (bad input file) or a bad argument value
         _fail(str(err))

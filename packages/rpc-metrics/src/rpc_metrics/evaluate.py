@@ -8,6 +8,8 @@ Protocols (every report says which one and the threshold of each row):
 - ``transfer``: the oracle threshold of a validation pair (its averaged row: the level of a checkout image
   is not known at test time) applied to every row of the test files. The honest protocol.
 
+``compat="rpctool"`` (oracle, grid search) reproduces the published tool exactly, quirk included (:func:`evaluate`).
+
 With ``intervals=B``, each row also gets percentile bootstrap intervals over its images
 (:mod:`rpc_metrics.bootstrap`), at the row's threshold chosen once on the full data.
 """
@@ -40,7 +42,7 @@ from rpc_metrics.threshold import (
 ROWS = (*LEVELS, "averaged")
 PROTOCOLS = ("oracle", "fixed", "transfer")
 SEARCHES = ("exact", "grid")
-
+COMPATS = ("rpctool",)
 
 
 @dataclass
@@ -110,8 +112,8 @@ def _row_intervals(p: _Prepared, mask: np.ndarray) -> CorrectIntervals:
                              p.dt.scores[in_row], p.gt_counts[mask])
 
 
-def _choose(intervals: CorrectIntervals, search: str) -> ThresholdChoice:
-    return exact_search(intervals) if search == "exact" else grid_search(intervals)
+def _choose(intervals: CorrectIntervals, search: str, compat: str | None = None) -> ThresholdChoice:
+    return exact_search(intervals) if search == "exact" else grid_search(intervals, detected_only=compat == "rpctool")
 
 
 def check_protocol(protocol: str, threshold: float | None, val_results: Any, val_gt: Any, search: str,
@@ -158,18 +160,18 @@ def _prepare_rows(results: Any, gt: Any, levels: Sequence[str] | None, protocol:
 
 
 def _row_threshold(p: _Prepared, mask: np.ndarray, protocol: str, threshold: float | None,
-                   validation_threshold: float | None, search: str) -> float:
+                   validation_threshold: float | None, search: str, compat: str | None = None) -> float:
     if protocol == "oracle":
-        return _choose(_row_intervals(p, mask), search).threshold
+        return _choose(_row_intervals(p, mask), search, compat).threshold
     return float(threshold if protocol == "fixed" else validation_threshold)
 
 
 def _rows_with_thresholds(p: _Prepared, levels: Sequence[str], protocol: str, threshold: float | None,
-                          validation_threshold: float | None, search: str
+                          validation_threshold: float | None, search: str, compat: str | None = None
                           ) -> Iterator[tuple[str, np.ndarray, float]]:
     """Each row's ``(level, image mask, threshold)`` under the protocol."""
     for level, mask in _row_masks(p, levels).items():
-        yield level, mask, _row_threshold(p, mask, protocol, threshold, validation_threshold, search)
+        yield level, mask, _row_threshold(p, mask, protocol, threshold, validation_threshold, search, compat)
 
 
 def _row_count_matrices(p: _Prepared, mask: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -237,6 +239,7 @@ def evaluate(
     intervals: int = 0,
     interval_seed: int = 0,
     confidence: float = 0.95,
+    compat: str | None = None,
 ) -> EvaluationReport:
     """Evaluate detections against RPC ground truth, one row per level plus the averaged row.
 
@@ -257,11 +260,16 @@ def evaluate(
             (weighted) accumulation.
         interval_seed: seed of ``numpy.random.default_rng``; the same seed gives the same intervals.
         confidence: the intervals' coverage, in (0, 1).
+        compat: None (every image of a row counts), or ``"rpctool"`` (with protocol ``oracle`` and search ``grid``,
+            no intervals): rpctool 0.1.6 exactly. Its per-image count table only holds the images with at least
+            one detection scoring ``>= t``, so at each grid threshold cAcc, and at the chosen one cAcc, ACD,
+            mCCD, mCIoU (and ``n_images``), are over those images only; mAP stays over every image of the row.
     """
     if map_backend not in ("fast", "pycocotools"):
         raise ValueError(f"map_backend should be 'fast' or 'pycocotools', got {map_backend!r}")
     check_protocol(protocol, threshold, val_results, val_gt, search, levels)
     check_bootstrap(intervals, confidence, interval_seed, name="intervals")
+    check_compat(compat, protocol, search, intervals)
     p, gt_data, res_data, levels, validation_threshold = _prepare_rows(results, gt, levels, protocol, val_results,
                                                                        val_gt, search)
 
@@ -270,19 +278,14 @@ def evaluate(
         matching = cocoeval.match(p.gt, p.dt, len(p.category_ids))
     rows = []
     for level, mask, row_threshold in _rows_with_thresholds(p, levels, protocol, threshold, validation_threshold,
-                                                            search):
-        metrics, columns = _row_counting(p, mask, row_threshold)
+                                                            search, compat):
+        counted = mask & _detected(p, row_threshold) if compat == "rpctool" else mask
+        metrics, columns = _row_counting(p, counted, row_threshold)
         mmap = map50 = None
         if compute_map:
-            if map_backend == "fast":
-                precision = cocoeval.precision_table(matching, mask, len(p.category_ids))
-            else:
-                precision = _pycocotools_precision(gt_data, res_data, p.image_ids[mask])
-            mmap, map50 = cocoeval.summarize(precision)
-            ap, ap50 = cocoeval.per_category_ap(precision)
-            columns["ap50"], columns["ap"] = _nan_to_none(ap50), _nan_to_none(ap)
+            mmap, map50 = _row_map(p, gt_data, res_data, mask, matching, map_backend, columns)
         rows.append(RowResult(
-            level=level, n_images=int(mask.sum()), threshold=row_threshold, cacc=metrics.cacc, mciou=metrics.mciou,
+            level=level, n_images=int(counted.sum()), threshold=row_threshold, cacc=metrics.cacc, mciou=metrics.mciou,
             acd=metrics.acd, mccd=metrics.mccd, map50=map50, mmap=mmap, undefined_mciou=metrics.undefined_mciou,
             undefined_mccd=metrics.undefined_mccd, per_category=columns,
             intervals=_intervals(p, mask, row_threshold, matching, intervals, interval_seed, confidence)
@@ -292,7 +295,39 @@ def evaluate(
                             method=method, category_ids=p.category_ids, category_names=p.category_names,
                             validation_threshold=validation_threshold,
                             bootstrap={"n_boot": intervals, "seed": interval_seed, "confidence": confidence}
-                            if intervals else None)
+                            if intervals else None, compat=compat)
+
+
+def _row_map(p: _Prepared, gt_data: Mapping, res_data: list, mask: np.ndarray, matching: cocoeval.Matching | None,
+             map_backend: str, columns: dict[str, list]) -> tuple[float | None, float | None]:
+    """``(mmAP, mAP50)`` of a row's images; adds the per-category ``ap50`` and ``ap`` to ``columns``."""
+    if map_backend == "fast":
+        precision = cocoeval.precision_table(matching, mask, len(p.category_ids))
+    else:
+        precision = _pycocotools_precision(gt_data, res_data, p.image_ids[mask])
+    ap, ap50 = cocoeval.per_category_ap(precision)
+    columns["ap50"], columns["ap"] = _nan_to_none(ap50), _nan_to_none(ap)
+    return cocoeval.summarize(precision)
+
+
+def check_compat(compat: str | None, protocol: str, search: str, intervals: int) -> None:
+    """Raise ValueError for an unknown compatibility mode or one asked for with options it cannot reproduce."""
+    if compat is None:
+        return
+    if compat not in COMPATS:
+        raise ValueError(f"compat should be None or one of {COMPATS}, got {compat!r}")
+    if protocol != "oracle" or search != "grid":
+        raise ValueError("compat 'rpctool' reproduces rpctool's threshold choice: it needs protocol 'oracle' and "
+                         f"search 'grid', got {protocol!r} and {search!r}")
+    if intervals:
+        raise ValueError("compat 'rpctool' gives rpctool's point estimates only: no bootstrap intervals")
+
+
+def _detected(p: _Prepared, threshold: float) -> np.ndarray:
+    """Images with at least one detection scoring ``>= threshold`` (the only ones rpctool counts), bool[N]."""
+    kept = np.zeros(len(p.image_ids), dtype=bool)
+    kept[p.dt.image_index[p.dt.scores >= threshold]] = True
+    return kept
 
 
 def _intervals(p: _Prepared, mask: np.ndarray, threshold: float, matching: cocoeval.Matching | None, n_boot: int,
@@ -303,4 +338,4 @@ def _intervals(p: _Prepared, mask: np.ndarray, threshold: float, matching: cocoe
     return row_intervals(pred, gt, n_boot=n_boot, seed=seed, confidence=confidence, layout=layout)
 
 
-__all__ = ["ROWS", "EvaluationReport", "FormatError", "RowResult", "evaluate"]
+__all__ = ["COMPATS", "ROWS", "EvaluationReport", "FormatError", "RowResult", "evaluate"]

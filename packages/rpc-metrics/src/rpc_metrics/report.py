@@ -34,6 +34,8 @@ class EvaluationReport:
     """The rows of an evaluation and how their thresholds were chosen.
 
     ``bootstrap``: ``{"n_boot", "seed", "confidence"}`` of the rows' intervals, None without intervals.
+    ``compat``: ``"rpctool"`` when the rows reproduce rpctool 0.1.6 (counting metrics over the images with a
+    detection at the row's threshold), else None.
     """
 
     rows: list[RowResult]
@@ -44,6 +46,7 @@ class EvaluationReport:
     category_names: list[str]
     validation_threshold: float | None = None
     bootstrap: dict | None = None
+    compat: str | None = None
 
     def row(self, level: str) -> RowResult:
         for row in self.rows:
@@ -57,6 +60,9 @@ class EvaluationReport:
         if self.protocol == "transfer":
             return (f"protocol: transfer (threshold {self.validation_threshold:.4g} chosen by {self.search} search "
                     "on the validation files' averaged row, applied to every row)")
+        if self.compat == "rpctool":
+            return ("protocol: oracle (threshold chosen per row on the evaluated images, grid search), rpctool "
+                    "compatibility: counting metrics over the images with a detection at the threshold")
         return f"protocol: oracle (threshold chosen per row on the evaluated images, {self.search} search)"
 
     def bootstrap_line(self) -> str:
@@ -99,6 +105,8 @@ class EvaluationReport:
                "validation_threshold": self.validation_threshold, "rows": rows}
         if self.bootstrap:
             out["bootstrap"] = self.bootstrap
+        if self.compat:
+            out["compat"] = self.compat
         return out
 
     def per_category_records(self) -> list[dict]:

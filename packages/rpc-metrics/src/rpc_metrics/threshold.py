@@ -8,6 +8,10 @@ cAcc at any threshold is a count of intervals containing it, and the best thresh
 sweep over the distinct scores. The summed count error (ACD times the number of images) is a second sweep:
 a detection of rank ``r`` within its image and category lowers it by one when counted if ``r < G_ik``, and
 raises it by one otherwise.
+
+``detected_only`` reproduces a quirk of the published RPC tool (rpctool 0.1.6, ``evaluate_v1``): its per-image
+count table only gets an entry for an image with at least one detection scoring ``>= t``, so at each threshold
+cAcc is taken over those images alone (see :func:`rpc_metrics.evaluate`'s ``compat``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ class CorrectIntervals:
     """Image ``i`` is counted exactly for thresholds ``lo[i] < t <= hi[i]`` (float64, may be +-inf).
 
     ``error_step[d]`` is what counting detection ``d`` (``scores[d] >= t``) adds to the summed count error,
-    ``objects`` the error with nothing counted (the number of objects); None where unknown.
+    ``objects`` the error with nothing counted (the number of objects); None where unknown. ``top[i]`` is
+    image ``i``'s highest detection score (-inf without detections); None where unknown.
     """
 
     lo: np.ndarray
@@ -30,11 +35,22 @@ class CorrectIntervals:
     scores: np.ndarray
     error_step: np.ndarray | None = None
     objects: int = 0
+    top: np.ndarray | None = None
 
-    def cacc(self, threshold: float) -> float:
-        """cAcc at ``threshold`` (0 for zero images)."""
-        n = len(self.lo)
-        return float(np.count_nonzero((self.lo < threshold) & (threshold <= self.hi))) / max(n, 1)
+    def detected(self, threshold: float) -> np.ndarray:
+        """Which images have at least one detection scoring ``>= threshold`` (bool[N])."""
+        if self.top is None:
+            raise ValueError("these intervals were made without each image's top score")
+        return self.top >= threshold
+
+    def cacc(self, threshold: float, *, detected_only: bool = False) -> float:
+        """cAcc at ``threshold`` (0 for zero images); ``detected_only``: over the images with a detection scoring
+        ``>= threshold`` only (rpctool's quirk; 0 where there is none, where rpctool stops with an error)."""
+        exact = (self.lo < threshold) & (threshold <= self.hi)
+        if detected_only:
+            kept = self.detected(threshold)
+            return float(np.count_nonzero(exact & kept)) / max(int(np.count_nonzero(kept)), 1)
+        return float(np.count_nonzero(exact)) / max(len(self.lo), 1)
 
     def count_error(self, threshold: float) -> float:
         """Mean over images of the summed absolute count error at ``threshold`` (the ACD; 0 for zero images)."""
@@ -70,7 +86,10 @@ def correct_intervals(det_image: np.ndarray, det_category: np.ndarray, det_score
     hi[(gt_counts > n_dets).any(axis=1)] = -np.inf
     error_step = np.empty(len(det_score), dtype=np.int64)
     error_step[order] = np.where(rank < wanted, -1, 1)
-    return CorrectIntervals(lo=lo, hi=hi, scores=det_score, error_step=error_step, objects=int(gt_counts.sum()))
+    top = np.full(n_images, -np.inf)
+    np.maximum.at(top, det_image, det_score)
+    return CorrectIntervals(lo=lo, hi=hi, scores=det_score, error_step=error_step, objects=int(gt_counts.sum()),
+                            top=top)
 
 
 @dataclass(frozen=True)
@@ -131,16 +150,18 @@ def exact_search(intervals: CorrectIntervals) -> ThresholdChoice:
 
 
 def grid_search(intervals: CorrectIntervals, *, rounds: int = 4, points: int = 10,
-                span: tuple[float, float] = (0.01, 0.99), keep: int = 3) -> ThresholdChoice:
+                span: tuple[float, float] = (0.01, 0.99), keep: int = 3, detected_only: bool = False
+                ) -> ThresholdChoice:
     """The published RPC tool's search: ``rounds`` grids of ``points`` thresholds over ``span``.
 
     Each round spans the ``keep`` best thresholds of the previous one (ties: the earlier, i.e. lower,
-    threshold); the result is the best threshold of the last grid (ties: the lowest).
+    threshold); the result is the best threshold of the last grid (ties: the lowest). ``detected_only``: each
+    threshold's cAcc is over the images with a detection at it (:meth:`CorrectIntervals.cacc`), as in rpctool.
     """
     low, high = span
     for _ in range(rounds):
         grid = np.linspace(low, high, points)
-        cacc = np.array([intervals.cacc(t) for t in grid])
+        cacc = np.array([intervals.cacc(t, detected_only=detected_only) for t in grid])
         top = np.argsort(-cacc, kind="stable")[:keep]
         low, high = grid[top].min(), grid[top].max()
     best = int(np.argmax(cacc))
