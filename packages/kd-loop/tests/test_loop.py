@@ -34,7 +34,7 @@ def test_rounds_write_every_artefact(toy_world):
     config = load_config(toy_world, ["selection.min_share=0"])
     summary = run_loop(config, log=quiet)
     run = toy_world.parent / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["round_000", "round_001", "round_002", "summary.md"]
+    assert sorted(p.name for p in run.iterdir()) == ["round_000", "round_001", "round_002", "settings.json", "summary.md"]
     for r in (1, 2):
         pseudo = read_instances(run / f"round_{r:03d}" / "pseudo_labels.json")
         stats = json.loads((run / f"round_{r:03d}" / "selection.json").read_text())

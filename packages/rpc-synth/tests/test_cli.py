@@ -119,3 +119,64 @@ def test_resume_with_other_settings_is_refused(tiny_world, tiny_poses, tmp_path)
     assert run(*args).exit_code == 0
     result = run(*args[:-1], "--seed", 7, "--quiet")
     assert result.exit_code == 2 and "seed" in result.output and "new --out" in result.output
+
+
+def _snapshot(folder):
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_world_into_a_folder_of_another_world_is_refused(tiny_world, tmp_path):
+    out = tmp_path / "w"
+    shutil.copytree(tiny_world, out)
+    before = _snapshot(out)
+    result = run("world", "--out", out, "--seed", 4, "--skus", 10, "--azimuths", 2, "--quiet")
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and line.startswith(f"rpc-synth: error: {out} holds a world made with other "
+                                                           "settings (config.azimuths 4 -> 2; ")
+    assert "config.seed 3 -> 4" in line and line.endswith("use the same settings, or a new --out to start over")
+    assert _snapshot(out) == before
+
+
+def test_masks_of_another_world_are_refused(tiny_world, tiny_masks, tmp_path):
+    """OUT/masks.json records the instances JSON (path, digest), the photos folder and the settings."""
+    out, instances, photos = tmp_path / "masks", tiny_world / "instances_train2019.json", tiny_world / "train2019"
+    shutil.copytree(tiny_masks, out)
+    args = ["--out", out, "--keep-coarse", "--quiet"]
+    assert run("masks", "--instances", instances, "--images", photos, *args).exit_code == 0  # resumed: all done
+    before = _snapshot(out)
+    other = json.loads(instances.read_text())
+    other["images"] = other["images"][1:]  # another world's exemplars
+    other["annotations"] = [a for a in other["annotations"] if a["image_id"] != 1]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    result = run("masks", "--instances", tmp_path / "other.json", "--images", photos, *args)
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"rpc-synth: error: {out} holds masks made with other settings (instances: "
+                                     f"{instances.resolve()} -> {(tmp_path / 'other.json').resolve()}); use the "
+                                     "same settings, or a new --out to start over")
+    shutil.copytree(photos, tmp_path / "photos")
+    result = run("masks", "--instances", instances, "--images", tmp_path / "photos", "--out", out, "--quiet")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert f"images \"{photos.resolve()}\" -> \"{(tmp_path / 'photos').resolve()}\"" in result.output
+    assert "keep_coarse true -> false" in result.output
+    assert _snapshot(out) == before
+
+
+def test_generate_records_its_photos_and_remakes_lost_images(tiny_world, tiny_poses, tmp_path):
+    out, photos = tmp_path / "o", tiny_world / "train2019"
+    args = ["generate", "--exemplars", tiny_poses, "--out", out, "--num-images", 3, "--size", 128, "--quiet"]
+    assert run(*args, "--images", photos).exit_code == 0
+    assert json.loads((out / "generate.json").read_text())["images"] == str(photos.resolve())
+    made = {p.name: p.read_bytes() for p in (out / "synth2019").iterdir()}
+    before = _snapshot(out)
+    shutil.copytree(photos, tmp_path / "photos")
+    result = run(*args, "--images", tmp_path / "photos")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert f"images \"{photos.resolve()}\" -> \"{(tmp_path / 'photos').resolve()}\"" in result.output
+    assert "new --out" in result.output and _snapshot(out) == before
+    (out / "synth2019" / "synth_000001.jpg").unlink()  # a part whose image is gone, one whose image is cut short
+    (out / "synth2019" / "synth_000002.jpg").write_bytes(made["synth_000002.jpg"][:100])
+    result = run(*args, "--images", photos)
+    assert result.exit_code == 0, result.output
+    assert {p.name: p.read_bytes() for p in (out / "synth2019").iterdir()} == made
+    assert (out / "synth2019" / "synth_000003.jpg").stat().st_mtime_ns == before[out / "synth2019" / "synth_000003.jpg"][1]

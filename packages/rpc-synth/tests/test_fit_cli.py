@@ -46,7 +46,7 @@ def test_generate_takes_the_settings(tiny_world, tiny_poses, fitted, tmp_path):
     assert recorded["ranges"] == json.loads(fitted.read_text())["generate"]["ranges"]
     # resuming the first folder with other settings is refused, as for any other option
     result = _generate(tiny_world, tiny_poses, tmp_path / "a", "--settings", fitted, "--max-iou", 0.9)
-    assert result.exit_code == 2 and "other settings (max_iou)" in result.output
+    assert result.exit_code == 2 and "other settings (config.max_iou " in result.output and "-> 0.9)" in result.output
 
 
 def test_fit_from_unlabeled_photos(tiny_world, tiny_poses, tmp_path):

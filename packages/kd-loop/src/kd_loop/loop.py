@@ -9,6 +9,7 @@ Workdir layout::
     round_001/ ...        pseudo_labels.json and selection.json (from the previous round's predictions),
                           mix.json (+ source_subset_*.json), fit.json, then the predictions and metrics as above
     summary.md            one row per round, and a loud note per round that kept too few images or none
+    settings.json         what the outputs depend on (kd_loop.resume); a resume with other settings is refused
 
 A step is done when its artefact exists; starting a killed run again continues with the first unfinished
 step, and the outputs equal those of an uninterrupted run (every random choice is seeded by round).
@@ -31,6 +32,7 @@ from kd_loop import report
 from kd_loop.calibration import count_scale, precision_threshold
 from kd_loop.config import ConfigError, LoopConfig
 from kd_loop.protocols import Learner, Prediction, TrainingSet
+from kd_loop.resume import keep_settings
 from kd_loop.selection import IMAGE_LEVEL, SelectionPolicy, select_pseudo_labels
 from kd_loop.summary import format_table as format_table  # kept importable from here, their former home
 from kd_loop.summary import round_rows as round_rows
@@ -378,7 +380,7 @@ def run_loop(config: LoopConfig, *, rounds: int | None = None, workdir: Path | N
     workdir = Path(workdir if workdir is not None else config.base_dir / config["workdir"])
     rounds = int(config["rounds"] if rounds is None else rounds)
     learner = learner or load_learner(config["learner.path"], dict(config["learner.kwargs"]))
-    workdir.mkdir(parents=True, exist_ok=True)
+    keep_settings(workdir, config)  # a resume with other settings is refused here, before anything is written
     run = Run(config, workdir, learner, log)
     start = time.perf_counter()
     for r in range(rounds + 1):

@@ -6,16 +6,16 @@ rotation and colour jitter, placement under a box-IoU limit (relaxed when crowde
 items occluding earlier ones; instances hidden beyond ``min_visible`` are dropped, the others get boxes,
 ``point_xy`` and COCO RLE masks of their visible part.
 
-Output folder: ``synth2019/*.jpg``, ``parts/*.json`` (one per finished image: what makes runs resumable
-and shards mergeable), ``generate.json`` (the settings, checked on resume) and, once every image exists,
-``instances_synth2019.json``.
+Output folder: ``synth2019/*.jpg``, ``parts/*.json`` (one per finished image, with its image's size: what makes
+runs resumable and shards mergeable; a part whose image is gone or of another size is made again),
+``generate.json`` (the settings, the exemplars' digest and the photos folder, checked on resume:
+:mod:`rpc_synth.records`) and, once every image exists, ``instances_synth2019.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,14 +40,11 @@ from .exemplars import Exemplar, load_exemplars
 from .image_files import folder_images, read_image, write_jpeg
 from .parallel import map_ordered
 from .progress import Progress
+from .records import InputError, keep_record
 from .views import Sprite
 
 IMAGE_DIR = "synth2019"
 OUTPUT_JSON = "instances_synth2019.json"
-
-
-class InputError(ValueError):
-    """A request that the inputs cannot satisfy (for example a SKU with no kept exemplar)."""
 
 
 @dataclass(frozen=True)
@@ -258,11 +255,11 @@ def _generate_task(task: tuple[dict, int]) -> dict:
         return {"error": str(err)}
     name = image_file_name(index)
     try:
-        write_jpeg(out / IMAGE_DIR / name, image, job["config"].jpeg_quality, optimize=False)
+        written = write_jpeg(out / IMAGE_DIR / name, image, job["config"].jpeg_quality, optimize=False)
     except FormatError as err:
         return {"error": str(err)}
     part = {"index": index, "file_name": name, "width": job["config"].size, "height": job["config"].size,
-            "level": level, "annotations": annotations}
+            "level": level, "bytes": written.stat().st_size, "annotations": annotations}
     write_json(part, _part_path(out, index))
     return part
 
@@ -280,27 +277,28 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
-def _settings(config: GenerateConfig, exemplars: Path, backgrounds: list[Path]) -> dict:
+def _settings(config: GenerateConfig, exemplars: Path, images: str | Path, backgrounds: list[Path]) -> dict:
+    """What ``generate.json`` records: the config, the exemplars file's digest, the photos folder, the backgrounds."""
     digest = hashlib.sha256(exemplars.read_bytes()).hexdigest()[:16]
     fields = dataclasses.asdict(config)
     if not config.squash:  # off: the settings of folders made before the option existed still match
         del fields["squash"], fields["squash_min"], fields["squash_axis"]
-    settings = {"config": fields, "exemplars_sha256": digest,
-                "backgrounds": [p.name for p in backgrounds]}
-    return json.loads(json.dumps(settings))  # as it reads back from disk (tuples become lists)
+    return {"config": fields, "exemplars_sha256": digest, "images": str(Path(images).resolve()),
+            "backgrounds": [p.name for p in backgrounds]}
 
 
-def _check_settings(out: Path, settings: dict) -> None:
-    path = out / "generate.json"
-    if path.is_file():
-        previous = load_json(path)
-        if previous != settings:
-            changed = sorted(k for k in {**previous.get("config", {}), **settings["config"]}
-                             if previous.get("config", {}).get(k) != settings["config"].get(k))
-            what = ", ".join(changed) if changed else "exemplars file or backgrounds"
-            raise InputError(f"{path}: {out} was generated with other settings ({what}); use a new --out to start over")
-    else:
-        write_json(settings, path, indent=1)
+def _done(out: Path, index: int) -> bool:
+    """Whether image ``index`` is finished: its part exists and so does its image, of the size the part records
+    (parts written before sizes were recorded: the image exists). Otherwise the image is made again."""
+    part = _part_path(out, index)
+    if not part.is_file():
+        return False
+    image = out / IMAGE_DIR / image_file_name(index)
+    try:
+        size = load_json(part).get("bytes")
+    except FormatError:  # a part cut short (writes are atomic: only by hand)
+        return False
+    return image.is_file() and size in (None, image.stat().st_size)
 
 
 def _list_backgrounds(folder: str | None) -> list[Path]:
@@ -333,10 +331,11 @@ def generate(
             raise InputError(f"{exemplars}: level {level!r} needs {need} categories with kept exemplars, "
                              f"found {len(bank.category_ids)}; pass --levels/--ranges that fit")
     backgrounds = _list_backgrounds(config.backgrounds)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_settings(out, _settings(config, exemplars, backgrounds))
+    # `images` joined the record later: a folder made before it resumes (and records it now).
+    keep_record(out / "generate.json", _settings(config, exemplars, images, backgrounds), what="generated images",
+                since=("images",))
     mine = [i for i in range(config.images) if i % shard_n == shard_i]
-    todo = [i for i in mine if not _part_path(out, i).is_file()]
+    todo = [i for i in mine if not _done(out, i)]
     bar = Progress(len(todo), "rpc-synth generate", enabled=progress)
     if len(todo) < len(mine):
         bar.note(f"rpc-synth generate: resuming, {len(mine) - len(todo)} of {len(mine)} images already in {out}")
@@ -347,7 +346,7 @@ def generate(
         if "error" in part:
             raise FormatError(str(exemplars), "", part["error"])
         bar.update()
-    if not all(_part_path(out, i).is_file() for i in range(config.images)):
+    if not all(_done(out, i) for i in range(config.images)):
         bar.note(f"rpc-synth generate: shard {shard_i}/{shard_n} done; the dataset JSON is written once every shard is")
         return None
     dataset = assemble(out, config.images, bank.categories, exemplars)

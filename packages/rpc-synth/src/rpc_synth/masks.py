@@ -23,6 +23,7 @@ from .exemplars import Exemplar, load_exemplars
 from .image_files import read_image, write_mask
 from .parallel import map_ordered
 from .progress import Progress
+from .records import file_identity, keep_record
 
 
 @dataclass
@@ -205,11 +206,16 @@ def build_masks(
 
     The JSON is the input with, per annotation, ``segmentation`` (COCO RLE of the fine mask), ``mask_area``,
     ``mask_score`` and ``mask_file`` (relative to ``out``). ``keep_coarse`` also writes ``OUT/coarse/*.png``.
-    Finished images are kept in ``OUT/parts/``, so a re-run resumes where it stopped.
+    Finished images are kept in ``OUT/parts/``, so a re-run resumes where it stopped; ``OUT/masks.json`` records
+    the inputs (the instances JSON's path and digest, the photos folder) and settings, and a re-run with other
+    ones is refused (:class:`~rpc_synth.records.InputError`) before anything is written.
     """
     source = str(instances) if isinstance(instances, (str, Path)) else "<exemplars>"
     dataset, exemplars = load_exemplars(instances, images, source=source)
     out = Path(out)
+    settings = {"instances": file_identity(instances), "images": str(Path(images).resolve()),
+                "keep_coarse": keep_coarse, "refine_px": refine_px}
+    keep_record(out / "masks.json", settings, what="masks")
     bar = Progress(len(exemplars), "rpc-synth masks", enabled=progress)
     done = sum((out / "parts" / (mask_file_name(e.file_name) + ".json")).is_file() for e in exemplars)
     if done:

@@ -1,6 +1,7 @@
-"""Writing the mini world to a folder in the RPC layout: every image (in worker processes, each written
-atomically), then the instances JSON files, the true exemplar masks and views, the pool's truth and
-``world.json`` (the settings). The same config writes the same bytes."""
+"""Writing the mini world to a folder in the RPC layout: ``world.json`` (the settings: a folder holding a world of
+other settings is refused, :mod:`rpc_synth.records`), every image (in worker processes, each written
+atomically), then the instances JSON files, the true exemplar masks and views and the pool's truth. The same
+config writes the same bytes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..checkout_camera import jpeg_quality
 from ..image_files import write_jpeg, write_mask
 from ..parallel import map_ordered
 from ..progress import Progress
+from ..records import keep_record
 from .config import WorldConfig, catalog, exemplar_views
 from .draw import render_checkout, render_exemplar
 
@@ -105,11 +107,15 @@ def mark_degenerate(views: list[dict], threshold: float = 0.45) -> None:
 def build_world(out: str | Path, config: WorldConfig | None = None, *, workers: int = 1, progress: bool = True) -> dict:
     """Write the mini world under ``out``; return a summary (counts per split, settings).
 
-    Images are written first, each atomically; the JSON files last, so an interrupted run leaves no
+    ``world.json`` (the settings) is written first: a folder that holds a world of other settings is refused
+    (:class:`~rpc_synth.records.InputError`) before anything is written, so no stale image stays beside new
+    ones. Images come next, each atomically; the instances JSON files last, so an interrupted run leaves no
     ``instances_*.json`` that refers to missing images. Re-running rewrites the same bytes.
     """
     config = config or WorldConfig()
     out = Path(out)
+    summary = world_summary(config)
+    keep_record(out / "world.json", summary, what="a world")
     n_exemplars = len(exemplar_views(config))
     tasks = [(config, str(out), "train", i) for i in range(n_exemplars)]
     tasks += [(config, str(out), "val", i) for i in range(config.val_images)]
@@ -125,8 +131,6 @@ def build_world(out: str | Path, config: WorldConfig | None = None, *, workers: 
     ends = np.cumsum([n_exemplars, config.val_images, config.test_images, config.pool_images])
     val, test, pool = (_assemble_checkout(config, results[a:b]) for a, b in itertools.pairwise(ends))
     write_json({"views": views}, out / TRUE_MASKS / "views.json", indent=1)
-    summary = world_summary(config)
-    write_json(summary, out / "world.json", indent=1)
     splits = [("train", train), ("val", val), ("test", test)]
     if config.pool_images:
         write_instances(pool, out / POOL_TRUTH / "instances_pool2019.json")
