@@ -96,7 +96,7 @@ def test_no_import_cycles():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-@pytest.mark.parametrize("name", sorted(n for n in MODULES if n.startswith("dpsnet.inference")))
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if n.startswith(("dpsnet.inference", "dpsnet.deploy"))))
 def test_inference_never_imports_training(name):
     reached = _reach(name)
     assert not {n for n in reached if n.startswith(("dpsnet.training", "dpsnet.kd", "dpsnet.cli"))}, sorted(reached)

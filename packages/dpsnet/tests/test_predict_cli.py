@@ -258,6 +258,37 @@ def test_train_cli_runs_and_resumes(world, tmp_path):
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 3
 
 
+def _snapshot(folder):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+def test_train_refuses_a_folder_holding_another_run(world, tmp_path):
+    """Without --resume, a folder with a run's files is refused before anything is written or loaded."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text("[train]\nmax_steps = 7\n")
+    (run / "log.txt").write_text("the other run\n")
+    before = _snapshot(run)
+    args = [f"{k}={json.dumps(v)}" for k, v in tiny_overrides(world).items()]
+    res = invoke("train", "--out", run, *args)
+    assert res.exit_code == 2
+    assert res.output.strip() == f"error: {run} holds a run (config.toml); pass --resume to continue it or choose a new --out"
+    assert _snapshot(run) == before
+    (run / "config.toml").unlink()  # a run's logs alone say so too
+    res = invoke("train", "--out", run, *args)
+    assert res.exit_code == 2 and "holds a run (log.txt)" in res.output and _snapshot(run) == {"log.txt": before["log.txt"]}
+
+
+def test_a_failed_train_writes_nothing(world, tmp_path):
+    overrides = {**tiny_overrides(world), "data.train_images": [str(tmp_path / "no-images")]}
+    res = invoke("train", "--out", tmp_path / "run", *[f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+    assert res.exit_code == 2 and "no-images" in res.output
+    assert not (tmp_path / "run").exists()
+    res = invoke("train", "--out", tmp_path / "run", "data.train_instances=" + str(tmp_path / "gone.json"),
+                 "data.train_images=" + str(world / "images"))
+    assert res.exit_code == 2 and "gone.json" in res.output and not (tmp_path / "run").exists()
+
+
 def test_progress_in_a_log_is_a_line_per_quarter(capsys):
     from dpsnet.progress import Progress
 

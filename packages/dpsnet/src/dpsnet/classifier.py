@@ -64,9 +64,13 @@ def load_crop_classifier(path: str | Path) -> CropClassifierFile:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"reclassifier file not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return crop_classifier_from_state(torch.load(path, map_location="cpu", weights_only=True), str(path))
+
+
+def crop_classifier_from_state(ckpt: dict, source: str = "reclassifier") -> CropClassifierFile:
+    """A ``dpsnet pretrain`` file's content (already loaded, e.g. from a deployment bundle) read back."""
     if "fc" not in ckpt or "category_ids" not in ckpt:
-        raise ValueError(f"{path}: no classifier layer in this file (written by an older `dpsnet pretrain`, or "
+        raise ValueError(f"{source}: no classifier layer in this file (written by an older `dpsnet pretrain`, or "
                          "not by it); run `dpsnet pretrain` again to get a file that can re-classify")
     channels, norm = ckpt["channels"], ckpt.get("norm", "batch")
     classifier = _classifier(len(ckpt["category_ids"]), ckpt["model"], ckpt["fc"], channels, norm)

@@ -17,6 +17,9 @@ from rpc_metrics.version import version_option
 
 from .config import PRESETS, ConfigError, describe, make_config
 
+# The files of a run folder (train writes config.toml first): any of them means the folder holds a run.
+RUN_FILES = ("config.toml", "last.pt", "best.pt", "log.jsonl", "log.txt", "results.csv")
+
 
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
@@ -59,9 +62,9 @@ def train_command(config_name, out, resume, overrides) -> None:
         config = _run(make_config, saved, overrides)
     else:
         config = _run(make_config, config_name, overrides)
-    if not resume and _is_main():
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "config.toml").write_text(describe(config), encoding="utf-8")
+        held = [name for name in RUN_FILES if (Path(out) / name).exists()]
+        if held and _is_main():  # rank 0 alone: the others may see the files it has begun to write
+            _fail(f"{out} holds a run ({held[0]}); pass --resume to continue it or choose a new --out")
     summary = _run(train, config, out, resume=resume)
     shutdown_distributed()
     if _is_main():
@@ -239,6 +242,63 @@ def visualize_command(checkpoint, instances, images, out, limit, score_thresh, d
     paths = _run(visualize_files, checkpoint, instances, images, out, limit=limit, score_thresh=score_thresh,
                  device=device)
     click.echo(f"wrote {len(paths)} images to {out}")
+
+
+
+@main.command("export")
+@click.option("--format", "fmt", type=click.Choice(["bundle", "onnx"]), default="bundle", show_default=True,
+              help="bundle: one .pt file for `dpsnet count` and dpsnet.Counter; onnx: a folder (the bundle, the "
+                   "ONNX graphs, onnx.json) for dpsnet.deploy.onnx_runner.")
+@click.option("--checkpoint", required=True, type=click.Path(), help="Checkpoint written by `dpsnet train`.")
+@click.option("--threshold", required=True, type=float, help="Operating score threshold: a detection counts from it up.")
+@click.option("--protocol", default="fixed", show_default=True,
+              help="The protocol that chose --threshold (e.g. transfer: on the val split), kept in the bundle.")
+@click.option("--score-thresh", type=float, default=None, help="As `dpsnet predict`.")
+@click.option("--agnostic-nms", type=click.FloatRange(0.0, 1.0), default=None, help="As `dpsnet predict`.")
+@click.option("--test-flips", default=None, help="As `dpsnet predict`.")
+@click.option("--test-flip-iou", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
+              help="As `dpsnet predict`.")
+@click.option("--reclassifier", type=click.Path(dir_okay=False), default=None, help="As `dpsnet predict`.")
+@click.option("--reclassifier-power", type=click.FloatRange(0.0), default=0.5, show_default=True,
+              help="As `dpsnet predict`.")
+@click.option("--out", required=True, type=click.Path(), help="Bundle file (bundle) or folder (onnx) to write.")
+def export_command(fmt, checkpoint, threshold, protocol, score_thresh, agnostic_nms, test_flips, test_flip_iou,
+                   reclassifier, reclassifier_power, out) -> None:
+    """Write a deployment bundle (or ONNX folder) with everything `dpsnet predict` uses, and the threshold."""
+    from .deploy import make_bundle, write_bundle
+
+    bundle = _run(make_bundle, checkpoint, threshold, protocol=protocol, score_thresh=score_thresh,
+                  agnostic_nms=agnostic_nms, test_flips=test_flips, test_flip_iou=test_flip_iou,
+                  reclassifier=reclassifier, reclassifier_power=reclassifier_power)
+    if fmt == "bundle":
+        click.echo(f"wrote {write_bundle(bundle, out)}")
+        return
+    try:
+        from .deploy.onnx_export import export_onnx
+    except ImportError as err:
+        _fail(f"--format onnx needs the export extra (pip install 'dpsnet[export]'): {err}")
+    click.echo(f"wrote {_run(export_onnx, bundle, out)}")
+
+
+@main.command("count")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--model", "model_path", required=True, type=click.Path(),
+              help="Bundle from `dpsnet export` (a .pt file, or an exported folder).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write one JSON receipt per line to this file instead of the tables.")
+@click.option("--draw", "draw_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for pictures with the counted boxes and SKU names.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--batch-size", default=4, show_default=True, help="Images per batch.")
+@click.option("--quiet", is_flag=True, help="No progress line on folders.")
+def count_command(images, model_path, json_out, draw_dir, device, batch_size, quiet) -> None:
+    """Count the products of IMAGES (files or folders): a receipt per image; exit 2 on bad input."""
+    from .deploy import Counter
+    from .deploy.files import collect_images, count_files
+
+    _run(collect_images, images)  # missing files first, before the model loads
+    counter = _run(Counter.load, model_path, device, batch_size=batch_size)
+    _run(count_files, counter, images, json_out=json_out, draw_dir=draw_dir, progress=not quiet, echo=click.echo)
 
 
 if __name__ == "__main__":

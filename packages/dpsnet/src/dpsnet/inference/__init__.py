@@ -6,12 +6,19 @@ checkpoint and device helpers are re-exported from their own modules for existin
 
 from ..checkpoint import load_checkpoint, model_from_checkpoint
 from ..device import cpu_bf16_units, native_bf16, resolve_device
-from .prediction import counts_entry, detections_to_results, predict, predict_files
+from .prediction import (
+    counts_entry,
+    detections_to_results,
+    predict,
+    predict_files,
+    predict_overrides,
+    run_model,
+)
 from .rescore import CropRescorer, crop_accuracy, crop_boxes
 from .visualize import draw, visualize_files
 
 __all__ = [
     "CropRescorer", "counts_entry", "cpu_bf16_units", "crop_accuracy",
     "crop_boxes", "detections_to_results", "draw", "load_checkpoint", "model_from_checkpoint", "native_bf16",
-    "predict", "predict_files", "resolve_device", "visualize_files",
+    "predict", "predict_files", "predict_overrides", "resolve_device", "run_model", "visualize_files",
 ]

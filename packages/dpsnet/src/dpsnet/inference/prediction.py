@@ -39,6 +39,29 @@ def counts_entry(counts: torch.Tensor, image_id: int, categories: CategoryMap, m
 
 
 @torch.no_grad()
+def run_model(model: DPSNet, images: Sequence[torch.Tensor], *, device: str | torch.device = "cpu",
+              amp: bool = False, rescore: CropRescorer | None = None,
+              return_density: bool = False) -> list[dict[str, torch.Tensor]]:
+    """The prediction path for one batch: ``images`` (Tensor[3, H, W] in [0, 1], as :func:`dpsnet.data.read_image`
+    reads them) on ``device``, under bfloat16 autocast with ``amp`` where the device computes it natively, through
+    the model's eval forward (test-time flips, NMS, ``rescore``). :func:`predict` and :class:`dpsnet.deploy.Counter`
+    both call it."""
+    device = torch.device(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and native_bf16(device))
+    with autocast:
+        return model([img.to(device) for img in images], rescore=rescore, return_density=return_density)
+
+
+def predict_overrides(score_thresh: float | None = None, agnostic_nms: float | None = None,
+                      test_flips: str | None = None, test_flip_iou: float | None = None) -> dict:
+    """The model keyword arguments that :func:`predict_files`' options replace (``None``: the checkpoint's)."""
+    return {name: value for name, value in (("box_score_thresh", score_thresh),
+                                            ("box_agnostic_nms_thresh", agnostic_nms),
+                                            ("test_flips", test_flips), ("test_flip_iou", test_flip_iou))
+            if value is not None}
+
+
+@torch.no_grad()
 def predict(model: DPSNet, dataset: InstancesDataset, categories: CategoryMap, *, batch_size: int = 4,
             device: str | torch.device = "cpu", indices: Sequence[int] | None = None,
             progress: Callable[[int, int], None] | None = None, amp: bool = False,
@@ -53,12 +76,10 @@ def predict(model: DPSNet, dataset: InstancesDataset, categories: CategoryMap, *
     model.eval()
     indices = list(range(len(dataset))) if indices is None else list(indices)
     device = torch.device(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and native_bf16(device))
     results, count_images = [], []
     for start in range(0, len(indices), batch_size):
         images, targets = collate([dataset[i] for i in indices[start:start + batch_size]])
-        with autocast:
-            outputs = model([img.to(device) for img in images], rescore=rescore)
+        outputs = run_model(model, images, device=device, amp=amp, rescore=rescore)
         for out, target in zip(outputs, targets, strict=True):
             results += detections_to_results(out, target["image_id"], categories)
             count_images.append(counts_entry(out["counts"], target["image_id"], categories))
@@ -85,10 +106,7 @@ def predict_files(checkpoint: str | Path, instances: str | Path, images: str | P
     """
     dev = resolve_device(device, dist_info())
     info = init_distributed(dev)
-    overrides = {name: value for name, value in (("box_score_thresh", score_thresh),
-                                                 ("box_agnostic_nms_thresh", agnostic_nms),
-                                                 ("test_flips", test_flips), ("test_flip_iou", test_flip_iou))
-                 if value is not None}
+    overrides = predict_overrides(score_thresh, agnostic_nms, test_flips, test_flip_iou)
     model, categories = model_from_checkpoint(checkpoint, dev, **overrides)
     rescorer = None
     if reclassifier is not None:

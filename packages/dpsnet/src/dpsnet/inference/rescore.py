@@ -22,7 +22,7 @@ from torchvision.ops import roi_align
 
 from rpc_metrics.io import image_path, read_instances
 
-from ..classifier import CropClassifier, load_crop_classifier
+from ..classifier import CropClassifier, CropClassifierFile, load_crop_classifier
 from ..data import coco_to_xyxy, read_image
 
 
@@ -64,11 +64,16 @@ class CropRescorer(nn.Module):
     @classmethod
     def from_file(cls, path: str | Path, category_ids: Sequence[int], **kwargs) -> CropRescorer:
         """From a ``dpsnet pretrain`` file; ``category_ids[l - 1]`` is detection label ``l``'s category."""
-        saved = load_crop_classifier(path)
+        return cls.from_saved(load_crop_classifier(path), category_ids, source=str(path), **kwargs)
+
+    @classmethod
+    def from_saved(cls, saved: CropClassifierFile, category_ids: Sequence[int], *, source: str = "reclassifier",
+                   **kwargs) -> CropRescorer:
+        """From a crop classifier file already read (:func:`dpsnet.classifier.crop_classifier_from_state`)."""
         index = {c: i for i, c in enumerate(saved.category_ids)}
         known = [index.get(int(c), -1) for c in category_ids]
         if all(k < 0 for k in known):
-            raise ValueError(f"{path}: the classifier knows none of the model's categories "
+            raise ValueError(f"{source}: the classifier knows none of the model's categories "
                              f"(its ids {sorted(index)[:10]}..., the model's {list(category_ids)[:10]}...)")
         return cls(saved.classifier, torch.tensor([-1, *known]), size=saved.size, specialists=saved.specialists,
                    **kwargs)

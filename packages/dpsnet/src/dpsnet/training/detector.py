@@ -17,7 +17,7 @@ from rpc_metrics import evaluate
 from rpc_metrics.counts import count_accuracy
 
 from ..checkpoint import check_state, save_checkpoint
-from ..config import Sections, make_config, model_kwargs, scale_to_batch, sections
+from ..config import Sections, describe, make_config, model_kwargs, scale_to_batch, sections
 from ..data import CategoryMap, InstancesDataset, MixedDataset, MixSampler
 from ..device import native_bf16, resolve_device
 from ..distributed import DistInfo, any_rank, barrier, gather_lists, init_distributed
@@ -207,9 +207,10 @@ def _log_start(run: _Run, amp: bool, fresh_view: bool) -> None:
 
 
 def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = False, echo: bool = True) -> dict:
-    """Train DPSNet as ``config`` (a flat config, see :mod:`dpsnet.config`) says, writing ``last.pt``, ``best.pt``
-    (with a val set), ``log.txt``, ``log.jsonl``, ``results.csv`` and ``results.png`` into ``out_dir``. Under
-    ``torchrun`` every rank runs this; rank 0 does the I/O.
+    """Train DPSNet as ``config`` (a flat config, see :mod:`dpsnet.config`) says, writing ``config.toml`` (a fresh
+    run), ``last.pt``, ``best.pt`` (with a val set), ``log.txt``, ``log.jsonl``, ``results.csv`` and ``results.png``
+    into ``out_dir``, nothing before the data, checkpoints and config have loaded. Under ``torchrun`` every rank
+    runs this; rank 0 does the I/O.
 
     Returns a summary: ``steps``, ``seconds``, ``last`` (checkpoint path), ``best`` and ``eval`` (last metrics).
     """
@@ -219,8 +220,6 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
     info = init_distributed(device)
     if info.distributed and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.train.seed)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
@@ -231,6 +230,10 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
                                       counting_may_differ=cfg.train.trainable == "counting")
     if resume:
         _resume(run)
+    if info.is_main:  # the inputs loaded: only now does the run write anything (a failed start leaves no trace)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (out_dir / "config.toml").write_text(describe(config), encoding="utf-8")
     net = DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None) \
         if info.distributed else run.model
     run.log = RunLog.in_folder(out_dir, enabled=info.is_main, echo=echo)
