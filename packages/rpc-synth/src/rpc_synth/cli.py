@@ -341,3 +341,35 @@ def fit(exemplars, images, checkout, checkout_images, out, probe_images, max_che
                f"{config.scale[1]:.3f}, max_iou {config.max_iou}")
     for warning in report["warnings"]:
         click.echo(f"warning: {warning}", err=True)
+
+
+@main.command()
+@click.option("--catalog", "catalog_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder of SKU folders of photos (CATALOG/<sku name>/*.jpg|jpeg|png); optional CATALOG/skus.csv "
+                   "(name,supercategory).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output folder (train2019/, instances_train2019.json, sku_ids.json, catalog_report.json).")
+@click.option("--workers", default=1, show_default=True, help="Worker processes (output does not depend on it).")
+@click.option("--refine-px", default=400, show_default=True, help="Largest side the GrabCut refinement works at.")
+@click.option("--supercategory", default="product", show_default=True, help="Supercategory of SKUs skus.csv does not list.")
+@click.option("--shadows", is_flag=True,
+              help="Cut cast shadows off the masks (photos with shadows; may also cut grey parts of products).")
+@click.option("--allow-removed", is_flag=True,
+              help="Accept SKUs of OUT/sku_ids.json that have no folder any more (their ids are retired, never reused).")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+@_fail_cleanly
+def catalog(catalog_dir, out, workers, refine_px, supercategory, shadows, allow_removed, quiet):
+    """A store's own product photos as RPC exemplars: one box per photo from its product mask, stable category ids."""
+    from .catalog import REPORT, build_catalog
+
+    report = build_catalog(catalog_dir, out, workers=workers, refine_px=refine_px, allow_removed=allow_removed,
+                           supercategory=supercategory, shadows=shadows, progress=not quiet)
+    for warning in report["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    if report["no_product"]:
+        files = ", ".join(r["file"] for r in report["no_product"])
+        click.echo(f"rpc-synth catalog: no product found in {len(report['no_product'])} photo(s), left out (reasons "
+                   f"in {out}/{REPORT}): {files}", err=True)
+    if report["skus_without_boxes"]:
+        click.echo(f"warning: SKUs with no boxed photo: {', '.join(report['skus_without_boxes'])}", err=True)
+    click.echo(f"wrote {report['boxed']} exemplars of {report['skus']} SKUs to {out}")
