@@ -26,6 +26,7 @@ from aco_recipe import QUICK, SOURCE_MODELS, Layout, Recipe, check_rpc_root
 from aco_report import write_report
 from aco_stages import InputError, Stage, StageRunner, clock, tool
 from aco_training import ModelStages
+from aco_unlabeled import write_unlabeled_report
 
 from rpc_metrics.io import read_instances, write_json
 from rpc_metrics.toml import parse_override
@@ -71,14 +72,12 @@ class Pipeline(ModelStages):
                   lambda: self.run([tool("rpc-synth"), "poses", "--masks", p.out / "masks" / "instances_masks.json",
                                        "--out", p.out / "poses.json"])),
         ]
+        if p.checkout is not None:
+            stages.append(Stage("checkout_pool", f"the unlabeled checkout photos of {p.checkout} as the pool",
+                                b["checkout_unlabeled"], {"checkout": str(p.checkout)}, self.index_checkout))
+        unlabeled = self.unlabeled_stage()
         if r.fit_synthesis:
-            val_json = p.split("val")[0]
-            stages.append(Stage(
-                "synth_fit", "synthesis settings fitted to the val split's boxes (rpc-synth fit)", b["synth_fit"],
-                {"seed": r.seed, "checkout": "val"},
-                lambda: self.run([tool("rpc-synth"), "fit", "--exemplars", p.out / "poses.json", "--images",
-                                  train_images, "--checkout", val_json, "--out", p.out / "synthesis.json",
-                                  "--seed", r.seed])))
+            stages += self.fit_stages(unlabeled)
         stages += [
             self.generate_stage("synth", r.synth_images, r.seed, b["synth"]),
             self.generate_stage("synth_heldout", r.heldout_images, r.seed + 1, b["synth_heldout"]),
@@ -102,6 +101,7 @@ class Pipeline(ModelStages):
         stages.append(self.kd_stage())
         stages.append(Stage("visualize", "detections and density maps before/after distillation (dpsnet visualize)",
                             b["visualize"], {"images": r.vis_images}, self.visualize))
+        stages.append(self.bundle_stage())
         if r.controls:
             stages += self.control_stages()
         return stages
@@ -126,9 +126,7 @@ class Pipeline(ModelStages):
         translator = p.out / "render" / "translator.pt"
         # The rendering's target: unlabeled checkout pixels (no label file is read): the pool's photos, or the val
         # and test images when distilling transductively.
-        stages = [Stage("checkout_unlabeled", "unlabeled checkout images for rendering (the pool's, or val + test)",
-                        b["checkout_unlabeled"], {"transductive": r.transductive},
-                        lambda: self.link_unlabeled(target))]
+        stages = [] if r.fit_synthesis else [self.unlabeled_stage()]
         if r.render_method == "cyclegan":
             stages += [
                 Stage("render_train", "translator toward the checkout domain (rpc-synth render train)",
@@ -161,13 +159,51 @@ class Pipeline(ModelStages):
                   lambda: self.measure_render(target)),
         ]
 
+    def unlabeled_stage(self) -> Stage:
+        """The unlabeled checkout images that rendering (and, without val, synthesis) is fitted to."""
+        return Stage("checkout_unlabeled", "unlabeled checkout images (the pool's, or val + test)",
+                     self.r.budgets["checkout_unlabeled"], {"transductive": self.r.transductive},
+                     lambda: self.link_unlabeled(self.p.out / "checkout_unlabeled"))
+
+    def fit_stages(self, unlabeled: Stage) -> list[Stage]:
+        """``rpc-synth fit``: to the val split's boxes, or (no val split) to the unlabeled checkout photos."""
+        r, p = self.r, self.p
+        fit = [tool("rpc-synth"), "fit", "--exemplars", p.out / "poses.json", "--images", p.split("train")[1],
+               "--out", p.out / "synthesis.json", "--seed", r.seed]
+        if p.has_split("val"):
+            return [unlabeled, Stage("synth_fit", "synthesis settings fitted to the val split's boxes (rpc-synth fit)",
+                                     r.budgets["synth_fit"], {"seed": r.seed, "checkout": "val"},
+                                     lambda: self.run([*fit, "--checkout", p.split("val")[0]]))]
+        return [unlabeled, Stage(
+            "synth_fit", "synthesis settings estimated from the unlabeled checkout photos (rpc-synth fit)",
+            r.budgets["synth_fit"], {"seed": r.seed, "checkout": "unlabeled"},
+            lambda: self.run([*fit, "--checkout-images", p.out / "checkout_unlabeled"]))]
+
+    def index_checkout(self) -> None:
+        """``pool/instances_pool2019.json``: the photos of ``checkout`` as a pool (ids, names, sizes; no labels)."""
+        from rpc_metrics.images import image_size
+        from rpc_synth.image_files import folder_images
+
+        folder = self.p.checkout
+        photos = folder_images(folder, "--checkout")
+        if not photos:
+            raise InputError(f"--checkout {folder}: no .jpg or .png photos found")
+        images = []
+        for i, path in enumerate(photos, 1):
+            size = image_size(path)
+            if size is None:
+                raise InputError(f"--checkout {path}: not a PNG or JPEG photo; convert it or remove it")
+            images.append({"id": i, "file_name": path.name, "width": size[0], "height": size[1]})
+        categories = read_instances(self.p.split("train")[0])["categories"]
+        write_json({"images": images, "annotations": [], "categories": categories}, self.p.split("pool")[0])
+
     def distils_on_test(self) -> bool:
         """Transductive distillation (the test images are the pool): asked for, or the data has no pool."""
         return self.r.transductive or not self.p.has_pool()
 
     def unlabeled_folders(self) -> list[Path]:
         if self.distils_on_test():
-            return [self.p.split("val")[1], self.p.split("test")[1]]
+            return [self.p.split(s)[1] for s in ("val", "test") if self.p.has_split(s)]
         return [self.p.split("pool")[1]]
 
     def link_unlabeled(self, target: Path) -> None:
@@ -216,7 +252,9 @@ def run_pipeline(recipe: Recipe, layout: Layout, *, title: str, until: str | Non
     if until is not None:
         click.echo(f"stopped after stage '{until}' as asked (--until); run again without it to go on", err=True)
         return None
-    report = write_report(layout, recipe, records, [(k, t) for k, t, _ in SOURCE_MODELS], title=title)
+    # Without test labels, the report of what can be shown without them (no accuracy rows).
+    write = write_report if layout.has_split("test") else write_unlabeled_report
+    report = write(layout, recipe, records, [(k, t) for k, t, _ in SOURCE_MODELS], title=title)
     click.echo(f"report: {report}", err=True)
     return report
 
@@ -229,8 +267,8 @@ def check_overrides(items: Sequence[str], option: str) -> None:
     for item in items:
         try:
             parse_override(item)
-        except ValueError as err:
-            raise InputError(f"{option}: {err} (e.g. train.lr=0.01)") from None
+        except ValueError:
+            raise InputError(f"{option} {item!r}: should look like KEY=VALUE (e.g. train.lr=0.01)") from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -269,28 +307,45 @@ def check_overrides(items: Sequence[str], option: str) -> None:
                    "data) and compare the last round with them; on a finished run it adds just them.")
 @click.option("--transductive", is_flag=True,
               help="Distil on the test images themselves, as the paper does, instead of the unlabeled pool.")
+@click.option("--rpc-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run on an RPC-layout folder (train2019/ + instances_train2019.json; val and test optional) instead "
+                   "of the mini world, e.g. one made by `rpc-synth catalog` from a store's product photos.")
+@click.option("--checkout", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A folder of unlabeled checkout photos: the distillation pool (and, without val, what synthesis "
+                   "and rendering are fitted to). With --rpc-root.")
 @click.option("--until", metavar="STAGE", default=None,
               help="Stop after this stage (its name as in stages/, e.g. render_measure): the data once, then "
                    "copies of the run (hard links) to try training recipes on.")
 def main(out, quick, seed, workers, synth_images, render_iters, source_steps, source_trunk_steps, source_minutes,
          kd_rounds, kd_steps, kd_minutes, reclassify_power, dpsnet_set, kd_set, world_args, synth_args,
-         render_method, fit_synthesis, controls, transductive, until) -> None:
-    """Run the whole ACO system on the embedded mini world and write a paper-style report."""
+         render_method, fit_synthesis, controls, transductive, rpc_root, checkout, until) -> None:
+    """Run the whole ACO system on the embedded mini world (or an RPC-layout folder) and write a report."""
     check_overrides(dpsnet_set, "--dpsnet-set")
     check_overrides(kd_set, "--kd-set")
+    if checkout is not None and rpc_root is None:
+        raise InputError("--checkout goes with --rpc-root (the mini world has its own unlabeled pool)")
+    if rpc_root is not None:
+        check_rpc_root(rpc_root, checkout)
+        if world_args:
+            raise InputError("--world-args: only for the mini world, not with --rpc-root")
+        for flag, name in ((controls, "--controls"), (transductive, "--transductive")):
+            if flag and not (rpc_root / "instances_test2019.json").exists():
+                raise InputError(f"{name}: needs a test split, and this --rpc-root has none")
     recipe = QUICK if quick else Recipe()
     given = {"seed": seed, "workers": workers, "synth_images": synth_images, "render_iters": render_iters,
              "source_steps": source_steps, "source_trunk_steps": source_trunk_steps, "source_minutes": source_minutes,
              "kd_rounds": kd_rounds, "kd_steps": kd_steps, "kd_minutes": kd_minutes,
              "reclassify_power": reclassify_power, "transductive": transductive or None, "controls": controls or None,
-             "fit_synthesis": fit_synthesis, "render_method": render_method}
+             "fit_synthesis": fit_synthesis, "render_method": render_method,
+             "rpc_root": rpc_root.resolve() if rpc_root else None}
     recipe = replace(recipe, **{k: v for k, v in given.items() if v is not None},
                      dpsnet_set=recipe.dpsnet_set + dpsnet_set, kd_set=recipe.kd_set + kd_set,
                      world_args=recipe.world_args + tuple(shlex.split(world_args)),
                      synth_args=recipe.synth_args + tuple(shlex.split(synth_args)))
     out = out or Path("runs/mini-quick" if quick else "runs/mini")
-    report = run_pipeline(recipe, Layout(out.resolve()), title="ACO demo on the mini world" + (" (quick)" if quick else ""),
-                          until=until)
+    layout = Layout(out.resolve(), rpc_root=recipe.rpc_root, checkout=checkout.resolve() if checkout else None)
+    title = f"ACO pipeline on {rpc_root}" if rpc_root else "ACO demo on the mini world"
+    report = run_pipeline(recipe, layout, title=title + (" (quick)" if quick else ""), until=until)
     if report is not None:
         click.echo(report.read_text(encoding="utf-8"))
 

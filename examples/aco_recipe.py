@@ -95,7 +95,7 @@ class Recipe:
         "checkout_unlabeled": 2, "render_train": 120, "render_apply": 75, "render_camera": 60, "histogram": 10,
         "render_measure": 20,
         "startup": 5,
-        "train_step": 0.22, "predict_per_model": 40, "kd_predict_per_round": 70, "visualize": 15})
+        "train_step": 0.22, "predict_per_model": 40, "kd_predict_per_round": 70, "visualize": 15, "bundle": 10})
 
 
 QUICK = Recipe(
@@ -115,7 +115,7 @@ QUICK = Recipe(
              "checkout_unlabeled": 1, "render_train": 4, "render_apply": 5, "render_camera": 5, "histogram": 1,
              "render_measure": 2,
              "startup": 5,
-             "train_step": 0.33, "predict_per_model": 3, "kd_predict_per_round": 1, "visualize": 6},
+             "train_step": 0.33, "predict_per_model": 3, "kd_predict_per_round": 1, "visualize": 6, "bundle": 3},
 )
 
 SOURCE_MODELS = (("syn", "Syn", ("synth",)), ("hist", "Syn+histogram", ("synth", "histogram")),
@@ -124,27 +124,47 @@ SOURCE_MODELS = (("syn", "Syn", ("synth",)), ("hist", "Syn+histogram", ("synth",
 
 @dataclass(frozen=True)
 class Layout:
-    """Where every file of a run lives."""
+    """Where every file of a run lives. A given RPC-layout folder may lack val (held-out synthesized images stand
+    in: thresholds and calibration come from them) and test labels (the report then shows no accuracy rows);
+    ``checkout``, a folder of unlabeled checkout photos, is then the distillation pool."""
 
     out: Path
     rpc_root: Path | None = None
+    checkout: Path | None = None
 
     @property
     def world(self) -> Path:
         return self.rpc_root if self.rpc_root is not None else self.out / "world"
 
     def split(self, name: str) -> tuple[Path, Path]:
-        """(instances JSON, image folder) of the world's ``train``, ``val``, ``test`` or ``pool`` split."""
+        """(instances JSON, image folder) of the world's ``train``, ``val``, ``test`` or ``pool`` split; ``val`` is
+        the held-out synthesized set when the data has no val split, ``pool`` indexes ``checkout`` when given."""
+        if name == "pool" and self.checkout is not None:
+            return self.out / "pool" / "instances_pool2019.json", self.checkout
+        if name == "val" and not self.has_split("val"):
+            return self.dataset("synth_heldout")
         return self.world / f"instances_{name}2019.json", self.world / f"{name}2019"
 
+    def has_split(self, name: str) -> bool:
+        """Whether the data itself has this split (a generated world has every one)."""
+        if self.rpc_root is None:
+            return True
+        return all(path.exists() for path in (self.world / f"instances_{name}2019.json", self.world / f"{name}2019"))
+
+    def calibration_name(self) -> str:
+        """What chooses thresholds, the source model and kd-loop's calibration: the val split, else held-out
+        synthesized images."""
+        return "the val split" if self.has_split("val") else "held-out synthesized images (the data has no val split)"
+
     def has_pool(self) -> bool:
-        """Whether the data has an unlabeled pool of checkout photos (``pool2019/``), known once the world exists."""
-        return all(path.exists() for path in self.split("pool"))
+        """Whether the data has an unlabeled pool of checkout photos (``pool2019/`` or ``checkout``), known once the
+        world exists."""
+        return self.checkout is not None or all(path.exists() for path in self.split("pool"))
 
     def pool_truth(self) -> Path | None:
         """The pool's labels (the mini world writes them apart, for measuring the selection only), if any."""
         path = self.world / "pool_truth" / "instances_pool2019.json"
-        return path if path.is_file() else None
+        return path if self.checkout is None and path.is_file() else None
 
     def dataset(self, name: str) -> tuple[Path, Path]:
         """(instances JSON, image folder) of a made training set: synth, synth_heldout, histogram, render."""
@@ -159,11 +179,21 @@ class Layout:
         return self.model(key) / f"results_{split}.json", self.model(key) / f"counts_{split}.json"
 
 
-def check_rpc_root(root: Path) -> None:
-    """An RPC-layout folder must hold the three splits; name what is missing and how to fix it."""
+def check_rpc_root(root: Path, checkout: Path | None = None) -> None:
+    """An RPC-layout folder needs train; val and test are optional (each whole or absent), and without test labels
+    and a pool there is nothing to distil on. Name what is missing and how to fix it."""
+    layout = ("expected the RPC layout (train2019/ and instances_train2019.json; optionally val2019/, test2019/ "
+              "with their instances_*.json)")
     for split in ("train", "val", "test"):
-        for path in (root / f"instances_{split}2019.json", root / f"{split}2019"):
-            if not path.exists():
-                raise InputError(f"--rpc-root {root}: {path.name} not found; expected the RPC layout "
-                                 "(train2019/ val2019/ test2019/ and instances_{train,val,test}2019.json)")
-        read_instances(root / f"instances_{split}2019.json", require_levels=split != "train")
+        paths = (root / f"instances_{split}2019.json", root / f"{split}2019")
+        missing = [path.name for path in paths if not path.exists()]
+        if (split == "train" and missing) or len(missing) == 1:
+            raise InputError(f"--rpc-root {root}: {missing[0]} not found; {layout}")
+        if not missing:
+            read_instances(paths[0], require_levels=split != "train")
+    if checkout is not None and not checkout.is_dir():
+        raise InputError(f"--checkout {checkout}: not a folder; give a folder of unlabeled checkout photos")
+    has_test = (root / "instances_test2019.json").exists()
+    if not has_test and checkout is None and not (root / "pool2019").is_dir():
+        raise InputError(f"--rpc-root {root}: no test split and no unlabeled photos to distil on; give --checkout DIR "
+                         "(a folder of checkout photos) or a test split")

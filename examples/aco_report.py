@@ -16,18 +16,17 @@ from typing import Any
 
 import aco_analysis
 import aco_figures
+import aco_receipts
 from aco_sections import (
+    closing_sections,
     errors_section,
     fmt,
-    heldout_lines,
     heldout_rows,
     intro,
     kd_pool_line,
     last_stage_errors,
-    machine,
     render_lines,
     round_test_results,
-    timings_table,
 )
 
 from rpc_metrics import evaluate
@@ -174,8 +173,8 @@ def _pts(value: float) -> str:
     return f"{100 * value:+.2f}"
 
 
-def figures(layout, recipe, rows: Sequence[dict]) -> list[tuple[str, str]]:
-    """Write the PNGs; return (caption, relative path) pairs."""
+def data_figures(layout, recipe) -> list[tuple[str, str]]:
+    """Write the pictures that need no labels; return (caption, relative path) pairs."""
     out = layout.out / "figures"
     made = []
     train_images = layout.split("train")[1]
@@ -183,11 +182,12 @@ def figures(layout, recipe, rows: Sequence[dict]) -> list[tuple[str, str]]:
     made.append(("An exemplar, its refined mask (rpc-synth masks) and the cut-out product.",
                  "figures/exemplar_mask.png"))
     synth = load_json(layout.dataset("synth")[0])["images"][0]["file_name"]
-    test = load_json(layout.split("test")[0])["images"][0]["file_name"]
+    split = "test" if layout.has_split("test") else "pool"
+    photo = load_json(layout.split(split)[0])["images"][0]["file_name"]
     pairs = [("synthesized", image_path(layout.dataset("synth")[1], synth)),
              ("histogram matched", image_path(layout.dataset("histogram")[1], synth)),
              ("rendered", image_path(layout.dataset("render")[1], synth)),
-             ("a test checkout image", image_path(layout.split("test")[1], test))]
+             (f"a {split} checkout image", image_path(layout.split(split)[1], photo))]
     aco_figures.synthesized_and_rendered(pairs, out / "synth_render.png")
     made.append(("A synthesized image, its histogram-matched and rendered versions, and a real-domain "
                  "checkout image.", "figures/synth_render.png"))
@@ -197,8 +197,16 @@ def figures(layout, recipe, rows: Sequence[dict]) -> list[tuple[str, str]]:
         aco_figures.before_after([(before / n, after / n) for n in names],
                                  ("before distillation (source model)", f"after round {recipe.kd_rounds}"),
                                  out / "detections_before_after.png")
-        made.append(("Test images with detections (at the transfer threshold) and the counting view's density "
-                     "map, before and after distillation (dpsnet visualize).", "figures/detections_before_after.png"))
+        made.append((f"{split.capitalize()} images with detections (at the transfer threshold) and the counting "
+                     "view's density map, before and after distillation (dpsnet visualize).",
+                     "figures/detections_before_after.png"))
+    return made
+
+
+def figures(layout, recipe, rows: Sequence[dict]) -> list[tuple[str, str]]:
+    """Write the PNGs, the metrics per stage included; return (caption, relative path) pairs."""
+    out = layout.out / "figures"
+    made = data_figures(layout, recipe)
     series = {name: [100 * v if (v := _row(row["transfer"], "averaged")[key]) is not None else None for row in rows]
               for name, key in (("cAcc", "cacc"), ("mCIoU", "mciou"), ("mAP50", "map50"), ("mmAP", "mmap"))}
     aco_figures.metrics_plot([_short(row["method"]) for row in rows], series, out / "metrics_per_round.png",
@@ -206,6 +214,33 @@ def figures(layout, recipe, rows: Sequence[dict]) -> list[tuple[str, str]]:
     made.append(("Metrics per stage and distillation round (test split, transfer protocol).",
                  "figures/metrics_per_round.png"))
     return made
+
+
+def last_stage_files(layout, recipe, models: Sequence[tuple[str, str]]) -> dict[str, Path]:
+    """The last stage's checkpoint, val and test predictions and test counts (the last round, else Syn+Render)."""
+    if recipe.kd_rounds:
+        folder = layout.out / "kd" / f"round_{recipe.kd_rounds:03d}"
+        test = round_test_results(layout, recipe.kd_rounds)
+        counts = folder / ("test_counts.json" if test.name.startswith("test_") else "counts.json")
+        return {"checkpoint": Path(load_json(folder / "fit.json")["checkpoint"]),
+                "val": folder / "val_predictions.json", "test": test, "test_counts": counts}
+    key = models[-1][0]
+    return {"checkpoint": layout.model(key) / "last.pt", "val": layout.predictions(key, "val")[0],
+            "test": layout.predictions(key, "test")[0], "test_counts": layout.predictions(key, "test")[1]}
+
+
+def flag_section(layout, recipe, models, metrics: dict) -> list[str]:
+    """The receipt's flag on the last stage's test images at its transfer threshold (aco_receipts)."""
+    files = last_stage_files(layout, recipe, models)
+    threshold = transfer_threshold(files["val"], layout.split("val")[0])
+    table, numbers = aco_receipts.flag_table(
+        aco_receipts.receipt_flags(files["test"], files["test_counts"], layout.split("test")[0], threshold))
+    metrics["receipt_flag"] = {"threshold": threshold, **numbers}
+    return ["## The receipt's flag: when to call a cashier (last stage, test split)",
+            f"`dpsnet.Counter` flags an image (`consistent=False`) when the detector's count at the operating "
+            f"threshold ({threshold:.3f}, chosen on {layout.calibration_name()}) differs from the counting view's "
+            "count rounded half up. A store checks the flagged trays by hand; the unflagged ones are what the "
+            "system answers alone (`bundle.pt`, `dpsnet count`).", table]
 
 
 def _short(method: str) -> str:
@@ -255,13 +290,14 @@ def write_report(layout, recipe, records: dict[str, dict], models: Sequence[tupl
            for k, v in r.items() if not _finite(v)]
     if bad:
         raise FloatingPointError(f"non-finite metric {bad[0]}")
+    flag = flag_section(layout, recipe, models, metrics)
     write_json(metrics, layout.out / "metrics.json", indent=2)
     sections = [
-        f"# {title}", intro(recipe, choice_title), kd_pool_line(layout, recipe),
+        f"# {title}", intro(recipe, choice_title, layout.calibration_name()), kd_pool_line(layout, recipe),
         "## Ablation (test split, protocol `transfer`: the headline)",
-        "The score threshold is the one maximising cAcc on the **val** split's averaged row, applied to every row "
-        "of the test split (a store knows neither the test labels nor an image's level). Pseudo-labels are "
-        "selected without any label, and the source model for distillation is chosen on val. Rows `+ distillation "
+        f"The score threshold is the one maximising cAcc on the averaged row of {layout.calibration_name()}, applied "
+        "to every row of the test split (a store knows neither the test labels nor an image's level). Pseudo-labels "
+        "are selected without any label, and the source model for distillation is chosen there. Rows `+ distillation "
         f"round r` continue from {choice_title}. Syn+histogram and Syn+Render train on half synthesized, half "
         f"translated images. cAcc and mAP50 carry a 95% bootstrap interval over the test images "
         f"({aco_analysis.N_BOOT} resamples, seed {recipe.seed}).",
@@ -281,6 +317,7 @@ def write_report(layout, recipe, records: dict[str, dict], models: Sequence[tupl
         "the object of its own SKU it overlaps most (IoU >= 0.5); the rest are matched across SKUs (wrong SKU); "
         "objects left are missed and detections left are extra.",
         errors_section(errors, last_method),
+        *flag,
         "## Distillation rounds (kd-loop summary; precision measured with the pool's labels, for reporting only)",
         kd_summary,
         "## Rendering: how far the translated images moved toward the checkout domain",
@@ -290,11 +327,7 @@ def write_report(layout, recipe, records: dict[str, dict], models: Sequence[tupl
         "(crisp-edged) foreground that appeared outside every box; new soft foreground regions: all foreground "
         "that appeared outside every box, soft-edged tray texture included.",
         rendering,
-        "## In-domain check: source models on held-out synthesized images (oracle threshold)",
-        heldout_lines(heldout),
-        "## Figures",
-        "\n\n".join(f"![{caption}]({path})\n\n*{caption}*" for caption, path in pictures),
-        "## Timings", timings_table(records), "## Machine", machine(),
+        *closing_sections(heldout, pictures, records),
         "## Files",
         "`metrics.json` (every row, both protocols, all levels, the paired steps), `stages/*.json` (each stage's "
         "settings and time), `models/*/` (source runs), `kd/` (kd-loop's rounds and `summary.md`), `controls/` "

@@ -138,13 +138,16 @@ def kd_pool_line(layout, recipe) -> str:
     """Which images the distillation took its pseudo-labels from, and which protocol set each threshold."""
     loop = load_json(layout.out / "stages" / "kd.json").get("settings", {})
     transductive = loop.get("transductive") or not layout.has_pool()
+    unlabeled = (f"the **unlabeled checkout photos** of `{layout.checkout}`" if layout.checkout else
+                 "the world's **unlabeled pool** (`pool2019/`, never the test images)")
     pool = ("the **test images themselves** (transductive, as the paper does; their labels are dropped on load)"
-            if transductive else "the world's **unlabeled pool** (`pool2019/`, never the test images)")
+            if transductive else unlabeled)
     calibrated = any(item.startswith("selection.target_precision=") and float(item.partition("=")[2]) > 0
                      for item in loop.get("set", []))
-    selection = ("calibrated each round on the labelled **val** split to the teacher's box precision"
+    where = layout.calibration_name()
+    selection = (f"calibrated each round on {where} to the teacher's box precision"
                  if calibrated else "the fixed schedule of the run's kd-loop settings")
-    return (f"Distillation pool: {pool}. Thresholds: the operating threshold of every row is chosen on **val** "
+    return (f"Distillation pool: {pool}. Thresholds: the operating threshold of every row is chosen on {where} "
             f"(`transfer`); the selection's threshold is {selection}, and kd-loop's `selection.json` records it and "
             "the count scale of each round (no pool or test label is read).")
 
@@ -169,9 +172,19 @@ def heldout_lines(heldout: Sequence[dict]) -> str:
         f"{fmt(h['mmap'], 'pct')} | {fmt(h['counts_right'], 'pct')} ({h['count_classes']}) |" for h in heldout])
 
 
-def intro(recipe, choice_title: str) -> str:
+def intro(recipe, choice_title: str, calibration: str = "the val split") -> str:
     return (f"Seed {recipe.seed}; DPSNet preset `{recipe.preset}`; the three source models with the same budget each "
             f"({_or_preset(recipe.source_steps)} steps, {_time_limit(recipe.source_minutes)}){_trunk(recipe)}; "
             f"{recipe.kd_rounds} distillation rounds with kd-loop starting from **{choice_title}** (the source model "
-            f"with the best cAcc on the val split), {_or_preset(recipe.kd_steps)} student steps per round "
+            f"with the best cAcc on {calibration}), {_or_preset(recipe.kd_steps)} student steps per round "
             f"({_time_limit(recipe.kd_minutes)}).")
+
+
+def closing_sections(heldout: Sequence[dict], pictures: Sequence[tuple[str, str]], records: dict[str, dict]) -> list[str]:
+    """The report's last sections, with test labels or without: the held-out synthesized check, the figures, the
+    timings and the machine."""
+    return ["## In-domain check: source models on held-out synthesized images (oracle threshold)",
+            heldout_lines(heldout),
+            "## Figures",
+            "\n\n".join(f"![{caption}]({path})\n\n*{caption}*" for caption, path in pictures),
+            "## Timings", timings_table(records), "## Machine", machine()]

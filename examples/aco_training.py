@@ -7,12 +7,13 @@ process (a torch start saved per split). `aco_pipeline.Pipeline` adds the data s
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import click
 from aco_recipe import SOURCE_MODELS, Layout, Recipe
-from aco_report import best_source, transfer_threshold
+from aco_report import best_source, last_stage_files, transfer_threshold
 from aco_stages import InputError, Stage, run_command, tool
 
 from rpc_metrics.io import as_pool, load_json, read_instances, write_json
@@ -80,6 +81,8 @@ class ModelStages:
     def train(self, run_dir: Path, overrides: Sequence[str]) -> None:
         """`dpsnet train` into ``run_dir``, resuming from its last checkpoint when there is one."""
         resume = ["--resume"] if (run_dir / "last.pt").is_file() else []
+        if not resume and run_dir.exists():  # a start killed before its first checkpoint: begin again
+            shutil.rmtree(run_dir)
         self.run([*self.launcher("dpsnet"), "train", "--config", self.r.preset, "--out", run_dir, *resume,
                   *overrides])
 
@@ -108,7 +111,7 @@ class ModelStages:
         def action() -> None:
             run_dir = self.p.model(key)
             self.train(run_dir, overrides)
-            for split in ("val", "test", "synth_heldout"):
+            for split in ("val", "test", "synth_heldout") if self.p.has_split("test") else ("val", "synth_heldout"):
                 instances, images = self.p.dataset(split) if split == "synth_heldout" else self.p.split(split)
                 self.predict(run_dir / "last.pt", instances, images, *self.p.predictions(key, split))
 
@@ -160,6 +163,7 @@ class ModelStages:
             overrides[key] = value
         # kd-loop resolves relative paths against its config's folder: give it absolute ones.
         test_json, test_images, val_json, val_images = (Path(x).resolve() for x in (*p.split("test"), *p.split("val")))
+        test = {"test": {"instances": str(test_json), "images": str(test_images)}} if p.has_split("test") else {}
         if self.distils_on_test():  # the paper's use: the test images are the pool (labels dropped on load)
             pool = {"instances": str(test_json), "images": str(test_images), "gt": str(test_json)}
         else:
@@ -180,7 +184,7 @@ class ModelStages:
             # kd-loop drops the pool's annotations on load; `gt` and the test split are for reporting only.
             "pool": pool,
             "val": {"instances": str(val_json), "images": str(val_images)},
-            "test": {"instances": str(test_json), "images": str(test_images)},
+            **test,
         }, choice
 
     def kd_stage(self) -> Stage:
@@ -189,7 +193,8 @@ class ModelStages:
 
         def action() -> None:
             config, choice = self.kd_config()
-            click.echo(f"  source model for distillation (best cAcc on the val split): {choice}", err=True)
+            click.echo(f"  source model for distillation (best cAcc on {self.p.calibration_name()}): {choice}",
+                       err=True)
             path = self.p.out / "kd" / "loop.toml"
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json({"source_model": choice}, self.p.out / "kd" / "source_choice.json", indent=2)
@@ -204,6 +209,26 @@ class ModelStages:
         pool = "the test images (transductive)" if on_test else "the unlabeled pool"
         return Stage("kd", f"kd-loop: {r.kd_rounds} distillation round(s) on {pool}",
                      r.budgets["kd_predict_per_round"] + r.kd_rounds * per_round, settings, action)
+
+    def bundle_stage(self) -> Stage:
+        """The final model as a deployment bundle (`dpsnet export`) at its transfer threshold: `bundle.pt`, what
+        `dpsnet count` and `dpsnet.Counter` load."""
+        r = self.r
+        return Stage("bundle", "the final model as a deployment bundle (dpsnet export)", r.budgets["bundle"],
+                     {"rounds": r.kd_rounds, "reclassify_power": self.reclassify_setting()}, self.export_bundle)
+
+    def export_bundle(self) -> None:
+        r = self.r
+        files = last_stage_files(self.p, r, [(k, t) for k, t, _ in SOURCE_MODELS])
+        threshold = transfer_threshold(files["val"], self.p.split("val")[0])
+        self.export(files["checkpoint"], f"{threshold:.6f}")
+
+    def export(self, checkpoint: Path | str, threshold: str) -> None:
+        """`dpsnet export --format bundle` of ``checkpoint`` at ``threshold``, with the run's re-scoring."""
+        reclassifier = self.reclassifier()
+        extra = ["--reclassifier", reclassifier, "--reclassifier-power", self.r.reclassify_power] if reclassifier else []
+        self.run([tool("dpsnet"), "export", "--format", "bundle", "--checkpoint", checkpoint, "--threshold", threshold,
+                  "--protocol", f"transfer ({self.p.calibration_name()})", *extra, "--out", self.p.out / "bundle.pt"])
 
     def control_stages(self) -> list[Stage]:
         """kd-loop's controls at the loop's compute: random selection, and the rounds' steps on synthesized data."""
@@ -226,9 +251,11 @@ class ModelStages:
         ]
 
     def visualize(self) -> None:
-        """Test images (one per level first) with detections and density maps, before and after distillation."""
+        """Test (else pool) images, one per level first, with detections and density maps, before and after
+        distillation."""
         p = self.p
-        test_json, test_images = p.split("test")
+        # The test images, or (no test split) the pool's photos: pictures need no labels.
+        test_json, test_images = p.split("test" if p.has_split("test") else "pool")
         test = read_instances(test_json)
         by_level: dict[str, list] = {}
         for image in test["images"]:

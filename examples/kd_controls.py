@@ -91,6 +91,8 @@ def steps_control(demo: Path, loop: dict, *, threads: int = 0) -> Path:
     model = out / "model"
     if not (model / "done.json").is_file():
         resume = ["--resume"] if (model / "last.pt").is_file() else []
+        if not resume and model.exists():  # a start killed before its first checkpoint: begin again
+            shutil.rmtree(model)
         run([tool("dpsnet"), "train", "--config", learner.get("preset", "cpu-small"), "--out", model, *resume,
              *(f"{k}={toml_value(v)}" for k, v in overrides.items())], threads)
         write_json({"steps": overrides["train.max_steps"]}, model / "done.json")

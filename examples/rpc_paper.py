@@ -74,7 +74,7 @@ RPC_PAPER = Recipe(
     budgets={"world": 0, "masks": 1800, "poses": 10, "synth_fit": 120, "synth": 3600, "synth_heldout": 60, "pretrain": 0,
              "checkout_unlabeled": 60, "render_train": 900, "render_apply": 36000, "render_camera": 3600, "histogram": 6000,
              "render_measure": 1800, "startup": 120, "train_step": STEP_S_PER_GPU * RELEASED_BATCH / 16,
-             "predict_per_model": 900, "kd_predict_per_round": 600, "visualize": 60},
+             "predict_per_model": 900, "kd_predict_per_round": 600, "visualize": 60, "bundle": 60},
 )
 
 
@@ -178,6 +178,10 @@ class PlanPipeline(Pipeline):
 
     def visualize(self) -> None:
         self.commands.append(["(in process) dpsnet.inference.visualize_files", str(self.p.out / "figures")])
+
+    def export_bundle(self) -> None:
+        self.export(self.p.out / "kd" / f"round_{self.r.kd_rounds:03d}" / "model" / "last.pt",
+                    "(the last round's transfer threshold, chosen at run time)")
 
 
 def per_image(config: dict, world_size: int) -> dict:

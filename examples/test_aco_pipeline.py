@@ -18,7 +18,7 @@ METHODS = ("Syn", "Syn+histogram", "Syn+Render", "+ distillation round 1", "+ di
            "+ distillation round 3")
 STAGES = ("world", "masks", "poses", "synth_fit", "synth", "synth_heldout", "pretrain", "checkout_unlabeled",
           "render_apply", "histogram", "render_measure", "source_trunk", "source_syn", "source_hist", "source_render",
-          "kd", "visualize")
+          "kd", "visualize", "bundle")
 
 
 def run_example(script: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -106,6 +106,27 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(quick_demo):
     assert " visualize --checkpoint" not in done.stderr
     for name in ("vis_before", "vis_after"):
         assert len(list((out / "figures" / name).glob("*.png"))) == 2
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_a_bundle_that_counts_as_the_report_says(quick_demo):
+    """The README's deployment lines on the demo's own bundle, and the receipt flag's table in the report."""
+    out, _ = quick_demo
+    metrics = json.loads((out / "metrics.json").read_text())
+    flag = metrics["receipt_flag"]
+    assert flag["all test images"]["images"] == flag["consistent (no cashier)"]["images"] + \
+        flag["flagged: call a cashier"]["images"]
+    assert "## The receipt's flag: when to call a cashier" in (out / "report.md").read_text()
+    test = json.loads((out / "world" / "instances_test2019.json").read_text())["images"][:2]
+    photos = [str(out / "world" / "test2019" / image["file_name"]) for image in test]
+    done = subprocess.run([sys.executable, "-m", "dpsnet", "count", *photos, "--model", str(out / "bundle.pt"),
+                           "--json", str(out / "receipts.jsonl"), "--quiet"], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    receipts = [json.loads(line) for line in (out / "receipts.jsonl").read_text().splitlines()]
+    assert len(receipts) == 2 and all("consistent" in r for r in receipts)
+    bundle_threshold = metrics["receipt_flag"]["threshold"]
+    assert all(abs(r["threshold"] - bundle_threshold) < 1e-5 for r in receipts)
 
 
 @pytest.mark.slow
