@@ -1,0 +1,86 @@
+"""A store's own products end to end at tiny sizes: a photo catalogue (a generated world's exemplars in one folder
+per SKU, boxes dropped) imported with `rpc-synth catalog`, then the pipeline on it with a folder of unlabeled
+checkout photos and neither val nor test labels."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).parent
+sys.path.insert(0, str(EXAMPLES))
+
+from aco_recipe import QUICK  # noqa: E402
+
+RPC_SYNTH = shutil.which("rpc-synth", path=str(Path(sys.executable).parent)) or "rpc-synth"
+
+
+def _run(*args, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, check=False, cwd=cwd)
+
+
+def _catalogue(world: Path, dest: Path, skip: set[str]) -> dict[str, int]:
+    """The world's exemplar photos as CATALOG/<sku name>/, except the SKUs in ``skip``; the names' true ids."""
+    data = json.loads((world / "instances_train2019.json").read_text())
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    category = {a["image_id"]: a["category_id"] for a in data["annotations"]}
+    for image in data["images"]:
+        name = names[category[image["id"]]]
+        if name not in skip:
+            (dest / name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(world / "train2019" / image["file_name"], dest / name / image["file_name"])
+    return {name: cid for cid, name in names.items()}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    world_args = [a for a in QUICK.world_args]
+    for flag, value in (("--val", "0"), ("--test", "0")):
+        world_args[world_args.index(flag) + 1] = value
+    done = _run(RPC_SYNTH, "world", "--out", root / "world", "--seed", "5", "--quiet",
+                *world_args, cwd=root)
+    assert done.returncode == 0, done.stderr
+    names = _catalogue(root / "world", root / "catalog", skip={max(json.loads(
+        (root / "world" / "instances_train2019.json").read_text())["categories"], key=lambda c: c["id"])["name"]})
+    done = _run(RPC_SYNTH, "catalog", "--catalog", root / "catalog", "--out",
+                root / "shop", "--quiet", cwd=root)
+    assert done.returncode == 0, done.stderr
+    return root, names
+
+
+@pytest.mark.slow
+def test_catalogue_then_pipeline_without_labels(store):
+    root, _ = store
+    done = _run(sys.executable, EXAMPLES / "aco_pipeline.py", "--quick", "--rpc-root", root / "shop", "--checkout",
+                root / "world" / "pool2019", "--out", root / "run", cwd=root)
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = (root / "run" / "report.md").read_text()
+    # the protocol that chose every threshold is named; no accuracy rows without test labels
+    assert "chosen on held-out synthesized images (the data has no val split)" in report
+    assert "## No test labels: no accuracy rows" in report and "## Ablation" not in report
+    assert "the **unlabeled checkout photos**" in report
+    metrics = json.loads((root / "run" / "metrics.json").read_text())
+    assert metrics["test_labels"] is False and "stages" not in metrics
+    # synthesis was fitted to the unlabeled photos, and the run ends with a deployable bundle
+    fit = json.loads((root / "run" / "stages" / "synth_fit.json").read_text())
+    assert fit["settings"]["checkout"] == "unlabeled"
+    assert (root / "run" / "bundle.pt").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_reimport_with_one_more_sku_keeps_the_old_ids(store):
+    root, _ = store
+    before = json.loads((root / "shop" / "sku_ids.json").read_text())["ids"]
+    added = _catalogue(root / "world", root / "catalog", skip=set())
+    done = _run(RPC_SYNTH, "catalog", "--catalog", root / "catalog", "--out",
+                root / "shop", "--quiet", cwd=root)
+    assert done.returncode == 0, done.stderr
+    after = json.loads((root / "shop" / "sku_ids.json").read_text())["ids"]
+    assert len(after) == len(before) + 1 and all(after[name] == cid for name, cid in before.items())
+    assert set(after) == set(added)
