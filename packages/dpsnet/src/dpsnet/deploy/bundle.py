@@ -61,7 +61,8 @@ def make_bundle(checkpoint: str | Path, threshold: float, *, protocol: str = "fi
     overrides = predict_overrides(score_thresh, agnostic_nms, test_flips, test_flip_iou)
     model, categories = model_from_checkpoint(ckpt, "cpu", **overrides)  # checks the options and the weights
     kwargs = {**current_model_kwargs(ckpt["model_kwargs"], source), "backbone_weights": None, **overrides}
-    if kwargs.get("box_score_thresh", 0.05) > threshold:
+    # The floor applies before re-scoring, which lowers scores: only without a re-scorer is a lower threshold void.
+    if reclassifier is None and kwargs.get("box_score_thresh", 0.05) > threshold:
         raise ValueError(f"--threshold {threshold} is below the model's score floor {kwargs['box_score_thresh']} "
                          "(pass a lower --score-thresh)")
     rescorer = None
