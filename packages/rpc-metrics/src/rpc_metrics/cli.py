@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from rpc_metrics.cliargs import FiniteFloat, OutputPath, ToolGroup
 from rpc_metrics.compare import compare
 from rpc_metrics.errors import DEFAULT_SIZE_BINS, analyse_errors
 from rpc_metrics.evaluate import COMPATS, PROTOCOLS, ROWS, SEARCHES, evaluate
@@ -31,17 +32,10 @@ def _parse_levels(values: tuple[str, ...]) -> list[str] | None:
     return levels or None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ToolGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @version_option("rpc-metrics")
 def main() -> None:
     """Exact, fast RPC checkout evaluation (cAcc, mCIoU, ACD, mCCD, mAP50, mmAP per level)."""
-
-
-def _finite_threshold(ctx, param, value: float | None) -> float | None:
-    """Refuse nan and inf (click's float type accepts them)."""
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a finite number; give a score threshold such as 0.5")
-    return value
 
 
 def _confidence(ctx, param, value: float) -> float:
@@ -77,8 +71,9 @@ def _parse_bins(value: str) -> list[float]:
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of pixel sizes",
                                  param_hint="--size-bins") from None
-    if not bins or any(b <= 0 for b in bins) or any(b <= a for a, b in itertools.pairwise(bins)):
-        raise click.BadParameter(f"{value!r}: give increasing positive pixel sizes, e.g. 16,32,64",
+    if (not bins or not all(map(math.isfinite, bins)) or any(b <= 0 for b in bins)
+            or any(b <= a for a, b in itertools.pairwise(bins))):
+        raise click.BadParameter(f"{value!r}: give increasing positive pixel sizes (finite numbers), e.g. 16,32,64",
                                  param_hint="--size-bins")
     return bins
 
@@ -91,7 +86,7 @@ def _threshold_options(command):
         click.option("--protocol", type=click.Choice(PROTOCOLS), default="oracle", show_default=True,
                      help="How the score threshold is chosen: on the evaluated set (oracle), given (fixed), or on "
                           "a validation pair (transfer)."),
-        click.option("--threshold", type=float, default=None, callback=_finite_threshold,
+        click.option("--threshold", type=FiniteFloat(), default=None,
                      help="The score threshold of the fixed protocol."),
         click.option("--val-results", type=click.Path(dir_okay=False), default=None,
                      help="Validation results file (transfer protocol)."),
@@ -113,9 +108,9 @@ def _threshold_options(command):
 @click.option("--method", default="default", show_default=True, help="Method name printed in the table.")
 @click.option("--map-backend", type=click.Choice(["fast", "pycocotools"]), default="fast", show_default=True,
               help="mAP implementation: the vectorized one or pycocotools (the reference, slower).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+@click.option("--json", "json_out", type=OutputPath(), default=None,
               help="Also write the rows (and thresholds) to this JSON file.")
-@click.option("--per-category", "csv_out", type=click.Path(dir_okay=False), default=None,
+@click.option("--per-category", "csv_out", type=OutputPath(), default=None,
               help="Also write per-level, per-category counts, CCD, CIoU and AP to this CSV file.")
 @click.option("--intervals", type=click.IntRange(0), default=0, show_default=True,
               help="Bootstrap resamples of each row's images for percentile intervals (0: none; 1000 is usual).")
@@ -152,7 +147,7 @@ def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, sear
 
 @main.command("errors")
 @_threshold_options
-@click.option("--iou", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5, show_default=True,
+@click.option("--iou", type=FiniteFloat(0.0, 1.0, lo_open=True), default=0.5, show_default=True,
               help="Overlap at which a detection covers an object.")
 @click.option("--size-bins", default=",".join(f"{b:g}" for b in DEFAULT_SIZE_BINS), show_default=True,
               help="Edges (pixels) of the bins of the objects' shorter box side.")
@@ -160,7 +155,7 @@ def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, sear
               help="Rows to report, comma-separated among easy,medium,hard,averaged (default: all that exist).")
 @click.option("--top", type=click.IntRange(0), default=10, show_default=True,
               help="Confused SKU pairs to print.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+@click.option("--json", "json_out", type=OutputPath(), default=None,
               help="Also write the rows (every confusion pair and size bin) to this JSON file.")
 def errors_command(results, gt, protocol, threshold, val_results, val_gt, search, iou, size_bins, levels, top,
                    json_out) -> None:
@@ -206,9 +201,9 @@ def _check_compare_protocol(protocol, threshold_a, threshold_b, val_results_a, v
               help="Model B's results on the validation images (transfer protocol).")
 @click.option("--val-gt", type=click.Path(dir_okay=False), default=None,
               help="Validation ground-truth file (transfer protocol).")
-@click.option("--threshold-a", type=float, default=None, callback=_finite_threshold,
+@click.option("--threshold-a", type=FiniteFloat(), default=None,
               help="Model A's score threshold (fixed protocol).")
-@click.option("--threshold-b", type=float, default=None, callback=_finite_threshold,
+@click.option("--threshold-b", type=FiniteFloat(), default=None,
               help="Model B's score threshold (fixed protocol).")
 @click.option("--search", type=click.Choice(SEARCHES), default="exact", show_default=True,
               help="Threshold search: exact optimum over all scores, or the published tool's grid.")
@@ -220,7 +215,7 @@ def _check_compare_protocol(protocol, threshold_a, threshold_b, val_results_a, v
 @click.option("--confidence", type=float, default=0.95, show_default=True, callback=_confidence,
               help="Coverage of the interval of B - A, between 0 and 1.")
 @click.option("--no-map", is_flag=True, help="Skip mAP50 and mmAP (the slowest part of the bootstrap).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+@click.option("--json", "json_out", type=OutputPath(), default=None,
               help="Also write the comparison to this JSON file.")
 def compare_command(results_a, results_b, gt, protocol, val_results_a, val_results_b, val_gt, threshold_a,
                     threshold_b, search, levels, n_boot, seed, confidence, no_map, json_out) -> None:

@@ -63,6 +63,9 @@ def _prepare(results: Any, gt: Any, *, require_levels: bool, gt_source: str | No
     """Validate and convert a results/ground-truth pair (``gt_source``: the name errors give an in-memory gt)."""
     gt_data, gt_name = _load(gt, gt_source)
     ann = validate_instances(gt_data, source=gt_name, require_levels=require_levels)
+    if not gt_data["images"]:
+        raise FormatError(gt_name, "images", "no images, nothing to evaluate; pass the ground truth of the "
+                          "evaluated images (instances JSON)")
     res_data, res_name = _load(results, None)
     det = results_to_arrays(res_data, source=res_name)
     image_ids = np.array(sorted(im["id"] for im in gt_data["images"]), dtype=np.int64)

@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+_TMP = ".tmp"  # the mark of atomic_output's temporary files: .STEM.PID-RANDOM.tmpSUFFIX
 
 
 class FormatError(ValueError):
@@ -45,8 +48,12 @@ def load_json(path: str | os.PathLike) -> Any:
         raise FormatError(str(path), "", "file not found; check the path") from None
     except IsADirectoryError:
         raise FormatError(str(path), "", "is a folder, expected a JSON file") from None
+    except PermissionError:
+        raise FormatError(str(path), "", "permission denied; fix the file's permissions") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise FormatError(str(path), "", f"malformed JSON ({err}); regenerate or fix the file") from None
+    except RecursionError:
+        raise FormatError(str(path), "", "JSON nested too deeply to be a toolkit file; check it is the right file") from None
 
 
 def _load(obj: Any, source: str | None) -> tuple[Any, str]:
@@ -66,7 +73,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    # The writer's pid in the name: remove_stale_temporaries() knows a killed writer's leftovers from a live one's.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}-", suffix=f"{_TMP}{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -79,6 +87,33 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Remove the temporary files that killed writers of :func:`atomic_output` left under ``folder`` (a writer
+    still running on this machine keeps its own); the number removed. Call it before a run writes into a folder."""
+    removed = 0
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for tmp in folder.rglob(f".*{_TMP}*"):
+        # mkstemp's 8 random characters; earlier releases wrote no pid.
+        name = re.fullmatch(r"\..*\.(?:(\d+)-)?[a-z0-9_]{8}\.tmp(?:\.\w+)?", tmp.name)
+        if name and tmp.is_file() and not (name.group(1) and _pid_alive(int(name.group(1)))):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed += 1
+    return removed
 
 
 def write_bytes(data: bytes, path: str | os.PathLike) -> Path:

@@ -32,6 +32,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+def _no_text(values: Any) -> bool:
+    """No string or bool among ``values`` (numpy would read ``"1"`` and ``True`` as numbers without a word)."""
+    return not any(isinstance(v, (str, bytes, bool)) for v in values)
+
+
 def _check_box(box: Any, source: str, entry: str) -> None:
     if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_is_number(v) for v in box):
         _fail(source, entry, f"bbox should be 4 numbers [x, y, w, h], got {box!r}")
@@ -147,8 +152,9 @@ def annotations_to_arrays(annotations: Any, images: Mapping[int, Mapping], categ
         ids, image_ids, category_ids, iscrowd, area = table[:, :5].T
         boxes = table[:, 5:]
         well_typed = all(type(a["id"]) is int and type(a["image_id"]) is int and type(a["category_id"]) is int
-                         for a in annotations)
+                         and _no_text((*a["bbox"], a.get("area", 0))) for a in annotations)
         points = [a["point_xy"] for a in annotations if a.get("point_xy") is not None]
+        well_typed = well_typed and all(_no_text(point) for point in points)
         point_array = np.array(points, dtype=np.float64).reshape(len(points), 2)
         segmented = [i for i, a in enumerate(annotations) if a.get("segmentation")]
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
@@ -232,7 +238,7 @@ def results_to_arrays(results: Sequence[Mapping], *, source: str = "<in-memory>"
         scores, boxes = table[:, 2].copy(), table[:, 3:].copy()
         well_typed = all(
             type(d["image_id"]) is int and type(d["category_id"]) is int and type(d["score"]) in (float, int)
-            for d in results
+            and _no_text(d["bbox"]) for d in results
         )
     except (KeyError, TypeError, ValueError, OverflowError):
         well_typed = False

@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
+import math
 from typing import Any
 
 import click
 
-from rpc_metrics.io import FormatError
+from rpc_metrics.cliargs import FiniteFloat as Finite
+from rpc_metrics.cliargs import OutputPath
 from rpc_metrics.version import version_option
 
 from . import world as world_mod
+from .clean_exit import fail_cleanly as _fail_cleanly
 from .generate import InputError
-
-
-def _fail_cleanly(fn):
-    """Print one line naming the file and entry for bad input, exit with code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (FormatError, InputError, ValueError) as err:
-            click.echo(f"rpc-synth: error: {err}", err=True)
-            sys.exit(2)
-
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,34 +32,34 @@ def _world_option(flag: str, kind: Any, help: str, field: str | None = None):
 
 
 @main.command()
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the world into (RPC layout).")
-@_world_option("--seed", int, "Random seed; the same seed gives the same bytes.")
+@click.option("--out", required=True, type=OutputPath(folder=True), help="Folder to write the world into (RPC layout).")
+@_world_option("--seed", click.IntRange(0), "Random seed; the same seed gives the same bytes.")
 @_world_option("--style", click.Choice(world_mod.STYLES),
                "Checkout domain: 'gap' (camera above a woven tray, products lying and piled, shop light) or "
                "'legacy' (the earlier releases' world, for comparison).")
-@_world_option("--gap", click.FloatRange(0.0, 3.0),
+@_world_option("--gap", Finite(0.0, 3.0),
                "Strength of the checkout camera's photometric gap (gap style; 0: mild, 2: strong).")
-@_world_option("--density", click.FloatRange(0.25, 3.0),
+@_world_option("--density", Finite(0.25, 3.0),
                "How densely products pile (gap style): box overlap allowed 0.3 x this, gathered to the centre.")
-@_world_option("--product-size", click.FloatRange(0.02, 0.6),
+@_world_option("--product-size", Finite(0.02, 0.6),
                "Checkout product scale: px per world unit as a fraction of the image side (default: gap 0.26, "
                "legacy 0.2).")
-@_world_option("--lying", click.FloatRange(0.0, 1.0), "Share of checkout products lying on a side (gap style).")
-@_world_option("--standing", click.FloatRange(0.0, 1.0),
+@_world_option("--lying", Finite(0.0, 1.0), "Share of checkout products lying on a side (gap style).")
+@_world_option("--standing", Finite(0.0, 1.0),
                "Share of checkout products standing, seen from the top (gap style).")
-@_world_option("--skus", int, "Number of products (at least 10).")
+@_world_option("--skus", click.IntRange(10), "Number of products (at least 10).")
 @_world_option("--lookalike-pairs", click.IntRange(0), "Pairs of SKUs that differ only in small details.")
 @click.option("--elevations", default=",".join(f"{e:g}" for e in world_mod.WorldConfig.elevations), show_default=True,
               help="Exemplar camera elevations in degrees, comma-separated.")
-@_world_option("--azimuths", int, "Turntable rotations per elevation.")
-@_world_option("--exemplar-size", int, "Exemplar width in px (height is 3/4 of it).")
-@_world_option("--size", int, "Checkout image side in px (RPC: about 1815).", "checkout_size")
+@_world_option("--azimuths", click.IntRange(1), "Turntable rotations per elevation.")
+@_world_option("--exemplar-size", click.IntRange(64, 4096), "Exemplar width in px (height is 3/4 of it).")
+@_world_option("--size", click.IntRange(64, 4096), "Checkout image side in px (RPC: about 1815).", "checkout_size")
 @_world_option("--val", click.IntRange(0), "Number of val checkout images (equal thirds per level).", "val_images")
 @_world_option("--test", click.IntRange(0), "Number of test checkout images (equal thirds per level).", "test_images")
 @_world_option("--pool", click.IntRange(0),
                "Number of unlabeled checkout photos (pool2019/, the distillation pool; labels in pool_truth/).",
                "pool_images")
-@click.option("--workers", default=1, show_default=True, help="Worker processes.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Worker processes.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @_fail_cleanly
 def world(out, seed, style, gap, density, product_size, lying, standing, skus, lookalike_pairs, elevations, azimuths,
@@ -81,7 +68,9 @@ def world(out, seed, style, gap, density, product_size, lying, standing, skus, l
     try:
         elevation_list = tuple(float(e) for e in elevations.split(","))
     except ValueError:
-        raise InputError(f"--elevations should be comma-separated degrees like 0,30,60,90, got {elevations!r}") from None
+        elevation_list = ()
+    if not elevation_list or not all(math.isfinite(e) and 0 <= e <= 90 for e in elevation_list):
+        raise InputError(f"--elevations should be comma-separated degrees in [0, 90] like 0,30,60,90, got {elevations!r}")
     config = world_mod.WorldConfig(seed=seed, style=style, gap=gap, density=density, product_size=product_size,
                                    lying=lying, standing=standing, skus=skus, lookalike_pairs=lookalike_pairs,
                                    elevations=elevation_list, azimuths=azimuths, exemplar_size=exemplar_size,
@@ -95,10 +84,11 @@ def world(out, seed, style, gap, density, product_size, lying, standing, skus, l
 @main.command()
 @click.option("--instances", required=True, type=click.Path(dir_okay=False), help="Exemplar instances JSON (RPC train).")
 @click.option("--images", required=True, type=click.Path(file_okay=False), help="Folder of the exemplar photos.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for mask PNGs and instances_masks.json.")
-@click.option("--workers", default=1, show_default=True, help="Worker processes.")
+@click.option("--out", required=True, type=OutputPath(folder=True), help="Folder for mask PNGs and instances_masks.json.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Worker processes.")
 @click.option("--keep-coarse", is_flag=True, help="Also write the coarse masks to OUT/coarse/ (to compare).")
-@click.option("--refine-px", default=400, show_default=True, help="Largest side the GrabCut refinement works at.")
+@click.option("--refine-px", type=click.IntRange(32), default=400, show_default=True,
+              help="Largest side the GrabCut refinement works at (at least 32).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @_fail_cleanly
 def masks(instances, images, out, workers, keep_coarse, refine_px, quiet):
@@ -113,8 +103,8 @@ def masks(instances, images, out, workers, keep_coarse, refine_px, quiet):
 
 @main.command()
 @click.option("--masks", "masks_json", required=True, type=click.Path(dir_okay=False), help="instances_masks.json from `rpc-synth masks`.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the JSON with pose_ratio and pose_kept.")
-@click.option("--threshold", default=0.45, show_default=True, help="Keep a view when its area ratio is above this.")
+@click.option("--out", required=True, type=OutputPath(), help="Where to write the JSON with pose_ratio and pose_kept.")
+@click.option("--threshold", type=Finite(0.0, 1.0), default=0.45, show_default=True, help="Keep a view when its area ratio is above this.")
 @_fail_cleanly
 def poses(masks_json, out, threshold):
     """Pose pruning: keep views whose mask area is above THRESHOLD x the SKU's largest."""
@@ -152,27 +142,27 @@ def _pair(text: str, name: str) -> tuple[float, float]:
 @main.command()
 @click.option("--exemplars", required=True, type=click.Path(dir_okay=False), help="poses.json (or instances_masks.json) of the exemplars.")
 @click.option("--images", required=True, type=click.Path(file_okay=False), help="Folder of the exemplar photos.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (synth2019/, instances_synth2019.json).")
-@click.option("--num-images", "n_images", default=600, show_default=True, help="Number of images to synthesize.")
-@click.option("--size", default=384, show_default=True, help="Side of the square output images in px (RPC: about 1815).")
-@click.option("--seed", default=0, show_default=True, help="Random seed; image i depends only on (seed, i).")
+@click.option("--out", required=True, type=OutputPath(folder=True), help="Output folder (synth2019/, instances_synth2019.json).")
+@click.option("--num-images", "n_images", type=click.IntRange(1), default=600, show_default=True, help="Number of images to synthesize.")
+@click.option("--size", type=click.IntRange(64, 4096), default=384, show_default=True, help="Side of the square output images in px (RPC: about 1815).")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Random seed; image i depends only on (seed, i).")
 @click.option("--levels", default="easy,medium,hard", show_default=True, help="Levels cycled over the images (equal shares).")
 @click.option("--ranges", default="", help="Override per-level ranges, e.g. 'easy=3-5/3-10' (categories/instances).")
 @click.option("--categories", default="", help="Comma-separated category ids to use (default: all with a kept exemplar).")
 @click.option("--scale", default="0.5,0.7", show_default=True, help="Object scale range, relative to size / exemplar width.")
-@click.option("--max-iou", default=0.3, show_default=True, help="Placement limit on box IoU (relaxed when crowded).")
-@click.option("--min-visible", default=0.3, show_default=True, help="Drop instances with less of their mask visible.")
-@click.option("--shadow-strength", default=0.4, show_default=True, help="Darkness of the soft shadows (0: none).")
-@click.option("--squash", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+@click.option("--max-iou", type=Finite(0.0, 1.0), default=0.3, show_default=True, help="Placement limit on box IoU (relaxed when crowded).")
+@click.option("--min-visible", type=Finite(0.0, 1.0, hi_open=True), default=0.3, show_default=True, help="Drop instances with less of their mask visible.")
+@click.option("--shadow-strength", type=Finite(0.0, 1.0), default=0.4, show_default=True, help="Darkness of the soft shadows (0: none).")
+@click.option("--squash", type=Finite(0.0, 1.0), default=0.0, show_default=True,
               help="Share of instances foreshortened (views the exemplars lack; 0: off).")
-@click.option("--squash-min", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.3, show_default=True,
+@click.option("--squash-min", type=Finite(0.0, 1.0, lo_open=True), default=0.3, show_default=True,
               help="Smallest foreshortening factor.")
 @click.option("--squash-axis", type=click.Choice(["y", "x"]), default="y", show_default=True,
               help="Axis of the exemplar image to foreshorten: y, a steeper camera; x, the product turned.")
-@click.option("--color-jitter", default=0.1, show_default=True, help="Per-object colour gain jitter (0: none).")
+@click.option("--color-jitter", type=Finite(0.0, 1.0, hi_open=True), default=0.1, show_default=True, help="Per-object colour gain jitter (0: none).")
 @click.option("--backgrounds", type=click.Path(file_okay=False, exists=True), help="Folder of background photos (default: procedural).")
-@click.option("--jpeg-quality", default=90, show_default=True, help="JPEG quality of the written images.")
-@click.option("--workers", default=1, show_default=True, help="Worker processes (output does not depend on it).")
+@click.option("--jpeg-quality", type=click.IntRange(1, 100), default=90, show_default=True, help="JPEG quality of the written images.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Worker processes (output does not depend on it).")
 @click.option("--shard", default=None, help="Make only images with index % n == i, given as i/n.")
 @click.option("--settings", type=click.Path(dir_okay=False),
               help="Settings JSON of `rpc-synth fit` (size, levels, ranges, scale, max_iou); options given here win.")
@@ -218,30 +208,30 @@ def render() -> None:
 @click.option("--source", required=True, type=click.Path(file_okay=False), help="Folder of synthesized images.")
 @click.option("--source-ann", required=True, type=click.Path(dir_okay=False), help="Their instances JSON (RLE masks from `generate`).")
 @click.option("--target", required=True, type=click.Path(file_okay=False), help="Folder of unlabeled checkout images (labels never read).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write (resumed when it exists).")
-@click.option("--size", default=96, show_default=True, help="Side of the random training crops in px.")
-@click.option("--iters", default=500, show_default=True, help="Training iterations (more than the checkpoint's: train on).")
-@click.option("--batch", default=1, show_default=True, help="Crops per iteration from each domain.")
-@click.option("--seed", default=0, show_default=True, help="Random seed (model init and crop order).")
-@click.option("--gen-channels", default=16, show_default=True, help="Generator width after its first layer.")
-@click.option("--gen-blocks", default=4, show_default=True, help="Residual blocks in the generator.")
-@click.option("--disc-channels", default=32, show_default=True, help="Discriminator width of its first layer.")
-@click.option("--preserve-weight", default=10.0, show_default=True, help="Weight of the product-preservation loss (0: plain CycleGAN).")
-@click.option("--background-weight", default=2.0, show_default=True, help="Weight of that loss's edge term on the tray, against painted blobs.")
-@click.option("--colour-weight", default=1.0, show_default=True, help="Weight of that loss's product-colour term, against repainting.")
-@click.option("--cycle-weight", default=10.0, show_default=True, help="Weight of the cycle-consistency loss.")
-@click.option("--identity-weight", default=2.0, show_default=True, help="Weight of the identity loss (0: skip it).")
-@click.option("--lr", default=2e-4, show_default=True, help="Adam learning rate (CycleGAN's; 5e-4 was unstable here).")
+@click.option("--out", required=True, type=OutputPath(), help="Checkpoint file to write (resumed when it exists).")
+@click.option("--size", type=click.IntRange(16, 4096), default=96, show_default=True, help="Side of the random training crops in px.")
+@click.option("--iters", type=click.IntRange(1), default=500, show_default=True, help="Training iterations (more than the checkpoint's: train on).")
+@click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Crops per iteration from each domain.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Random seed (model init and crop order).")
+@click.option("--gen-channels", type=click.IntRange(1), default=16, show_default=True, help="Generator width after its first layer.")
+@click.option("--gen-blocks", type=click.IntRange(0), default=4, show_default=True, help="Residual blocks in the generator.")
+@click.option("--disc-channels", type=click.IntRange(1), default=32, show_default=True, help="Discriminator width of its first layer.")
+@click.option("--preserve-weight", type=Finite(0.0), default=10.0, show_default=True, help="Weight of the product-preservation loss (0: plain CycleGAN).")
+@click.option("--background-weight", type=Finite(0.0), default=2.0, show_default=True, help="Weight of that loss's edge term on the tray, against painted blobs.")
+@click.option("--colour-weight", type=Finite(0.0), default=1.0, show_default=True, help="Weight of that loss's product-colour term, against repainting.")
+@click.option("--cycle-weight", type=Finite(0.0), default=10.0, show_default=True, help="Weight of the cycle-consistency loss.")
+@click.option("--identity-weight", type=Finite(0.0), default=2.0, show_default=True, help="Weight of the identity loss (0: skip it).")
+@click.option("--lr", type=Finite(0.0, lo_open=True), default=2e-4, show_default=True, help="Adam learning rate (CycleGAN's; 5e-4 was unstable here).")
 @click.option("--prematch/--no-prematch", default=True, show_default=True,
               help="Histogram-match the source images to the target first; the translator learns what matching cannot.")
 @click.option("--noise/--no-noise", default=True, show_default=True,
               help="Noise injection in the generators, for sensor noise.")
-@click.option("--noise-init", default=2.0, show_default=True,
+@click.option("--noise-init", type=Finite(0.0), default=2.0, show_default=True,
               help="Noise level, grey levels (the starting level with --learn-noise).")
 @click.option("--learn-noise/--fixed-noise", default=False, show_default=True,
               help="Learn the noise level (the adversarial loss drove it down to 0.1-0.5 grey levels here).")
-@click.option("--checkpoint-every", default=100, show_default=True, help="Iterations between checkpoints.")
-@click.option("--threads", default=1, show_default=True, help="CPU threads for torch (0: torch's default).")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=100, show_default=True, help="Iterations between checkpoints.")
+@click.option("--threads", type=click.IntRange(0), default=1, show_default=True, help="CPU threads for torch (0: torch's default).")
 @click.option("--device", default="auto", show_default=True, help="auto (a CUDA GPU when there is one), cpu or cuda[:N].")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @_fail_cleanly
@@ -268,15 +258,15 @@ def render_train(source, source_ann, target, out, size, iters, batch, seed, gen_
 @render.command("apply")
 @click.option("--images", required=True, type=click.Path(file_okay=False), help="Folder of the images to translate.")
 @click.option("--ann", required=True, type=click.Path(dir_okay=False), help="Their instances JSON (copied, boxes unchanged).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (render2019/, instances_render2019.json).")
+@click.option("--out", required=True, type=OutputPath(folder=True), help="Output folder (render2019/, instances_render2019.json).")
 @click.option("--method", type=click.Choice(["cyclegan", "camera", "histogram"]), default="cyclegan", show_default=True,
               help="Translator checkpoint; a camera (histogram matching, blur, noise, JPEG) fitted to the target "
                    "photos; or per-channel histogram matching alone (camera and histogram need no torch).")
 @click.option("--model", type=click.Path(dir_okay=False), help="Checkpoint of `render train` (cyclegan).")
 @click.option("--target", type=click.Path(file_okay=False),
               help="Folder of checkout images to match (camera, histogram; pixels only).")
-@click.option("--jpeg-quality", default=95, show_default=True, help="JPEG quality of the written images.")
-@click.option("--threads", default=1, show_default=True, help="CPU threads for torch (0: torch's default).")
+@click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality of the written images.")
+@click.option("--threads", type=click.IntRange(0), default=1, show_default=True, help="CPU threads for torch (0: torch's default).")
 @click.option("--amp/--no-amp", default=None,
               help="The translator under bfloat16 autocast (default: where the CPU computes bfloat16 natively, "
                    "Intel AMX or AVX512-BF16, and on a GPU; about 1.4x faster on such a CPU, within a grey level of float32).")
@@ -298,10 +288,10 @@ def render_apply(images, ann, out, method, model, target, jpeg_quality, threads,
 @click.option("--ann", required=True, type=click.Path(dir_okay=False), help="Their instances JSON.")
 @click.option("--target", required=True, type=click.Path(file_okay=False), help="Folder of checkout images (the domain aimed at).")
 @click.option("--rendered", type=click.Path(file_okay=False), help="Folder of the same images translated (`apply`'s render2019/).")
-@click.option("--iou-threshold", default=0.5, show_default=True, help="A product is kept when its foreground IoU reaches this.")
-@click.option("--min-crispness", default=0.15, show_default=True,
+@click.option("--iou-threshold", type=Finite(0.0, 1.0), default=0.5, show_default=True, help="A product is kept when its foreground IoU reaches this.")
+@click.option("--min-crispness", type=Finite(0.0), default=0.15, show_default=True,
               help="A new foreground region is a product-like blob when its boundary gradient / its contrast reaches this (a step edge: ~0.3).")
-@click.option("--workers", default=1, show_default=True, help="Worker processes (output does not depend on it).")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Worker processes (output does not depend on it).")
 @_fail_cleanly
 def render_measure(images, ann, target, rendered, iou_threshold, min_crispness, workers):
     """Domain gap to the checkout images; with --rendered also products kept and new blobs. Prints JSON."""
@@ -318,12 +308,12 @@ def render_measure(images, ann, target, rendered, iou_threshold, min_crispness, 
               help="Labelled checkout split to match (RPC val/test instances JSON).")
 @click.option("--checkout-images", type=click.Path(file_okay=False),
               help="Or a folder of unlabeled checkout photos: product size and count estimated from the pixels.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Settings JSON to write (for `generate --settings`).")
+@click.option("--out", required=True, type=OutputPath(), help="Settings JSON to write (for `generate --settings`).")
 @click.option("--probe-images", type=click.IntRange(3), default=48, show_default=True,
               help="Images per simulated probe set (more: steadier, slower).")
 @click.option("--max-checkout-images", type=click.IntRange(1), default=200, show_default=True,
               help="Unlabeled photos used at most (evenly spread over the file names).")
-@click.option("--seed", default=0, show_default=True, help="Random seed of the probe sets; the same seed gives the same file.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Random seed of the probe sets; the same seed gives the same file.")
 @_fail_cleanly
 def fit(exemplars, images, checkout, checkout_images, out, probe_images, max_checkout_images, seed):
     """Fit synthesis size, products per tray, scale and overlap to the checkout images; writes a settings JSON."""
@@ -347,10 +337,11 @@ def fit(exemplars, images, checkout, checkout_images, out, probe_images, max_che
 @click.option("--catalog", "catalog_dir", required=True, type=click.Path(file_okay=False),
               help="Folder of SKU folders of photos (CATALOG/<sku name>/*.jpg|jpeg|png); optional CATALOG/skus.csv "
                    "(name,supercategory).")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
+@click.option("--out", required=True, type=OutputPath(folder=True),
               help="Output folder (train2019/, instances_train2019.json, sku_ids.json, catalog_report.json).")
-@click.option("--workers", default=1, show_default=True, help="Worker processes (output does not depend on it).")
-@click.option("--refine-px", default=400, show_default=True, help="Largest side the GrabCut refinement works at.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Worker processes (output does not depend on it).")
+@click.option("--refine-px", type=click.IntRange(32), default=400, show_default=True,
+              help="Largest side the GrabCut refinement works at (at least 32).")
 @click.option("--supercategory", default="product", show_default=True, help="Supercategory of SKUs skus.csv does not list.")
 @click.option("--shadows", is_flag=True,
               help="Cut cast shadows off the masks (photos with shadows; may also cut grey parts of products).")

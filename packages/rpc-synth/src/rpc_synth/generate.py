@@ -88,6 +88,11 @@ class GenerateConfig:
             raise ValueError(f"squash should be a share in [0, 1], got {self.squash}")
         if not 0.0 < self.squash_min <= 1.0:
             raise ValueError(f"squash_min should be in (0, 1], got {self.squash_min}")
+        if not (0.0 <= self.max_iou <= 1.0 and 0.0 <= self.shadow_strength <= 1.0 and 0.0 <= self.color_jitter < 1.0):
+            raise ValueError(f"max_iou and shadow_strength should be in [0, 1], color_jitter in [0, 1), got "
+                             f"{self.max_iou}, {self.shadow_strength}, {self.color_jitter}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality should be in [1, 100], got {self.jpeg_quality}")
         if self.squash_axis not in ("x", "y"):
             raise ValueError(f"squash_axis should be 'x' or 'y', got {self.squash_axis!r}")
 

@@ -44,13 +44,15 @@ def read_image(path: str | os.PathLike, source: str = "", *, what: str = "image 
 
 
 def folder_images(folder: str | os.PathLike, what: str = "") -> list[Path]:
-    """The image files (:data:`IMAGE_SUFFIXES`) directly in ``folder``, sorted by name; a path that is not a
+    """The image files (:data:`IMAGE_SUFFIXES`) directly in ``folder``, sorted by name, hidden files (``.name``:
+    macOS ``._`` companions, a killed writer's temporary files) left out; a path that is not a
     folder, or a folder without images, raises :class:`FormatError` naming it (and what the folder should hold,
     ``what``: ``"background images"``)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FormatError(str(folder), "", f"not a folder; pass the folder of {what or 'images'}")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    paths = sorted(p for p in folder.iterdir()
+                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
     if not paths:
         raise FormatError(str(folder), "", f"no images ({', '.join(IMAGE_SUFFIXES)}) in this folder"
                           + (f" of {what}" if what else ""))

@@ -78,6 +78,8 @@ class WorldConfig:
         for name in ("exemplar_size", "checkout_size"):
             if not 64 <= getattr(self, name) <= 4096:
                 raise ValueError(f"{name} should be between 64 and 4096 px, got {getattr(self, name)}")
+        if not 0 <= self.lookalike_pairs <= self.skus // 2:
+            raise ValueError(f"lookalike_pairs (--lookalike-pairs) should be in [0, skus / 2 = {self.skus // 2}], got {self.lookalike_pairs}")
         if self.azimuths < 1 or not self.elevations:
             raise ValueError("need at least one elevation and one azimuth")
 
