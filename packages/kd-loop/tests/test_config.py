@@ -22,7 +22,7 @@ from rpc_metrics.io import write_json
     (["selection.min_boxes=1.5"], "selection.min_boxes should be an integer >= 0"),
     (["selection.target_precision=nan"], "selection.target_precision should be a number in"),
     (["mix.source_ratio=nan"], "mix.source_ratio should be a number >= 0"),
-    (["selection.thresholds=[0.5, nan]"], "selection.thresholds should be a non-empty list of numbers"),
+    (["selection.thresholds=[0.5, nan]"], "selection.thresholds should be a non-empty list of scores in"),
     (['calibration.instances="cal_gt.json"'], "calibration.instances and calibration.images go together"),
     (['test.images="test_images"'], "test.instances and test.images go together"),
 ])

@@ -7,6 +7,7 @@ of pyramid levels ``"0"`` .. ``"3"`` (strides 4, 8, 16, 32: P2-P5) and ``"pool"`
 
 from __future__ import annotations
 
+import pickle
 from collections import OrderedDict
 from pathlib import Path
 
@@ -84,12 +85,33 @@ class BodyWithFPN(nn.Module):
         return self.fpn(self.body(x))
 
 
+def load_torch_file(path: str | Path, what: str, hint: str) -> dict:
+    """A dict saved with ``torch.save``, loaded with ``weights_only=True``; a file that does not load (truncated,
+    foreign, a pickle of other objects) or holds no dict raises a one-line ValueError: ``path``, ``what`` it is
+    not, then ``hint``."""
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, MemoryError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: cannot read this {what} ({err.strerror or err}); {hint}") from None
+    except pickle.UnpicklingError:  # torch's message is about weights_only; say what the file is instead
+        raise ValueError(f"{path}: not a readable {what} (not a torch file, or one holding more than tensors); "
+                         f"{hint}") from None
+    except Exception as err:  # any other loading failure (truncated, corrupt) means: not such a file
+        reason = (str(err).strip().splitlines() or [""])[0][:100]
+        raise ValueError(f"{path}: not a readable {what} ({type(err).__name__}: {reason}); {hint}") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: not a readable {what} (holds a {type(content).__name__}); {hint}")
+    return content
+
+
 def load_weights(path: str | Path) -> dict:
     """A state dict from a local file (``torch.save`` of a state dict, or a checkpoint holding ``model``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch_file(path, "weights file", "give model.backbone_weights a `dpsnet pretrain` file")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     return state

@@ -18,6 +18,7 @@ from torch import nn
 
 from rpc_metrics.io import atomic_output
 
+from .backbone import load_torch_file
 from .config import RETIRED
 from .data import CategoryMap
 from .model import DPSNet, dpsnet_model
@@ -33,12 +34,33 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
     return Path(path)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """A checkpoint dict, loaded with ``weights_only=True``; a missing file raises naming it."""
+CHECKPOINT_KEYS = ("model", "model_kwargs", "categories")
+RESUME_KEYS = (*CHECKPOINT_KEYS, "optimizer", "scheduler", "step", "epoch", "position", "best", "rng")
+CHECKPOINT_HINT = "pass a checkpoint written by `dpsnet train` (its run folder's last.pt or best.pt)"
+
+
+def load_checkpoint(path: str | Path, keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict:
+    """A checkpoint dict, loaded with ``weights_only=True``; a missing file raises FileNotFoundError naming it, and
+    a file that does not load (truncated, foreign) or lacks one of ``keys`` a one-line ValueError naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_torch_file(path, "dpsnet checkpoint", CHECKPOINT_HINT)
+    missing = [key for key in keys if key not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: not a readable dpsnet checkpoint (no {missing[0]!r}); {CHECKPOINT_HINT}")
+    if not all(isinstance(ckpt[key], Mapping) for key in CHECKPOINT_KEYS if key in keys):
+        raise ValueError(f"{path}: not a readable dpsnet checkpoint (a malformed entry); {CHECKPOINT_HINT}")
+    _categories(ckpt, str(path))
+    return ckpt
+
+
+def _categories(ckpt: Mapping[str, Any], source: str) -> CategoryMap:
+    try:
+        return CategoryMap(**ckpt["categories"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{source}: not a readable dpsnet checkpoint (its categories: {err}); {CHECKPOINT_HINT}") \
+            from None
 
 
 def _retired_error(source: str, key: str, value: Any) -> ValueError:
@@ -80,7 +102,7 @@ def model_from_checkpoint(checkpoint: Mapping | str | Path, device: str | torch.
     """Rebuild the model a checkpoint was trained as (its ``model_kwargs``, ``overrides`` on top), in eval mode."""
     source = str(checkpoint) if isinstance(checkpoint, (str, Path)) else "checkpoint"
     ckpt = load_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
-    categories = CategoryMap(**ckpt["categories"])
+    categories = _categories(ckpt, source)
     check_state(ckpt["model"], source)
     kwargs = {**current_model_kwargs(ckpt["model_kwargs"], source), "backbone_weights": None, **overrides}
     model = dpsnet_model(categories.num_classes, categories.count_class_of_label,

@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .backbone import SmallBody
+from .backbone import SmallBody, load_torch_file
+
+PRETRAIN_HINT = "pass a file written by `dpsnet pretrain`"
 
 
 class CropClassifier(nn.Module):
@@ -64,7 +66,8 @@ def load_crop_classifier(path: str | Path) -> CropClassifierFile:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"reclassifier file not found: {path}")
-    return crop_classifier_from_state(torch.load(path, map_location="cpu", weights_only=True), str(path))
+    state = load_torch_file(path, "dpsnet pretrain file", PRETRAIN_HINT)
+    return crop_classifier_from_state(state, str(path))
 
 
 def crop_classifier_from_state(ckpt: dict, source: str = "reclassifier") -> CropClassifierFile:
@@ -72,9 +75,14 @@ def crop_classifier_from_state(ckpt: dict, source: str = "reclassifier") -> Crop
     if "fc" not in ckpt or "category_ids" not in ckpt:
         raise ValueError(f"{source}: no classifier layer in this file (written by an older `dpsnet pretrain`, or "
                          "not by it); run `dpsnet pretrain` again to get a file that can re-classify")
-    channels, norm = ckpt["channels"], ckpt.get("norm", "batch")
-    classifier = _classifier(len(ckpt["category_ids"]), ckpt["model"], ckpt["fc"], channels, norm)
-    specialists = [(list(spec["classes"]), _classifier(len(spec["classes"]), spec["model"], spec["fc"], channels, norm))
-                   for spec in ckpt.get("specialists", [])]
-    return CropClassifierFile(classifier, [int(c) for c in ckpt["category_ids"]], int(ckpt.get("size", 64)),
-                              specialists)
+    try:
+        channels, norm = ckpt["channels"], ckpt.get("norm", "batch")
+        classifier = _classifier(len(ckpt["category_ids"]), ckpt["model"], ckpt["fc"], channels, norm)
+        specialists = [(list(spec["classes"]), _classifier(len(spec["classes"]), spec["model"], spec["fc"],
+                                                           channels, norm)) for spec in ckpt.get("specialists", [])]
+        return CropClassifierFile(classifier, [int(c) for c in ckpt["category_ids"]], int(ckpt.get("size", 64)),
+                                  specialists)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+        reason = (str(err).strip().splitlines() or [""])[0][:100]
+        raise ValueError(f"{source}: not a readable dpsnet pretrain file ({type(err).__name__}: {reason}); "
+                         f"{PRETRAIN_HINT}") from None

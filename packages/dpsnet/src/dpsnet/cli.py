@@ -12,10 +12,12 @@ from pathlib import Path
 import click
 
 from rpc_metrics import evaluate
+from rpc_metrics.cliargs import FiniteFloat, OutputPath, ToolGroup, output_problem
 from rpc_metrics.io import FormatError, read_counts, write_json
 from rpc_metrics.version import version_option
 
 from .config import PRESETS, ConfigError, describe, make_config
+from .config.ranges import DEVICE_HELP, device_problem
 
 # The files of a run folder (train writes config.toml first): any of them means the folder holds a run.
 RUN_FILES = ("config.toml", "last.pt", "best.pt", "log.jsonl", "log.txt", "results.csv")
@@ -34,12 +36,31 @@ def _run(fn, *args, **kwargs):
         _fail(str(err))
     except ValueError as err:  # bad option or config value, named in the message
         _fail(str(err))
+    except RecursionError:  # a JSON or TOML input nested deeper than any toolkit file
+        _fail("an input file is nested too deeply to be a toolkit file; check the paths given")
     except FloatingPointError as err:  # a training run that diverged: not an input error, but one line too
         click.echo(f"error: {err}", err=True)
         raise SystemExit(1) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class DeviceType(click.ParamType):
+    """A device name (:func:`dpsnet.config.ranges.device_problem`), refused at parse time naming the option."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        problem = device_problem(value)
+        if problem:
+            self.fail(problem, param, ctx)
+        return value.strip()
+
+
+DEVICE = DeviceType()
+SCORE = FiniteFloat(0.0, 1.0)
+BATCH = click.IntRange(1, 4096)
+
+
+@click.group(cls=ToolGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @version_option("dpsnet")
 def main() -> None:
     """DPSNet for Automatic Check-Out: train, predict, evaluate and visualise a detector + counter."""
@@ -48,17 +69,17 @@ def main() -> None:
 @main.command("train", context_settings={"ignore_unknown_options": False})
 @click.option("--config", "config_name", default="cpu-small", show_default=True,
               help=f"Preset ({', '.join(PRESETS)}) or a TOML file.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder for checkpoints and logs.")
+@click.option("--out", required=True, type=OutputPath(folder=True), help="Run folder for checkpoints and logs.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt with its config (OVERRIDES still apply).")
 @click.argument("overrides", nargs=-1)
 def train_command(config_name, out, resume, overrides) -> None:
     """Train DPSNet; OVERRIDES are config keys as key=value (see `dpsnet config`). Works under torchrun."""
-    from .checkpoint import load_checkpoint
+    from .checkpoint import RESUME_KEYS, load_checkpoint
     from .distributed import shutdown_distributed
     from .training import train
 
     if resume:  # the run's own config, with the command line's overrides (e.g. a larger train.max_steps)
-        saved = _run(load_checkpoint, Path(out) / "last.pt")["config"]
+        saved = _run(load_checkpoint, Path(out) / "last.pt", (*RESUME_KEYS, "config"))["config"]
         config = _run(make_config, saved, overrides)
     else:
         config = _run(make_config, config_name, overrides)
@@ -69,6 +90,17 @@ def train_command(config_name, out, resume, overrides) -> None:
     shutdown_distributed()
     if _is_main():
         click.echo(json.dumps(summary))
+
+
+def _channels(text: str) -> tuple[int, ...]:
+    """``--channels``: four positive stage widths, e.g. 32,64,128,256."""
+    try:
+        widths = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) != 4 or not all(2 <= w <= 4096 for w in widths):
+        _fail(f"--channels: {text!r} should be four stage widths in 2-4096, e.g. 32,64,128,256")
+    return widths
 
 
 def _is_main() -> bool:
@@ -89,20 +121,20 @@ def config_command(config_name, overrides) -> None:
 @click.option("--checkpoint", required=True, type=click.Path(), help="Checkpoint written by `dpsnet train`.")
 @click.option("--instances", required=True, type=click.Path(), help="Pool or instances JSON listing the images.")
 @click.option("--images", required=True, type=click.Path(), help="Folder of the images.")
-@click.option("--out-results", required=True, type=click.Path(dir_okay=False), help="COCO results JSON to write.")
-@click.option("--out-counts", required=True, type=click.Path(dir_okay=False), help="Counts file to write.")
-@click.option("--batch-size", default=4, show_default=True, help="Images per batch.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--score-thresh", type=float, default=None, help="Drop detections below this score (default: the model's).")
-@click.option("--agnostic-nms", type=click.FloatRange(0.0, 1.0), default=None,
+@click.option("--out-results", required=True, type=OutputPath(), help="COCO results JSON to write.")
+@click.option("--out-counts", required=True, type=OutputPath(), help="Counts file to write.")
+@click.option("--batch-size", type=BATCH, default=4, show_default=True, help="Images per batch.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help=DEVICE_HELP + ".")
+@click.option("--score-thresh", type=SCORE, default=None, help="Drop detections below this score (default: the model's).")
+@click.option("--agnostic-nms", type=FiniteFloat(0.0, 1.0), default=None,
               help="Class-agnostic NMS IoU (model.box_agnostic_nms_thresh; 0: off; default: the model's).")
 @click.option("--test-flips", default=None,
               help="Test-time views fused with the plain one, e.g. hv or h,v,hv (model.test_flips; '': none; default: the model's).")
-@click.option("--test-flip-iou", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
+@click.option("--test-flip-iou", type=FiniteFloat(0.0, 1.0, lo_open=True), default=None,
               help="IoU grouping the views' detections (model.test_flip_iou; default: the model's).")
 @click.option("--reclassifier", type=click.Path(dir_okay=False), default=None,
               help="A `dpsnet pretrain` file: its crop classifier re-scores each detection (dpsnet.inference.CropRescorer).")
-@click.option("--reclassifier-power", type=click.FloatRange(0.0), default=0.5, show_default=True,
+@click.option("--reclassifier-power", type=FiniteFloat(0.0), default=0.5, show_default=True,
               help="New score = score x p(SKU) ** power.")
 @click.option("--amp/--no-amp", default=True, show_default=True,
               help="bfloat16 autocast where the device computes it natively (CUDA, CPUs with AMX or AVX512-BF16); boxes and "
@@ -126,11 +158,11 @@ def predict_command(checkpoint, instances, images, out_results, out_counts, batc
 @click.option("--gt", required=True, type=click.Path(), help="Ground-truth instances JSON.")
 @click.option("--protocol", type=click.Choice(["oracle", "transfer", "fixed"]), default="oracle", show_default=True,
               help="Score threshold protocol (transfer: chosen on --val-results/--val-gt).")
-@click.option("--threshold", type=float, default=None, help="Score threshold for --protocol fixed.")
+@click.option("--threshold", type=SCORE, default=None, help="Score threshold for --protocol fixed.")
 @click.option("--val-results", type=click.Path(), default=None, help="Results on the val split (transfer).")
 @click.option("--val-gt", type=click.Path(), default=None, help="Ground truth of the val split (transfer).")
 @click.option("--counts", type=click.Path(), default=None, help="Counts file: also report the counting view's accuracy.")
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the metrics as JSON.")
+@click.option("--json-out", type=OutputPath(), default=None, help="Also write the metrics as JSON.")
 def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, counts, json_out) -> None:
     """Print the RPC table (rpc-metrics) for RESULTS against GT, plus the counting view's accuracy."""
     from rpc_metrics.counts import count_accuracy, count_error
@@ -162,18 +194,18 @@ def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, coun
 @main.command("pretrain")
 @click.option("--instances", required=True, type=click.Path(), help="Exemplar instances JSON (RPC train split).")
 @click.option("--images", required=True, type=click.Path(), help="Folder of the exemplar photos.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Weights file to write (model.backbone_weights).")
-@click.option("--size", default=64, show_default=True, help="Crop side in px.")
+@click.option("--out", required=True, type=OutputPath(), help="Weights file to write (model.backbone_weights).")
+@click.option("--size", type=click.IntRange(16, 1024), default=64, show_default=True, help="Crop side in px (16-1024).")
 @click.option("--channels", default="32,64,128,256", show_default=True, help="Small backbone stage widths (as model.small_channels).")
-@click.option("--steps", default=3000, show_default=True, help="Optimiser steps (3000 x 64 crops: about 3 minutes on 2 cores).")
-@click.option("--batch-size", default=64, show_default=True, help="Crops per step.")
-@click.option("--lr", default=0.05, show_default=True, help="Peak learning rate (SGD, cosine).")
-@click.option("--camera", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+@click.option("--steps", type=click.IntRange(1), default=3000, show_default=True, help="Optimiser steps (3000 x 64 crops: about 3 minutes on 2 cores).")
+@click.option("--batch-size", type=BATCH, default=64, show_default=True, help="Crops per step.")
+@click.option("--lr", type=FiniteFloat(0.0, lo_open=True), default=0.05, show_default=True, help="Peak learning rate (SGD, cosine).")
+@click.option("--camera", type=FiniteFloat(0.0, 1.0), default=0.5, show_default=True,
               help="Share of crops that also get camera effects (colour cast, blur, noise, JPEG), 0-1.")
 @click.option("--specialist-steps", type=click.IntRange(0), default=0, show_default=True,
               help="Steps of each pair specialist (0: none): the SKU pairs the classifier confuses on its held-out "
                    "crops each get a two-class classifier, which `predict --reclassifier` uses too.")
-@click.option("--specialist-min-rate", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.05,
+@click.option("--specialist-min-rate", type=FiniteFloat(0.0, 1.0, lo_open=True), default=0.05,
               show_default=True, help="A pair gets a specialist when this share of its held-out crops is confused.")
 @click.option("--max-specialists", type=click.IntRange(0), default=8, show_default=True, help="At most this many.")
 @click.option("--specialist-pair", "specialist_pairs", multiple=True, metavar="ID,ID",
@@ -182,7 +214,7 @@ def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, coun
                    "trained, and confused pairs fill up to --max-specialists.")
 @click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
               help="auto: bfloat16 autocast on a CPU with bfloat16 units (AMX: a step about a third faster) for crops of 32 px or more, float32 elsewhere.")
-@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Random seed.")
 def pretrain_command(instances, images, out, size, channels, steps, batch_size, lr, camera, specialist_steps,
                      specialist_min_rate, max_specialists, specialist_pairs, precision, seed) -> None:
     """Pretrain the small backbone as an SKU classifier on exemplar crops (the stand-in for ImageNet weights)."""
@@ -191,7 +223,7 @@ def pretrain_command(instances, images, out, size, channels, steps, batch_size, 
     for name, path in (("--instances", instances), ("--images", images)):
         if not Path(path).exists():
             _fail(f"{name}: not found: {path}")
-    widths = _run(lambda: tuple(int(c) for c in channels.split(",")))
+    widths = _channels(channels)
     pairs = []
     for text in specialist_pairs:
         try:
@@ -209,8 +241,8 @@ def pretrain_command(instances, images, out, size, channels, steps, batch_size, 
 @click.option("--classifier", required=True, type=click.Path(), help="A `dpsnet pretrain` file (its crop classifier).")
 @click.option("--instances", required=True, type=click.Path(), help="Instances JSON with the products' true boxes.")
 @click.option("--images", required=True, type=click.Path(), help="Folder of its images.")
-@click.option("--top", default=10, show_default=True, help="Confusions listed.")
-@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the result as JSON.")
+@click.option("--top", type=click.IntRange(0), default=10, show_default=True, help="Confusions listed.")
+@click.option("--json-out", type=OutputPath(), default=None, help="Also write the result as JSON.")
 def crop_accuracy_command(classifier, instances, images, top, json_out) -> None:
     """How often the crop classifier (the re-scorer of `predict --reclassifier`) names each product's SKU from
     its true box, and its most frequent confusions."""
@@ -231,10 +263,10 @@ def crop_accuracy_command(classifier, instances, images, top, json_out) -> None:
 @click.option("--checkpoint", required=True, type=click.Path(), help="Checkpoint written by `dpsnet train`.")
 @click.option("--instances", required=True, type=click.Path(), help="Pool or instances JSON listing the images.")
 @click.option("--images", required=True, type=click.Path(), help="Folder of the images.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs.")
-@click.option("--limit", default=16, show_default=True, help="Number of images drawn.")
-@click.option("--score-thresh", default=0.5, show_default=True, help="Boxes drawn from this score up.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--out", required=True, type=OutputPath(folder=True), help="Folder for the PNGs.")
+@click.option("--limit", type=click.IntRange(1), default=16, show_default=True, help="Number of images drawn.")
+@click.option("--score-thresh", type=SCORE, default=0.5, show_default=True, help="Boxes drawn from this score up.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help=DEVICE_HELP + ".")
 def visualize_command(checkpoint, instances, images, out, limit, score_thresh, device) -> None:
     """Write PNGs with boxes, labels, scores and the density map overlaid."""
     from .inference import visualize_files
@@ -250,16 +282,16 @@ def visualize_command(checkpoint, instances, images, out, limit, score_thresh, d
               help="bundle: one .pt file for `dpsnet count` and dpsnet.Counter; onnx: a folder (the bundle, the "
                    "ONNX graphs, onnx.json) for dpsnet.deploy.onnx_runner.")
 @click.option("--checkpoint", required=True, type=click.Path(), help="Checkpoint written by `dpsnet train`.")
-@click.option("--threshold", required=True, type=float, help="Operating score threshold: a detection counts from it up.")
+@click.option("--threshold", required=True, type=SCORE, help="Operating score threshold: a detection counts from it up.")
 @click.option("--protocol", default="fixed", show_default=True,
               help="The protocol that chose --threshold (e.g. transfer: on the val split), kept in the bundle.")
-@click.option("--score-thresh", type=float, default=None, help="As `dpsnet predict`.")
-@click.option("--agnostic-nms", type=click.FloatRange(0.0, 1.0), default=None, help="As `dpsnet predict`.")
+@click.option("--score-thresh", type=SCORE, default=None, help="As `dpsnet predict`.")
+@click.option("--agnostic-nms", type=FiniteFloat(0.0, 1.0), default=None, help="As `dpsnet predict`.")
 @click.option("--test-flips", default=None, help="As `dpsnet predict`.")
-@click.option("--test-flip-iou", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
+@click.option("--test-flip-iou", type=FiniteFloat(0.0, 1.0, lo_open=True), default=None,
               help="As `dpsnet predict`.")
 @click.option("--reclassifier", type=click.Path(dir_okay=False), default=None, help="As `dpsnet predict`.")
-@click.option("--reclassifier-power", type=click.FloatRange(0.0), default=0.5, show_default=True,
+@click.option("--reclassifier-power", type=FiniteFloat(0.0), default=0.5, show_default=True,
               help="As `dpsnet predict`.")
 @click.option("--out", required=True, type=click.Path(), help="Bundle file (bundle) or folder (onnx) to write.")
 def export_command(fmt, checkpoint, threshold, protocol, score_thresh, agnostic_nms, test_flips, test_flip_iou,
@@ -267,6 +299,8 @@ def export_command(fmt, checkpoint, threshold, protocol, score_thresh, agnostic_
     """Write a deployment bundle (or ONNX folder) with everything `dpsnet predict` uses, and the threshold."""
     from .deploy import make_bundle, write_bundle
 
+    if problem := output_problem(out, folder=fmt == "onnx"):
+        _fail(f"--out: {out}: {problem}")
     bundle = _run(make_bundle, checkpoint, threshold, protocol=protocol, score_thresh=score_thresh,
                   agnostic_nms=agnostic_nms, test_flips=test_flips, test_flip_iou=test_flip_iou,
                   reclassifier=reclassifier, reclassifier_power=reclassifier_power)
@@ -284,12 +318,12 @@ def export_command(fmt, checkpoint, threshold, protocol, score_thresh, agnostic_
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--model", "model_path", required=True, type=click.Path(),
               help="Bundle from `dpsnet export` (a .pt file, or an exported folder).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+@click.option("--json", "json_out", type=OutputPath(), default=None,
               help="Write one JSON receipt per line to this file instead of the tables.")
-@click.option("--draw", "draw_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--draw", "draw_dir", type=OutputPath(folder=True), default=None,
               help="Folder for pictures with the counted boxes and SKU names.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--batch-size", default=4, show_default=True, help="Images per batch.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True, help=DEVICE_HELP + ".")
+@click.option("--batch-size", type=BATCH, default=4, show_default=True, help="Images per batch.")
 @click.option("--quiet", is_flag=True, help="No progress line on folders.")
 def count_command(images, model_path, json_out, draw_dir, device, batch_size, quiet) -> None:
     """Count the products of IMAGES (files or folders): a receipt per image; exit 2 on bad input."""

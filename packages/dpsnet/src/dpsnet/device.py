@@ -8,12 +8,20 @@ from .distributed import DistInfo
 
 
 def resolve_device(device: str, info: DistInfo | None = None) -> torch.device:
-    """``auto`` -> the local CUDA device when there is one, else CPU; anything else as given."""
+    """``auto`` -> the local CUDA device when there is one, else CPU; anything else as given (a CUDA device this
+    machine lacks, or a name torch does not know, raises a ValueError naming it)."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", info.local_rank if info else 0)
         return torch.device("cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r}: not a device; use auto, cpu or cuda[:N]") from None
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); use auto "
+                         "or cpu")
+    return dev
 
 
 def native_bf16(device: torch.device) -> bool:

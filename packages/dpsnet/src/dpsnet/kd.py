@@ -17,6 +17,7 @@ from typing import Any
 from rpc_metrics.io import load_json
 
 from .config import make_config
+from .config.ranges import device_problem
 from .inference import predict_files
 from .training import train
 
@@ -56,6 +57,10 @@ class Learner:
                              f"{distill_temperature}")
         self.soft_distillation = soft_distillation
         self.distill_weight, self.distill_temperature = float(distill_weight), float(distill_temperature)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size should be a positive integer, got {batch_size!r}")
+        if problem := device_problem(device):
+            raise ValueError(f"device: {problem}")
         self.batch_size = batch_size
         self.device = device
         self.echo = echo

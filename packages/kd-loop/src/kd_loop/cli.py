@@ -10,13 +10,14 @@ import click
 from kd_loop.config import ConfigError, describe_keys, load_config
 from kd_loop.loop import run_loop
 from kd_loop.summary import format_table, round_rows
+from rpc_metrics.cliargs import ToolGroup
 from rpc_metrics.io import FormatError
 from rpc_metrics.version import version_option
 
 USAGE_ERROR = 2
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ToolGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @version_option("kd-loop")
 def main() -> None:
     """Iterative knowledge distillation with label-free pseudo-label selection."""
@@ -33,7 +34,7 @@ def _print_keys(ctx: click.Context, _param: click.Parameter, value: bool) -> Non
               help="Print every config key with its default and meaning, and exit.")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
-@click.option("--rounds", type=int, default=None, help="Number of distillation rounds (overrides the config).")
+@click.option("--rounds", type=click.IntRange(0), default=None, help="Number of distillation rounds (overrides the config).")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the run (overrides the config); an existing run there is resumed.")
 def run_command(config, overrides, rounds, workdir) -> None:
@@ -51,7 +52,11 @@ def run_command(config, overrides, rounds, workdir) -> None:
 @click.argument("workdir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 def status_command(workdir) -> None:
     """Table of the rounds of the run in WORKDIR: selection counts, precision and cAcc when measured."""
-    rows = round_rows(workdir)
+    try:
+        rows = round_rows(workdir)
+    except FormatError as err:  # a damaged selection.json or metrics.json
+        click.echo(f"error: {err}", err=True)
+        sys.exit(USAGE_ERROR)
     if not rows:
         click.echo(f"error: {workdir} holds no round_* folder; is it a kd-loop workdir?", err=True)
         sys.exit(USAGE_ERROR)

@@ -173,8 +173,14 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
                 table = tomllib.load(f)
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path}: not valid TOML ({err})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: not valid TOML ({str(err).splitlines()[0]}); give a UTF-8 TOML config") \
+                from None
+        except OSError as err:  # a folder, an unreadable file
+            raise ConfigError(f"{path}: cannot read the config ({err.strerror or err}); give a readable TOML file") \
+                from None
+        except RecursionError:
+            raise ConfigError(f"{path}: nested too deeply to be a kd-loop config") from None
         base_dir = path.resolve().parent
     flat = toml.flatten(table or {}, leaves=("learner.kwargs",))
     for key, value in parse_overrides(overrides).items():
@@ -206,7 +212,8 @@ def _check_number(values: dict[str, Any], key: str, low: float, high: float = ma
     ok = (isinstance(value, int) and not isinstance(value, bool)) if integer else _is_number(value)
     if not ok or not (low < value if low_open else low <= value) or not value <= high:
         kind = "an integer" if integer else "a number"
-        bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]" if high < math.inf else f"{'>' if low_open else '>='} {low:g}"
+        lo, hi = (str(int(b)) if integer and math.isfinite(b) else f"{b:g}" for b in (low, high))
+        bounds = f"{'(' if low_open else '['}{lo}, {hi}]" if high < math.inf else f"{'>' if low_open else '>='} {lo}"
         raise ConfigError(f"{key} should be {kind} {'in ' if high < math.inf else ''}{bounds}{hint}, got {value!r}")
 
 
@@ -228,7 +235,7 @@ def _check_selection(values: dict[str, Any]) -> None:
     if values["selection.fallback"] not in ("closest", "none"):
         raise ConfigError(f"selection.fallback should be 'closest' or 'none', got {values['selection.fallback']!r}")
     _check_number(values, "selection.min_boxes", 0, integer=True)
-    _check_number(values, "selection.ignore_threshold", 0.0)
+    _check_number(values, "selection.ignore_threshold", 0.0, 1.0)
 
 
 def _check_number_list(values: dict[str, Any], key: str, low: float, example: str) -> None:
@@ -269,12 +276,15 @@ def _check_values(values: dict[str, Any], given: set[str] = frozenset()) -> None
     if values["mix.student_init"] not in ("teacher", "scratch"):
         raise ConfigError("mix.student_init should be 'teacher' or 'scratch'")
     thresholds = values["selection.thresholds"]
-    if not isinstance(thresholds, list) or not thresholds or not all(_is_number(t) for t in thresholds):
-        raise ConfigError("selection.thresholds should be a non-empty list of numbers, e.g. [0.8, 0.85, 0.9, 0.95]")
+    if not isinstance(thresholds, list) or not thresholds or not all(_is_number(t) and 0 <= t <= 1 for t in thresholds):
+        raise ConfigError("selection.thresholds should be a non-empty list of scores in [0, 1], e.g. "
+                          f"[0.8, 0.85, 0.9, 0.95], got {thresholds!r}")
+    if values["evaluate.search"] not in ("exact", "grid"):
+        raise ConfigError(f"evaluate.search should be 'exact' or 'grid', got {values['evaluate.search']!r}")
     _check_number(values, "selection.target_precision", 0.0, 1.0, hint=" (0: off)")
     _check_selection(values)
-    if not isinstance(values["rounds"], int) or values["rounds"] < 0:
-        raise ConfigError("rounds should be a non-negative integer")
+    _check_number(values, "rounds", 0, integer=True)
+    _check_number(values, "seed", 0, 2**32 - 1, integer=True)
     datasets = values["source.datasets"]
     if not isinstance(datasets, list) or not all(isinstance(d, Mapping) and "instances" in d and "images" in d
                                                  for d in datasets):

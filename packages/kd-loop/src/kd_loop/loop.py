@@ -17,7 +17,6 @@ step, and the outputs equal those of an uninterrupted run (every random choice i
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import sys
@@ -31,12 +30,14 @@ import numpy as np
 from kd_loop import report
 from kd_loop.calibration import count_scale, precision_threshold
 from kd_loop.config import ConfigError, LoopConfig
+from kd_loop.learners import check_learner_kwargs, learner_class, load_learner
 from kd_loop.protocols import Learner, Prediction, TrainingSet
 from kd_loop.resume import keep_settings
 from kd_loop.selection import IMAGE_LEVEL, SelectionPolicy, select_pseudo_labels
 from kd_loop.summary import format_table as format_table  # kept importable from here, their former home
 from kd_loop.summary import round_rows as round_rows
 from kd_loop.summary import selection_notes, write_summary
+from rpc_metrics.cliargs import output_problem
 from rpc_metrics.io import (
     as_pool,
     load_json,
@@ -54,22 +55,6 @@ LABELLED = ("val", "calibration", "test")
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def load_learner(path: str, kwargs: dict[str, Any]) -> Learner:
-    """Import ``module:Class`` and construct it with ``kwargs``."""
-    module_name, sep, class_name = path.partition(":")
-    if not sep:
-        raise ConfigError(f"learner.path {path!r} should look like 'package.module:Class'")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(f"unknown learner path {path!r} ({err}); install the package that provides it") from None
-    learner = cls(**kwargs)
-    missing = [m for m in ("fit", "predict") if not callable(getattr(learner, m, None))]
-    if missing:
-        raise ConfigError(f"learner {path!r} lacks {missing[0]}(); it must implement kd_loop.Learner")
-    return learner
 
 
 def check_inputs(config: LoopConfig) -> None:
@@ -379,7 +364,12 @@ def run_loop(config: LoopConfig, *, rounds: int | None = None, workdir: Path | N
     check_inputs(config)
     workdir = Path(workdir if workdir is not None else config.base_dir / config["workdir"])
     rounds = int(config["rounds"] if rounds is None else rounds)
-    learner = learner or load_learner(config["learner.path"], dict(config["learner.kwargs"]))
+    if problem := output_problem(workdir, folder=True):  # before the learner is built or anything is written
+        raise ConfigError(f"workdir {workdir}: {problem}")
+    if learner is None:  # every round's keyword arguments checked before the first round
+        check_learner_kwargs(learner_class(config["learner.path"]), config["learner.path"],
+                             [config.learner_kwargs(r) for r in range(max(rounds, len(config["learner.round_kwargs"])) + 1)])
+        learner = load_learner(config["learner.path"], dict(config["learner.kwargs"]))
     keep_settings(workdir, config)  # a resume with other settings is refused here, before anything is written
     run = Run(config, workdir, learner, log)
     start = time.perf_counter()

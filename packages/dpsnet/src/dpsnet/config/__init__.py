@@ -31,6 +31,7 @@ from .keys import (
     Sections,
     TrainSection,
 )
+from .ranges import range_problem
 
 __all__ = ["CHOICES", "DEFAULTS", "HELP", "PRESETS", "RETIRED", "SCHEMA", "ConfigError", "DataSection", "ModelSection",
            "Sections", "TrainSection", "describe", "load_toml", "make_config", "model_kwargs", "parse_override",
@@ -88,8 +89,8 @@ def load_toml(name_or_path: str) -> tuple[dict[str, Any], str]:
         raise FileNotFoundError(f"config file not found: {path} (presets: {', '.join(PRESETS)})")
     try:
         return toml.flatten(tomllib.loads(path.read_text(encoding="utf-8"))), str(path)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: malformed TOML ({err})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: malformed TOML ({str(err).splitlines()[0]}); give a UTF-8 TOML file") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -134,6 +135,8 @@ def make_config(base: str | Mapping[str, Any] | None = None,
     for key, choices in CHOICES.items():
         if config[key] not in choices:
             raise ConfigError(f"{key} should be one of {', '.join(repr(c) for c in choices)}, got {config[key]!r}")
+    if problem := range_problem(config):
+        raise ConfigError(problem)
     return config
 
 

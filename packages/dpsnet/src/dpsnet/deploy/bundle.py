@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
+from ..backbone import load_torch_file
 from ..checkpoint import current_model_kwargs, load_checkpoint, model_from_checkpoint, save_checkpoint
-from ..classifier import crop_classifier_from_state
+from ..classifier import PRETRAIN_HINT, crop_classifier_from_state
 from ..data import CategoryMap
 from ..inference.prediction import predict_overrides
 from ..inference.rescore import CropRescorer
@@ -70,7 +71,7 @@ def make_bundle(checkpoint: str | Path, threshold: float, *, protocol: str = "fi
         path = Path(reclassifier)
         if not path.is_file():
             raise FileNotFoundError(f"reclassifier file not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch_file(path, "dpsnet pretrain file", PRETRAIN_HINT)
         state.pop("summary", None)
         _rescorer({"state": state, "power": reclassifier_power}, categories, str(path))  # checks it
         rescorer = {"state": state, "power": float(reclassifier_power), "source": str(path)}
@@ -94,12 +95,8 @@ def read_bundle(path: str | Path) -> dict:
         path = path / BUNDLE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"model bundle not found: {path}")
-    try:
-        bundle = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a dpsnet bundle ({type(err).__name__}: {str(err).splitlines()[0][:120]})") \
-            from None
-    if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+    bundle = load_torch_file(path, "dpsnet bundle", "write one with `dpsnet export --format bundle`")
+    if bundle.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"{path}: not a dpsnet bundle (write one with `dpsnet export --format bundle`)")
     if bundle.get("version") != BUNDLE_VERSION:
         raise ValueError(f"{path}: bundle version {bundle.get('version')}, this dpsnet reads {BUNDLE_VERSION}")

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from rpc_metrics import evaluate
 from rpc_metrics.counts import count_accuracy
 
-from ..checkpoint import check_state, save_checkpoint
+from ..checkpoint import RESUME_KEYS, check_state, load_checkpoint, save_checkpoint
 from ..config import Sections, describe, make_config, model_kwargs, scale_to_batch, sections
 from ..data import CategoryMap, InstancesDataset, MixedDataset, MixSampler
 from ..device import native_bf16, resolve_device
@@ -80,7 +80,10 @@ def init_weights(model: DPSNet, checkpoint: str | Path, categories: CategoryMap,
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"train.init_checkpoint: checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = load_checkpoint(path)
+    except ValueError as err:
+        raise ValueError(f"train.init_checkpoint: {err}") from None
     saved = ckpt.get("categories", {})
     if (saved.get("category_ids"), saved.get("count_classes")) != (categories.category_ids, categories.count_classes):
         raise ValueError(f"train.init_checkpoint {path}: its categories differ from the training data's; "
@@ -145,7 +148,7 @@ def _resume(run: _Run) -> None:
     last = run.out_dir / "last.pt"
     if not last.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
-    ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(last, RESUME_KEYS)
     check_state(ckpt["model"], str(last))
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
