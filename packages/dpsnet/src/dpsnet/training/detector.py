@@ -15,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rpc_metrics import evaluate
 from rpc_metrics.counts import count_accuracy
+from rpc_metrics.files import remove_stale_temporaries
 
 from ..checkpoint import RESUME_KEYS, check_state, load_checkpoint, save_checkpoint
 from ..config import Sections, describe, make_config, model_kwargs, scale_to_batch, sections
@@ -235,6 +236,7 @@ def train(config: Mapping[str, Any], out_dir: str | Path, *, resume: bool = Fals
         _resume(run)
     if info.is_main:  # the inputs loaded: only now does the run write anything (a failed start leaves no trace)
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir)  # a killed run's half-written checkpoint or curves (--resume)
         if not resume:
             (out_dir / "config.toml").write_text(describe(config), encoding="utf-8")
     net = DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None) \
