@@ -42,7 +42,7 @@ bench-gpu:
 	test ! -f packages/dpsnet/benchmarks/gpu_step.py || PYTHONPATH=$(subst $(eval) ,:,$(addsuffix /src,$(PRESENT))) \
 		$(PYTHON) packages/dpsnet/benchmarks/gpu_step.py --output packages/dpsnet/benchmarks/GPU_STEP.md
 
-# The whole ACO system on the embedded mini world (about 25 minutes on 2 cores; report in runs/mini/, resumable).
+# The whole ACO system on the embedded mini world (19 min from a fresh clone on a 2-core AMD EPYC; report in runs/mini/, resumable).
 # QUICK=1: tiny sizes (under 3 minutes; runs/mini-quick/). DEMO_ARGS: more options (`examples/aco_pipeline.py -h`).
 DEMO_ARGS ?=
 demo: $(STAMP)
