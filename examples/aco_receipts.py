@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rpc_metrics.counts import count_class_index
+from rpc_metrics.counts import count_class_index, half_up
 from rpc_metrics.io import read_counts, read_instances, read_results
 
 
@@ -42,7 +42,7 @@ def receipt_flags(results: Path, counts: Path, gt: Path, threshold: float) -> di
     for item in view["images"]:
         if item["image_id"] in row:
             for key, value in item["counts"].items():
-                viewed[row[item["image_id"]], key_col[key]] = int(np.floor(float(value) + 0.5))
+                viewed[row[item["image_id"]], key_col[key]] = half_up(value)
     consistent = (detected @ to_class == viewed).all(axis=1)
     return {"consistent": consistent, "right": right}
 

@@ -176,6 +176,10 @@ class Layout:
         return self.out / "models" / key
 
     def predictions(self, key: str, split: str) -> tuple[Path, Path]:
+        """A source model's results and counts files on ``split`` (``val``: the held-out set's when there is no val
+        split, as :meth:`split` stands in)."""
+        if split == "val" and not self.has_split("val"):
+            split = "synth_heldout"
         return self.model(key) / f"results_{split}.json", self.model(key) / f"counts_{split}.json"
 
 

@@ -152,3 +152,13 @@ class StageRunner:
             if stage.name == until:
                 break
         return records
+
+
+def resume_args(run_dir: Path) -> list[str]:
+    """`dpsnet train`'s ``--resume`` when ``run_dir`` holds a checkpoint; a start killed before its first checkpoint
+    is removed (dpsnet train refuses a folder that holds another run), so that training begins again."""
+    if (run_dir / "last.pt").is_file():
+        return ["--resume"]
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    return []

@@ -7,14 +7,13 @@ process (a torch start saved per split). `aco_pipeline.Pipeline` adds the data s
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import click
 from aco_recipe import SOURCE_MODELS, Layout, Recipe
 from aco_report import best_source, last_stage_files, transfer_threshold
-from aco_stages import InputError, Stage, run_command, tool
+from aco_stages import InputError, Stage, resume_args, run_command, tool
 
 from rpc_metrics.io import as_pool, load_json, read_instances, write_json
 from rpc_metrics.toml import parse_override, to_toml
@@ -80,10 +79,7 @@ class ModelStages:
 
     def train(self, run_dir: Path, overrides: Sequence[str]) -> None:
         """`dpsnet train` into ``run_dir``, resuming from its last checkpoint when there is one."""
-        resume = ["--resume"] if (run_dir / "last.pt").is_file() else []
-        if not resume and run_dir.exists():  # a start killed before its first checkpoint: begin again
-            shutil.rmtree(run_dir)
-        self.run([*self.launcher("dpsnet"), "train", "--config", self.r.preset, "--out", run_dir, *resume,
+        self.run([*self.launcher("dpsnet"), "train", "--config", self.r.preset, "--out", run_dir, *resume_args(run_dir),
                   *overrides])
 
     def trunk_stage(self) -> Stage:
@@ -111,7 +107,8 @@ class ModelStages:
         def action() -> None:
             run_dir = self.p.model(key)
             self.train(run_dir, overrides)
-            for split in ("val", "test", "synth_heldout") if self.p.has_split("test") else ("val", "synth_heldout"):
+            # Without a val split its stand-in, the held-out set, is predicted once (Layout.predictions maps it).
+            for split in [s for s in ("val", "test") if self.p.has_split(s)] + ["synth_heldout"]:
                 instances, images = self.p.dataset(split) if split == "synth_heldout" else self.p.split(split)
                 self.predict(run_dir / "last.pt", instances, images, *self.p.predictions(key, split))
 

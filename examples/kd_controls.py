@@ -24,7 +24,7 @@ import tomllib
 from pathlib import Path
 
 import click
-from aco_stages import run_command, tool
+from aco_stages import resume_args, run_command, tool
 
 from rpc_metrics.io import atomic_output, write_json
 from rpc_metrics.toml import to_toml, toml_value
@@ -90,10 +90,8 @@ def steps_control(demo: Path, loop: dict, *, threads: int = 0) -> Path:
                       "train.init_checkpoint": loop["source"]["checkpoint"]})
     model = out / "model"
     if not (model / "done.json").is_file():
-        resume = ["--resume"] if (model / "last.pt").is_file() else []
-        if not resume and model.exists():  # a start killed before its first checkpoint: begin again
-            shutil.rmtree(model)
-        run([tool("dpsnet"), "train", "--config", learner.get("preset", "cpu-small"), "--out", model, *resume,
+        run([tool("dpsnet"), "train", "--config", learner.get("preset", "cpu-small"), "--out", model,
+             *resume_args(model),
              *(f"{k}={toml_value(v)}" for k, v in overrides.items())], threads)
         write_json({"steps": overrides["train.max_steps"]}, model / "done.json")
     # predicted as the loop's learner predicts (its crop-classifier re-scoring, if any)

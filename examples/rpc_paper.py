@@ -164,6 +164,10 @@ class PlanPipeline(Pipeline):
     def run(self, args: Sequence) -> None:
         self.commands.append([str(a) for a in args])
 
+    def train(self, run_dir: Path, overrides: Sequence[str]) -> None:
+        # recorded without looking into run_dir (a plan neither resumes nor removes a killed start)
+        self.run([*self.launcher("dpsnet"), "train", "--config", self.r.preset, "--out", run_dir, *overrides])
+
     def predict(self, checkpoint: Path, instances: Path, images: Path, results: Path, counts: Path) -> None:
         # one process predicts in the pipeline's own process: the equivalent command
         self.run([*self.launcher("dpsnet"), "predict", "--checkpoint", checkpoint, "--instances", instances,

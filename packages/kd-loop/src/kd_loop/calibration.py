@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from rpc_metrics.cocoeval import BoxSet, match
-from rpc_metrics.counts import true_totals, view_totals
+from rpc_metrics.counts import half_up, true_totals, view_totals
 
 
 def box_set(dataset: Mapping, image_ids: np.ndarray, cat_ids: np.ndarray, *, detections: bool) -> BoxSet:
@@ -105,7 +105,7 @@ def count_error(truth: np.ndarray, view: np.ndarray, scale: float) -> float | No
     N = 0): the error the agreement check sees, on the calibration split."""
     if len(truth) == 0:
         return None
-    return float(np.mean(np.abs(np.floor(scale * view + 0.5) - truth)))
+    return float(np.mean(np.abs(half_up(scale * view) - truth)))
 
 
 def count_scale(setting: str | float, counts: Mapping | None = None, gt: Mapping | None = None) -> dict:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rpc_metrics.counts import count_class_index
+from rpc_metrics.counts import count_class_index, half_up
 from rpc_metrics.io import results_to_arrays
 
 POLICIES = ("image", "instance", "image+instance", "random", "random-instance")
@@ -100,7 +100,7 @@ def _view_counts(counts: Mapping, image_ids: np.ndarray, keys: list[str], count_
             if column is not None and key not in column:
                 raise ValueError(f"counts of image {item['image_id']} name class {key!r}, which the pool does not have")
             matrix[r, 0 if column is None else column[key]] += float(value)
-    return np.floor(scale * matrix + 0.5).astype(np.int64)
+    return half_up(scale * matrix)
 
 
 def closest_to_agreement(detected: np.ndarray, view: np.ndarray, image_ids: np.ndarray, candidates: np.ndarray,

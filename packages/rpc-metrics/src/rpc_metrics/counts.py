@@ -57,7 +57,11 @@ def view_totals(counts: Mapping, image_ids: np.ndarray) -> np.ndarray:
     return totals
 
 
-def _half_up(value: float) -> int:
+def half_up(value):
+    """The toolkit's rounding of counts, ``floor(x + 0.5)`` (2.5 counts 3): an int for a number, an int64 array for
+    an array (kd-loop's agreement check, dpsnet's receipts and the metrics here all round with it)."""
+    if isinstance(value, np.ndarray):
+        return np.floor(value + 0.5).astype(np.int64)
     return math.floor(float(value) + 0.5)
 
 
@@ -72,10 +76,10 @@ def count_accuracy(counts: Mapping, gt: Mapping | str | os.PathLike, *, total: b
             key = keys[class_of[ann["category_id"]]]
             truth[ann["image_id"]][key] = truth[ann["image_id"]].get(key, 0) + 1
     if total:
-        predicted_total = {e["image_id"]: _half_up(sum(e["counts"].values())) for e in counts["images"]}
+        predicted_total = {e["image_id"]: half_up(sum(e["counts"].values())) for e in counts["images"]}
         right = sum(predicted_total.get(i, 0) == sum(true.values()) for i, true in truth.items())
         return right / max(len(truth), 1)
-    predicted = {e["image_id"]: {k: n for k, n in ((k, _half_up(v)) for k, v in e["counts"].items()) if n > 0}
+    predicted = {e["image_id"]: {k: n for k, n in ((k, half_up(v)) for k, v in e["counts"].items()) if n > 0}
                  for e in counts["images"]}
     right = sum(predicted.get(image_id, {}) == true for image_id, true in truth.items())
     return right / max(len(truth), 1)

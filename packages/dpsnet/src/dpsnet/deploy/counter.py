@@ -9,7 +9,6 @@ rounded half up (``floor(x + 0.5)``, as :mod:`rpc_metrics.counts` rounds). The t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,17 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from rpc_metrics.counts import half_up
+
 from ..data import CategoryMap, read_image
 from ..device import resolve_device
 from ..inference.prediction import run_model
 from .bundle import bundle_model, read_bundle
 
 ImageLike = str | Path | np.ndarray | torch.Tensor
-
-
-def half_up(value: float) -> int:
-    """``floor(x + 0.5)``: rpc_metrics.counts' rounding of counts (2.5 counts 3)."""
-    return math.floor(float(value) + 0.5)
 
 
 @dataclass
