@@ -112,6 +112,7 @@ def test_crowd_regions_ignored_and_levels_pooled():
     assert list(pooled["levels"]) == ["all"] and pooled["levels"]["all"]["images"] == len(plain["images"])
 
 
+@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="shared/rpc-format examples not present")
 def test_rpc_example_file():
     stats = checkout_stats(EXAMPLES / "instances_test2019.example.json")
     assert stats["instances"] > 0 and 0 < stats["product_size"]["median"] < 1
