@@ -1,7 +1,9 @@
 """Every bad input of ``dpsnet`` ends with exit status 2 and one error line naming the option, key or file,
 before anything is written: no traceback, and the output folder holds nothing new afterwards."""
 
+import errno
 import io
+import os
 import pickle
 
 import pytest
@@ -286,3 +288,54 @@ def test_the_kd_learner_refuses_bad_arguments_at_construction(kwargs, named):
 
     with pytest.raises(ValueError, match=named):
         Learner(**kwargs)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux), a device that is always full")
+def test_a_checkpoint_written_to_a_full_disk_is_an_os_error_naming_it(tmp_path, monkeypatch):
+    """torch's own file writer turns a full disk into a RuntimeError (a traceback); written through a Python file,
+    it is an OSError naming the checkpoint (one line from the CLI), and nothing is left behind."""
+    import rpc_metrics.files
+    from dpsnet.checkpoint import save_checkpoint
+
+    real = rpc_metrics.files.tempfile.mkstemp
+
+    def full_disk(**kwargs):
+        fd, tmp = real(**kwargs)
+        os.unlink(tmp)
+        os.symlink("/dev/full", tmp)
+        return fd, tmp
+
+    monkeypatch.setattr(rpc_metrics.files.tempfile, "mkstemp", full_disk)
+    with pytest.raises(OSError) as raised:
+        save_checkpoint({"model": {"weight": torch.zeros(64, 64)}}, tmp_path / "last.pt")
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux), a device that is always full")
+def test_a_log_line_written_to_a_full_disk_is_an_os_error_naming_it(tmp_path):
+    from dpsnet.training.records import RunLog
+
+    (tmp_path / "log.jsonl").symlink_to("/dev/full")
+    with pytest.raises(OSError) as raised:
+        RunLog(jsonl=tmp_path / "log.jsonl", echo=False).write({"type": "start"}, "start")
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(tmp_path / "log.jsonl")
+
+
+def test_predict_refuses_a_truncated_jpeg(world, checkpoint, tmp_path):
+    """OpenCV decodes a JPEG cut short without an error (the missing rows grey): refused, naming the file."""
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(world / "images", images)
+    import cv2
+
+    victim = sorted(p for p in images.iterdir() if p.is_file())[0]
+    _, jpeg = cv2.imencode(".jpg", cv2.imread(str(victim)))  # content decides the decoder, not the name
+    victim.write_bytes(jpeg.tobytes()[: jpeg.size // 2])
+    out = tmp_path / "out"
+    out.mkdir()
+    args = _predict_args(world, checkpoint, out)
+    args[args.index("--images") + 1] = images
+    _refused(_invoke(*args), victim.name, "cut short")
+    assert _files(out) == []

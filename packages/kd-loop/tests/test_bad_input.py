@@ -36,7 +36,7 @@ BAD_VALUES = [
     ("mix.source_ratio=abc", "mix.source_ratio"), ("mix.source_ratio=nan", "mix.source_ratio"),
     ("mix.source_ratio=-1", "mix.source_ratio"), ("mix.source_ratio=inf", "mix.source_ratio"),
     ("seed=-1", "seed"), ("seed=nan", "seed"), ("seed=1.5", "seed"), ('seed="x"', "seed"),
-    ("seed=99999999999999999999", "seed"), ("rounds=-1", "rounds"), ("rounds=true", "rounds"),
+    ("seed=99999999999999999999", "seed"), ("rounds=-1", "rounds"), ("rounds=true", "rounds"), ("rounds=1001", "rounds"),
     ("selection.min_boxes=x", "selection.min_boxes"), ("selection.min_boxes=-5", "selection.min_boxes"),
     ("selection.min_boxes=1.5", "selection.min_boxes"), ("selection.min_boxes=nan", "selection.min_boxes"),
     ("selection.thresholds=[nan]", "selection.thresholds"), ("selection.thresholds=[7]", "selection.thresholds"),

@@ -114,8 +114,8 @@ def test_evaluate_with_intervals_prints_and_writes_them(files, tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--intervals", "-1"], "--intervals"),
-    (["--intervals", "10", "--confidence", "1.5"], "not strictly between 0 and 1"),
-    (["--intervals", "10", "--confidence", "nan"], "not strictly between 0 and 1"),
+    (["--intervals", "10", "--confidence", "1.5"], "0 < x < 1"),
+    (["--intervals", "10", "--confidence", "nan"], "0 < x < 1"),
     (["--protocol", "fixed", "--threshold", "nan"], "not a finite number"),
     (["--intervals", "10", "--interval-seed", "-1"], "--interval-seed"),
 ])
@@ -156,7 +156,7 @@ def test_compare_refuses_results_of_other_images(files, tmp_path):
     (["--protocol", "oracle", "--threshold-a", "0.5"], "only used with --protocol fixed"),
     (["--protocol", "fixed", "--threshold-a", "0.5", "--threshold-b", "nan"], "not a finite number"),
     (["--protocol", "oracle", "--n-boot", "-5"], "--n-boot"),
-    (["--protocol", "oracle", "--confidence", "0"], "not strictly between 0 and 1"),
+    (["--protocol", "oracle", "--confidence", "0"], "0 < x < 1"),
     (["--protocol", "oracle", "--levels", "expert"], "not a level"),
 ])
 def test_compare_bad_options_exit_2_and_write_nothing(files, tmp_path, args, message):

@@ -234,7 +234,7 @@ def test_cli_prints_the_tables_and_writes_json(files, tmp_path):
     (["--protocol", "fixed"], "needs --threshold"),
     (["--protocol", "transfer"], "needs --val-results"),
     (["--threshold", "0.5"], "only used with --protocol fixed"),
-    (["--protocol", "fixed", "--threshold", "0.5", "--size-bins", "20,10"], "increasing positive"),
+    (["--protocol", "fixed", "--threshold", "0.5", "--size-bins", "20,10"], "should be increasing"),
     (["--protocol", "fixed", "--threshold", "0.5", "--size-bins", "a,b"], "comma-separated"),
 ])
 def test_cli_usage_errors(files, args, message):

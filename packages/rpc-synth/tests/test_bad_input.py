@@ -3,7 +3,11 @@ and nothing written or left behind in the output."""
 
 from __future__ import annotations
 
+import importlib.util
+import io
+import itertools
 import json
+import os
 import shutil
 import struct
 import zlib
@@ -193,3 +197,248 @@ def test_folder_images_leave_hidden_files_out(tmp_path):
     (tmp_path / ".photo.1234-abcdefgh.tmp.jpg").write_bytes(b"\xff\xd8")
     (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8")
     assert [p.name for p in folder_images(tmp_path)] == ["photo.jpg"]
+
+
+# ------------------------------------------------------------------ render train / apply / measure: bad input files
+
+RENDER_TINY = ("--size", 32, "--iters", 2, "--gen-channels", 4, "--gen-blocks", 1, "--disc-channels", 4, "--quiet")
+FILE_KINDS = ["missing", "empty", "truncated", "foreign"]
+
+
+def _refused_naming(result, name: str, folder: Path, before: list) -> None:
+    """Exit 2 with one output line in all, naming ``name``; ``folder`` holds what it held ``before``."""
+    assert_refused(result, name)
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1, result.output
+    assert sorted(folder.rglob("*")) == before, sorted(set(folder.rglob("*")) - set(before))
+
+
+def _bad_folder(folder: Path, kind: str, where: Path, listed: list[str] | None = None) -> tuple[Path, str]:
+    """A broken copy of the image ``folder`` under ``where`` and the name its error should give: missing, empty,
+    every image cut to half its bytes, or every image a text file of the same name. ``listed``: the file names an
+    instances JSON lists (a missing folder then means missing images), else the folder is read as it is."""
+    names = listed or sorted(p.name for p in folder.iterdir())
+    bad = where / f"{folder.name}_{kind}"
+    if kind != "missing":
+        bad.mkdir()
+    if kind in ("missing", "empty"):
+        return bad, names[0] if listed else bad.name
+    for name in names:
+        data = (folder / name).read_bytes()
+        (bad / name).write_bytes(data[:len(data) // 2] if kind == "truncated" else b"not an image, a note\n")
+    return bad, f"{bad.name}{os.sep}"  # a file of that folder (training reads them in a random order)
+
+
+def _listed(ann: Path) -> list[str]:
+    return sorted(im["file_name"] for im in json.loads(ann.read_text())["images"])
+
+
+@pytest.fixture
+def render_inputs(tiny_world, tiny_generate, tmp_path):
+    """Copies of the source images, their instances JSON and the target photos, for each test to break."""
+    shutil.copytree(tiny_generate / "synth2019", tmp_path / "synth")
+    shutil.copy(tiny_generate / "instances_synth2019.json", tmp_path / "ann.json")
+    shutil.copytree(tiny_world / "val2019", tmp_path / "target")
+    return tmp_path / "synth", tmp_path / "ann.json", tmp_path / "target"
+
+
+@pytest.fixture(scope="module")
+def translator(tiny_world, tiny_generate, tmp_path_factory):
+    """A real (tiny, two iterations) translator checkpoint."""
+    pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("translator") / "m.pt"
+    result = run("render", "train", "--source", tiny_generate / "synth2019", "--source-ann",
+                 tiny_generate / "instances_synth2019.json", "--target", tiny_world / "val2019", "--out", out,
+                 *RENDER_TINY)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _bad_checkpoint(good: Path, kind: str, where: Path) -> Path:
+    """A broken checkpoint: missing, empty, cut to half its bytes, or a torch file of another kind."""
+    import torch
+
+    bad = where / f"model_{kind}.pt"
+    if kind == "empty":
+        bad.write_bytes(b"")
+    elif kind == "truncated":
+        bad.write_bytes(good.read_bytes()[:good.stat().st_size // 2])
+    elif kind == "foreign":  # another tool's checkpoint: a state dict, no render format
+        torch.save({"model": {"weight": torch.zeros(2, 2)}, "iteration": 3}, bad)
+    return bad
+
+
+def _render_train(source, ann, target, out):
+    return run("render", "train", "--source", source, "--source-ann", ann, "--target", target, "--out", out,
+               *RENDER_TINY)
+
+
+def _spoil(render_inputs, tmp_path, which: str, kind: str):
+    """``render_inputs`` with one of them (``source`` images, ``ann`` JSON, ``target`` folder) made bad in the
+    way ``kind``; returns the three and the name the error must give."""
+    source, ann, target = render_inputs
+    if which == "ann":
+        ann = _bad_json(ann, kind)
+        return source, ann, target, ann.name
+    if which == "source":
+        source, name = _bad_folder(source, kind, tmp_path, _listed(ann))
+    else:
+        target, name = _bad_folder(target, kind, tmp_path)
+    return source, ann, target, name
+
+
+@pytest.mark.parametrize("kind", FILE_KINDS)
+@pytest.mark.parametrize("which", ["source", "source-ann", "target"])
+def test_render_train_bad_input(render_inputs, tmp_path, which, kind):
+    pytest.importorskip("torch")
+    source, ann, target, name = _spoil(render_inputs, tmp_path, which.replace("source-ann", "ann"), kind)
+    before = sorted(tmp_path.rglob("*"))
+    _refused_naming(_render_train(source, ann, target, tmp_path / "out" / "m.pt"), name, tmp_path, before)
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "foreign"])
+def test_render_train_refuses_a_bad_checkpoint_to_resume_and_keeps_it(render_inputs, translator, tmp_path, kind):
+    source, ann, target = render_inputs
+    out = _bad_checkpoint(translator, kind, tmp_path)
+    data, before = out.read_bytes(), sorted(tmp_path.rglob("*"))
+    _refused_naming(_render_train(source, ann, target, out), out.name, tmp_path, before)
+    assert out.read_bytes() == data
+
+
+@pytest.mark.parametrize("kind", FILE_KINDS)
+def test_render_apply_bad_model(render_inputs, translator, tmp_path, kind):
+    source, ann, _ = render_inputs
+    model = _bad_checkpoint(translator, kind, tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    result = run("render", "apply", "--images", source, "--ann", ann, "--out", tmp_path / "out", "--model", model,
+                 "--quiet")
+    _refused_naming(result, model.name, tmp_path, before)
+
+
+@pytest.mark.parametrize("method", ["histogram", "camera"])
+@pytest.mark.parametrize("kind", FILE_KINDS)
+@pytest.mark.parametrize("which", ["images", "ann", "target"])
+def test_render_apply_bad_input(render_inputs, tmp_path, which, kind, method):
+    source, ann, target, name = _spoil(render_inputs, tmp_path, which.replace("images", "source"), kind)
+    before = sorted(tmp_path.rglob("*"))
+    result = run("render", "apply", "--images", source, "--ann", ann, "--out", tmp_path / "out", "--method", method,
+                 "--target", target, "--quiet")
+    _refused_naming(result, name, tmp_path, before)
+
+
+@pytest.mark.parametrize("kind", FILE_KINDS)
+@pytest.mark.parametrize("which", ["images", "ann", "target", "rendered"])
+def test_render_measure_bad_input(render_inputs, tmp_path, which, kind):
+    source, ann, target = render_inputs
+    rendered = source
+    if which == "ann":
+        ann = _bad_json(ann, kind)
+        name = ann.name
+    elif which in ("images", "rendered"):
+        bad, name = _bad_folder(source, kind, tmp_path, _listed(ann))
+        source, rendered = (bad, rendered) if which == "images" else (source, bad)
+    else:
+        target, name = _bad_folder(target, kind, tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    result = run("render", "measure", "--images", source, "--ann", ann, "--target", target, "--rendered", rendered)
+    _refused_naming(result, name, tmp_path, before)
+
+
+# ------------------------------------------------------------------ a write that fails midway (a full disk)
+
+def _fail_a_write(monkeypatch, fail_at: int) -> list[Path]:
+    """Make the ``fail_at``-th atomic write fail on a full disk: its temporary file is made a link to /dev/full,
+    where every write fails with ENOSPC as the system gives it (Python's ``write()`` names no file, torch's own
+    writer raises a RuntimeError). Returns the list that receives the path of the file that was being written."""
+    real, count, failed = metrics_files.tempfile.mkstemp, itertools.count(1), []
+
+    def mkstemp(*, prefix, suffix, dir):
+        fd, tmp = real(prefix=prefix, suffix=suffix, dir=dir)
+        if next(count) == fail_at:  # the temporary file of PATH is .STEM.PID-RANDOM.tmpSUFFIX beside it
+            failed.append(Path(dir) / (prefix[1:].rsplit(".", 1)[0] + suffix.removeprefix(".tmp")))
+            os.unlink(tmp)
+            os.symlink("/dev/full", tmp)
+        return fd, tmp
+
+    monkeypatch.setattr(metrics_files.tempfile, "mkstemp", mkstemp)
+    return failed
+
+
+@pytest.fixture(scope="module")
+def resumable(tiny_world, tiny_poses, tiny_generate, tmp_path_factory, helpers):
+    """Resumable writers at a small size, each as ``(run into OUT, the bytes of an uninterrupted run)``."""
+    folder = tmp_path_factory.mktemp("resumable")
+    dataset = json.loads((tiny_world / "instances_train2019.json").read_text())
+    ids = {im["id"] for im in dataset["images"][:3]}
+    subset = {**dataset, "images": dataset["images"][:3],
+              "annotations": [a for a in dataset["annotations"] if a["image_id"] in ids]}
+    (folder / "three.json").write_text(json.dumps(subset))
+    commands = {
+        "generate": lambda out: run("generate", "--exemplars", tiny_poses, "--images", tiny_world / "train2019",
+                                    "--out", out, "--num-images", 4, "--size", 96, "--seed", 1, "--quiet"),
+        "masks": lambda out: run("masks", "--instances", folder / "three.json", "--images", tiny_world / "train2019",
+                                 "--out", out, "--refine-px", 64, "--quiet"),
+        "render train": lambda out: run("render", "train", "--source", tiny_generate / "synth2019", "--source-ann",
+                                        tiny_generate / "instances_synth2019.json", "--target",
+                                        tiny_world / "val2019", "--out", out / "m.pt", "--checkpoint-every", 1,
+                                        *RENDER_TINY),
+    }
+    if importlib.util.find_spec("torch") is None:
+        del commands["render train"]
+    runs = {}
+    for name, command in commands.items():
+        assert command(folder / name).exit_code == 0
+        runs[name] = (command, helpers.files_bytes(folder / name))
+    return runs
+
+
+# The writes of generate: its record (generate.json), then per image its JPEG and its part file, last the dataset
+# JSON (10 for 4 images); of masks: its record (masks.json), per exemplar its mask PNG and part file, last the
+# dataset JSON (8 for 3 exemplars); of render train: a checkpoint per iteration (2).
+@pytest.mark.parametrize("command, fail_at", [("generate", 2), ("generate", 5), ("generate", 6), ("generate", 10),
+                                              ("masks", 2), ("masks", 5), ("masks", 8), ("render train", 2)])
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux), a device that is always full")
+def test_after_a_failed_write_a_rerun_resumes_to_the_same_bytes(resumable, tmp_path, monkeypatch, helpers, command,
+                                                                 fail_at):
+    if command not in resumable:
+        pytest.skip(f"{command} needs torch")
+    invoke, uninterrupted = resumable[command]
+    out = tmp_path / "out"
+    failed = _fail_a_write(monkeypatch, fail_at)
+    result = invoke(out)
+    assert_refused(result, str(failed[0]))
+    assert "No space left" in result.output and "resumes from the complete outputs kept" in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1, result.output
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    kept = helpers.files_bytes(out)
+    # Complete files only: those of the uninterrupted run, or the earlier checkpoint a rerun trains on from.
+    assert kept and all(uninterrupted[name] == data or name == "m.pt" for name, data in kept.items())
+    monkeypatch.undo()
+    again = invoke(out)
+    assert again.exit_code == 0, again.output
+    _assert_same_outputs(helpers.files_bytes(out), uninterrupted)
+
+
+def _assert_same_outputs(got: dict[str, bytes], expected: dict[str, bytes]) -> None:
+    """The same files with the same bytes; a checkpoint (``.pt``) with the same contents (a resumed optimizer's
+    state pickles its tensors in another order)."""
+    assert sorted(got) == sorted(expected)
+    for name, data in got.items():
+        if name.endswith(".pt"):
+            import torch
+
+            a, b = (torch.load(io.BytesIO(d), weights_only=True) for d in (data, expected[name]))
+            assert _equal(a, b), name
+        else:
+            assert data == expected[name], name
+
+
+def _equal(a, b) -> bool:
+    import torch
+
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_equal, a, b))
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    return a == b

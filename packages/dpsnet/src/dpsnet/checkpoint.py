@@ -29,8 +29,9 @@ _PLAIN_HEAD_KEY = "counting_view.convs.0.bias"
 
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
     """``torch.save`` to a temporary file beside ``path``, renamed on success (never a half-written file)."""
-    with atomic_output(path) as tmp:
-        torch.save(dict(state), tmp)
+    # Through a Python file: a failed write (a full disk) is an OSError naming the file, not torch's RuntimeError.
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(dict(state), f)
     return Path(path)
 
 

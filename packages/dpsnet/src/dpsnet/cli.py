@@ -12,7 +12,16 @@ from pathlib import Path
 import click
 
 from rpc_metrics import evaluate
-from rpc_metrics.cliargs import FiniteFloat, OutputPath, ToolGroup, output_problem
+from rpc_metrics.cliargs import (
+    MAX_IMAGES,
+    MAX_ITERATIONS,
+    SEED,
+    FiniteFloat,
+    NumberList,
+    OutputPath,
+    ToolGroup,
+    output_problem,
+)
 from rpc_metrics.io import FormatError, read_counts, write_json
 from rpc_metrics.version import version_option
 
@@ -58,6 +67,8 @@ class DeviceType(click.ParamType):
 DEVICE = DeviceType()
 SCORE = FiniteFloat(0.0, 1.0)
 BATCH = click.IntRange(1, 4096)
+# score x p(SKU) ** power: 0 ignores the classifier; at 10 a p of 0.9 already takes a third off the score.
+POWER = FiniteFloat(0.0, 10.0)
 
 
 @click.group(cls=ToolGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,17 +103,6 @@ def train_command(config_name, out, resume, overrides) -> None:
         click.echo(json.dumps(summary))
 
 
-def _channels(text: str) -> tuple[int, ...]:
-    """``--channels``: four positive stage widths, e.g. 32,64,128,256."""
-    try:
-        widths = tuple(int(c) for c in text.split(","))
-    except ValueError:
-        widths = ()
-    if len(widths) != 4 or not all(2 <= w <= 4096 for w in widths):
-        _fail(f"--channels: {text!r} should be four stage widths in 2-4096, e.g. 32,64,128,256")
-    return widths
-
-
 def _is_main() -> bool:
     from .distributed import dist_info
 
@@ -134,7 +134,7 @@ def config_command(config_name, overrides) -> None:
               help="IoU grouping the views' detections (model.test_flip_iou; default: the model's).")
 @click.option("--reclassifier", type=click.Path(dir_okay=False), default=None,
               help="A `dpsnet pretrain` file: its crop classifier re-scores each detection (dpsnet.inference.CropRescorer).")
-@click.option("--reclassifier-power", type=FiniteFloat(0.0), default=0.5, show_default=True,
+@click.option("--reclassifier-power", type=POWER, default=0.5, show_default=True,
               help="New score = score x p(SKU) ** power.")
 @click.option("--amp/--no-amp", default=True, show_default=True,
               help="bfloat16 autocast where the device computes it natively (CUDA, CPUs with AMX or AVX512-BF16); boxes and "
@@ -196,25 +196,26 @@ def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, coun
 @click.option("--images", required=True, type=click.Path(), help="Folder of the exemplar photos.")
 @click.option("--out", required=True, type=OutputPath(), help="Weights file to write (model.backbone_weights).")
 @click.option("--size", type=click.IntRange(16, 1024), default=64, show_default=True, help="Crop side in px (16-1024).")
-@click.option("--channels", default="32,64,128,256", show_default=True, help="Small backbone stage widths (as model.small_channels).")
-@click.option("--steps", type=click.IntRange(1), default=3000, show_default=True, help="Optimiser steps (3000 x 64 crops: about 3 minutes on 2 cores).")
+@click.option("--channels", type=NumberList(click.IntRange(2, 4096), count=4, example="32,64,128,256"),
+              default="32,64,128,256", show_default=True, help="Small backbone stage widths (as model.small_channels).")
+@click.option("--steps", type=click.IntRange(1, MAX_ITERATIONS), default=3000, show_default=True, help="Optimiser steps (3000 x 64 crops: about 3 minutes on 2 cores).")
 @click.option("--batch-size", type=BATCH, default=64, show_default=True, help="Crops per step.")
-@click.option("--lr", type=FiniteFloat(0.0, lo_open=True), default=0.05, show_default=True, help="Peak learning rate (SGD, cosine).")
+@click.option("--lr", type=FiniteFloat(0.0, 10.0, lo_open=True), default=0.05, show_default=True, help="Peak learning rate (SGD, cosine).")
 @click.option("--camera", type=FiniteFloat(0.0, 1.0), default=0.5, show_default=True,
               help="Share of crops that also get camera effects (colour cast, blur, noise, JPEG), 0-1.")
-@click.option("--specialist-steps", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--specialist-steps", type=click.IntRange(0, MAX_ITERATIONS), default=0, show_default=True,
               help="Steps of each pair specialist (0: none): the SKU pairs the classifier confuses on its held-out "
                    "crops each get a two-class classifier, which `predict --reclassifier` uses too.")
 @click.option("--specialist-min-rate", type=FiniteFloat(0.0, 1.0, lo_open=True), default=0.05,
               show_default=True, help="A pair gets a specialist when this share of its held-out crops is confused.")
-@click.option("--max-specialists", type=click.IntRange(0), default=8, show_default=True, help="At most this many.")
+@click.option("--max-specialists", type=click.IntRange(0, 10_000), default=8, show_default=True, help="At most this many.")
 @click.option("--specialist-pair", "specialist_pairs", multiple=True, metavar="ID,ID",
               help="Two category ids that get a specialist whether or not the classifier confuses them on its "
                    "held-out crops (e.g. look-alikes from the store's catalogue); repeatable; each one is "
                    "trained, and confused pairs fill up to --max-specialists.")
 @click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default="auto", show_default=True,
               help="auto: bfloat16 autocast on a CPU with bfloat16 units (AMX: a step about a third faster) for crops of 32 px or more, float32 elsewhere.")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
 def pretrain_command(instances, images, out, size, channels, steps, batch_size, lr, camera, specialist_steps,
                      specialist_min_rate, max_specialists, specialist_pairs, precision, seed) -> None:
     """Pretrain the small backbone as an SKU classifier on exemplar crops (the stand-in for ImageNet weights)."""
@@ -223,14 +224,13 @@ def pretrain_command(instances, images, out, size, channels, steps, batch_size, 
     for name, path in (("--instances", instances), ("--images", images)):
         if not Path(path).exists():
             _fail(f"{name}: not found: {path}")
-    widths = _channels(channels)
     pairs = []
     for text in specialist_pairs:
         try:
             pairs.append(tuple(int(c) for c in text.split(",")))
         except ValueError:
             _fail(f"--specialist-pair: {text!r} is not two category ids like 3,23")
-    summary = _run(pretrain_backbone, instances, images, out, size=size, channels=widths, steps=steps,
+    summary = _run(pretrain_backbone, instances, images, out, size=size, channels=channels, steps=steps,
                    batch_size=batch_size, lr=lr, camera=camera, seed=seed, specialist_steps=specialist_steps,
                    specialist_min_rate=specialist_min_rate, max_specialists=max_specialists,
                    specialist_pairs=pairs, precision=precision)
@@ -241,7 +241,7 @@ def pretrain_command(instances, images, out, size, channels, steps, batch_size, 
 @click.option("--classifier", required=True, type=click.Path(), help="A `dpsnet pretrain` file (its crop classifier).")
 @click.option("--instances", required=True, type=click.Path(), help="Instances JSON with the products' true boxes.")
 @click.option("--images", required=True, type=click.Path(), help="Folder of its images.")
-@click.option("--top", type=click.IntRange(0), default=10, show_default=True, help="Confusions listed.")
+@click.option("--top", type=click.IntRange(0, 100_000), default=10, show_default=True, help="Confusions listed.")
 @click.option("--json-out", type=OutputPath(), default=None, help="Also write the result as JSON.")
 def crop_accuracy_command(classifier, instances, images, top, json_out) -> None:
     """How often the crop classifier (the re-scorer of `predict --reclassifier`) names each product's SKU from
@@ -264,7 +264,7 @@ def crop_accuracy_command(classifier, instances, images, top, json_out) -> None:
 @click.option("--instances", required=True, type=click.Path(), help="Pool or instances JSON listing the images.")
 @click.option("--images", required=True, type=click.Path(), help="Folder of the images.")
 @click.option("--out", required=True, type=OutputPath(folder=True), help="Folder for the PNGs.")
-@click.option("--limit", type=click.IntRange(1), default=16, show_default=True, help="Number of images drawn.")
+@click.option("--limit", type=click.IntRange(1, MAX_IMAGES), default=16, show_default=True, help="Number of images drawn.")
 @click.option("--score-thresh", type=SCORE, default=0.5, show_default=True, help="Boxes drawn from this score up.")
 @click.option("--device", type=DEVICE, default="auto", show_default=True, help=DEVICE_HELP + ".")
 def visualize_command(checkpoint, instances, images, out, limit, score_thresh, device) -> None:
@@ -291,7 +291,7 @@ def visualize_command(checkpoint, instances, images, out, limit, score_thresh, d
 @click.option("--test-flip-iou", type=FiniteFloat(0.0, 1.0, lo_open=True), default=None,
               help="As `dpsnet predict`.")
 @click.option("--reclassifier", type=click.Path(dir_okay=False), default=None, help="As `dpsnet predict`.")
-@click.option("--reclassifier-power", type=FiniteFloat(0.0), default=0.5, show_default=True,
+@click.option("--reclassifier-power", type=POWER, default=0.5, show_default=True,
               help="As `dpsnet predict`.")
 @click.option("--out", required=True, type=click.Path(), help="Bundle file (bundle) or folder (onnx) to write.")
 def export_command(fmt, checkpoint, threshold, protocol, score_thresh, agnostic_nms, test_flips, test_flip_iou,

@@ -21,8 +21,8 @@ from torch import Tensor
 
 from rpc_metrics.counts import count_class_index
 from rpc_metrics.files import write_bytes
-from rpc_metrics.images import check_image_size
-from rpc_metrics.io import image_path, read_instances
+from rpc_metrics.images import check_image_size, jpeg_cut_short
+from rpc_metrics.io import FormatError, image_path, read_instances
 
 
 @dataclass
@@ -142,6 +142,8 @@ def read_image(path: Path) -> np.ndarray:
     ``FormatError``, a file OpenCV cannot decode ``FileNotFoundError``, each naming the file."""
     check_image_size(path)
     data = np.fromfile(path, dtype=np.uint8)
+    if jpeg_cut_short(data.tobytes()):
+        raise FormatError(str(path), "", "this image is cut short (a truncated JPEG); copy or make it again")
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise FileNotFoundError(f"image not found or unreadable: {path}")

@@ -15,6 +15,7 @@ from rpc_metrics.io import FormatError
 from rpc_metrics.version import version_option
 
 USAGE_ERROR = 2
+MAX_ROUNDS = 1000  # each round retrains a model; the published loop stops after 3 to 5
 
 
 @click.group(cls=ToolGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,7 +35,7 @@ def _print_keys(ctx: click.Context, _param: click.Parameter, value: bool) -> Non
               help="Print every config key with its default and meaning, and exit.")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
-@click.option("--rounds", type=click.IntRange(0), default=None, help="Number of distillation rounds (overrides the config).")
+@click.option("--rounds", type=click.IntRange(0, MAX_ROUNDS), default=None, help="Number of distillation rounds (overrides the config).")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the run (overrides the config); an existing run there is resumed.")
 def run_command(config, overrides, rounds, workdir) -> None:

@@ -283,7 +283,7 @@ def _check_values(values: dict[str, Any], given: set[str] = frozenset()) -> None
         raise ConfigError(f"evaluate.search should be 'exact' or 'grid', got {values['evaluate.search']!r}")
     _check_number(values, "selection.target_precision", 0.0, 1.0, hint=" (0: off)")
     _check_selection(values)
-    _check_number(values, "rounds", 0, integer=True)
+    _check_number(values, "rounds", 0, 1000, integer=True)  # the CLI's --rounds bound
     _check_number(values, "seed", 0, 2**32 - 1, integer=True)
     datasets = values["source.datasets"]
     if not isinstance(datasets, list) or not all(isinstance(d, Mapping) and "instances" in d and "images" in d

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import csv
-import itertools
-import math
 import sys
 
 import click
 
-from rpc_metrics.cliargs import FiniteFloat, OutputPath, ToolGroup
+from rpc_metrics.cliargs import (
+    MAX_IMAGE_SIDE,
+    MAX_RESAMPLES,
+    SEED,
+    FiniteFloat,
+    NumberList,
+    OutputPath,
+    ToolGroup,
+)
 from rpc_metrics.compare import compare
 from rpc_metrics.errors import DEFAULT_SIZE_BINS, analyse_errors
 from rpc_metrics.evaluate import COMPATS, PROTOCOLS, ROWS, SEARCHES, evaluate
@@ -17,6 +23,8 @@ from rpc_metrics.io import FormatError, atomic_output, load_json, read_instances
 from rpc_metrics.version import version_option
 
 USAGE_ERROR = 2
+# The coverage of a bootstrap interval, strictly between 0 and 1 (0.95 is usual).
+COVERAGE = FiniteFloat(0.0, 1.0, lo_open=True, hi_open=True)
 
 
 def _fail(message: str) -> None:
@@ -38,12 +46,6 @@ def main() -> None:
     """Exact, fast RPC checkout evaluation (cAcc, mCIoU, ACD, mCCD, mAP50, mmAP per level)."""
 
 
-def _confidence(ctx, param, value: float) -> float:
-    if not (math.isfinite(value) and 0 < value < 1):
-        raise click.BadParameter(f"{value} is not strictly between 0 and 1; give a coverage such as 0.95")
-    return value
-
-
 def _check_protocol(protocol, threshold, val_results, val_gt) -> None:
     if protocol == "fixed" and threshold is None:
         raise click.UsageError("--protocol fixed needs --threshold")
@@ -63,19 +65,6 @@ def _check_compat(compat, protocol, search, intervals) -> None:
         _fail("--compat rpctool reproduces rpctool's grid search: add --search grid")
     if intervals:
         _fail("--compat rpctool gives rpctool's point estimates only: drop --intervals")
-
-
-def _parse_bins(value: str) -> list[float]:
-    try:
-        bins = [float(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of pixel sizes",
-                                 param_hint="--size-bins") from None
-    if (not bins or not all(map(math.isfinite, bins)) or any(b <= 0 for b in bins)
-            or any(b <= a for a, b in itertools.pairwise(bins))):
-        raise click.BadParameter(f"{value!r}: give increasing positive pixel sizes (finite numbers), e.g. 16,32,64",
-                                 param_hint="--size-bins")
-    return bins
 
 
 def _threshold_options(command):
@@ -112,11 +101,11 @@ def _threshold_options(command):
               help="Also write the rows (and thresholds) to this JSON file.")
 @click.option("--per-category", "csv_out", type=OutputPath(), default=None,
               help="Also write per-level, per-category counts, CCD, CIoU and AP to this CSV file.")
-@click.option("--intervals", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--intervals", type=click.IntRange(0, MAX_RESAMPLES), default=0, show_default=True,
               help="Bootstrap resamples of each row's images for percentile intervals (0: none; 1000 is usual).")
-@click.option("--interval-seed", type=click.IntRange(0), default=0, show_default=True,
+@click.option("--interval-seed", type=SEED, default=0, show_default=True,
               help="Seed of the bootstrap resamples (the same seed gives the same intervals).")
-@click.option("--confidence", type=float, default=0.95, show_default=True, callback=_confidence,
+@click.option("--confidence", type=COVERAGE, default=0.95, show_default=True,
               help="Coverage of the intervals, between 0 and 1.")
 @click.option("--compat", type=click.Choice(COMPATS), default=None,
               help="Reproduce rpctool 0.1.6 exactly (needs --search grid, oracle protocol): counting metrics over the "
@@ -149,11 +138,13 @@ def evaluate_command(results, gt, protocol, threshold, val_results, val_gt, sear
 @_threshold_options
 @click.option("--iou", type=FiniteFloat(0.0, 1.0, lo_open=True), default=0.5, show_default=True,
               help="Overlap at which a detection covers an object.")
-@click.option("--size-bins", default=",".join(f"{b:g}" for b in DEFAULT_SIZE_BINS), show_default=True,
+@click.option("--size-bins", type=NumberList(FiniteFloat(0.0, MAX_IMAGE_SIDE, lo_open=True), order="<",
+                                             example="16,32,64"),
+              default=",".join(f"{b:g}" for b in DEFAULT_SIZE_BINS), show_default=True,
               help="Edges (pixels) of the bins of the objects' shorter box side.")
 @click.option("--levels", multiple=True, metavar="LEVELS",
               help="Rows to report, comma-separated among easy,medium,hard,averaged (default: all that exist).")
-@click.option("--top", type=click.IntRange(0), default=10, show_default=True,
+@click.option("--top", type=click.IntRange(0, 100_000), default=10, show_default=True,
               help="Confused SKU pairs to print.")
 @click.option("--json", "json_out", type=OutputPath(), default=None,
               help="Also write the rows (every confusion pair and size bin) to this JSON file.")
@@ -166,10 +157,9 @@ def errors_command(results, gt, protocol, threshold, val_results, val_gt, search
     confused SKU pairs.
     """
     _check_protocol(protocol, threshold, val_results, val_gt)
-    bins = _parse_bins(size_bins)
     try:
         report = analyse_errors(results, gt, protocol=protocol, threshold=threshold, val_results=val_results,
-                                val_gt=val_gt, search=search, iou=iou, size_bins=bins,
+                                val_gt=val_gt, search=search, iou=iou, size_bins=list(size_bins),
                                 levels=_parse_levels(levels), top=top)
     except ValueError as err:  # FormatError (bad input file) or a bad argument value
         _fail(str(err))
@@ -209,10 +199,10 @@ def _check_compare_protocol(protocol, threshold_a, threshold_b, val_results_a, v
               help="Threshold search: exact optimum over all scores, or the published tool's grid.")
 @click.option("--levels", multiple=True, metavar="LEVELS",
               help="Rows to report, comma-separated among easy,medium,hard,averaged (default: all that exist).")
-@click.option("--n-boot", type=click.IntRange(1), default=1000, show_default=True,
+@click.option("--n-boot", type=click.IntRange(1, MAX_RESAMPLES), default=1000, show_default=True,
               help="Bootstrap resamples of each row's images, the same for A and B.")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the resamples.")
-@click.option("--confidence", type=float, default=0.95, show_default=True, callback=_confidence,
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the resamples.")
+@click.option("--confidence", type=COVERAGE, default=0.95, show_default=True,
               help="Coverage of the interval of B - A, between 0 and 1.")
 @click.option("--no-map", is_flag=True, help="Skip mAP50 and mmAP (the slowest part of the bootstrap).")
 @click.option("--json", "json_out", type=OutputPath(), default=None,

@@ -65,6 +65,18 @@ def _load(obj: Any, source: str | None) -> tuple[Any, str]:
 
 
 @contextlib.contextmanager
+def naming_os_errors(path: str | os.PathLike, *aliases: str | os.PathLike) -> Iterator[None]:
+    """Give an :class:`OSError` raised inside the name ``path`` when it names no file (a failed ``write()``, e.g. on
+    a full disk, names none) or one of ``aliases``, so that the error line says which file could not be written."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno is not None and (err.filename is None or str(err.filename) in map(str, aliases)):
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
+
+
+@contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix); on success it is renamed onto ``path``.
 
@@ -78,12 +90,13 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        # mkstemp creates 0600 files; give the result the permissions of any newly created file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
+        with naming_os_errors(path, tmp_path):  # not the hidden temporary file: the one being written
+            yield tmp_path
+            # mkstemp creates 0600 files; give the result the permissions of any newly created file.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp_path, 0o666 & ~umask)
+            os.replace(tmp_path, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()

@@ -8,6 +8,7 @@ images (with OpenCV) call :func:`check_image_size` first, then decode.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from pathlib import Path
 from typing import BinaryIO
@@ -22,6 +23,8 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (baseline, progressive, lossless, ...): every 0xC0-0xCF but DHT, JPG and DAC.
 _JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_NO_LENGTH = frozenset([0x01, *range(0xD0, 0xD9)])  # TEM, RST0-7, SOI: markers without a segment
+# The marker after a scan's entropy-coded data: 0xFF followed by neither a stuffed 0x00, a restart (0xD0-0xD7) nor fill.
+_JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 class _Truncated(Exception):
@@ -120,3 +123,32 @@ def check_image_size(path: str | os.PathLike, *, max_pixels: int = MAX_IMAGE_PIX
         if width == 0 or height == 0:
             raise FormatError(source or str(path), "", f"the header claims an empty image ({width} x {height})")
     return size
+
+
+def jpeg_cut_short(data: bytes) -> bool:
+    """Whether JPEG ``data`` ends before its end-of-image marker: a file cut short (a failed copy, a full disk), which
+    OpenCV decodes without an error, the missing part grey. Bytes after the marker (a phone's embedded video) are
+    fine; ``data`` that is not a JPEG is not judged here (False)."""
+    if not data.startswith(b"\xff\xd8"):
+        return False
+    if data.rstrip(b"\x00").endswith(b"\xff\xd9"):  # nearly every file: no walk needed
+        return False
+    pos = 2
+    while pos + 2 <= len(data):
+        if data[pos] != 0xFF:
+            return True  # not a marker where one should be: the walk lost its way in damaged data
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            return False
+        if marker == 0xFF or marker in _JPEG_NO_LENGTH:
+            pos += 1 if marker == 0xFF else 2
+            continue
+        if pos + 4 > len(data):
+            return True
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:  # start of scan: its entropy-coded data runs to the next marker
+            found = _JPEG_SCAN_END.search(data, pos)
+            if found is None:
+                return True
+            pos = found.start()
+    return True

@@ -6,7 +6,8 @@ run left in its ``--out`` folder are removed (:func:`rpc_metrics.files.remove_st
 bad input (:class:`~rpc_metrics.io.FormatError`, :class:`~rpc_synth.records.InputError`, ``ValueError``) or on
 an :class:`OSError` (an output that cannot be written), it prints one line, removes the output it created (an
 ``--out`` that did not exist before the run, with the folders made above it) and exits with status 2. An output
-that existed is kept as it is: the commands resume into it.
+that existed is kept as it is: the commands resume into it. So is one that a write failing midway (a full disk)
+leaves holding complete files (every write is atomic): a rerun of a resumable command goes on from them.
 """
 
 from __future__ import annotations
@@ -46,8 +47,24 @@ def _remove(created: Path | None) -> None:
             created.unlink()
 
 
-def fail_cleanly(fn):
-    """Wrap a command whose output option is named ``out`` (see the module's docstring)."""
+def _holds_files(path: Path | None) -> bool:
+    """Whether ``path`` is a file or a folder holding one (writes are atomic: each such file is complete)."""
+    if path is None or not path.exists():
+        return False
+    return path.is_file() or any(p.is_file() for p in path.rglob("*"))
+
+
+def _exit(message: str) -> None:
+    click.echo(f"rpc-synth: error: {message}", err=True)
+    sys.exit(2)
+
+
+def fail_cleanly(fn=None, *, resumable: bool = False):
+    """Wrap a command whose output option is named ``out`` (see the module's docstring); ``resumable``: a rerun
+    goes on from the complete outputs of a failed one (its error line says so). ``@fail_cleanly`` or
+    ``@fail_cleanly(resumable=True)``."""
+    if fn is None:
+        return functools.partial(fail_cleanly, resumable=resumable)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -59,10 +76,12 @@ def fail_cleanly(fn):
             return fn(*args, **kwargs)
         except BrokenPipeError:
             raise
-        except (FormatError, InputError, ValueError, OSError) as err:
+        except OSError as err:
+            if not _holds_files(created):  # nothing complete yet: leave no trace of the run
+                _remove(created)
+            _exit(os_error_line(err, resumable=resumable))
+        except (FormatError, InputError, ValueError) as err:
             _remove(created)
-            message = os_error_line(err) if isinstance(err, OSError) else "; ".join(str(err).splitlines()) or type(err).__name__
-            click.echo(f"rpc-synth: error: {message}", err=True)
-            sys.exit(2)
+            _exit("; ".join(str(err).splitlines()) or type(err).__name__)
 
     return wrapper

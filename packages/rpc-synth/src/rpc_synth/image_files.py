@@ -1,9 +1,9 @@
 """Image files, read and written: every image rpc-synth reads or writes goes through here.
 
 Reading checks the header first (:func:`rpc_metrics.images.check_image_size`: a decompression bomb is refused
-before any pixel is decoded), then decodes with OpenCV; a missing, malformed or undecodable file is a
-:class:`rpc_metrics.io.FormatError` naming it. Writing encodes in memory and writes the bytes atomically
-(:func:`rpc_metrics.io.write_bytes`), so a killed run never leaves a half-written image.
+before any pixel is decoded) and that a JPEG is whole, then decodes with OpenCV; a missing, malformed, truncated
+or undecodable file is a :class:`rpc_metrics.io.FormatError` naming it. Writing encodes in memory and writes the
+bytes atomically (:func:`rpc_metrics.io.write_bytes`), so a killed run never leaves a half-written image.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rpc_metrics.images import check_image_size
+from rpc_metrics.images import check_image_size, jpeg_cut_short
 from rpc_metrics.io import FormatError, write_bytes
 
 # The image files a folder of images is read for (a target domain, backgrounds, unlabeled photos).
@@ -37,7 +37,11 @@ def read_image(path: str | os.PathLike, source: str = "", *, what: str = "image 
         check_image_size(path)
     except FormatError as err:
         raise FormatError(name, entry, f"{what}: {err.message}") from None
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR)
+    data = Path(path).read_bytes()
+    if jpeg_cut_short(data):
+        raise FormatError(name, entry, f"this {what} is cut short (a truncated JPEG); copy or make it again")
+    # The file is read once; imdecode and imread share their decoders, so the pixels are imread's.
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR)
     if image is None:
         raise FormatError(name, entry, f"cannot read this {what}: not an image OpenCV can decode")
     return image

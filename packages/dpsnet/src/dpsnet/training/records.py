@@ -8,6 +8,8 @@ import csv
 import json
 from pathlib import Path
 
+from rpc_metrics.files import naming_os_errors
+
 from ..progress import progress_text
 from .curves import draw_curves
 
@@ -19,7 +21,7 @@ def _append_csv(path: Path, row: dict) -> None:
         with open(path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), None)
     if header == list(row):
-        with open(path, "a", newline="", encoding="utf-8") as f:
+        with naming_os_errors(path), open(path, "a", newline="", encoding="utf-8") as f:
             csv.writer(f).writerow(row.values())
         return
     rows = []
@@ -27,7 +29,7 @@ def _append_csv(path: Path, row: dict) -> None:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     columns = [*(header or []), *(k for k in row if k not in (header or []))]
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with naming_os_errors(path), open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, columns, restval="")
         writer.writeheader()
         writer.writerows([*rows, row])
@@ -68,10 +70,10 @@ class RunLog:
         if record.get("type") == "eval":
             self.evals.append(record)
         if self.jsonl is not None:
-            with open(self.jsonl, "a", encoding="utf-8") as f:
+            with naming_os_errors(self.jsonl), open(self.jsonl, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         if self.text is not None:
-            with open(self.text, "a", encoding="utf-8") as f:
+            with naming_os_errors(self.text), open(self.text, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
         if self.echo:
             print(line, flush=True)

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rpc_metrics.io import FormatError, image_path, read_instances, write_instances
+from rpc_metrics.io import image_path, read_instances, write_instances
 
 from ..generate import InputError
 from ..image_files import folder_images, read_image, write_jpeg
 from ..progress import Progress
 from . import native_bf16_cpu, require_torch
 from .camera import files_jpeg_quality, fit_camera, render_camera
+from .data import listed_images
 from .histogram import channel_histograms, match_histograms
 
 METHODS = ("cyclegan", "camera", "histogram")
@@ -74,10 +75,7 @@ def render_dataset(images: str | Path, ann: str | Path, out: str | Path, *, meth
     if method not in METHODS:
         raise InputError(f"--method should be one of {', '.join(METHODS)}, got {method!r}")
     dataset = read_instances(ann)
-    paths = [image_path(images, im["file_name"], source=str(ann)) for im in dataset["images"]]
-    for im, path in zip(dataset["images"], paths, strict=True):
-        if not path.is_file():
-            raise FormatError(str(ann), f"image {im['id']} file_name {im['file_name']!r}", f"file not found in {images}")
+    paths = listed_images(dataset, images, str(ann))
     if method == "cyclegan":
         if model is None:
             raise InputError("--method cyclegan needs --model (a checkpoint of `rpc-synth render train`)")

@@ -30,6 +30,16 @@ def product_mask(annotations: list[dict], height: int, width: int) -> np.ndarray
     return mask
 
 
+def listed_images(dataset: dict, image_dir: str | Path, source: str) -> list[Path]:
+    """The image files that ``dataset`` (read from ``source``) lists, in its order, inside ``image_dir``; a missing one
+    is a :class:`FormatError` naming it, so that a run stops before it writes, not when it first reads the file."""
+    paths = [image_path(image_dir, im["file_name"], source=source) for im in dataset["images"]]
+    for im, path in zip(dataset["images"], paths, strict=True):
+        if not path.is_file():
+            raise FormatError(source, f"image {im['id']} file_name {im['file_name']!r}", f"file not found in {image_dir}")
+    return paths
+
+
 @dataclass
 class SourceImages:
     """Synthesized images listed in an instances JSON; pixels and product masks read on demand."""
@@ -50,7 +60,7 @@ class SourceImages:
         images = sorted(dataset["images"], key=lambda im: im["id"])
         if not images:
             raise FormatError(source, "images", "no images listed")
-        paths = [image_path(image_dir, im["file_name"], source=source) for im in images]
+        paths = listed_images({"images": images}, image_dir, source)
         return cls(paths, images, by_image, source, match)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:

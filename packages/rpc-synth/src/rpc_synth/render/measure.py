@@ -28,10 +28,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from rpc_metrics.io import image_path, read_instances
+from rpc_metrics.io import read_instances
 
 from ..image_files import folder_images, read_image
 from ..parallel import map_ordered
+from .data import listed_images
 
 GRADIENT_BINS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, np.inf)
 FEATURE_NAMES = ("L_mean", "a_mean", "b_mean", "L_std", "a_std", "b_std",
@@ -184,7 +185,8 @@ def measure_render(images: str | Path, ann: str | Path, target: str | Path, rend
     images (the result does not depend on it)."""
     dataset = read_instances(ann)
     source = str(ann)
-    paths = [image_path(images, im["file_name"], source=source) for im in dataset["images"]]
+    paths = listed_images(dataset, images, source)
+    rendered_paths = [None] * len(paths) if rendered is None else listed_images(dataset, rendered, source)
     target_feats = _folder_features(target, workers)
     boxes: dict[int, list] = {}
     for a in dataset["annotations"]:
@@ -192,9 +194,8 @@ def measure_render(images: str | Path, ann: str | Path, target: str | Path, rend
             boxes.setdefault(a["image_id"], []).append(a["bbox"])
     areas = [a.get("area", a["bbox"][2] * a["bbox"][3]) for a in dataset["annotations"]]
     min_blob_area = blob_fraction * float(np.median(areas)) if areas else 0.0
-    jobs = [(path, None if rendered is None else image_path(rendered, im["file_name"], source=source),
-             boxes.get(im["id"], []), source, min_blob_area, iou_threshold, min_crispness)
-            for im, path in zip(dataset["images"], paths, strict=True)]
+    jobs = [(path, rendered_path, boxes.get(im["id"], []), source, min_blob_area, iou_threshold, min_crispness)
+            for im, path, rendered_path in zip(dataset["images"], paths, rendered_paths, strict=True)]
     before_feats, after_feats, ious, kept, blobs, regions = [], [], [], 0, 0, 0
     for before, after, changes in map_ordered(_measure_image, jobs, workers):
         before_feats.append(before)

@@ -159,8 +159,10 @@ def save_checkpoint(path: str | Path, nets, optim_g, optim_d, config: Translator
              "optim_g": _to_cpu(optim_g.state_dict()), "optim_d": _to_cpu(optim_d.state_dict()), "losses": losses}
     if target_histograms is not None:
         state["target_histograms"] = torch.from_numpy(np.asarray(target_histograms, dtype=np.int64))
-    with atomic_output(path) as tmp:
-        torch.save(state, tmp)
+    # Through a Python file: a failed write (a full disk) is an OSError naming the file, not torch's RuntimeError,
+    # and the bytes do not depend on the temporary file's name.
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | Path) -> dict:
