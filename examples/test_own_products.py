@@ -15,6 +15,8 @@ EXAMPLES = Path(__file__).parent
 sys.path.insert(0, str(EXAMPLES))
 
 from aco_recipe import QUICK  # noqa: E402
+from catalog_boxes import main as catalog_boxes  # noqa: E402
+from catalog_boxes import world_catalogue  # noqa: E402
 
 RPC_SYNTH = shutil.which("rpc-synth", path=str(Path(sys.executable).parent)) or "rpc-synth"
 
@@ -24,17 +26,9 @@ def _run(*args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, check=False, cwd=cwd)
 
 
-def _catalogue(world: Path, dest: Path, skip: set[str]) -> dict[str, int]:
-    """The world's exemplar photos as CATALOG/<sku name>/, except the SKUs in ``skip``; the names' true ids."""
-    data = json.loads((world / "instances_train2019.json").read_text())
-    names = {c["id"]: c["name"] for c in data["categories"]}
-    category = {a["image_id"]: a["category_id"] for a in data["annotations"]}
-    for image in data["images"]:
-        name = names[category[image["id"]]]
-        if name not in skip:
-            (dest / name).mkdir(parents=True, exist_ok=True)
-            shutil.copy(world / "train2019" / image["file_name"], dest / name / image["file_name"])
-    return {name: cid for cid, name in names.items()}
+def _catalogue(world: Path, dest: Path, skip: set[str]) -> set[str]:
+    """The world's exemplar photos as CATALOG/<sku name>/, except the SKUs in ``skip``; the SKU names copied."""
+    return {source.split("/")[0] for source in world_catalogue(world, dest, frozenset(skip))}
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +78,16 @@ def test_reimport_with_one_more_sku_keeps_the_old_ids(store):
     after = json.loads((root / "shop" / "sku_ids.json").read_text())["ids"]
     assert len(after) == len(before) + 1 and all(after[name] == cid for name, cid in before.items())
     assert set(after) == set(added)
+
+
+def test_catalog_boxes_measures_a_world(store, tmp_path, capsys):
+    """examples/catalog_boxes.py: every exemplar of the world imported and compared; the share printed and
+    written agree."""
+    root, _ = store
+    assert catalog_boxes(["--world", str(root / "world"), "--json", str(tmp_path / "boxes.json")]) == 0
+    rows = json.loads((tmp_path / "boxes.json").read_text())["photos"]
+    images = json.loads((root / "world" / "instances_train2019.json").read_text())["images"]
+    assert len(rows) == len(images) and all(0.0 <= r["iou"] <= 1.0 for r in rows)
+    ok = sum(r["iou"] >= 0.9 for r in rows)
+    assert f"IoU >= 0.9: {ok}/{len(rows)}" in capsys.readouterr().out
+    assert ok >= 0.9 * len(rows)

@@ -91,6 +91,27 @@ def test_a_new_sku_keeps_the_old_ids_and_a_removed_one_is_refused(world_catalog,
     assert len(list((out / "train2019").iterdir())) == len(_load(out)["images"])  # stale copies removed
 
 
+def test_image_ids_are_kept_across_imports_and_a_removed_photos_id_is_not_reused(world_catalog, tmp_path):
+    root, _ = world_catalog
+    cat, out = _copy(root, tmp_path / "cat"), tmp_path / "out"
+    assert _run("--catalog", cat, "--out", out).exit_code == 0
+    first = {im["source_file"]: im["id"] for im in _load(out)["images"]}
+    assert sorted(first.values()) == list(range(1, len(first) + 1))
+    removed = sorted(first)[0]
+    sku = removed.split("/")[0]
+    shutil.copy(cat / removed, cat / sku / "0_added_view.jpg")  # sorts first in its SKU: must not take old ids
+    (cat / removed).unlink()
+    assert _run("--catalog", cat, "--out", out).exit_code == 0
+    data = _load(out)
+    second = {im["source_file"]: im["id"] for im in data["images"]}
+    assert {k: second[k] for k in first if k != removed} == {k: v for k, v in first.items() if k != removed}
+    assert second[f"{sku}/0_added_view.jpg"] == len(first) + 1 and first[removed] not in second.values()
+    assert [a["image_id"] for a in data["annotations"]] == [im["id"] for im in data["images"]]
+    (out / "image_ids.json").write_text('{"ids": {"a/b.jpg": -3}}')
+    result = _run("--catalog", cat, "--out", out)
+    assert result.exit_code == 2 and "image_ids.json" in result.output and len(result.output.strip().splitlines()) == 1
+
+
 def test_unreadable_and_empty_photos_are_all_listed_and_nothing_written(world_catalog, tmp_path):
     root, _ = world_catalog
     cat = _copy(root, tmp_path / "cat")

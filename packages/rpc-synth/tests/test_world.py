@@ -301,3 +301,24 @@ def test_lookalike_ceiling_by_hand():
     assert lookalike_ceiling([[row(1, 21, 50)]]) == 1.0
     with pytest.raises(ValueError):
         lookalike_ceiling([])
+
+
+def test_textured_turntable_is_recorded_and_a_plain_world_json_is_unchanged(tmp_path):
+    """``--turntable textured`` is in world.json (a resume with the plain turntable is refused, exit 2); a plain
+    world's world.json has no ``turntable`` key, as before the option, so older folders still resume."""
+    from click.testing import CliRunner
+
+    from rpc_synth.cli import main
+    from rpc_synth.world import world_summary
+
+    assert "turntable" not in world_summary(WorldConfig())["config"]
+    assert world_summary(WorldConfig(turntable="textured"))["config"]["turntable"] == "textured"
+    args = ["world", "--out", str(tmp_path / "w"), "--skus", "10", "--azimuths", "1", "--elevations", "0",
+            "--val", "0", "--test", "0", "--pool", "0", "--quiet"]
+    assert CliRunner().invoke(main, [*args, "--turntable", "textured"]).exit_code == 0
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 2 and "turntable" in refused.output, refused.output
+    bad = CliRunner().invoke(main, ["world", "--turntable", "wood"])
+    assert bad.exit_code == 2 and len(bad.output.strip().splitlines()) == 1 and "--turntable" in bad.output
+    with pytest.raises(ValueError, match="turntable"):
+        WorldConfig(turntable="wood")

@@ -2,13 +2,12 @@
 
 ``CATALOG/<sku name>/*.{jpg,jpeg,png}`` (one product per photo, on a plain or lightly textured surface; hidden
 files ignored) becomes ``OUT/train2019/`` (copies under safe unique names) and ``OUT/instances_train2019.json``
-(RPC's schema, one box per photo). Each box comes from the product's mask: a rough box where the photo differs
-from a smooth background fitted on the frame's border, then the coarse-to-fine masks of :mod:`rpc_synth.masks`
-(the same as ``rpc-synth masks``) inside it, twice, and the box's outer rows and columns kept only where their
-pixels are at least half product (partial pixels of an anti-aliased edge).
+(RPC's schema, one box per photo). Each box comes from the product's mask (:mod:`rpc_synth.product_box`: the
+coarse-to-fine masks of ``rpc-synth masks``; with ``shadows``, cast shadows cut off).
 
 Category ids are stable across re-imports: ``OUT/sku_ids.json`` records them, new SKUs get new ids, and a SKU
-that disappeared is refused unless ``allow_removed`` (its id is then retired, never reused). Every photo is read
+that disappeared is refused unless ``allow_removed`` (its id is then retired, never reused). Image ids are
+stable too (``OUT/image_ids.json``, by ``sku/photo``): new photos get new ids, a removed photo's id is not reused. Every photo is read
 and boxed before anything is written; unreadable photos are listed together and nothing is written. Photos where
 no product is found are left out and listed in ``OUT/catalog_report.json``.
 """
@@ -21,147 +20,18 @@ import re
 import unicodedata
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from rpc_metrics.io import FormatError, image_path, load_json, write_bytes, write_instances, write_json
 
 from .image_files import read_image
-from .masks import exemplar_masks, fill_holes, largest_component
 from .parallel import map_ordered
+from .product_box import find_product
 from .progress import Progress
 from .records import InputError
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 MAPPING, REPORT, SKUS_CSV = "sku_ids.json", "catalog_report.json", "skus.csv"
+IMAGE_IDS = "image_ids.json"  # "sku/photo" -> image id, kept across imports
 DEFAULT_SUPERCATEGORY = "product"
-ROUGH_PX = 128  # side of the rough search
-ROUGH_MARGIN = 10.0  # Lab distance above the border's own spread that counts as product in the rough search
-SHADOW_RATIO, SHADOW_MAX = (0.35, 0.92), 0.6  # a shadow: the surface at 35-92% brightness; at most 60% of a mask
-FULL_FRAME = 0.8  # a mask over this share of the frame is no product found (nothing around it to tell it apart)
-
-
-def _mask_box(mask: np.ndarray) -> list[int] | None:
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return None
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
-
-
-def _pad(box, fraction: float, shape) -> list[float]:
-    x, y, w, h = box
-    p = fraction * max(w, h) + 2
-    x0, y0 = max(0.0, x - p), max(0.0, y - p)
-    x1, y1 = min(float(shape[1]), x + w + p), min(float(shape[0]), y + h + p)
-    return [x0, y0, x1 - x0, y1 - y0]
-
-
-def rough_box(image: np.ndarray) -> list[float] | None:
-    """Where ``image`` differs from its background: Lab distance to a quadratic colour surface fitted on the
-    frame's border, above the border's own spread + :data:`ROUGH_MARGIN`, closed; the box of the components at
-    least a fifth of the largest. None when nothing stands out."""
-    H, W = image.shape[:2]
-    s = min(1.0, ROUGH_PX / max(H, W))
-    small = cv2.resize(image, (max(1, round(W * s)), max(1, round(H * s))), interpolation=cv2.INTER_AREA)
-    lab = cv2.cvtColor(small.astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
-    h, w = lab.shape[:2]
-    if min(h, w) < 8:
-        return None
-    ring = np.ones((h, w), bool)
-    b = max(2, round(0.04 * min(h, w)))
-    ring[b:-b, b:-b] = False
-    yy, xx = np.mgrid[0:h, 0:w]
-    u, v = xx.ravel() / w, yy.ravel() / h
-    design = np.stack([np.ones(h * w), u, v, u * u, v * v, u * v], axis=1)
-    values = lab.reshape(-1, 3).astype(np.float64)
-    coeffs, *_ = np.linalg.lstsq(design[ring.ravel()], values[ring.ravel()], rcond=None)
-    distance = np.sqrt(((values - design @ coeffs) ** 2).sum(axis=1)).reshape(h, w)
-    border = distance[ring]
-    median = float(np.median(border))
-    noise = median + 3.0 * 1.4826 * float(np.median(np.abs(border - median)))
-    fg = (distance > noise + ROUGH_MARGIN) & ~ring
-    k = max(3, (round(0.04 * max(h, w)) // 2) * 2 + 1)
-    fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
-    if n <= 1:
-        return None
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    box = _mask_box(np.isin(labels, 1 + np.nonzero(areas >= 0.2 * areas.max())[0]))
-    return [box[0] / s, box[1] / s, box[2] / s, box[3] / s]
-
-
-def _coverage(image: np.ndarray, edge: np.ndarray, outside: np.ndarray, inside: np.ndarray) -> float | None:
-    """Median coverage of ``edge`` pixels between ``outside`` (background) and ``inside`` (product) neighbours:
-    the projection of each edge colour on the segment from the outside colour to the inside one."""
-    o, i, e = (image[idx].astype(np.float64) for idx in (outside, inside, edge))
-    span = i - o
-    norm = (span**2).sum(axis=1)
-    ok = norm > 15.0**2  # the two neighbours must differ clearly for a coverage to mean anything
-    if ok.sum() < 1:
-        return None
-    return float(np.median(((e - o) * span).sum(axis=1)[ok] / norm[ok]))
-
-
-def _trim_partial_edges(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``mask`` without an outermost row or column of its box whose pixels are less than half product."""
-    mask = mask.copy()
-    for axis in (0, 1):
-        view_mask = mask if axis == 0 else mask.T
-        view_image = image if axis == 0 else image.transpose(1, 0, 2)
-        rows = np.nonzero(view_mask.any(axis=1))[0]
-        if len(rows) < 3:
-            continue
-        for edge, step in ((rows[0], -1), (rows[-1], 1)):
-            out_row, in_row = edge + step, edge - step
-            if not 0 <= out_row < view_mask.shape[0]:
-                continue
-            cols = np.nonzero(view_mask[edge] & view_mask[in_row])[0]
-            if len(cols) == 0:
-                continue
-            c = _coverage(view_image, (np.full_like(cols, edge), cols), (np.full_like(cols, out_row), cols),
-                          (np.full_like(cols, in_row), cols))
-            if c is not None and c < 0.5:
-                view_mask[edge] = False
-    return mask
-
-
-def _drop_shadow(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``mask`` without its shadow: the surface's own colour, shaded (each channel about the
-    same share, :data:`SHADOW_RATIO`, of the surface colour just around the mask). Kept whole when that would
-    remove more than :data:`SHADOW_MAX` of it (a grey product on a grey surface, not a shadow)."""
-    k = max(3, (round(0.06 * max(_mask_box(mask)[2:])) // 2) * 2 + 3)
-    near = cv2.dilate(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))).astype(bool)
-    band = cv2.dilate(near.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & ~near
-    if band.sum() < 16:
-        return mask
-    surface = np.median(image[band].astype(np.float32), axis=0) + 1.0
-    ratio = (image.astype(np.float32) + 1.0) / surface
-    shade = ratio.mean(axis=2)
-    like = (shade >= SHADOW_RATIO[0]) & (shade <= SHADOW_RATIO[1]) & (np.ptp(ratio, axis=2) < 0.12) & mask
-    like = cv2.morphologyEx(like.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8)).astype(bool)
-    kept = largest_component(fill_holes(mask & ~like))
-    return kept if kept.sum() >= (1 - SHADOW_MAX) * mask.sum() and kept.any() else mask
-
-
-def find_product(image: np.ndarray, *, refine_px: int = 400, shadows: bool = False) -> tuple[list[float] | None, str, float]:
-    """The product's box ``[x, y, w, h]`` in ``image``, a reason when there is none, and the mask's quality
-    score (the IoU of the coarse and the fine mask, as ``rpc-synth masks`` reports it). ``shadows``: cut cast
-    shadows off the mask (:func:`_drop_shadow`; it also cuts grey product parts touching the edge)."""
-    shape = image.shape[:2]
-    box = rough_box(image)
-    if box is None:
-        return None, "no product found: nothing differs from the background", 0.0
-    score = 0.0
-    for fraction in (0.1, 0.02):  # a wide search box, then one hugging the first mask (as the masks stage sees)
-        result = exemplar_masks(image, _pad(box, fraction, shape), refine_px=refine_px)
-        fine = result.full("fine", shape)
-        box, score = _mask_box(fine), result.score
-        if box is None:
-            return None, "no product found: the mask is empty", 0.0
-    if fine.sum() > FULL_FRAME * fine.size or (box[2] >= 0.98 * shape[1] and box[3] >= 0.98 * shape[0]):
-        return None, "no product found: the mask covers almost the whole frame (no plain surface around it?)", score
-    box = _mask_box(_trim_partial_edges(image, _drop_shadow(image, fine) if shadows else fine)) or box
-    return [float(v) for v in box], "", score
 
 
 # ------------------------------------------------------------------------------------------- the catalogue
@@ -269,6 +139,28 @@ def assign_ids(mapping: Path, names: list[str], *, allow_removed: bool = False, 
             "retired": dict(sorted(retired.items(), key=lambda kv: kv[1]))}
 
 
+def assign_image_ids(path: Path, sources: list[str]) -> dict:
+    """``{"ids": {"sku/photo": image id}, "next": n}`` for the photos ``sources``: ids recorded in ``path`` kept,
+    new photos numbered (in the given order) after every id ever given, so a removed photo's id is never reused."""
+    doc = load_json(path) if path.is_file() else {"ids": {}, "next": 1}
+    recorded = doc.get("ids") if isinstance(doc, dict) else None
+    if not isinstance(recorded, dict) or not isinstance(doc.get("next", 1), int):
+        raise FormatError(str(path), "", 'expected {"ids": {"sku/photo": id, ...}, "next": n}; remove the file to '
+                                         "number the photos afresh")
+    values = list(recorded.values())
+    if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values) or len(set(values)) != len(values):
+        raise FormatError(str(path), "ids", "image ids are unique positive integers; remove the file to number the "
+                                            "photos afresh")
+    next_id = max([doc.get("next", 1), *(v + 1 for v in values)])
+    ids = {}
+    for source in sources:
+        if source in recorded:
+            ids[source] = recorded[source]
+        else:
+            ids[source], next_id = next_id, next_id + 1
+    return {"ids": ids, "next": next_id}
+
+
 def safe_file_name(sku: str, photo: str) -> str:
     """A file name for ``sku/photo`` inside ``train2019/``: ASCII letters, digits, ``_`` and ``-`` from both
     names, then a digest of the original pair (unique, whatever the originals hold), then the suffix."""
@@ -296,12 +188,13 @@ def _photo_task(task: tuple[str, str, str, int, bool]) -> dict:
     return {**record, "reason": reason} if box is None else {**record, "bbox": box, "mask_score": round(score, 4)}
 
 
-def _dataset(records: list[dict], mapping: dict, groups: dict[str, str], names: list[str]) -> dict:
+def _dataset(records: list[dict], mapping: dict, image_ids: dict[str, int], groups: dict[str, str],
+             names: list[str]) -> dict:
     ids = mapping["ids"]
     categories = [{"supercategory": groups[n], "id": ids[n], "name": n} for n in sorted(names, key=ids.get)]
     images, annotations = [], []
     for r in records:
-        image_id = len(images) + 1
+        image_id = image_ids[r["file"]]
         x, y, w, h = r["bbox"]
         images.append({"file_name": r["file_name"], "width": r["width"], "height": r["height"], "id": image_id,
                        "source_file": r["file"]})
@@ -361,7 +254,8 @@ def build_catalog(catalog: str | Path, out: str | Path, *, workers: int = 1, ref
         r["file_name"] = safe_file_name(*r["file"].split("/", 1))
     if len({r["file_name"] for r in boxed}) != len(boxed):  # a digest collision: never expected
         raise InputError(f"{catalog}: two photos map to the same file name; rename one of them")
-    dataset = _dataset(boxed, mapping, groups, names)
+    image_ids = assign_image_ids(out / IMAGE_IDS, [r["file"] for r in boxed])
+    dataset = _dataset(boxed, mapping, image_ids["ids"], groups, names)
     no_product = [{"file": r["file"], "reason": r["reason"]} for r in records if "reason" in r]
     counts = {n: 0 for n in names}
     for r in boxed:
@@ -374,6 +268,7 @@ def build_catalog(catalog: str | Path, out: str | Path, *, workers: int = 1, ref
     _copy_photos(train, boxed, Progress(len(boxed), "rpc-synth catalog: copying", unit="photos",
                                         enabled=progress and len(boxed) > 200))
     write_json(mapping, out / MAPPING, indent=1)
+    write_json(image_ids, out / IMAGE_IDS, indent=1)
     write_json(report, out / REPORT, indent=1)
     write_instances(dataset, out / "instances_train2019.json")
     for name in sorted(previous - {r["file_name"] for r in boxed}):

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import click
 
+from rpc_metrics.cliargs import (
+    MAX_IMAGE_SIDE,
+    MAX_IMAGES,
+    MAX_ITERATIONS,
+    SEED,
+    THREADS,
+    WORKERS,
+    NumberList,
+    OutputPath,
+    ToolGroup,
+)
 from rpc_metrics.cliargs import FiniteFloat as Finite
-from rpc_metrics.cliargs import OutputPath
 from rpc_metrics.version import version_option
 
 from . import world as world_mod
@@ -17,7 +26,8 @@ from .clean_exit import fail_cleanly as _fail_cleanly
 from .generate import InputError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ToolGroup, error_prefix="rpc-synth: error: ",
+             context_settings={"help_option_names": ["-h", "--help"]})
 @version_option("rpc-synth")
 def main() -> None:
     """Synthesized checkout images from single-product exemplars, and an embedded mini RPC world."""
@@ -33,7 +43,7 @@ def _world_option(flag: str, kind: Any, help: str, field: str | None = None):
 
 @main.command()
 @click.option("--out", required=True, type=OutputPath(folder=True), help="Folder to write the world into (RPC layout).")
-@_world_option("--seed", click.IntRange(0), "Random seed; the same seed gives the same bytes.")
+@_world_option("--seed", SEED, "Random seed; the same seed gives the same bytes.")
 @_world_option("--style", click.Choice(world_mod.STYLES),
                "Checkout domain: 'gap' (camera above a woven tray, products lying and piled, shop light) or "
                "'legacy' (the earlier releases' world, for comparison).")
@@ -47,33 +57,31 @@ def _world_option(flag: str, kind: Any, help: str, field: str | None = None):
 @_world_option("--lying", Finite(0.0, 1.0), "Share of checkout products lying on a side (gap style).")
 @_world_option("--standing", Finite(0.0, 1.0),
                "Share of checkout products standing, seen from the top (gap style).")
-@_world_option("--skus", click.IntRange(10), "Number of products (at least 10).")
-@_world_option("--lookalike-pairs", click.IntRange(0), "Pairs of SKUs that differ only in small details.")
-@click.option("--elevations", default=",".join(f"{e:g}" for e in world_mod.WorldConfig.elevations), show_default=True,
-              help="Exemplar camera elevations in degrees, comma-separated.")
-@_world_option("--azimuths", click.IntRange(1), "Turntable rotations per elevation.")
+@_world_option("--skus", click.IntRange(10, 1000), "Number of products (at least 10).")
+@_world_option("--lookalike-pairs", click.IntRange(0, 500), "Pairs of SKUs that differ only in small details.")
+@click.option("--elevations", type=NumberList(Finite(0.0, 90.0), example="0,30,60,90"),
+              default=",".join(f"{e:g}" for e in world_mod.WorldConfig.elevations), show_default=True,
+              help="Exemplar camera elevations in degrees in [0, 90], comma-separated.")
+@_world_option("--azimuths", click.IntRange(1, 360), "Turntable rotations per elevation.")
 @_world_option("--exemplar-size", click.IntRange(64, 4096), "Exemplar width in px (height is 3/4 of it).")
+@_world_option("--turntable", click.Choice(world_mod.TURNTABLES),
+               "Exemplar background: 'plain' (RPC's turntable) or 'textured' (wood-like grain, vignetting and the "
+               "product's cast shadow: a harder catalogue for `rpc-synth catalog`).")
 @_world_option("--size", click.IntRange(64, 4096), "Checkout image side in px (RPC: about 1815).", "checkout_size")
-@_world_option("--val", click.IntRange(0), "Number of val checkout images (equal thirds per level).", "val_images")
-@_world_option("--test", click.IntRange(0), "Number of test checkout images (equal thirds per level).", "test_images")
-@_world_option("--pool", click.IntRange(0),
+@_world_option("--val", click.IntRange(0, MAX_IMAGES), "Number of val checkout images (equal thirds per level).", "val_images")
+@_world_option("--test", click.IntRange(0, MAX_IMAGES), "Number of test checkout images (equal thirds per level).", "test_images")
+@_world_option("--pool", click.IntRange(0, MAX_IMAGES),
                "Number of unlabeled checkout photos (pool2019/, the distillation pool; labels in pool_truth/).",
                "pool_images")
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Worker processes.")
+@click.option("--workers", type=WORKERS, default=1, show_default=True, help="Worker processes.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @_fail_cleanly
 def world(out, seed, style, gap, density, product_size, lying, standing, skus, lookalike_pairs, elevations, azimuths,
-          exemplar_size, checkout_size, val_images, test_images, pool_images, workers, quiet):
+          exemplar_size, turntable, checkout_size, val_images, test_images, pool_images, workers, quiet):
     """Write the procedural mini world (exemplars, val/test checkout images, an unlabeled pool, true masks)."""
-    try:
-        elevation_list = tuple(float(e) for e in elevations.split(","))
-    except ValueError:
-        elevation_list = ()
-    if not elevation_list or not all(math.isfinite(e) and 0 <= e <= 90 for e in elevation_list):
-        raise InputError(f"--elevations should be comma-separated degrees in [0, 90] like 0,30,60,90, got {elevations!r}")
     config = world_mod.WorldConfig(seed=seed, style=style, gap=gap, density=density, product_size=product_size,
                                    lying=lying, standing=standing, skus=skus, lookalike_pairs=lookalike_pairs,
-                                   elevations=elevation_list, azimuths=azimuths, exemplar_size=exemplar_size,
+                                   elevations=tuple(elevations), azimuths=azimuths, exemplar_size=exemplar_size, turntable=turntable,
                                    checkout_size=checkout_size, val_images=val_images, test_images=test_images,
                                    pool_images=pool_images)
     summary = world_mod.build_world(out, config, workers=workers, progress=not quiet)
@@ -85,12 +93,12 @@ def world(out, seed, style, gap, density, product_size, lying, standing, skus, l
 @click.option("--instances", required=True, type=click.Path(dir_okay=False), help="Exemplar instances JSON (RPC train).")
 @click.option("--images", required=True, type=click.Path(file_okay=False), help="Folder of the exemplar photos.")
 @click.option("--out", required=True, type=OutputPath(folder=True), help="Folder for mask PNGs and instances_masks.json.")
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Worker processes.")
+@click.option("--workers", type=WORKERS, default=1, show_default=True, help="Worker processes.")
 @click.option("--keep-coarse", is_flag=True, help="Also write the coarse masks to OUT/coarse/ (to compare).")
-@click.option("--refine-px", type=click.IntRange(32), default=400, show_default=True,
+@click.option("--refine-px", type=click.IntRange(32, MAX_IMAGE_SIDE), default=400, show_default=True,
               help="Largest side the GrabCut refinement works at (at least 32).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
-@_fail_cleanly
+@_fail_cleanly(resumable=True)
 def masks(instances, images, out, workers, keep_coarse, refine_px, quiet):
     """Coarse-to-fine product masks for every exemplar (resumable: finished images are skipped)."""
     from .masks import build_masks
@@ -131,25 +139,21 @@ def quality(world_dir, masks_dir, poses_json):
     click.echo(json.dumps(report, indent=1))
 
 
-def _pair(text: str, name: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise InputError(f"{name} should be two numbers like 0.5,0.7, got {text!r}") from None
-    return lo, hi
+# Relative to size / exemplar width: at 10 a product filling a tenth of its photo's width spans the whole image.
+SCALE = NumberList(Finite(0.0, 10.0, lo_open=True), count=2, order="<=", example="0.5,0.7")
 
 
 @main.command()
 @click.option("--exemplars", required=True, type=click.Path(dir_okay=False), help="poses.json (or instances_masks.json) of the exemplars.")
 @click.option("--images", required=True, type=click.Path(file_okay=False), help="Folder of the exemplar photos.")
 @click.option("--out", required=True, type=OutputPath(folder=True), help="Output folder (synth2019/, instances_synth2019.json).")
-@click.option("--num-images", "n_images", type=click.IntRange(1), default=600, show_default=True, help="Number of images to synthesize.")
+@click.option("--num-images", "n_images", type=click.IntRange(1, MAX_IMAGES), default=600, show_default=True, help="Number of images to synthesize.")
 @click.option("--size", type=click.IntRange(64, 4096), default=384, show_default=True, help="Side of the square output images in px (RPC: about 1815).")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Random seed; image i depends only on (seed, i).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed; image i depends only on (seed, i).")
 @click.option("--levels", default="easy,medium,hard", show_default=True, help="Levels cycled over the images (equal shares).")
 @click.option("--ranges", default="", help="Override per-level ranges, e.g. 'easy=3-5/3-10' (categories/instances).")
 @click.option("--categories", default="", help="Comma-separated category ids to use (default: all with a kept exemplar).")
-@click.option("--scale", default="0.5,0.7", show_default=True, help="Object scale range, relative to size / exemplar width.")
+@click.option("--scale", type=SCALE, default="0.5,0.7", show_default=True, help="Object scale range, relative to size / exemplar width.")
 @click.option("--max-iou", type=Finite(0.0, 1.0), default=0.3, show_default=True, help="Placement limit on box IoU (relaxed when crowded).")
 @click.option("--min-visible", type=Finite(0.0, 1.0, hi_open=True), default=0.3, show_default=True, help="Drop instances with less of their mask visible.")
 @click.option("--shadow-strength", type=Finite(0.0, 1.0), default=0.4, show_default=True, help="Darkness of the soft shadows (0: none).")
@@ -162,12 +166,12 @@ def _pair(text: str, name: str) -> tuple[float, float]:
 @click.option("--color-jitter", type=Finite(0.0, 1.0, hi_open=True), default=0.1, show_default=True, help="Per-object colour gain jitter (0: none).")
 @click.option("--backgrounds", type=click.Path(file_okay=False, exists=True), help="Folder of background photos (default: procedural).")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=90, show_default=True, help="JPEG quality of the written images.")
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Worker processes (output does not depend on it).")
+@click.option("--workers", type=WORKERS, default=1, show_default=True, help="Worker processes (output does not depend on it).")
 @click.option("--shard", default=None, help="Make only images with index % n == i, given as i/n.")
 @click.option("--settings", type=click.Path(dir_okay=False),
               help="Settings JSON of `rpc-synth fit` (size, levels, ranges, scale, max_iou); options given here win.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
-@_fail_cleanly
+@_fail_cleanly(resumable=True)
 def generate(exemplars, images, out, n_images, size, seed, levels, ranges, categories, scale, max_iou, min_visible,
              shadow_strength, squash, squash_min, squash_axis, color_jitter, backgrounds, jpeg_quality, workers, shard,
              settings, quiet):
@@ -180,7 +184,7 @@ def generate(exemplars, images, out, n_images, size, seed, levels, ranges, categ
     except ValueError:
         raise InputError(f"--categories should be comma-separated integers, got {categories!r}") from None
     fields = dict(images=n_images, size=size, seed=seed, levels=tuple(v.strip() for v in levels.split(",")),
-                  ranges=ranges, categories=category_ids, scale=_pair(scale, "--scale"), max_iou=max_iou,
+                  ranges=ranges, categories=category_ids, scale=scale, max_iou=max_iou,
                   min_visible=min_visible, shadow_strength=shadow_strength, color_jitter=color_jitter,
                   backgrounds=backgrounds, jpeg_quality=jpeg_quality, squash=squash, squash_min=squash_min,
                   squash_axis=squash_axis)
@@ -199,6 +203,10 @@ def generate(exemplars, images, out, n_images, size, seed, levels, ranges, categ
         click.echo(f"wrote {len(dataset['images'])} images, {len(dataset['annotations'])} instances to {out}")
 
 
+# A loss weight: 0 switches the term off; the defaults are 1 to 10, so 1000 is a typo.
+WEIGHT = Finite(0.0, 1000.0)
+
+
 @main.group()
 def render() -> None:
     """Translate synthesized images toward the checkout domain (cyclegan translator, fitted camera, histogram matching)."""
@@ -210,31 +218,31 @@ def render() -> None:
 @click.option("--target", required=True, type=click.Path(file_okay=False), help="Folder of unlabeled checkout images (labels never read).")
 @click.option("--out", required=True, type=OutputPath(), help="Checkpoint file to write (resumed when it exists).")
 @click.option("--size", type=click.IntRange(16, 4096), default=96, show_default=True, help="Side of the random training crops in px.")
-@click.option("--iters", type=click.IntRange(1), default=500, show_default=True, help="Training iterations (more than the checkpoint's: train on).")
-@click.option("--batch", type=click.IntRange(1), default=1, show_default=True, help="Crops per iteration from each domain.")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Random seed (model init and crop order).")
-@click.option("--gen-channels", type=click.IntRange(1), default=16, show_default=True, help="Generator width after its first layer.")
-@click.option("--gen-blocks", type=click.IntRange(0), default=4, show_default=True, help="Residual blocks in the generator.")
-@click.option("--disc-channels", type=click.IntRange(1), default=32, show_default=True, help="Discriminator width of its first layer.")
-@click.option("--preserve-weight", type=Finite(0.0), default=10.0, show_default=True, help="Weight of the product-preservation loss (0: plain CycleGAN).")
-@click.option("--background-weight", type=Finite(0.0), default=2.0, show_default=True, help="Weight of that loss's edge term on the tray, against painted blobs.")
-@click.option("--colour-weight", type=Finite(0.0), default=1.0, show_default=True, help="Weight of that loss's product-colour term, against repainting.")
-@click.option("--cycle-weight", type=Finite(0.0), default=10.0, show_default=True, help="Weight of the cycle-consistency loss.")
-@click.option("--identity-weight", type=Finite(0.0), default=2.0, show_default=True, help="Weight of the identity loss (0: skip it).")
-@click.option("--lr", type=Finite(0.0, lo_open=True), default=2e-4, show_default=True, help="Adam learning rate (CycleGAN's; 5e-4 was unstable here).")
+@click.option("--iters", type=click.IntRange(1, MAX_ITERATIONS), default=500, show_default=True, help="Training iterations (more than the checkpoint's: train on).")
+@click.option("--batch", type=click.IntRange(1, 4096), default=1, show_default=True, help="Crops per iteration from each domain.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed (model init and crop order).")
+@click.option("--gen-channels", type=click.IntRange(1, 1024), default=16, show_default=True, help="Generator width after its first layer.")
+@click.option("--gen-blocks", type=click.IntRange(0, 64), default=4, show_default=True, help="Residual blocks in the generator.")
+@click.option("--disc-channels", type=click.IntRange(1, 1024), default=32, show_default=True, help="Discriminator width of its first layer.")
+@click.option("--preserve-weight", type=WEIGHT, default=10.0, show_default=True, help="Weight of the product-preservation loss (0: plain CycleGAN).")
+@click.option("--background-weight", type=WEIGHT, default=2.0, show_default=True, help="Weight of that loss's edge term on the tray, against painted blobs.")
+@click.option("--colour-weight", type=WEIGHT, default=1.0, show_default=True, help="Weight of that loss's product-colour term, against repainting.")
+@click.option("--cycle-weight", type=WEIGHT, default=10.0, show_default=True, help="Weight of the cycle-consistency loss.")
+@click.option("--identity-weight", type=WEIGHT, default=2.0, show_default=True, help="Weight of the identity loss (0: skip it).")
+@click.option("--lr", type=Finite(0.0, 1.0, lo_open=True), default=2e-4, show_default=True, help="Adam learning rate (CycleGAN's; 5e-4 was unstable here).")
 @click.option("--prematch/--no-prematch", default=True, show_default=True,
               help="Histogram-match the source images to the target first; the translator learns what matching cannot.")
 @click.option("--noise/--no-noise", default=True, show_default=True,
               help="Noise injection in the generators, for sensor noise.")
-@click.option("--noise-init", type=Finite(0.0), default=2.0, show_default=True,
+@click.option("--noise-init", type=Finite(0.0, 255.0), default=2.0, show_default=True,
               help="Noise level, grey levels (the starting level with --learn-noise).")
 @click.option("--learn-noise/--fixed-noise", default=False, show_default=True,
               help="Learn the noise level (the adversarial loss drove it down to 0.1-0.5 grey levels here).")
-@click.option("--checkpoint-every", type=click.IntRange(1), default=100, show_default=True, help="Iterations between checkpoints.")
-@click.option("--threads", type=click.IntRange(0), default=1, show_default=True, help="CPU threads for torch (0: torch's default).")
+@click.option("--checkpoint-every", type=click.IntRange(1, MAX_ITERATIONS), default=100, show_default=True, help="Iterations between checkpoints.")
+@click.option("--threads", type=THREADS, default=1, show_default=True, help="CPU threads for torch (0: torch's default).")
 @click.option("--device", default="auto", show_default=True, help="auto (a CUDA GPU when there is one), cpu or cuda[:N].")
 @click.option("--quiet", is_flag=True, help="No progress line.")
-@_fail_cleanly
+@_fail_cleanly(resumable=True)
 def render_train(source, source_ann, target, out, size, iters, batch, seed, gen_channels, gen_blocks, disc_channels,
                  preserve_weight, background_weight, colour_weight, cycle_weight, identity_weight, lr, prematch, noise,
                  noise_init, learn_noise, checkpoint_every, threads, device, quiet):
@@ -266,7 +274,7 @@ def render_train(source, source_ann, target, out, size, iters, batch, seed, gen_
 @click.option("--target", type=click.Path(file_okay=False),
               help="Folder of checkout images to match (camera, histogram; pixels only).")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality of the written images.")
-@click.option("--threads", type=click.IntRange(0), default=1, show_default=True, help="CPU threads for torch (0: torch's default).")
+@click.option("--threads", type=THREADS, default=1, show_default=True, help="CPU threads for torch (0: torch's default).")
 @click.option("--amp/--no-amp", default=None,
               help="The translator under bfloat16 autocast (default: where the CPU computes bfloat16 natively, "
                    "Intel AMX or AVX512-BF16, and on a GPU; about 1.4x faster on such a CPU, within a grey level of float32).")
@@ -289,9 +297,9 @@ def render_apply(images, ann, out, method, model, target, jpeg_quality, threads,
 @click.option("--target", required=True, type=click.Path(file_okay=False), help="Folder of checkout images (the domain aimed at).")
 @click.option("--rendered", type=click.Path(file_okay=False), help="Folder of the same images translated (`apply`'s render2019/).")
 @click.option("--iou-threshold", type=Finite(0.0, 1.0), default=0.5, show_default=True, help="A product is kept when its foreground IoU reaches this.")
-@click.option("--min-crispness", type=Finite(0.0), default=0.15, show_default=True,
+@click.option("--min-crispness", type=Finite(0.0, 10.0), default=0.15, show_default=True,
               help="A new foreground region is a product-like blob when its boundary gradient / its contrast reaches this (a step edge: ~0.3).")
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Worker processes (output does not depend on it).")
+@click.option("--workers", type=WORKERS, default=1, show_default=True, help="Worker processes (output does not depend on it).")
 @_fail_cleanly
 def render_measure(images, ann, target, rendered, iou_threshold, min_crispness, workers):
     """Domain gap to the checkout images; with --rendered also products kept and new blobs. Prints JSON."""
@@ -309,11 +317,11 @@ def render_measure(images, ann, target, rendered, iou_threshold, min_crispness, 
 @click.option("--checkout-images", type=click.Path(file_okay=False),
               help="Or a folder of unlabeled checkout photos: product size and count estimated from the pixels.")
 @click.option("--out", required=True, type=OutputPath(), help="Settings JSON to write (for `generate --settings`).")
-@click.option("--probe-images", type=click.IntRange(3), default=48, show_default=True,
+@click.option("--probe-images", type=click.IntRange(3, 10_000), default=48, show_default=True,
               help="Images per simulated probe set (more: steadier, slower).")
-@click.option("--max-checkout-images", type=click.IntRange(1), default=200, show_default=True,
+@click.option("--max-checkout-images", type=click.IntRange(1, MAX_IMAGES), default=200, show_default=True,
               help="Unlabeled photos used at most (evenly spread over the file names).")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Random seed of the probe sets; the same seed gives the same file.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed of the probe sets; the same seed gives the same file.")
 @_fail_cleanly
 def fit(exemplars, images, checkout, checkout_images, out, probe_images, max_checkout_images, seed):
     """Fit synthesis size, products per tray, scale and overlap to the checkout images; writes a settings JSON."""
@@ -339,8 +347,8 @@ def fit(exemplars, images, checkout, checkout_images, out, probe_images, max_che
                    "(name,supercategory).")
 @click.option("--out", required=True, type=OutputPath(folder=True),
               help="Output folder (train2019/, instances_train2019.json, sku_ids.json, catalog_report.json).")
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Worker processes (output does not depend on it).")
-@click.option("--refine-px", type=click.IntRange(32), default=400, show_default=True,
+@click.option("--workers", type=WORKERS, default=1, show_default=True, help="Worker processes (output does not depend on it).")
+@click.option("--refine-px", type=click.IntRange(32, MAX_IMAGE_SIDE), default=400, show_default=True,
               help="Largest side the GrabCut refinement works at (at least 32).")
 @click.option("--supercategory", default="product", show_default=True, help="Supercategory of SKUs skus.csv does not list.")
 @click.option("--shadows", is_flag=True,

@@ -1,6 +1,7 @@
 """The embedded mini world: a procedural dataset in exactly the RPC layout, deterministic by seed.
 
-``DIR/train2019/`` exemplars (one product on a light turntable, every camera elevation x azimuth),
+``DIR/train2019/`` exemplars (one product on a light turntable, every camera elevation x azimuth; with
+``turntable="textured"`` a wood-like surface, vignetting and the product's cast shadow: a harder catalogue),
 ``DIR/val2019/`` and ``DIR/test2019/`` checkout images (a tray of products, another domain), the three
 ``instances_*2019.json`` files, ``DIR/pool2019/`` with ``instances_pool2019.json`` (unlabeled checkout photos, the
 distillation pool a store would have: no annotations), and two folders no pipeline stage reads:
@@ -28,12 +29,21 @@ from .build import (
     mark_degenerate,
     world_summary,
 )
-from .config import SPLIT_CODES, STYLE_DEFAULTS, STYLES, DomainShift, WorldConfig, catalog, exemplar_views
+from .config import (
+    SPLIT_CODES,
+    STYLE_DEFAULTS,
+    STYLES,
+    TURNTABLES,
+    DomainShift,
+    WorldConfig,
+    catalog,
+    exemplar_views,
+)
 from .draw import TRAY_COLORS, apply_domain_shift, render_checkout, render_exemplar
 from .lookalikes import lookalike_ceiling, lookalike_evidence
 
 __all__ = [
-    "POOL_TRUTH", "SPLIT_CODES", "STYLES", "STYLE_DEFAULTS", "TRAY_COLORS", "TRUE_MASKS", "DomainShift", "WorldConfig",
+    "POOL_TRUTH", "SPLIT_CODES", "STYLES", "STYLE_DEFAULTS", "TRAY_COLORS", "TRUE_MASKS", "TURNTABLES", "DomainShift", "WorldConfig",
     "apply_domain_shift", "build_world", "catalog", "checkout_file_name", "checkout_jpeg_quality",
     "exemplar_file_name", "exemplar_views", "lookalike_ceiling", "lookalike_evidence", "mark_degenerate",
     "render_checkout", "render_exemplar", "world_summary",

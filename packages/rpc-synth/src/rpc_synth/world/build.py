@@ -146,9 +146,11 @@ def world_summary(config: WorldConfig) -> dict:
     """The settings ``world.json`` records: the config, the domain gap, shapes, look-alike pairs, level ranges."""
     skus = catalog(config)
     legacy = config.style == "legacy"
-    shown = ("gap", "density", "lying", "standing") if legacy else ("domain",)
+    hidden = {"domain", *(("gap", "density", "lying", "standing") if legacy else ())}
+    if config.turntable == "plain":  # recorded only when set, so folders written before the option still resume
+        hidden.add("turntable")
     return {
-        "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in shown and k != "domain"},
+        "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in hidden},
         "domain_shift": dataclasses.asdict(config.domain) if legacy else {"gap": config.gap,
                                                                           "jpeg_quality": checkout_jpeg_quality(config)},
         "shapes": sorted({s.shape for s in skus}),

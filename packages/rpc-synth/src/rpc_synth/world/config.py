@@ -13,6 +13,7 @@ from ..skus import Sku, make_catalog
 
 SPLIT_CODES = {"train": 1, "val": 2, "test": 3, "pool": 4}
 STYLES = ("gap", "legacy")
+TURNTABLES = ("plain", "textured")  # exemplar backgrounds: RPC's plain turntable, or wood-like grain with shadows
 # Per style: checkout px per world unit as a fraction of the image side, and the visible share a product keeps.
 STYLE_DEFAULTS = {"gap": {"product_size": 0.26, "min_visible": 0.35}, "legacy": {"product_size": 0.2, "min_visible": 0.5}}
 
@@ -55,10 +56,13 @@ class WorldConfig:
     lying: float = 0.65  # share of products lying on a side (the camera above sees a side view)
     standing: float = 0.1  # share standing (seen from the top); the rest lean on others
     domain: DomainShift = field(default_factory=DomainShift)
+    turntable: str = "plain"  # exemplars on a plain turntable, or "textured": grain, vignetting, a cast shadow
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
             raise ValueError(f"style should be one of {', '.join(STYLES)}, got {self.style!r}")
+        if self.turntable not in TURNTABLES:
+            raise ValueError(f"turntable should be one of {', '.join(TURNTABLES)}, got {self.turntable!r}")
         for name, value in STYLE_DEFAULTS[self.style].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
