@@ -4,6 +4,10 @@ boxes dropped), imported, and every box found compared with the world's true box
     rpc-synth world --out W --turntable textured --val 0 --test 0 --pool 0 --workers 2
     python examples/catalog_boxes.py --world W --shadows --workers 2
 
+With ``--rpc-root DIR`` the import is kept as an RPC-layout folder: the catalogue as ``train`` and the world's
+val, test and pool splits with their labels mapped to the catalogue's category ids by SKU name, for
+``python examples/aco_pipeline.py --rpc-root DIR`` (the pipeline on found boxes, to compare with the world's own).
+
 Prints the share of boxes at IoU >= 0.9 (also apart for thin products, at most 8 px across, where one pixel
 is 12% of the width) and lists every failure; ``--json`` writes them.
 """
@@ -47,15 +51,47 @@ def box_iou(a, b) -> float:
     return iw * ih / (a[2] * a[3] + b[2] * b[3] - iw * ih)
 
 
-def measure(world: Path, *, shadows: bool, workers: int) -> dict:
-    """Import the world's exemplars as a catalogue; every photo's IoU with its true box (0 when no product)."""
+def add_world_splits(world: Path, root: Path) -> list[str]:
+    """Copy the world's val, test and pool splits (those with images; the pool's separate labels too) into the
+    imported catalogue ``root``, category ids mapped by SKU name to the catalogue's; returns the splits copied."""
+    categories = json.loads((root / "instances_train2019.json").read_text())["categories"]
+    ids = {c["name"]: c["id"] for c in categories}
+    copied = []
+    for split, labels in (("val", None), ("test", None), ("pool", "pool_truth")):
+        for source in [world / f"instances_{split}2019.json"] + ([world / labels / f"instances_{split}2019.json"]
+                                                                  if labels else []):
+            if not source.is_file():
+                continue
+            doc = json.loads(source.read_text())
+            if not doc["images"]:
+                break
+            names = {c["id"]: c["name"] for c in doc["categories"]}
+            missing = sorted(set(names.values()) - set(ids))
+            if missing:
+                raise SystemExit(f"--rpc-root: the world's {split} split has SKUs the catalogue lacks: {missing}")
+            for a in doc["annotations"]:
+                a["category_id"] = ids[names[a["category_id"]]]
+            doc["categories"] = categories
+            write_json(doc, root / source.relative_to(world))
+            if source.parent == world:
+                shutil.copytree(world / f"{split}2019", root / f"{split}2019")
+                copied.append(split)
+    return copied
+
+
+def measure(world: Path, *, shadows: bool, workers: int, rpc_root: Path | None = None) -> dict:
+    """Import the world's exemplars as a catalogue; every photo's IoU with its true box (0 when no product).
+    ``rpc_root``: keep the import there with the world's other splits (:func:`add_world_splits`)."""
     truth_doc = json.loads((world / "instances_train2019.json").read_text())
     by_file = {im["file_name"]: im["id"] for im in truth_doc["images"]}
     truth = {a["image_id"]: a["bbox"] for a in truth_doc["annotations"]}
     with tempfile.TemporaryDirectory() as tmp:
         sources = world_catalogue(world, Path(tmp) / "catalog")
-        build_catalog(Path(tmp) / "catalog", Path(tmp) / "out", workers=workers, shadows=shadows, progress=True)
-        found = json.loads((Path(tmp) / "out" / "instances_train2019.json").read_text())
+        out = rpc_root or Path(tmp) / "out"
+        build_catalog(Path(tmp) / "catalog", out, workers=workers, shadows=shadows, progress=True)
+        found = json.loads((out / "instances_train2019.json").read_text())
+        if rpc_root is not None:
+            add_world_splits(world, rpc_root)
     boxes = {im["source_file"]: a["bbox"] for im, a in zip(found["images"], found["annotations"], strict=True)}
     rows = []
     for source, file_name in sources.items():
@@ -85,10 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shadows", action="store_true", help="import with `rpc-synth catalog --shadows`")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write every photo's IoU here")
+    parser.add_argument("--rpc-root", type=Path, help="keep the import here as an RPC-layout folder with the "
+                        "world's val, test and pool (a new folder)")
     args = parser.parse_args(argv)
     if not (args.world / "instances_train2019.json").is_file():
         parser.error(f"--world {args.world}: no instances_train2019.json; pass a folder written by `rpc-synth world`")
-    result = measure(args.world, shadows=args.shadows, workers=max(1, args.workers))
+    if args.rpc_root is not None and args.rpc_root.exists():
+        parser.error(f"--rpc-root {args.rpc_root}: already exists; give a new folder")
+    result = measure(args.world, shadows=args.shadows, workers=max(1, args.workers), rpc_root=args.rpc_root)
     print("\n".join(summary(result["photos"])))
     if args.json:
         write_json(result, args.json, indent=1)

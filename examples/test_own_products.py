@@ -14,7 +14,7 @@ import pytest
 EXAMPLES = Path(__file__).parent
 sys.path.insert(0, str(EXAMPLES))
 
-from aco_recipe import QUICK  # noqa: E402
+from aco_recipe import QUICK, check_rpc_root  # noqa: E402
 from catalog_boxes import main as catalog_boxes  # noqa: E402
 from catalog_boxes import world_catalogue  # noqa: E402
 
@@ -91,3 +91,27 @@ def test_catalog_boxes_measures_a_world(store, tmp_path, capsys):
     ok = sum(r["iou"] >= 0.9 for r in rows)
     assert f"IoU >= 0.9: {ok}/{len(rows)}" in capsys.readouterr().out
     assert ok >= 0.9 * len(rows)
+
+
+def test_catalog_boxes_keeps_an_rpc_root_with_the_worlds_splits(store, tmp_path):
+    """--rpc-root: the import plus the world's pool (and its separate labels), SKUs mapped by name, a folder the
+    pipeline accepts; an existing folder is refused."""
+    root, _ = store
+    rpc_root = tmp_path / "rpc"
+    assert catalog_boxes(["--world", str(root / "world"), "--rpc-root", str(rpc_root)]) == 0
+    check_rpc_root(rpc_root)
+    catalogue = json.loads((rpc_root / "instances_train2019.json").read_text())["categories"]
+    for path in ("instances_pool2019.json", "pool_truth/instances_pool2019.json"):
+        world_doc = json.loads((root / "world" / path).read_text())
+        doc = json.loads((rpc_root / path).read_text())
+        assert doc["categories"] == catalogue and doc["images"] == world_doc["images"]
+        name = {c["id"]: c["name"] for c in world_doc["categories"]}
+        by_name = {c["name"]: c["id"] for c in catalogue}
+        assert [a["category_id"] for a in doc["annotations"]] == [by_name[name[a["category_id"]]]
+                                                                   for a in world_doc["annotations"]]
+    pool = sorted(p.name for p in (root / "world" / "pool2019").iterdir())
+    assert sorted(p.name for p in (rpc_root / "pool2019").iterdir()) == pool
+    assert not (rpc_root / "val2019").exists() and not (rpc_root / "test2019").exists()
+    with pytest.raises(SystemExit) as refused:
+        catalog_boxes(["--world", str(root / "world"), "--rpc-root", str(rpc_root)])
+    assert refused.value.code == 2
