@@ -53,29 +53,28 @@ def box_iou(a, b) -> float:
 
 def add_world_splits(world: Path, root: Path) -> list[str]:
     """Copy the world's val, test and pool splits (those with images; the pool's separate labels too) into the
-    imported catalogue ``root``, category ids mapped by SKU name to the catalogue's; returns the splits copied."""
+    imported catalogue ``root``, category ids mapped by SKU name to the catalogue's; returns the splits copied.
+    ValueError when a split has a SKU the catalogue lacks."""
     categories = json.loads((root / "instances_train2019.json").read_text())["categories"]
     ids = {c["name"]: c["id"] for c in categories}
     copied = []
-    for split, labels in (("val", None), ("test", None), ("pool", "pool_truth")):
-        for source in [world / f"instances_{split}2019.json"] + ([world / labels / f"instances_{split}2019.json"]
-                                                                  if labels else []):
-            if not source.is_file():
+    for split in ("val", "test", "pool"):
+        labels = world / f"instances_{split}2019.json"
+        if not labels.is_file() or not json.loads(labels.read_text())["images"]:
+            continue
+        for path in (labels, world / "pool_truth" / labels.name):  # the mini world keeps the pool's labels apart
+            if not path.is_file():
                 continue
-            doc = json.loads(source.read_text())
-            if not doc["images"]:
-                break
+            doc = json.loads(path.read_text())
             names = {c["id"]: c["name"] for c in doc["categories"]}
             missing = sorted(set(names.values()) - set(ids))
             if missing:
-                raise SystemExit(f"--rpc-root: the world's {split} split has SKUs the catalogue lacks: {missing}")
-            for a in doc["annotations"]:
-                a["category_id"] = ids[names[a["category_id"]]]
-            doc["categories"] = categories
-            write_json(doc, root / source.relative_to(world))
-            if source.parent == world:
-                shutil.copytree(world / f"{split}2019", root / f"{split}2019")
-                copied.append(split)
+                raise ValueError(f"--rpc-root: the world's {split} split has SKUs the catalogue lacks: {missing}")
+            for annotation in doc["annotations"]:
+                annotation["category_id"] = ids[names[annotation["category_id"]]]
+            write_json({**doc, "categories": categories}, root / path.relative_to(world))
+        shutil.copytree(world / f"{split}2019", root / f"{split}2019")
+        copied.append(split)
     return copied
 
 
@@ -128,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--world {args.world}: no instances_train2019.json; pass a folder written by `rpc-synth world`")
     if args.rpc_root is not None and args.rpc_root.exists():
         parser.error(f"--rpc-root {args.rpc_root}: already exists; give a new folder")
-    result = measure(args.world, shadows=args.shadows, workers=max(1, args.workers), rpc_root=args.rpc_root)
+    try:
+        result = measure(args.world, shadows=args.shadows, workers=max(1, args.workers), rpc_root=args.rpc_root)
+    except ValueError as err:  # the import's input errors and a split with SKUs the catalogue lacks
+        parser.error(str(err))
     print("\n".join(summary(result["photos"])))
     if args.json:
         write_json(result, args.json, indent=1)

@@ -7,8 +7,8 @@ coarse-to-fine masks of ``rpc-synth masks``; with ``shadows``, cast shadows cut 
 
 Category ids are stable across re-imports: ``OUT/sku_ids.json`` records them, new SKUs get new ids, and a SKU
 that disappeared is refused unless ``allow_removed`` (its id is then retired, never reused). Image ids are
-stable too (``OUT/image_ids.json``, by ``sku/photo``): new photos get new ids, a removed photo's id is not reused. Every photo is read
-and boxed before anything is written; unreadable photos are listed together and nothing is written. Photos where
+stable too (``OUT/image_ids.json``, by ``sku/photo``): new photos get new ids, a removed photo's id is not reused.
+Every photo is read and boxed before anything is written; unreadable photos are listed together and nothing is written. Photos where
 no product is found are left out and listed in ``OUT/catalog_report.json``.
 """
 
